@@ -1,0 +1,30 @@
+//! Generated protobuf types and gRPC stubs, one module per versioned package.
+
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("tally.common.v1");
+    }
+}
+
+pub mod user {
+    pub mod v1 {
+        tonic::include_proto!("tally.user.v1");
+    }
+}
+
+pub mod poll {
+    pub mod v1 {
+        tonic::include_proto!("tally.poll.v1");
+    }
+}
+
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("tally.events.v1");
+    }
+}
+
+/// Encoded descriptors of every Tally package, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tally_descriptor");
