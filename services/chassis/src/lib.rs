@@ -1,1 +1,17 @@
-fn main() {}
+//! The shared runtime every Tally service binary stands on.
+//!
+//! A service brings its domain logic and gRPC handlers; the chassis brings the
+//! rest: typed configuration, logging, a server with health and reflection,
+//! graceful shutdown, request ids, and the storage and session ports with their
+//! adapters. Keeping this in one crate means every service behaves the same to
+//! an operator.
+
+pub mod config;
+pub mod health;
+pub mod outbound;
+pub mod request_id;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;

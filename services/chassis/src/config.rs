@@ -1,0 +1,274 @@
+//! Typed configuration: a TOML file plus `TALLY_*` environment overrides,
+//! deserialised into one struct per binary and validated before anything starts.
+//!
+//! Errors name the file, the key and the fix, so a bad deploy fails loudly at
+//! start instead of misbehaving later.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem found while loading or validating.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("config {file}: key `{key}`: {problem}; fix: {fix}")]
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// One problem found by [`Validate::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl Issue {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Semantic checks that serde cannot express (ranges, paths, combinations).
+pub trait Validate {
+    fn validate(&self) -> Vec<Issue>;
+}
+
+/// Loads `T` from an optional TOML file, then applies environment overrides.
+///
+/// An override `TALLY_SERVER__LISTEN_ADDR=127.0.0.1:1` sets `server.listen_addr`:
+/// after the prefix, `__` separates nested keys and names are lower-cased.
+/// Values are read as TOML scalars when they parse as such, else as strings.
+pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    load_from(file, env_prefix, &vars)
+}
+
+/// [`load`] with explicit environment variables, for tests.
+pub fn load_from<T>(
+    file: Option<&Path>,
+    env_prefix: &str,
+    vars: &[(String, String)],
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    let file_label = file
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "<defaults+env>".to_string());
+    let mut root = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                file: path.to_path_buf(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    file: file_label.clone(),
+                    message: e.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix(env_prefix) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            continue;
+        }
+        set_path(&mut root, &path, parse_scalar(value));
+    }
+    let value: T = toml::Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            file: file_label.clone(),
+            message: e.to_string().trim().to_string(),
+        })?;
+    if let Some(issue) = value.validate().into_iter().next() {
+        return Err(ConfigError::Invalid {
+            file: file_label,
+            key: issue.key,
+            problem: issue.problem,
+            fix: issue.fix,
+        });
+    }
+    Ok(value)
+}
+
+fn parse_scalar(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [head, rest @ ..] => {
+            let entry = table
+                .entry(head.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Where a service listens, shared by every binary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// gRPC listen address, e.g. `127.0.0.1:50051`.
+    pub listen_addr: SocketAddr,
+    /// How long in-flight calls may take to drain on shutdown.
+    #[serde(default = "default_drain_secs")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    10
+}
+
+/// Which storage adapter backs the service, chosen by config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageSettings {
+    /// The embedded redb file: the default, nothing else to run.
+    Embedded {
+        /// The service's own database file.
+        path: PathBuf,
+    },
+    /// ScyllaDB, for production clusters.
+    Scylla {
+        nodes: Vec<String>,
+        keyspace: String,
+        #[serde(default = "default_replication")]
+        replication_factor: u32,
+    },
+}
+
+fn default_replication() -> u32 {
+    1
+}
+
+impl StorageSettings {
+    /// Validation issues, with keys prefixed by `prefix` (usually `storage`).
+    pub fn issues(&self, prefix: &str) -> Vec<Issue> {
+        let mut out = Vec::new();
+        match self {
+            StorageSettings::Embedded { path } => {
+                if path.as_os_str().is_empty() {
+                    out.push(Issue::new(
+                        format!("{prefix}.path"),
+                        "is empty",
+                        "set it to a file such as `.tally/user/user.redb`",
+                    ));
+                }
+            }
+            StorageSettings::Scylla {
+                nodes, keyspace, ..
+            } => {
+                if nodes.is_empty() {
+                    out.push(Issue::new(
+                        format!("{prefix}.nodes"),
+                        "lists no ScyllaDB node",
+                        "add at least one `host:9042`",
+                    ));
+                }
+                if keyspace.is_empty()
+                    || !keyspace
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    out.push(Issue::new(
+                        format!("{prefix}.keyspace"),
+                        "must be a non-empty identifier",
+                        "use letters, digits and `_`, e.g. `tally_user`",
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` (default) or `json`.
+    #[serde(default)]
+    pub log_format: crate::telemetry::LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+/// Outbound addresses per target service. Every call to a peer goes to the
+/// address configured here (the local mesh sidecar, or the peer itself when
+/// running without a mesh); nothing dials a hard-coded address.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct OutboundSettings(pub BTreeMap<String, String>);
+
+impl OutboundSettings {
+    /// The configured address for `target`.
+    pub fn address(&self, target: &str) -> Option<&str> {
+        self.0.get(target).map(String::as_str)
+    }
+
+    /// Checks that every target in `required` has a usable `http://` address.
+    pub fn issues(&self, required: &[&str]) -> Vec<Issue> {
+        let mut out = Vec::new();
+        for target in required {
+            match self.0.get(*target) {
+                None => out.push(Issue::new(
+                    format!("outbound.{target}"),
+                    "is missing",
+                    format!("set `outbound.{target} = \"http://127.0.0.1:PORT\"` (the sidecar or the {target} service)"),
+                )),
+                Some(addr) if addr.parse::<http::Uri>().map(|u| u.scheme().is_none() || u.host().is_none()).unwrap_or(true) => out.push(Issue::new(
+                    format!("outbound.{target}"),
+                    format!("`{addr}` is not an absolute URI"),
+                    "write it as `http://host:port`",
+                )),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+}

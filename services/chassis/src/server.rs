@@ -1,0 +1,117 @@
+//! The gRPC server every service runs: its own routes plus `grpc.health.v1`,
+//! server reflection (v1 and v1alpha, for grpcurl and `buf curl`), request ids,
+//! and graceful shutdown that stops accepting, drains in-flight calls, and
+//! reports NOT_SERVING while it does.
+
+use crate::config::ServerSettings;
+use crate::health::HealthHub;
+use crate::request_id::RequestIdLayer;
+use std::future::Future;
+use std::time::Duration;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source} (is the port in use? set server.listen_addr)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// Binds `settings.listen_addr` and serves `routes` plus health and reflection
+/// until `shutdown` resolves; then drains for at most the configured time.
+pub async fn serve<F>(
+    settings: &ServerSettings,
+    health: HealthHub,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    mut routes: RoutesBuilder,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.listen_addr,
+        source,
+    })?;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let drain = Duration::from_secs(settings.drain_timeout_secs);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+
+    tracing::info!(addr = %local, "serving gRPC");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(RequestIdLayer)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        res = &mut server => return finished(res),
+        _ = shutdown => {}
+    }
+    // Stop taking new calls, report NOT_SERVING, and let in-flight calls finish.
+    health.drain().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(res) => finished(res)?,
+        Err(_) => {
+            tracing::warn!(?drain, "drain timeout passed; closing remaining calls");
+            server.abort();
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+fn finished(
+    res: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match res {
+        Ok(inner) => Ok(inner?),
+        Err(e) => Err(ServeError::Task(e.to_string())),
+    }
+}
+
+/// Installs ring as the process-wide rustls crypto provider.
+///
+/// Call first in every `main`: with more than one provider compiled in
+/// (a Scylla TLS feature adds aws-lc-rs), rustls cannot pick one and panics
+/// when the first TLS config is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,237 @@
+//! The storage port: what a service needs from its database, and nothing more.
+//!
+//! Rows live in named tables, addressed by a partition key and a sort key, so
+//! the same shape maps onto ScyllaDB (partition key + clustering key) and onto
+//! the embedded store. A write is a [`WriteBatch`]: puts, deletes and
+//! conditions (insert-if-absent, expect-current-value) that succeed or fail
+//! together, plus outbox events committed in the same transaction as the state
+//! change, so no event exists without its change and no change without its
+//! event.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+use crate::config::StorageSettings;
+
+/// One mutation or guard inside a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Sets the row, whatever it held.
+    Put {
+        table: &'static str,
+        partition: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Sets the row only if it does not exist; otherwise the batch fails.
+    InsertIfAbsent {
+        table: &'static str,
+        partition: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Removes the row if present.
+    Delete {
+        table: &'static str,
+        partition: String,
+        key: String,
+    },
+    /// Guard: the row must hold exactly `expected` (`None`: must be absent).
+    Expect {
+        table: &'static str,
+        partition: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+    },
+}
+
+/// An event to publish, appended to the outbox when its batch commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The aggregate the event belongs to; the relay keeps order per aggregate.
+    pub aggregate_id: String,
+    /// Fully qualified event type, e.g. `tally.events.v1.PollVoted`.
+    pub event_type: String,
+    /// The encoded `tally.events.v1.EventEnvelope`.
+    pub payload: Vec<u8>,
+}
+
+/// An outbox event with the offset the store gave it (dense, increasing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub offset: u64,
+    pub event: OutboxEvent,
+}
+
+/// Writes and events that commit atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub writes: Vec<Write>,
+    pub events: Vec<OutboxEvent>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(
+        &mut self,
+        table: &'static str,
+        partition: impl Into<String>,
+        key: impl Into<String>,
+        value: Vec<u8>,
+    ) -> &mut Self {
+        self.writes.push(Write::Put {
+            table,
+            partition: partition.into(),
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    pub fn insert_if_absent(
+        &mut self,
+        table: &'static str,
+        partition: impl Into<String>,
+        key: impl Into<String>,
+        value: Vec<u8>,
+    ) -> &mut Self {
+        self.writes.push(Write::InsertIfAbsent {
+            table,
+            partition: partition.into(),
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    pub fn delete(
+        &mut self,
+        table: &'static str,
+        partition: impl Into<String>,
+        key: impl Into<String>,
+    ) -> &mut Self {
+        self.writes.push(Write::Delete {
+            table,
+            partition: partition.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    pub fn expect(
+        &mut self,
+        table: &'static str,
+        partition: impl Into<String>,
+        key: impl Into<String>,
+        expected: Option<Vec<u8>>,
+    ) -> &mut Self {
+        self.writes.push(Write::Expect {
+            table,
+            partition: partition.into(),
+            key: key.into(),
+            expected,
+        });
+        self
+    }
+
+    pub fn emit(&mut self, event: OutboxEvent) -> &mut Self {
+        self.events.push(event);
+        self
+    }
+}
+
+/// A row returned by [`Store::scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Storage failures, mapped to gRPC statuses by each service.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A condition in the batch did not hold; nothing was written.
+    #[error("condition {index} failed on {table}/{partition}/{key}")]
+    ConditionFailed {
+        /// Position of the failing write in [`WriteBatch::writes`].
+        index: usize,
+        table: String,
+        partition: String,
+        key: String,
+    },
+    /// The database cannot be reached or used right now.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ConditionFailed { .. } => tonic::Status::aborted(e.to_string()),
+            StoreError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+            StoreError::Corrupt(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The storage port every service writes through.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One row, if present.
+    async fn get(
+        &self,
+        table: &'static str,
+        partition: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Rows of one partition in sort-key order, starting after `after`.
+    async fn scan(
+        &self,
+        table: &'static str,
+        partition: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError>;
+
+    /// Applies the batch atomically, or nothing when a condition fails.
+    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Outbox entries with offsets greater than `after`, in offset order.
+    async fn read_outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Checks the store is usable, for health.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the adapter chosen by config.
+pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
+    match settings {
+        StorageSettings::Embedded { path } => {
+            let store = embedded::EmbeddedStore::open(path).await?;
+            Ok(Arc::new(store))
+        }
+        StorageSettings::Scylla { .. } => Err(StoreError::Unavailable(
+            "the ScyllaDB adapter is not built into this binary; use storage.backend = \"embedded\"".into(),
+        )),
+    }
+}
+
+/// Encodes a record as JSON bytes.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes a record written by [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
