@@ -26,5 +26,29 @@ pub mod events {
     }
 }
 
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("tally.notification.v1");
+    }
+}
+
+pub mod analytics {
+    pub mod v1 {
+        tonic::include_proto!("tally.analytics.v1");
+    }
+}
+
+pub mod billing {
+    pub mod v1 {
+        tonic::include_proto!("tally.billing.v1");
+    }
+}
+
+pub mod payment {
+    pub mod v1 {
+        tonic::include_proto!("tally.payment.v1");
+    }
+}
+
 /// Encoded descriptors of every Tally package, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tally_descriptor");
