@@ -2,10 +2,11 @@
 //!
 //! A service brings its domain logic and gRPC handlers; the chassis brings the
 //! rest: typed configuration, logging, a server with health and reflection,
-//! graceful shutdown, request ids, and the storage and session ports with their
-//! adapters. Keeping this in one crate means every service behaves the same to
-//! an operator.
+//! graceful shutdown, request ids, the storage and session ports with their
+//! adapters, and the caller verifier (access tokens and API keys). Keeping
+//! this in one crate means every service behaves the same to an operator.
 
+pub mod auth;
 pub mod config;
 pub mod health;
 pub mod outbound;
