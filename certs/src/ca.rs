@@ -88,9 +88,10 @@ impl CertAuthority {
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
+        // The creation time tells old and new roots apart during a rotation.
         dn.push(
             DnType::CommonName,
-            format!("Tally mesh root CA {trust_domain}"),
+            format!("Tally mesh root CA {}", crate::inspect::rfc3339(now)),
         );
         dn.push(DnType::OrganizationName, trust_domain);
         params.distinguished_name = dn;

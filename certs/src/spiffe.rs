@@ -19,7 +19,7 @@ const SCHEME: &str = "spiffe://";
 ///
 /// Construct with [`SpiffeId::new`] or parse with [`str::parse`]; both validate, so every
 /// value of this type is well formed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     trust_domain: String,
     namespace: String,
@@ -121,6 +121,12 @@ impl fmt::Display for SpiffeId {
             "{SCHEME}{}/ns/{}/sa/{}",
             self.trust_domain, self.namespace, self.service
         )
+    }
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({self})")
     }
 }
 

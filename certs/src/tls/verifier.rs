@@ -17,7 +17,7 @@ use crate::inspect::peer_spiffe_id;
 ///
 /// Reaches callers inside `rustls::Error::InvalidCertificate(CertificateError::Other(..))`;
 /// downcast the inner error to get both ids.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("server identity mismatch: expected {expected}, server presented {presented}")]
 pub struct IdentityMismatch {
     /// The identity the caller asked for.
@@ -26,12 +26,25 @@ pub struct IdentityMismatch {
     pub presented: String,
 }
 
+// rustls prints certificate errors with `Debug`; make that the readable message.
+impl std::fmt::Debug for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// The server name does not encode a mesh identity.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error(
     "server name {0} is not a mesh name: connect with server_name_for(&SpiffeId), i.e. <service>.<namespace>.svc"
 )]
 struct NotAMeshName(String);
+
+impl std::fmt::Debug for NotAMeshName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct SpiffeServerVerifier {
