@@ -1,0 +1,285 @@
+//! The one body type every layer speaks, plus the body wrappers that let layers act at the
+//! end of a stream (gRPC reports its status in trailers, after the response future resolved).
+
+use crate::grpc::{self, Code};
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A body stream failure. A named type rather than a boxed trait object keeps the layers'
+/// `Send` bounds free of trait-object lifetimes.
+#[derive(Debug)]
+pub struct BodyError(pub BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|n| match n {}).boxed_unsync()
+}
+
+pub fn incoming(b: hyper::body::Incoming) -> Body {
+    b.map_err(|e| BodyError(Box::new(e))).boxed_unsync()
+}
+
+/// How a call ended, as seen by a layer watching its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// `grpc-status` from trailers or a trailers-only response.
+    Status(Code),
+    /// The stream ended without a `grpc-status`.
+    NoStatus,
+    /// The upstream reset or broke the stream.
+    Error,
+    /// The downstream went away before the end.
+    Dropped,
+}
+
+impl End {
+    /// The status to report for the call.
+    pub fn code(self) -> Code {
+        match self {
+            End::Status(c) => c,
+            End::NoStatus => Code::Unknown,
+            End::Error => Code::Unavailable,
+            End::Dropped => Code::Cancelled,
+        }
+    }
+    /// Counts against the endpoint's health (breaker, outlier ejection, EWMA penalty).
+    pub fn is_endpoint_failure(self) -> bool {
+        match self {
+            End::Status(c) => c.is_endpoint_failure(),
+            End::Error => true,
+            End::NoStatus | End::Dropped => false,
+        }
+    }
+}
+
+type Callback = Box<dyn FnOnce(End) + Send>;
+
+/// Calls `f` exactly once, when the response's call has ended (or immediately for trailers-only).
+pub fn on_end(rsp: http::Response<Body>, f: impl FnOnce(End) + Send + 'static) -> http::Response<Body> {
+    if let Some(code) = immediate_status(&rsp) {
+        f(End::Status(code));
+        return rsp;
+    }
+    rsp.map(|inner| {
+        OnEnd {
+            inner,
+            f: Some(Box::new(f)),
+        }
+        .boxed_unsync()
+    })
+}
+
+/// Status known from the response head alone: trailers-only gRPC, or a non-200 HTTP status.
+pub fn immediate_status(rsp: &http::Response<Body>) -> Option<Code> {
+    if let Some(c) = grpc::status_of(rsp.headers()) {
+        return Some(c);
+    }
+    if rsp.status() != http::StatusCode::OK {
+        return Some(Code::from_http(rsp.status().as_u16()));
+    }
+    None
+}
+
+struct OnEnd {
+    inner: Body,
+    f: Option<Callback>,
+}
+
+impl OnEnd {
+    fn fire(&mut self, end: End) {
+        if let Some(f) = self.f.take() {
+            f(end);
+        }
+    }
+}
+
+impl HttpBody for OnEnd {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(t) = frame.trailers_ref() {
+                    let end = grpc::status_of(t).map_or(End::NoStatus, End::Status);
+                    self.fire(end);
+                }
+            }
+            Some(Err(_)) => self.fire(End::Error),
+            None => self.fire(End::NoStatus),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        self.fire(End::Dropped);
+    }
+}
+
+/// What the first frame of a response body was.
+pub enum Peeked {
+    Data,
+    Trailers(HeaderMap),
+    End,
+    Error,
+}
+
+/// Reads the first frame of `body` and returns it with an equivalent body that still yields it.
+pub async fn peek(mut body: Body) -> (Peeked, Body) {
+    let first = body.frame().await;
+    let peeked = match &first {
+        Some(Ok(f)) if f.is_data() => Peeked::Data,
+        Some(Ok(f)) => f.trailers_ref().map_or(Peeked::Data, |t| Peeked::Trailers(t.clone())),
+        Some(Err(_)) => Peeked::Error,
+        None => Peeked::End,
+    };
+    let rest = Prefixed { first, rest: body };
+    (peeked, rest.boxed_unsync())
+}
+
+/// Yields one already-read frame, then the rest of a body.
+pub struct Prefixed {
+    pub first: Option<Result<Frame<Bytes>, BodyError>>,
+    pub rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(f));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// Ends a response stream with DEADLINE_EXCEEDED trailers when the call's deadline passes
+/// mid-stream, dropping (and so cancelling) the upstream stream.
+pub fn with_deadline(body: Body, deadline: Instant) -> Body {
+    DeadlineBody {
+        inner: Some(body),
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+    }
+    .boxed_unsync()
+}
+
+struct DeadlineBody {
+    inner: Option<Body>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(f) = Pin::new(inner).poll_frame(cx) {
+            if matches!(&f, Some(Ok(fr)) if fr.is_trailers()) || f.is_none() {
+                self.inner = None;
+            }
+            return Poll::Ready(f);
+        }
+        ready!(self.sleep.as_mut().poll(cx));
+        self.inner = None;
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from(Code::DeadlineExceeded.as_u16()));
+        t.insert("grpc-message", http::HeaderValue::from_static("deadline exceeded in proxy"));
+        t.insert(
+            crate::defaults::PROXY_ERROR_HEADER,
+            http::HeaderValue::from_static("deadline-exceeded"),
+        );
+        Poll::Ready(Some(Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+}
+
+/// Result of buffering a request body for replay.
+pub enum Buffered {
+    /// The whole body, and its trailers if any.
+    Complete(Bytes, Option<HeaderMap>),
+    /// Over the limit: the body as read so far followed by the rest; cannot be replayed.
+    TooLarge(Body),
+    /// The client's stream failed while buffering.
+    Failed,
+}
+
+/// Reads a request body into memory, up to `limit` bytes.
+pub async fn buffer(mut body: Body, limit: usize) -> Buffered {
+    let mut chunks = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Buffered::Complete(chunks.freeze(), None),
+            Some(Err(_)) => return Buffered::Failed,
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    chunks.extend_from_slice(&d);
+                    if chunks.len() > limit {
+                        let first = Some(Ok(Frame::data(chunks.freeze())));
+                        return Buffered::TooLarge(Prefixed { first, rest: body }.boxed_unsync());
+                    }
+                }
+                Err(f) => {
+                    let trailers = f.into_trailers().ok();
+                    return Buffered::Complete(chunks.freeze(), trailers);
+                }
+            },
+        }
+    }
+}
+
+/// A replayable body: the buffered bytes, then the trailers if the original had any.
+pub fn replay(data: Bytes, trailers: Option<HeaderMap>) -> Body {
+    match trailers {
+        None => full(data),
+        Some(t) => Full::new(data)
+            .map_err(|n| match n {})
+            .with_trailers(async move { Some(Ok(t)) })
+            .boxed_unsync(),
+    }
+}

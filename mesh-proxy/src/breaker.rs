@@ -1,0 +1,216 @@
+//! Per-endpoint circuit breaker: closed (traffic flows) → open (fast-fail) after consecutive
+//! failures or a failure rate over the last `window` calls → half-open (one probe) → closed on
+//! success. Own implementation rather than tower-resilience's breaker because gRPC outcomes
+//! arrive in trailers at the end of the stream, after the response future has resolved, and the
+//! balancer must be able to ask "may this endpoint take a call?" before choosing it.
+
+use crate::config::BreakerConfig;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    fn gauge(self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+}
+
+struct Inner {
+    state: State,
+    open_until: Instant,
+    probing: bool,
+    consecutive: u32,
+    window: VecDeque<bool>,
+}
+
+pub struct Breaker {
+    cfg: BreakerConfig,
+    inner: Mutex<Inner>,
+    gauge: Gauge,
+    opens: Counter,
+    name: String,
+}
+
+/// Whether an admitted call is the half-open probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Normal,
+    Probe,
+}
+
+impl Breaker {
+    pub fn new(cfg: BreakerConfig, gauge: Gauge, opens: Counter, name: String) -> Self {
+        gauge.set(0);
+        Self {
+            cfg,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                open_until: Instant::now(),
+                probing: false,
+                consecutive: 0,
+                window: VecDeque::new(),
+            }),
+            gauge,
+            opens,
+            name,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn set_state(&self, g: &mut Inner, s: State) {
+        if g.state != s {
+            tracing::info!(endpoint = %self.name, from = ?g.state, to = ?s, "circuit breaker state change");
+        }
+        g.state = s;
+        self.gauge.set(s.gauge());
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// True when a call could be admitted now (without claiming it).
+    pub fn available(&self) -> bool {
+        let g = self.lock();
+        match g.state {
+            State::Closed => true,
+            State::Open => Instant::now() >= g.open_until,
+            State::HalfOpen => !g.probing,
+        }
+    }
+
+    /// Claims admission for one call.
+    pub fn try_acquire(&self) -> Option<Admission> {
+        let mut g = self.lock();
+        match g.state {
+            State::Closed => Some(Admission::Normal),
+            State::Open if Instant::now() >= g.open_until => {
+                self.set_state(&mut g, State::HalfOpen);
+                g.probing = true;
+                Some(Admission::Probe)
+            }
+            State::Open => None,
+            State::HalfOpen if !g.probing => {
+                g.probing = true;
+                Some(Admission::Probe)
+            }
+            State::HalfOpen => None,
+        }
+    }
+
+    fn open(&self, g: &mut Inner) {
+        g.open_until = Instant::now() + Duration::from_millis(self.cfg.open_ms);
+        g.probing = false;
+        g.consecutive = 0;
+        g.window.clear();
+        self.set_state(g, State::Open);
+        self.opens.inc();
+    }
+
+    /// Records a call's outcome: `Some(true)` failure, `Some(false)` success, `None` neutral
+    /// (cancelled by the caller, says nothing about the endpoint).
+    pub fn record(&self, admission: Admission, failed: Option<bool>) {
+        let mut g = self.lock();
+        match (g.state, admission) {
+            (State::HalfOpen, Admission::Probe) => match failed {
+                Some(true) => self.open(&mut g),
+                Some(false) => {
+                    g.probing = false;
+                    g.consecutive = 0;
+                    g.window.clear();
+                    self.set_state(&mut g, State::Closed);
+                }
+                None => g.probing = false,
+            },
+            (State::Closed, _) => {
+                let Some(failed) = failed else { return };
+                g.consecutive = if failed { g.consecutive + 1 } else { 0 };
+                g.window.push_back(failed);
+                while g.window.len() > self.cfg.window as usize {
+                    g.window.pop_front();
+                }
+                let n = g.window.len();
+                let failures = g.window.iter().filter(|f| **f).count();
+                let rate_trips = n >= self.cfg.min_calls.max(1) as usize
+                    && failures as f64 / n as f64 >= self.cfg.failure_rate;
+                if g.consecutive >= self.cfg.consecutive_failures || rate_trips {
+                    self.open(&mut g);
+                }
+            }
+            // Late results from calls admitted before the state changed.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(consecutive: u32) -> Breaker {
+        let cfg = BreakerConfig {
+            consecutive_failures: consecutive,
+            failure_rate: 1.0,
+            window: 100,
+            min_calls: 100,
+            open_ms: 1000,
+        };
+        Breaker::new(cfg, Gauge::default(), Counter::default(), "t".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_probes_and_closes() {
+        let b = breaker(3);
+        for _ in 0..3 {
+            let a = b.try_acquire().unwrap();
+            b.record(a, Some(true));
+        }
+        assert_eq!(b.state(), State::Open);
+        assert!(b.try_acquire().is_none());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(b.try_acquire(), Some(Admission::Probe));
+        assert!(b.try_acquire().is_none(), "only one probe");
+        b.record(Admission::Probe, Some(true));
+        assert_eq!(b.state(), State::Open);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let a = b.try_acquire().unwrap();
+        b.record(a, Some(false));
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_trips() {
+        let cfg = BreakerConfig {
+            consecutive_failures: 100,
+            failure_rate: 0.5,
+            window: 4,
+            min_calls: 4,
+            open_ms: 1000,
+        };
+        let b = Breaker::new(cfg, Gauge::default(), Counter::default(), "t".into());
+        for f in [true, false, true, false] {
+            b.record(Admission::Normal, Some(f));
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+}

@@ -1,0 +1,96 @@
+//! Deadlines: honour the caller's `grpc-timeout`, apply the route default when it is absent,
+//! propagate what is left upstream, and end the call with DEADLINE_EXCEEDED when it passes —
+//! including mid-stream. Written here rather than with a time limiter because the deadline must
+//! also travel in a header and bound the response body, not only the response future.
+
+use crate::{BoxFuture, ProxyError, Req, Rsp, body, grpc};
+use http::HeaderValue;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// The call's absolute deadline, for layers below (retry never starts an attempt past it).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+/// The caller's requested timeout, if the header is present and well-formed.
+pub fn requested(req: &Req) -> Option<Duration> {
+    req.headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc::parse_timeout)
+}
+
+/// Sets `grpc-timeout` to the time left until `deadline`.
+pub fn set_remaining(req: &mut Req, deadline: Instant) -> Result<(), ProxyError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ProxyError::DeadlineExceeded);
+    }
+    if let Ok(v) = HeaderValue::from_str(&grpc::encode_timeout(left)) {
+        req.headers_mut().insert("grpc-timeout", v);
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct DeadlineLayer {
+    default: Option<Duration>,
+}
+
+impl DeadlineLayer {
+    /// `default_ms` 0 means no route default.
+    pub fn new(default_ms: u64) -> Self {
+        Self {
+            default: (default_ms > 0).then(|| Duration::from_millis(default_ms)),
+        }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> DeadlineService<S> {
+        DeadlineService {
+            inner,
+            default: self.default,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    default: Option<Duration>,
+}
+
+impl<S> Service<Req> for DeadlineService<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Rsp, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let inner = self.inner.clone();
+        let Some(timeout) = requested(&req).or(self.default) else {
+            return Box::pin(inner.oneshot(req));
+        };
+        let deadline = Instant::now() + timeout;
+        req.extensions_mut().insert(Deadline(deadline));
+        Box::pin(async move {
+            set_remaining(&mut req, deadline)?;
+            match tokio::time::timeout_at(deadline, inner.oneshot(req)).await {
+                Err(_elapsed) => Err(ProxyError::DeadlineExceeded),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(rsp)) => Ok(rsp.map(|b| body::with_deadline(b, deadline))),
+            }
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! Every default the proxy uses, named in one place so operators and reviewers can
+//! see the whole policy at a glance. Names follow Envoy where the idea is the same.
+
+/// Maximum accepted connections per listener.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Route timeout when a call carries no `grpc-timeout`: none, so long streams are never cut silently.
+pub const ROUTE_TIMEOUT_MS: u64 = 0;
+/// Time allowed to open a TCP connection to an endpoint.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Time allowed for a TLS handshake on either side.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// How long in-flight calls may drain after SIGTERM.
+pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+// Retries (opt-in per route: one attempt means no retries).
+pub const RETRY_MAX_ATTEMPTS: u32 = 1;
+/// gRPC status names retried by default.
+pub const RETRY_STATUSES: &[&str] = &["UNAVAILABLE"];
+pub const RETRY_BACKOFF_BASE_MS: u64 = 25;
+pub const RETRY_BACKOFF_MAX_MS: u64 = 250;
+/// Retries may add at most this fraction on top of requests (Envoy / Linkerd: 20 %).
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+/// Retries always allowed per second regardless of the ratio (Envoy's `min_retry_concurrency` 3).
+pub const RETRY_BUDGET_MIN_PER_SECOND: u32 = 3;
+/// Window over which the budget counts requests and retries.
+pub const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
+
+// Per-endpoint circuit breaker.
+pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
+pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+/// Number of most recent calls the failure rate is computed over.
+pub const BREAKER_WINDOW: u32 = 20;
+/// The failure rate is only considered once the window holds this many calls.
+pub const BREAKER_MIN_CALLS: u32 = 10;
+pub const BREAKER_OPEN_MS: u64 = 5_000;
+
+// Per-route bulkhead.
+pub const BULKHEAD_MAX_CONCURRENT: usize = 1_000;
+pub const BULKHEAD_MAX_QUEUE: usize = 1_000;
+
+// Outlier ejection (Envoy's names and defaults).
+pub const OUTLIER_CONSECUTIVE_5XX: u32 = 5;
+pub const OUTLIER_INTERVAL_MS: u64 = 10_000;
+pub const OUTLIER_BASE_EJECTION_TIME_MS: u64 = 30_000;
+pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
+/// Upper bound on an ejection, however often the endpoint was ejected before (Envoy's `max_ejection_time`).
+pub const OUTLIER_MAX_EJECTION_TIME_MS: u64 = 300_000;
+
+// Peak-EWMA load estimate.
+/// Estimated round trip of an endpoint that has not answered yet (Linkerd uses 30 ms).
+pub const EWMA_DEFAULT_RTT_MS: u64 = 30;
+/// Decay time constant of the estimate.
+pub const EWMA_DECAY_MS: u64 = 10_000;
+/// A failed call counts as at least this slow, so a fast-failing endpoint never looks cheap.
+pub const EWMA_FAILURE_PENALTY_MS: u64 = 1_000;
+
+// Faults.
+/// Header-requested fault percentages are capped by this unless the route says otherwise.
+pub const HEADER_FAULT_MAX_PERCENT: f64 = 100.0;
+/// Status used by abort faults unless configured.
+pub const FAULT_ABORT_GRPC_STATUS: u16 = 14;
+
+// Limits.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Largest request body buffered so that it can be retried; bigger requests are streamed and not retried.
+pub const MAX_RETRY_BUFFER_BYTES: usize = 64 * 1024;
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1_000;
+/// hyper's rapid-reset guard: pending reset streams before the connection gets a GOAWAY.
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 200;
+pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: u32 = 1024 * 1024;
+pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 4 * 1024 * 1024;
+pub const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
+pub const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
+
+/// SPIFFE trust domain of the mesh.
+pub const TRUST_DOMAIN: &str = "tally.local";
+/// Header carrying the verified caller identity to the local app.
+pub const PEER_ID_HEADER: &str = "x-tally-peer-spiffe-id";
+/// Header naming why the proxy itself failed a call.
+pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";

@@ -1,0 +1,124 @@
+//! Every failure the proxy itself produces, as one typed error. The `errors` layer turns
+//! these into gRPC statuses in one place; nothing else writes error responses.
+
+use crate::body::BoxError;
+use crate::grpc::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for authority `{0}`")]
+    NoRoute(String),
+    #[error("service `{0}` has no available endpoint")]
+    NoEndpoints(String),
+    #[error("circuit breaker open for every endpoint of `{0}`")]
+    BreakerOpen(String),
+    #[error("bulkhead full for `{0}`")]
+    BulkheadFull(String),
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    #[error("caller `{caller}` may not call `{path}`")]
+    Denied { caller: String, path: String },
+    #[error("caller has no verified identity and `{0}` requires one")]
+    Unauthenticated(String),
+    #[error("connect to {endpoint} failed: {source}")]
+    Connect { endpoint: String, source: BoxError },
+    #[error("upstream {endpoint} failed: {source}")]
+    Upstream {
+        endpoint: String,
+        /// The upstream refused the stream before processing it (safe to retry).
+        refused: bool,
+        source: BoxError,
+    },
+    #[error("local application unavailable: {0}")]
+    LocalApp(BoxError),
+    #[error("fault injected: abort with {0:?}")]
+    FaultAbort(Code),
+    #[error("fault injected: stream reset")]
+    FaultReset,
+    #[error("the caller's request stream failed")]
+    ClientBody,
+}
+
+impl ProxyError {
+    /// The gRPC status the caller sees.
+    pub fn code(&self) -> Code {
+        match self {
+            ProxyError::NoRoute(_)
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::BreakerOpen(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::LocalApp(_)
+            | ProxyError::FaultReset => Code::Unavailable,
+            ProxyError::BulkheadFull(_) => Code::ResourceExhausted,
+            ProxyError::DeadlineExceeded => Code::DeadlineExceeded,
+            ProxyError::Denied { .. } => Code::PermissionDenied,
+            ProxyError::Unauthenticated(_) => Code::Unauthenticated,
+            ProxyError::FaultAbort(c) => *c,
+            ProxyError::ClientBody => Code::Cancelled,
+        }
+    }
+
+    /// The value of the `tally-proxy-error` header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::BreakerOpen(_) => "breaker-open",
+            ProxyError::BulkheadFull(_) => "bulkhead-full",
+            ProxyError::DeadlineExceeded => "deadline-exceeded",
+            ProxyError::Denied { .. } => "unauthorized",
+            ProxyError::Unauthenticated(_) => "unauthenticated",
+            ProxyError::Connect { .. } => "connect-failed",
+            ProxyError::Upstream { .. } => "upstream-failed",
+            ProxyError::LocalApp(_) => "local-app-unavailable",
+            ProxyError::FaultAbort(_) => "fault-abort",
+            ProxyError::FaultReset => "fault-reset",
+            ProxyError::ClientBody => "client-body-failed",
+        }
+    }
+
+    /// True when the application certainly never saw the request, so any method may be retried.
+    pub fn never_reached_app(&self) -> bool {
+        match self {
+            ProxyError::NoEndpoints(_) | ProxyError::BreakerOpen(_) | ProxyError::Connect { .. } => true,
+            ProxyError::Upstream { refused, .. } => *refused,
+            _ => false,
+        }
+    }
+}
+
+/// Classifies an error from the HTTP/2 client talking to an endpoint.
+pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+    if e.is_connect() {
+        return ProxyError::Connect {
+            endpoint: endpoint.to_string(),
+            source: Box::new(e),
+        };
+    }
+    let refused = refused_stream(&e);
+    ProxyError::Upstream {
+        endpoint: endpoint.to_string(),
+        refused,
+        source: Box::new(e),
+    }
+}
+
+/// Walks an error chain looking for an HTTP/2 REFUSED_STREAM (or a GOAWAY that never saw the stream).
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        if let Some(he) = err.downcast_ref::<hyper::Error>()
+            && he.is_canceled()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

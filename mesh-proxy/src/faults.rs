@@ -1,0 +1,241 @@
+//! Fault injection for chaos tests: delay, abort with a gRPC status, and stream reset, for a
+//! percentage of calls, from config, from the admin API at runtime, and from Envoy's
+//! `x-envoy-fault-*` headers when the route allows them. Own layer rather than
+//! tower-resilience's chaos because the settings change at runtime and per request.
+
+use crate::config::FaultConfig;
+use crate::grpc::Code;
+use crate::metrics::{FaultLabels, Metrics};
+use crate::{BoxFuture, ProxyError, Req, Rsp};
+use http::HeaderMap;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+/// Route name for the inbound listener's faults.
+pub const INBOUND_ROUTE: &str = "inbound";
+
+pub const H_ABORT_GRPC: &str = "x-envoy-fault-abort-grpc-request";
+pub const H_ABORT_HTTP: &str = "x-envoy-fault-abort-request";
+pub const H_ABORT_PCT: &str = "x-envoy-fault-abort-request-percentage";
+pub const H_DELAY: &str = "x-envoy-fault-delay-request";
+pub const H_DELAY_PCT: &str = "x-envoy-fault-delay-request-percentage";
+
+/// Current fault settings per route, shared with the admin API.
+#[derive(Clone, Default)]
+pub struct FaultStore(Arc<RwLock<BTreeMap<String, FaultConfig>>>);
+
+impl FaultStore {
+    pub fn get(&self, route: &str) -> Option<FaultConfig> {
+        match self.0.read() {
+            Ok(m) => m.get(route).cloned(),
+            Err(p) => p.into_inner().get(route).cloned(),
+        }
+    }
+    pub fn set(&self, route: &str, f: FaultConfig) {
+        match self.0.write() {
+            Ok(mut m) => m.insert(route.to_string(), f),
+            Err(p) => p.into_inner().insert(route.to_string(), f),
+        };
+    }
+    pub fn snapshot(&self) -> BTreeMap<String, FaultConfig> {
+        match self.0.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Faults requested by headers, already capped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderFaults {
+    pub abort: Option<Code>,
+    pub abort_percent: f64,
+    pub delay: Option<Duration>,
+    pub delay_percent: f64,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn header_percent(h: &HeaderMap, name: &str, cap: f64) -> f64 {
+    let requested = match header_str(h, name) {
+        None => 100.0,
+        Some(s) => match s.parse::<f64>() {
+            Ok(p) if p.is_finite() => p.clamp(0.0, 100.0),
+            _ => 0.0,
+        },
+    };
+    requested.min(cap)
+}
+
+/// Reads Envoy fault headers. Malformed values mean "no fault"; percentages are capped by `cap`.
+pub fn header_faults(h: &HeaderMap, cap: f64) -> HeaderFaults {
+    let cap = if cap.is_finite() { cap.clamp(0.0, 100.0) } else { 0.0 };
+    let abort = header_str(h, H_ABORT_GRPC)
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(Code::from_u16)
+        .filter(|c| *c != Code::Ok)
+        .or_else(|| {
+            header_str(h, H_ABORT_HTTP)
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|s| (200..600).contains(s) && *s != 200)
+                .map(Code::from_http)
+        });
+    let delay = header_str(h, H_DELAY)
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    HeaderFaults {
+        abort,
+        abort_percent: if abort.is_some() { header_percent(h, H_ABORT_PCT, cap) } else { 0.0 },
+        delay,
+        delay_percent: if delay.is_some() { header_percent(h, H_DELAY_PCT, cap) } else { 0.0 },
+    }
+}
+
+fn roll(percent: f64) -> bool {
+    percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent
+}
+
+#[derive(Clone)]
+pub struct FaultLayer {
+    store: FaultStore,
+    route: String,
+    direction: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl FaultLayer {
+    pub fn new(store: FaultStore, route: &str, direction: &'static str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            route: route.to_string(),
+            direction,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+    fn layer(&self, inner: S) -> Faults<S> {
+        Faults {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Faults<S> {
+    inner: S,
+    layer: FaultLayer,
+}
+
+impl<S> Service<Req> for Faults<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Rsp, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let inner = self.inner.clone();
+        let cfg = self.layer.store.get(&self.layer.route).unwrap_or_default();
+        let hf = if cfg.allow_header_faults {
+            let hf = header_faults(req.headers(), cfg.header_max_percent);
+            for h in [H_ABORT_GRPC, H_ABORT_HTTP, H_ABORT_PCT, H_DELAY, H_DELAY_PCT] {
+                req.headers_mut().remove(h);
+            }
+            hf
+        } else {
+            HeaderFaults::default()
+        };
+        let layer = self.layer.clone();
+        let count = move |kind: &str| {
+            layer
+                .metrics
+                .faults
+                .get_or_create(&FaultLabels {
+                    direction: layer.direction.into(),
+                    route: layer.route.clone(),
+                    kind: kind.into(),
+                })
+                .inc();
+        };
+        // Decide everything before awaiting: the RNG is not Send.
+        let delay = if let Some(d) = hf.delay.filter(|_| roll(hf.delay_percent)) {
+            Some(d)
+        } else if roll(cfg.delay_percent) {
+            Some(Duration::from_millis(cfg.delay_ms))
+        } else {
+            None
+        };
+        let abort = if let Some(c) = hf.abort.filter(|_| roll(hf.abort_percent)) {
+            Some(c)
+        } else if roll(cfg.abort_percent) {
+            Some(Code::from_u16(cfg.abort_grpc_status).unwrap_or(Code::Unavailable))
+        } else {
+            None
+        };
+        let reset = roll(cfg.reset_percent);
+        Box::pin(async move {
+            if let Some(d) = delay {
+                count("delay");
+                tokio::time::sleep(d).await;
+            }
+            if let Some(code) = abort {
+                count("abort");
+                return Err(ProxyError::FaultAbort(code));
+            }
+            if reset {
+                count("reset");
+                return Err(ProxyError::FaultReset);
+            }
+            inner.oneshot(req).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn abort_header_with_cap() {
+        let f = header_faults(&h(&[(H_ABORT_GRPC, "8"), (H_ABORT_PCT, "90")]), 50.0);
+        assert_eq!(f.abort, Some(Code::ResourceExhausted));
+        assert_eq!(f.abort_percent, 50.0);
+    }
+
+    #[test]
+    fn http_abort_maps_to_grpc() {
+        let f = header_faults(&h(&[(H_ABORT_HTTP, "503")]), 100.0);
+        assert_eq!(f.abort, Some(Code::Unavailable));
+        assert_eq!(f.abort_percent, 100.0);
+    }
+
+    #[test]
+    fn malformed_headers_mean_no_fault() {
+        let f = header_faults(&h(&[(H_ABORT_GRPC, "x"), (H_DELAY, "-5")]), 100.0);
+        assert_eq!(f, HeaderFaults::default());
+    }
+}

@@ -1,0 +1,43 @@
+//! Tally's sidecar mesh proxy: an outbound listener that routes the local app's gRPC calls to
+//! healthy endpoints of the target service, and an inbound listener that checks callers and
+//! forwards to the local app. Each concern is one tower layer; `stack` composes them.
+
+pub mod admin;
+pub mod authz;
+pub mod balance;
+pub mod body;
+pub mod breaker;
+pub mod budget;
+pub mod bulkhead;
+pub mod config;
+pub mod deadline;
+pub mod defaults;
+pub mod error;
+pub mod errors;
+pub mod faults;
+pub mod forward;
+pub mod grpc;
+pub mod metrics;
+pub mod observe;
+pub mod retry;
+pub mod route;
+pub mod run;
+pub mod server;
+pub mod stack;
+pub mod transport;
+
+pub use error::ProxyError;
+
+/// Request and response types shared by every layer.
+pub type Req = http::Request<body::Body>;
+pub type Rsp = http::Response<body::Body>;
+/// A boxed layer stack below the error-mapping layer.
+pub type BoxService = tower::util::BoxCloneSyncService<Req, Rsp, ProxyError>;
+/// A finished stack, as the listeners run it.
+pub type ListenerService = tower::util::BoxCloneSyncService<Req, Rsp, errors::ResetStream>;
+/// Future returned by the layers.
+pub type BoxFuture<T> = futures::future::BoxFuture<'static, T>;
+
+/// The caller's verified SPIFFE id (None = anonymous), set by the listener on every request.
+#[derive(Clone, Debug)]
+pub struct PeerId(pub Option<String>);

@@ -1,0 +1,300 @@
+//! Retries, opt-in per route. Own implementation rather than tower-resilience's `Retry`
+//! because it must: read `grpc-status` from trailers as well as headers (peeking the first
+//! response frame), share a per-destination budget, honour `grpc-retry-pushback-ms`, never
+//! start an attempt past the call's deadline, and steer the next attempt to another endpoint.
+//! Requests are buffered (up to a limit) to be replayable; larger ones pass through unretried.
+
+use crate::balance::{AvoidEndpoint, ServedBy};
+use crate::body::{self, Buffered, Peeked};
+use crate::budget::RetryBudget;
+use crate::config::RetryConfig;
+use crate::deadline::{Deadline, set_remaining};
+use crate::grpc::{self, Code};
+use crate::metrics::{Metrics, route as route_labels};
+use crate::observe::CallInfo;
+use crate::{BoxFuture, ProxyError, Req, Rsp};
+use http::HeaderMap;
+use rand::Rng;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+pub struct Policy {
+    pub route: String,
+    pub max_attempts: u32,
+    pub statuses: Vec<Code>,
+    pub idempotent: Vec<String>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub buffer_limit: usize,
+    pub budget: RetryBudget,
+}
+
+impl Policy {
+    pub fn from_config(route: &str, c: &RetryConfig, buffer_limit: usize) -> Self {
+        Self {
+            route: route.to_string(),
+            max_attempts: c.max_attempts,
+            statuses: c.retryable_statuses.iter().filter_map(|s| Code::from_name(s)).collect(),
+            idempotent: c.idempotent_methods.clone(),
+            backoff_base: Duration::from_millis(c.backoff_base_ms),
+            backoff_max: Duration::from_millis(c.backoff_max_ms),
+            buffer_limit,
+            budget: RetryBudget::new(
+                c.budget_ratio,
+                c.budget_min_per_second,
+                Duration::from_millis(c.budget_window_ms),
+            ),
+        }
+    }
+
+    /// `Method`, `pkg.Service/Method` or `*` entries match the request path.
+    pub fn is_idempotent(&self, path: &str) -> bool {
+        let Some((svc, method)) = grpc::split_path(path) else {
+            return false;
+        };
+        self.idempotent.iter().any(|m| {
+            m == "*" || m == method || m.strip_prefix('/').unwrap_or(m) == format!("{svc}/{method}")
+        })
+    }
+
+    fn retryable(&self, code: Code) -> bool {
+        self.statuses.contains(&code)
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+        let cap = exp.min(self.backoff_max);
+        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+/// What `grpc-retry-pushback-ms` says: `None` absent, `Some(None)` "do not retry", `Some(Some(d))` wait d.
+pub fn pushback(map: &HeaderMap) -> Option<Option<Duration>> {
+    let v = map.get("grpc-retry-pushback-ms")?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis),
+    )
+}
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    policy: Arc<Policy>,
+    metrics: Arc<Metrics>,
+}
+
+impl RetryLayer {
+    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<Policy>,
+    metrics: Arc<Metrics>,
+}
+
+/// One attempt's outcome, reduced to what the retry decision needs.
+enum Outcome {
+    Done(Result<Rsp, ProxyError>),
+    Retryable {
+        last: Result<Rsp, ProxyError>,
+        pushback: Option<Option<Duration>>,
+        endpoint: Option<String>,
+    },
+}
+
+async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: bool) -> Outcome {
+    match result {
+        Err(e) => {
+            let endpoint = match &e {
+                ProxyError::Connect { endpoint, .. } | ProxyError::Upstream { endpoint, .. } => Some(endpoint.clone()),
+                _ => None,
+            };
+            if e.never_reached_app() || (idempotent && policy.retryable(e.code())) {
+                Outcome::Retryable {
+                    last: Err(e),
+                    pushback: None,
+                    endpoint,
+                }
+            } else {
+                Outcome::Done(Err(e))
+            }
+        }
+        Ok(rsp) => {
+            let endpoint = rsp.extensions().get::<ServedBy>().map(|s| s.0.clone());
+            if !idempotent {
+                return Outcome::Done(Ok(rsp));
+            }
+            let (status, push, rsp) = if let Some(code) = body::immediate_status(&rsp) {
+                let push = pushback(rsp.headers());
+                (Some(code), push, rsp)
+            } else {
+                let (parts, b) = rsp.into_parts();
+                let (peeked, b) = body::peek(b).await;
+                let rsp = Rsp::from_parts(parts, b);
+                match peeked {
+                    Peeked::Trailers(t) => (grpc::status_of(&t), pushback(&t), rsp),
+                    _ => (None, None, rsp),
+                }
+            };
+            match status {
+                Some(code) if policy.retryable(code) => Outcome::Retryable {
+                    last: Ok(rsp),
+                    pushback: push,
+                    endpoint,
+                },
+                _ => Outcome::Done(Ok(rsp)),
+            }
+        }
+    }
+}
+
+impl<S> Service<Req> for Retry<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Rsp, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let inner = self.inner.clone();
+        let policy = self.policy.clone();
+        let metrics = self.metrics.clone();
+        if policy.max_attempts <= 1 {
+            return Box::pin(inner.oneshot(req));
+        }
+        Box::pin(async move {
+            let (parts, b) = req.into_parts();
+            let (data, trailers) = match body::buffer(b, policy.buffer_limit).await {
+                Buffered::Complete(d, t) => (d, t),
+                Buffered::TooLarge(b) => return inner.oneshot(Req::from_parts(parts, b)).await,
+                Buffered::Failed => return Err(ProxyError::ClientBody),
+            };
+            policy.budget.deposit();
+            let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+            let info = parts.extensions.get::<CallInfo>().cloned();
+            let idempotent = policy.is_idempotent(parts.uri.path());
+            let mut attempt = 1u32;
+            let mut avoid: Option<String> = None;
+            loop {
+                let mut req = Req::from_parts(parts.clone(), body::replay(data.clone(), trailers.clone()));
+                if let Some(d) = deadline {
+                    set_remaining(&mut req, d)?;
+                }
+                if let Some(a) = avoid.take() {
+                    req.extensions_mut().insert(AvoidEndpoint(a));
+                }
+                let result = inner.clone().oneshot(req).await;
+                let (last, push, endpoint) = match classify(result, &policy, idempotent).await {
+                    Outcome::Done(r) => return r,
+                    Outcome::Retryable {
+                        last,
+                        pushback,
+                        endpoint,
+                    } => (last, pushback, endpoint),
+                };
+                if attempt >= policy.max_attempts {
+                    return last;
+                }
+                let delay = match push {
+                    Some(None) => return last,
+                    Some(Some(d)) => d,
+                    None => policy.backoff(attempt),
+                };
+                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                    return last;
+                }
+                if !policy.budget.withdraw() {
+                    metrics
+                        .retry_budget_exhausted
+                        .get_or_create(&route_labels("outbound", &policy.route))
+                        .inc();
+                    tracing::debug!(route = %policy.route, "retry budget exhausted");
+                    return last;
+                }
+                metrics.retries.get_or_create(&route_labels("outbound", &policy.route)).inc();
+                if let Some(i) = &info {
+                    i.add_retry();
+                }
+                drop(last);
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+                avoid = endpoint;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(idem: &[&str]) -> Policy {
+        let c = RetryConfig {
+            idempotent_methods: idem.iter().map(|s| s.to_string()).collect(),
+            max_attempts: 3,
+            ..RetryConfig::default()
+        };
+        Policy::from_config("r", &c, 1024)
+    }
+
+    #[test]
+    fn idempotency_matching() {
+        assert!(policy(&["GetPoll"]).is_idempotent("/tally.poll.v1.PollService/GetPoll"));
+        assert!(policy(&["tally.poll.v1.PollService/GetPoll"]).is_idempotent("/tally.poll.v1.PollService/GetPoll"));
+        assert!(policy(&["*"]).is_idempotent("/a.B/C"));
+        assert!(!policy(&["GetPoll"]).is_idempotent("/tally.poll.v1.PollService/CastVote"));
+        assert!(!policy(&["*"]).is_idempotent("garbage"));
+    }
+
+    #[test]
+    fn pushback_values() {
+        let mut h = HeaderMap::new();
+        assert_eq!(pushback(&h), None);
+        h.insert("grpc-retry-pushback-ms", "15".parse().unwrap());
+        assert_eq!(pushback(&h), Some(Some(Duration::from_millis(15))));
+        h.insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+        assert_eq!(pushback(&h), Some(None));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let p = policy(&[]);
+        for a in 1..40 {
+            assert!(p.backoff(a) <= p.backoff_max);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Starting and stopping the proxy: bind listeners, build stacks, announce addresses, serve
+//! until the shutdown signal, then drain.
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::defaults as d;
+use crate::faults::{FaultStore, INBOUND_ROUTE};
+use crate::metrics::Metrics;
+use crate::observe::Direction;
+use crate::server::Listener;
+use crate::stack::{self, Shared};
+use crate::transport;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
+/// The bound addresses, printed as one JSON line on stdout at start (useful with port 0).
+#[derive(Debug, serde::Serialize)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { key, addr, source })
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let transports = transport::build(&cfg)?;
+    if let Some(expiry) = transports.cert_not_after.clone() {
+        // Keep the expiry gauge current across certificate reloads.
+        let gauge = metrics.cert_expiry.clone();
+        gauge.set(expiry());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                gauge.set(expiry());
+            }
+        });
+    }
+    let faults = FaultStore::default();
+    let mut routes = BTreeSet::new();
+    for (name, s) in &cfg.services {
+        faults.set(name, s.faults.clone());
+        routes.insert(name.clone());
+    }
+    if let Some(i) = &cfg.inbound {
+        faults.set(INBOUND_ROUTE, i.faults.clone());
+        routes.insert(INBOUND_ROUTE.to_string());
+    }
+    let shared = Shared {
+        metrics: metrics.clone(),
+        faults: faults.clone(),
+        client_transport: transports.client.clone(),
+    };
+
+    let admin_l = bind("admin.listen", cfg.admin.listen).await?;
+    let outbound_l = match &cfg.outbound {
+        Some(o) => Some(bind("outbound.listen", o.listen).await?),
+        None => None,
+    };
+    let inbound_l = match &cfg.inbound {
+        Some(i) => Some(bind("inbound.listen", i.listen).await?),
+        None => None,
+    };
+    let bound = Bound {
+        admin: local(&admin_l, cfg.admin.listen),
+        inbound: inbound_l.as_ref().zip(cfg.inbound.as_ref()).map(|(l, c)| local(l, c.listen)),
+        outbound: outbound_l.as_ref().zip(cfg.outbound.as_ref()).map(|(l, c)| local(l, c.listen)),
+    };
+    match serde_json::to_string(&bound) {
+        Ok(line) => println!("{line}"),
+        Err(e) => tracing::warn!(error = %e, "cannot print bound addresses"),
+    }
+    tracing::info!(?bound, "tally-proxy listening");
+
+    let (tx, rx) = watch::channel(false);
+    let grace = Duration::from_millis(d::SHUTDOWN_GRACE_MS);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        faults,
+        routes: Arc::new(routes),
+        config_json: Arc::new(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
+        ready: ready.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(admin::serve(admin_l, admin_state, rx.clone()));
+    if let (Some(l), Some(o)) = (outbound_l, &cfg.outbound) {
+        let listener = Listener {
+            direction: Direction::Outbound,
+            listener: l,
+            // The app talks plaintext to its own sidecar over loopback.
+            transport: Arc::new(transport::plaintext::Plaintext),
+            service: stack::outbound(&cfg, &shared),
+            max_connections: o.max_connections,
+            limits: cfg.limits.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(listener.serve(rx.clone(), grace));
+    }
+    if let (Some(l), Some(i), Some(service)) = (inbound_l, &cfg.inbound, stack::inbound(&cfg, &shared)) {
+        let listener = Listener {
+            direction: Direction::Inbound,
+            listener: l,
+            transport: transports.server.clone(),
+            service,
+            max_connections: i.max_connections,
+            limits: cfg.limits.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(listener.serve(rx.clone(), grace));
+    }
+    ready.store(true, Ordering::Release);
+
+    shutdown_signal.await;
+    tracing::info!("shutting down: draining connections");
+    ready.store(false, Ordering::Release);
+    let _ = tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
