@@ -70,6 +70,7 @@ impl Rotator {
     /// Also writes `bundle.pem` (the CA's root) into the directory if it is missing.
     pub fn rotate_if_due(&self, now: SystemTime) -> Result<RotationStatus, CertError> {
         let paths = self.paths();
+        std::fs::create_dir_all(&self.dir).map_err(|e| CertError::io(&self.dir, e))?;
         if !paths.bundle.exists() {
             write_atomic(
                 &self.dir.join(BUNDLE_FILE),

@@ -1,7 +1,8 @@
 //! Hot reload of a workload's TLS material.
 //!
-//! The three files are polled (size, mtime, inode) and re-read when any changes, or on
-//! demand via [`Reloader::reload_now`] (e.g. on SIGHUP). Good material becomes a new
+//! The three files are read on every poll (they are small) and compared by content hash,
+//! so in-place edits within the same second are seen too; a changed set is loaded from
+//! exactly the bytes that were hashed. [`Reloader::reload_now`] forces a load (SIGHUP). Good material becomes a new
 //! [`TlsConfigs`] published on a `tokio::sync::watch` channel: new connections take the
 //! newest configs, existing connections keep the config they were accepted with.
 //! Broken or half-written files (or a key that does not fit the certificate yet) leave the
@@ -48,20 +49,47 @@ impl TlsConfigs {
     }
 }
 
-/// Identifies one version of a file without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
+/// Hash of the three files' contents; `None` if one could not be read.
+type Fingerprint = Option<u64>;
+
+/// The three files' contents, read once so that hash and load see the same bytes.
+struct Snapshot {
+    files: Result<[Vec<u8>; 3], CertError>,
+    fingerprint: Fingerprint,
 }
 
-type Fingerprint = [Option<FileStamp>; 3];
+impl Snapshot {
+    fn read(paths: &IdentityPaths) -> Self {
+        let files = (|| {
+            Ok([
+                crate::files::read(&paths.bundle)?,
+                crate::files::read(&paths.cert)?,
+                crate::files::read(&paths.key)?,
+            ])
+        })();
+        let fingerprint = files.as_ref().ok().map(|f| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            f.hash(&mut h);
+            h.finish()
+        });
+        Self { files, fingerprint }
+    }
+
+    fn material(self, paths: &IdentityPaths) -> Result<Material, CertError> {
+        let [bundle, cert, key] = self.files?;
+        Material::from_pem_named(
+            (&paths.bundle.display().to_string(), &bundle),
+            (&paths.cert.display().to_string(), &cert),
+            (&paths.key.display().to_string(), &key),
+        )
+    }
+}
 
 #[derive(Debug, Default)]
 struct PollState {
     /// Fingerprint of the files the current configs came from.
-    loaded: Option<Fingerprint>,
+    loaded: Fingerprint,
     /// Fingerprint that last failed to load, and how many times in a row.
     failed: Option<(Fingerprint, u32)>,
     /// Generation for which an expiry warning was already logged.
@@ -88,11 +116,12 @@ impl Reloader {
     /// Loads the files once. Fails if they are not usable now. No polling: call
     /// [`Reloader::reload_now`] or [`Reloader::check`] yourself, or use [`Reloader::start`].
     pub fn new(paths: IdentityPaths) -> Result<Self, CertError> {
-        let stamp = fingerprint(&paths);
-        let configs = TlsConfigs::build(Material::load(&paths)?, 1)?;
+        let snapshot = Snapshot::read(&paths);
+        let loaded = snapshot.fingerprint;
+        let configs = TlsConfigs::build(snapshot.material(&paths)?, 1)?;
         let (tx, _) = watch::channel(Arc::new(configs));
         let state = PollState {
-            loaded: Some(stamp),
+            loaded,
             ..PollState::default()
         };
         Ok(Self {
@@ -146,8 +175,8 @@ impl Reloader {
     /// configs stay in place and the error is returned (and logged).
     pub fn reload_now(&self) -> Result<Arc<TlsConfigs>, CertError> {
         let mut state = self.inner.lock();
-        let stamp = fingerprint(&self.inner.paths);
-        self.inner.load(&mut state, stamp)
+        let snapshot = Snapshot::read(&self.inner.paths);
+        self.inner.load(&mut state, snapshot)
     }
 
     /// Reloads if any of the files changed since the last load. Returns whether new
@@ -173,20 +202,24 @@ impl Inner {
 
     fn check(&self) -> Result<bool, CertError> {
         let mut state = self.lock();
-        let stamp = fingerprint(&self.paths);
-        if state.loaded.as_ref() == Some(&stamp) {
+        let snapshot = Snapshot::read(&self.paths);
+        if snapshot.fingerprint.is_some() && state.loaded == snapshot.fingerprint {
             return Ok(false);
         }
-        self.load(&mut state, stamp).map(|_| true)
+        self.load(&mut state, snapshot).map(|_| true)
     }
 
     fn load(
         &self,
         state: &mut PollState,
-        stamp: Fingerprint,
+        snapshot: Snapshot,
     ) -> Result<Arc<TlsConfigs>, CertError> {
         let generation = self.tx.borrow().generation + 1;
-        match Material::load(&self.paths).and_then(|m| TlsConfigs::build(m, generation)) {
+        let stamp = snapshot.fingerprint;
+        match snapshot
+            .material(&self.paths)
+            .and_then(|m| TlsConfigs::build(m, generation))
+        {
             Ok(configs) => {
                 let configs = Arc::new(configs);
                 tracing::info!(
@@ -196,7 +229,7 @@ impl Inner {
                     "loaded mesh TLS certificate"
                 );
                 self.tx.send_replace(configs.clone());
-                state.loaded = Some(stamp);
+                state.loaded = stamp;
                 state.failed = None;
                 Ok(configs)
             }
@@ -253,26 +286,4 @@ impl Inner {
             );
         }
     }
-}
-
-fn fingerprint(paths: &IdentityPaths) -> Fingerprint {
-    [&paths.bundle, &paths.cert, &paths.key].map(|p| {
-        let meta = std::fs::metadata(p).ok()?;
-        Some(FileStamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode: inode(&meta),
-        })
-    })
-}
-
-#[cfg(unix)]
-fn inode(meta: &std::fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.ino()
-}
-
-#[cfg(not(unix))]
-fn inode(_meta: &std::fs::Metadata) -> u64 {
-    0
 }

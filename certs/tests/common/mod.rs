@@ -11,7 +11,7 @@ use tally_certs::tls::{Material, peer_spiffe_id};
 use tally_certs::{CertAuthority, SpiffeId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Generous limit so a stuck handshake fails the test instead of hanging it.
@@ -48,10 +48,10 @@ pub enum Accepted {
     Failed(String),
 }
 
-/// A TLS server taking its config from a watch channel for every new connection.
+/// A TLS server asking `config()` for the config of every new connection.
 /// Each connection gets `hello <client spiffe id>\n`, then every line is echoed back.
-pub async fn spawn_server_watch(
-    configs: watch::Receiver<Arc<ServerConfig>>,
+pub async fn spawn_server_with(
+    config: impl Fn() -> Arc<ServerConfig> + Send + 'static,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Accepted>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -61,7 +61,7 @@ pub async fn spawn_server_watch(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let acceptor = TlsAcceptor::from(configs.borrow().clone());
+            let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
@@ -102,10 +102,7 @@ pub async fn spawn_server_watch(
 pub async fn spawn_server(
     config: Arc<ServerConfig>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Accepted>) {
-    let (tx, rx) = watch::channel(config);
-    // Keep the sender alive for the life of the test process; receivers then never close.
-    std::mem::forget(tx);
-    spawn_server_watch(rx).await
+    spawn_server_with(move || config.clone()).await
 }
 
 /// An established client connection.
