@@ -1,1 +1,38 @@
-fn main() {}
+//! `tally-user`: the user service binary.
+
+use clap::Parser;
+use std::path::PathBuf;
+use tally_user::config::{Config, ENV_PREFIX};
+
+/// The Tally user service: accounts, sessions, access tokens and API keys.
+#[derive(Debug, Parser)]
+#[command(name = "tally-user", version)]
+struct Args {
+    /// TOML config file; `TALLY_USER_*` environment variables override it.
+    /// Without it, defaults apply (127.0.0.1:50051, `.tally/user/user.redb`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    tally_chassis::server::install_crypto_provider();
+    let args = Args::parse();
+    let config: Config = match tally_chassis::config::load(args.config.as_deref(), ENV_PREFIX) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tally-user: {e}");
+            std::process::exit(2);
+        }
+    };
+    tally_chassis::telemetry::init(
+        "tally-user",
+        config.telemetry.log_format,
+        config.telemetry.log_level.as_deref(),
+    );
+    if let Err(e) = tally_user::run::run(config, tally_chassis::shutdown::signal()).await {
+        tracing::error!(error = %e, "tally-user stopped");
+        eprintln!("tally-user: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,104 @@
+//! Starting the service: open the store and session store, load or create
+//! the signing key, wire the application, register health checks, serve.
+
+use crate::adapters::password::Argon2Hasher;
+use crate::adapters::signing::{self, Ed25519Signer};
+use crate::adapters::store::StoreRepository;
+use crate::app::{Lifetimes, UserApp};
+use crate::config::Config;
+use crate::grpc::UserGrpc;
+use crate::ports::SigningKeyRepository;
+use std::sync::Arc;
+use std::time::Duration;
+use tally_chassis::health::HealthHub;
+use tally_chassis::session::SessionStore;
+
+/// Fully-qualified name of the service, for health.
+pub const SERVICE_NAME: &str = "tally.user.v1.UserService";
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const REDIS_CONNECT_ATTEMPTS: u32 = 15;
+
+/// A failure to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("storage: {0}")]
+    Storage(#[from] tally_chassis::storage::StoreError),
+    #[error("sessions: {0}")]
+    Sessions(#[from] tally_chassis::session::SessionError),
+    #[error("{0}")]
+    Port(#[from] crate::ports::PortError),
+    #[error(transparent)]
+    Serve(#[from] tally_chassis::server::ServeError),
+}
+
+/// Runs the service until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = tally_chassis::storage::open(&config.storage).await?;
+    let sessions = open_sessions(&config, store.clone()).await?;
+    let repo = Arc::new(StoreRepository::new(store.clone()));
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let stored = repo.load_or_insert(signing::generate(now)?).await?;
+    let signer = Ed25519Signer::from_stored(&stored)?;
+    tracing::info!(kid = signer.kid(), "access-token signing key loaded");
+
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hasher = Argon2Hasher::new(cores * 2).await?;
+    let app = Arc::new(UserApp::new(
+        repo.clone(),
+        repo,
+        sessions.clone(),
+        Arc::new(hasher),
+        Arc::new(signer),
+        Lifetimes {
+            session: Duration::from_secs(config.user.session_ttl_secs),
+            access_token: Duration::from_secs(config.user.access_token_ttl_secs),
+        },
+    ));
+
+    let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
+    let probe = store.clone();
+    hub.watch("storage", HEALTH_INTERVAL, move || {
+        let s = probe.clone();
+        async move { s.ping().await.is_ok() }
+    });
+    if config.user.redis_url.is_some() {
+        let probe = sessions.clone();
+        hub.watch("redis", HEALTH_INTERVAL, move || {
+            let s = probe.clone();
+            async move { s.ping().await.is_ok() }
+        });
+    }
+
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(UserGrpc::new(app).into_server());
+    tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await?;
+    Ok(())
+}
+
+/// The configured session store; Redis gets a few attempts, since it may
+/// still be starting alongside this service.
+async fn open_sessions(
+    config: &Config,
+    store: Arc<dyn tally_chassis::storage::Store>,
+) -> Result<Arc<dyn SessionStore>, RunError> {
+    let url = config.user.redis_url.as_deref();
+    let mut attempt = 1;
+    loop {
+        match tally_chassis::session::open(url, store.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if attempt < REDIS_CONNECT_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "session store not reachable yet; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
