@@ -1,1 +1,46 @@
-fn main() {}
+//! `tally-polling`: the polling service binary.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Polls and votes for Tally (`tally.poll.v1.PollService`).
+#[derive(Debug, Parser)]
+#[command(name = "tally-polling", version)]
+struct Args {
+    /// TOML config file; `TALLY_POLLING_*` environment variables override it.
+    #[arg(long, env = "TALLY_POLLING_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tally_chassis::server::install_crypto_provider();
+    let args = Args::parse();
+    let cfg = match tally_polling::config::load(args.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("tally-polling: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tally_chassis::telemetry::init(
+        "polling",
+        cfg.telemetry.log_format,
+        cfg.telemetry.log_level.as_deref(),
+    );
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally-polling: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tally_polling::app::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tally-polling stopped with an error");
+            eprintln!("tally-polling: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Wiring: opens the store, builds the verifier against the user service's
+//! outbound address, registers health probes, and serves PollService.
+
+use crate::config::Config;
+use crate::grpc::PollApi;
+use crate::repository::PollRepository;
+use std::time::Duration;
+use tally::api::poll::v1::poll_service_server::PollServiceServer;
+use tally_chassis::auth::Authenticator;
+use tally_chassis::health::HealthHub;
+
+/// The gRPC service name health reports for.
+pub const SERVICE_NAME: &str = "tally.poll.v1.PollService";
+
+/// Runs the service until the shutdown signal.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = tally_chassis::storage::open(&cfg.storage).await?;
+    let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
+    let auth = Authenticator::new(user_channel, cfg.polling.auth_options());
+
+    let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
+    // Not serving until the first probes say otherwise.
+    hub.set_dependency("storage", false).await;
+    hub.set_dependency("user", false).await;
+    let interval = Duration::from_secs(cfg.polling.health_interval_secs);
+    let probe_store = store.clone();
+    hub.watch("storage", interval, move || {
+        let store = probe_store.clone();
+        async move { store.ping().await.is_ok() }
+    });
+    let probe_auth = auth.clone();
+    hub.watch("user", interval, move || {
+        let auth = probe_auth.clone();
+        async move { matches!(auth.refresh_jwks().await, Ok(n) if n > 0) }
+    });
+
+    let repo = PollRepository::new(
+        store,
+        cfg.polling.max_write_attempts,
+        cfg.polling.local_write_lock,
+    );
+    let api = PollApi::new(
+        repo,
+        auth,
+        cfg.polling.default_page_size,
+        cfg.polling.max_page_size,
+    );
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(PollServiceServer::new(api));
+    tally_chassis::server::serve(
+        &cfg.server,
+        hub,
+        health_server,
+        routes,
+        tally_chassis::shutdown::signal(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The polling binary's configuration: the chassis sections plus `[polling]`,
+//! from an optional TOML file and `TALLY_POLLING_*` environment overrides.
+//! With no file at all it runs locally next to a user service on :50051.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tally_chassis::auth::AuthOptions;
+use tally_chassis::config::{
+    ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings,
+    Validate,
+};
+
+/// Environment variable prefix of every override.
+pub const ENV_PREFIX: &str = "TALLY_POLLING_";
+
+/// Everything `tally-polling` reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_server")]
+    pub server: ServerSettings,
+    #[serde(default = "default_storage")]
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// Must contain `user`: where the user service (or its sidecar) listens.
+    #[serde(default = "default_outbound")]
+    pub outbound: OutboundSettings,
+    #[serde(default)]
+    pub polling: PollingSettings,
+}
+
+/// The service's own knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollingSettings {
+    /// Page size when a list request says 0.
+    pub default_page_size: u32,
+    /// Largest page a list returns.
+    pub max_page_size: u32,
+    /// Attempts of one vote or close that loses optimistic-concurrency races.
+    pub max_write_attempts: u32,
+    /// Queue writes to the same poll inside this process before they race.
+    pub local_write_lock: bool,
+    /// Least time between JWKS refetches caused by unknown key ids.
+    pub jwks_refetch_interval_secs: u64,
+    /// How long a verified API key is trusted without asking again.
+    pub api_key_cache_ttl_secs: u64,
+    /// Deadline of each call to the user service.
+    pub user_call_timeout_ms: u64,
+    /// How often health probes the store and the user service.
+    pub health_interval_secs: u64,
+    /// Expected `iss` of access tokens.
+    pub token_issuer: String,
+    /// Expected `aud` of access tokens.
+    pub token_audience: String,
+}
+
+impl Default for PollingSettings {
+    fn default() -> Self {
+        Self {
+            default_page_size: crate::domain::paging::DEFAULT_PAGE_SIZE,
+            max_page_size: crate::domain::paging::MAX_PAGE_SIZE,
+            max_write_attempts: 32,
+            local_write_lock: true,
+            jwks_refetch_interval_secs: 5,
+            api_key_cache_ttl_secs: 30,
+            user_call_timeout_ms: 5_000,
+            health_interval_secs: 5,
+            token_issuer: "tally-user".into(),
+            token_audience: "tally".into(),
+        }
+    }
+}
+
+impl PollingSettings {
+    /// The verifier options these settings describe.
+    pub fn auth_options(&self) -> AuthOptions {
+        AuthOptions {
+            issuer: self.token_issuer.clone(),
+            audience: self.token_audience.clone(),
+            jwks_refetch_interval: Duration::from_secs(self.jwks_refetch_interval_secs),
+            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
+            call_timeout: Duration::from_millis(self.user_call_timeout_ms),
+            ..AuthOptions::default()
+        }
+    }
+}
+
+fn default_server() -> ServerSettings {
+    ServerSettings {
+        listen_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 50052)),
+        drain_timeout_secs: 10,
+    }
+}
+
+fn default_storage() -> StorageSettings {
+    StorageSettings::Embedded {
+        path: PathBuf::from(".tally/polling/polling.redb"),
+    }
+}
+
+fn default_outbound() -> OutboundSettings {
+    let mut map = std::collections::BTreeMap::new();
+    map.insert("user".to_string(), "http://127.0.0.1:50051".to_string());
+    OutboundSettings(map)
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = self.storage.issues("storage");
+        out.extend(self.outbound.issues(&["user"]));
+        let p = &self.polling;
+        if p.max_page_size == 0 || p.max_page_size > 10_000 {
+            out.push(Issue::new(
+                "polling.max_page_size",
+                format!("is {}", p.max_page_size),
+                "use 1 to 10000 (500 is the default)",
+            ));
+        }
+        if p.default_page_size == 0 || p.default_page_size > p.max_page_size {
+            out.push(Issue::new(
+                "polling.default_page_size",
+                format!("is {}", p.default_page_size),
+                "use 1 to polling.max_page_size (50 is the default)",
+            ));
+        }
+        if p.max_write_attempts == 0 || p.max_write_attempts > 1000 {
+            out.push(Issue::new(
+                "polling.max_write_attempts",
+                format!("is {}", p.max_write_attempts),
+                "use 1 to 1000 (32 is the default)",
+            ));
+        }
+        if p.health_interval_secs == 0 {
+            out.push(Issue::new(
+                "polling.health_interval_secs",
+                "is 0",
+                "use at least 1 second",
+            ));
+        }
+        if p.user_call_timeout_ms == 0 {
+            out.push(Issue::new(
+                "polling.user_call_timeout_ms",
+                "is 0",
+                "use a positive deadline such as 5000",
+            ));
+        }
+        for (key, value) in [
+            ("polling.token_issuer", &p.token_issuer),
+            ("polling.token_audience", &p.token_audience),
+        ] {
+            if value.trim().is_empty() {
+                out.push(Issue::new(
+                    key,
+                    "is empty",
+                    "leave it unset for the default",
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Loads the configuration from `file` (if any) and the environment.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    tally_chassis::config::load(file, ENV_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_chassis::config::load_from;
+
+    fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("polling.toml");
+        std::fs::write(&path, text).expect("write");
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load_from(Some(&path), ENV_PREFIX, &vars)
+    }
+
+    #[test]
+    fn runs_with_no_file() {
+        let cfg: Config = load_from(None, ENV_PREFIX, &[]).expect("defaults");
+        assert_eq!(cfg.server.listen_addr.to_string(), "127.0.0.1:50052");
+        assert_eq!(cfg.outbound.address("user"), Some("http://127.0.0.1:50051"));
+        match cfg.storage {
+            StorageSettings::Embedded { path } => {
+                assert_eq!(path, PathBuf::from(".tally/polling/polling.redb"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(cfg.polling.default_page_size, 50);
+        assert_eq!(cfg.polling.max_page_size, 500);
+    }
+
+    #[test]
+    fn file_and_env_overrides() {
+        let cfg = load_text(
+            "[server]\nlisten_addr = \"127.0.0.1:6000\"\n[storage]\nbackend = \"embedded\"\npath = \"/tmp/x.redb\"\n[outbound]\nuser = \"http://127.0.0.1:7000\"\n[polling]\nmax_write_attempts = 5\n",
+            &[("TALLY_POLLING_POLLING__DEFAULT_PAGE_SIZE", "20")],
+        )
+        .expect("load");
+        assert_eq!(cfg.server.listen_addr.port(), 6000);
+        assert_eq!(cfg.polling.max_write_attempts, 5);
+        assert_eq!(cfg.polling.default_page_size, 20);
+        assert_eq!(cfg.outbound.address("user"), Some("http://127.0.0.1:7000"));
+    }
+
+    #[test]
+    fn outbound_user_is_required() {
+        let err = load_text("[outbound]\nanalytics = \"http://127.0.0.1:1\"\n", &[])
+            .expect_err("missing user");
+        let text = err.to_string();
+        assert!(text.contains("outbound.user"), "{text}");
+        assert!(text.contains("fix"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = load_text("[polling]\nmax_page_size = 0\n", &[]).expect_err("bad");
+        assert!(err.to_string().contains("polling.max_page_size"), "{err}");
+        let err = load_text("[polling]\nunknown_knob = 1\n", &[]).expect_err("unknown");
+        assert!(err.to_string().contains("unknown_knob"), "{err}");
+    }
+}

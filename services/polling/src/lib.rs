@@ -1,0 +1,16 @@
+//! The polling service: polls, one vote per voter, and counts that follow
+//! from an event-sourced vote log.
+//!
+//! - [`domain`]: the rules, pure and unit-tested.
+//! - [`repository`]: polls, votes and counts on the chassis storage port.
+//! - [`events`]: the events published through the outbox.
+//! - [`grpc`]: the `tally.poll.v1.PollService` edge.
+//! - [`config`]: the binary's typed configuration.
+//! - [`app`]: wiring, so the binary and tests start the same thing.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod repository;
