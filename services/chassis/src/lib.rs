@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod outbound;
 pub mod request_id;

@@ -1,0 +1,57 @@
+//! The event backbone: how events leave a producer's outbox and reach the
+//! read models of other services, exactly once in effect over at-least-once
+//! delivery.
+//!
+//! ```text
+//! producer store ──outbox──▶ feed (gRPC server stream)  ──▶ FeedSource ─┐
+//!                └─outbox──▶ relay ──XADD──▶ Redis stream ──▶ RedisSource ─┤
+//!                                                                          ▼
+//!                            consumer runtime ──one WriteBatch──▶ consumer store
+//!                            (processed row + read model + offset; DLQ on failure)
+//! ```
+//!
+//! * [`feed`]: every producer serves its outbox as `tally.events.v1.EventFeedService`.
+//! * [`bus`]: the narrow port a consumer reads from ([`bus::EventSource`]), with two adapters:
+//!   [`feed_source`] (the embedded default, a client of the producer's feed through the
+//!   mesh) and [`redis_streams`] (Redis Streams with consumer groups, fed by the [`relay`]).
+//! * [`consumer`]: the runtime that applies a [`consumer::Handler`] idempotently, retries,
+//!   dead-letters, redrives and replays; [`dead_letter`] holds the DLQ records.
+//! * [`admin`]: `tally.events.v1.ConsumerAdminService` over a service's consumers.
+//!
+//! Positions are the producer's outbox offsets on both transports (the relay
+//! uses the offset as the Redis stream entry id), so a consumer's durable
+//! offset, lag and replay mean the same thing whichever transport carries it.
+//!
+//! # Adding a Kafka adapter
+//! Implement [`bus::EventSource`] and [`relay::Publisher`]:
+//! * one topic per producer, keyed by `aggregate_id`, so per-aggregate order
+//!   survives partitioning; the relay publishes with an idempotent producer
+//!   (`enable.idempotence`) and records the outbox offset after the broker acks;
+//! * the envelope's outbox offset travels in a record header, because Kafka
+//!   offsets are per partition and are not the producer's offsets;
+//! * `subscribe` joins a consumer group named after the consumer; `ack` commits
+//!   the partition offset after the consumer's own transaction committed;
+//! * `rewind` (replay) seeks each partition to the first record whose header
+//!   offset is greater than the requested one (or to the beginning for 0);
+//! * `head` is the producer's outbox head (from the header of the last record
+//!   of each partition); retention is the topic's `retention.ms`/`retention.bytes`.
+//!
+//! Dead consumers need no XAUTOCLAIM there: the group rebalances their partitions.
+
+pub mod admin;
+pub mod bus;
+pub mod consumer;
+pub mod dead_letter;
+pub mod envelope;
+pub mod feed;
+pub mod feed_source;
+pub mod redis_streams;
+pub mod relay;
+
+pub use admin::ConsumerAdmin;
+pub use bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
+pub use consumer::{Consumer, ConsumerError, ConsumerStatus, Handler, HandlerError, RetryPolicy};
+pub use feed::Feed;
+pub use feed_source::FeedSource;
+pub use redis_streams::{RedisPublisher, RedisSource, RedisStreamSettings};
+pub use relay::{Publisher, Relay};

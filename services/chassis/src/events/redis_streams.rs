@@ -1,0 +1,539 @@
+//! The Redis Streams transport: one stream per producer
+//! (`<prefix><producer>`, e.g. `tally:events:polling`), written by the
+//! [`Relay`](crate::events::relay::Relay) through [`RedisPublisher`] and read
+//! by consumers through [`RedisSource`].
+//!
+//! * Entry ids are `<outbox offset>-0`, so positions are the producer's
+//!   offsets on this transport too, and an entry cannot be added twice
+//!   (the publisher skips offsets the stream already holds).
+//! * Fields: `type`, `aggregate`, `envelope` (the encoded `EventEnvelope`).
+//! * Each consumer is a consumer group named after it (`XGROUP CREATE ..
+//!   MKSTREAM`, created at the consumer's durable offset); each process is a
+//!   group member (`instance`, default `<hostname>-<pid>`; set it to a stable
+//!   name per replica so a restarted replica takes back its own pending
+//!   entries at once).
+//! * Reading: first the member's own pending entries (`XREADGROUP .. 0`), then
+//!   new ones (`XREADGROUP .. >` with `BLOCK`); every `claim_idle_ms / 2` it
+//!   takes over entries another member left pending for longer than
+//!   `claim_idle_ms` (`XAUTOCLAIM`): that member died. Entries are `XACK`ed
+//!   after the consumer's own transaction committed.
+//! * Retention: `XADD MAXLEN ~ max_len` (default 100 000 entries per producer).
+//!   A consumer that falls further behind than that loses the trimmed entries
+//!   on this transport (they stay in the producer's outbox; replay through the
+//!   embedded feed recovers them). Size `max_len` for the longest outage to ride out.
+
+use crate::events::bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
+use crate::events::relay::Publisher;
+use crate::storage::OutboxEntry;
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply,
+};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tally::api::events::v1::EventEnvelope;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+const BUFFER: usize = 64;
+const READ_COUNT: usize = 64;
+
+/// Redis Streams settings (a `[events.redis]`-style config section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSettings {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Stream key prefix; the producer's name is appended.
+    #[serde(default = "default_prefix")]
+    pub stream_prefix: String,
+    /// Approximate maximum entries kept per stream (`XADD MAXLEN ~`).
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Pending entries idle longer than this are claimed from their (dead) owner.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// How long one `XREADGROUP` blocks waiting for new entries.
+    #[serde(default = "default_block_ms")]
+    pub block_ms: u64,
+    /// This process's member name within consumer groups.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+fn default_prefix() -> String {
+    "tally:events:".to_string()
+}
+fn default_max_len() -> usize {
+    100_000
+}
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+fn default_block_ms() -> u64 {
+    1_000
+}
+
+impl RedisStreamSettings {
+    /// Settings with defaults for everything but the URL.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            stream_prefix: default_prefix(),
+            max_len: default_max_len(),
+            claim_idle_ms: default_claim_idle_ms(),
+            block_ms: default_block_ms(),
+            instance: None,
+        }
+    }
+
+    /// The stream key of `producer`.
+    pub fn stream(&self, producer: &str) -> String {
+        format!("{}{producer}", self.stream_prefix)
+    }
+
+    /// Validation issues, keys prefixed with `prefix`.
+    pub fn issues(&self, prefix: &str) -> Vec<crate::config::Issue> {
+        let mut out = Vec::new();
+        if redis::Client::open(self.url.as_str()).is_err() {
+            out.push(crate::config::Issue::new(
+                format!("{prefix}.url"),
+                format!("`{}` is not a Redis URL", self.url),
+                "write it as `redis://host:port`",
+            ));
+        }
+        if self.max_len == 0 {
+            out.push(crate::config::Issue::new(
+                format!("{prefix}.max_len"),
+                "is 0",
+                "keep at least the backlog a consumer may fall behind, e.g. 100000",
+            ));
+        }
+        out
+    }
+
+    fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "tally".to_string());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> BusError {
+    BusError::Unavailable(format!("redis: {e}"))
+}
+
+async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, BusError> {
+    let client = redis::Client::open(url)
+        .map_err(|e| BusError::Invalid(format!("bad redis url `{url}`: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(3)));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(unavailable)
+}
+
+fn entry_id(position: u64) -> String {
+    format!("{position}-0")
+}
+
+fn position_of(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
+}
+
+/// The last position in `stream` (0 when empty or missing).
+async fn last_position(conn: &mut ConnectionManager, stream: &str) -> Result<u64, BusError> {
+    let reply: StreamRangeReply = conn
+        .xrevrange_count(stream, "+", "-", 1)
+        .await
+        .map_err(unavailable)?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|id| position_of(&id.id))
+        .unwrap_or(0))
+}
+
+/// Publishes outbox entries to a producer's stream.
+pub struct RedisPublisher {
+    conn: ConnectionManager,
+    stream: String,
+    max_len: usize,
+    /// The stream's last position as last seen (`None`: ask Redis).
+    last: Mutex<Option<u64>>,
+}
+
+impl RedisPublisher {
+    /// Connects and targets the stream of `producer`.
+    pub async fn connect(settings: &RedisStreamSettings, producer: &str) -> Result<Self, BusError> {
+        Ok(Self {
+            conn: connect(&settings.url, Duration::from_secs(5)).await?,
+            stream: settings.stream(producer),
+            max_len: settings.max_len.max(1),
+            last: Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisPublisher {
+    fn describe(&self) -> String {
+        format!("redis:{}", self.stream)
+    }
+
+    async fn publish(&self, entries: &[OutboxEntry]) -> Result<(), BusError> {
+        let mut last = self.last.lock().await;
+        let mut conn = self.conn.clone();
+        let known = match *last {
+            Some(known) => known,
+            None => last_position(&mut conn, &self.stream).await?,
+        };
+        let fresh: Vec<&OutboxEntry> = entries.iter().filter(|e| e.offset > known).collect();
+        if fresh.len() < entries.len() {
+            tracing::info!(stream = %self.stream, skipped = entries.len() - fresh.len(), "entries already in the stream");
+        }
+        if let Some(newest) = fresh.last().map(|e| e.offset) {
+            let mut pipe = redis::pipe();
+            for entry in &fresh {
+                pipe.cmd("XADD")
+                    .arg(&self.stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.max_len)
+                    .arg(entry_id(entry.offset))
+                    .arg("type")
+                    .arg(&entry.event.event_type)
+                    .arg("aggregate")
+                    .arg(&entry.event.aggregate_id)
+                    .arg("envelope")
+                    .arg(entry.event.payload.as_slice())
+                    .ignore();
+            }
+            let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            if let Err(e) = result {
+                *last = None;
+                return Err(unavailable(e));
+            }
+            *last = Some(newest);
+        } else {
+            *last = Some(known);
+        }
+        Ok(())
+    }
+}
+
+/// A producer's stream as an [`EventSource`], through consumer groups.
+#[derive(Clone)]
+pub struct RedisSource {
+    settings: Arc<RedisStreamSettings>,
+    conn: ConnectionManager,
+    stream: String,
+    producer: String,
+    instance: String,
+}
+
+impl RedisSource {
+    /// Connects to the stream of `producer`.
+    pub async fn connect(settings: &RedisStreamSettings, producer: &str) -> Result<Self, BusError> {
+        Ok(Self {
+            settings: Arc::new(settings.clone()),
+            conn: connect(&settings.url, Duration::from_secs(5)).await?,
+            stream: settings.stream(producer),
+            producer: producer.to_string(),
+            instance: settings.instance_name(),
+        })
+    }
+
+    /// This process's member name in the consumer groups.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The stream key.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    async fn ensure_group(&self, group: &str, after: u64) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let start = if after == 0 {
+            "0".to_string()
+        } else {
+            entry_id(after)
+        };
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(&self.stream, group, start)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// Turns a stream entry into a delivery (an envelope without payload when the
+/// bytes are unreadable, so the consumer skips it and moves on).
+fn to_delivery(entry: &StreamId) -> Option<Delivery> {
+    let position = position_of(&entry.id)?;
+    let bytes: Vec<u8> = entry.get("envelope").unwrap_or_default();
+    let envelope = match decode_envelope(&bytes) {
+        Some(env) => env,
+        None => {
+            tracing::error!(id = %entry.id, "stream entry without a valid envelope");
+            EventEnvelope {
+                event_type: entry.get("type").unwrap_or_default(),
+                aggregate_id: entry.get("aggregate").unwrap_or_default(),
+                ..Default::default()
+            }
+        }
+    };
+    Some(Delivery { position, envelope })
+}
+
+fn decode_envelope(bytes: &[u8]) -> Option<EventEnvelope> {
+    if bytes.is_empty() {
+        return None;
+    }
+    crate::events::envelope::decode(bytes).ok()
+}
+
+struct Reader {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    instance: String,
+    types: HashSet<String>,
+    tx: mpsc::Sender<Result<Delivery, BusError>>,
+    claim_idle_ms: u64,
+    block_ms: u64,
+}
+
+enum Flow {
+    Continue,
+    Closed,
+}
+
+impl Reader {
+    /// Sends entries on; acks at once the ones this consumer does not want.
+    async fn forward(&mut self, entries: &[StreamId]) -> Result<Flow, BusError> {
+        for entry in entries {
+            let wanted = entry.map.contains_key("envelope")
+                && (self.types.is_empty()
+                    || entry
+                        .get::<String>("type")
+                        .is_some_and(|t| self.types.contains(&t)));
+            let delivery = if wanted { to_delivery(entry) } else { None };
+            match delivery {
+                Some(d) => {
+                    if self.tx.send(Ok(d)).await.is_err() {
+                        return Ok(Flow::Closed);
+                    }
+                }
+                None => {
+                    let _: i64 = self
+                        .conn
+                        .xack(&self.stream, &self.group, &[&entry.id])
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn read(&mut self, id: &str, block: bool) -> Result<Vec<StreamId>, BusError> {
+        let mut options = StreamReadOptions::default()
+            .group(&self.group, &self.instance)
+            .count(READ_COUNT);
+        if block {
+            options = options.block(self.block_ms as usize);
+        }
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.stream], &[id], &options)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+
+    /// Re-delivers this member's own pending entries (left by a previous run).
+    async fn own_pending(&mut self) -> Result<Flow, BusError> {
+        let mut cursor = "0".to_string();
+        loop {
+            let entries = self.read(&cursor, false).await?;
+            let Some(last) = entries.last() else {
+                return Ok(Flow::Continue);
+            };
+            cursor = last.id.clone();
+            if let Flow::Closed = self.forward(&entries).await? {
+                return Ok(Flow::Closed);
+            }
+        }
+    }
+
+    /// Takes over entries other (dead) members left pending too long.
+    async fn claim(&mut self) -> Result<Flow, BusError> {
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: redis::streams::StreamAutoClaimReply = self
+                .conn
+                .xautoclaim_options(
+                    &self.stream,
+                    &self.group,
+                    &self.instance,
+                    self.claim_idle_ms,
+                    &cursor,
+                    StreamAutoClaimOptions::default().count(READ_COUNT),
+                )
+                .await
+                .map_err(unavailable)?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(stream = %self.stream, group = %self.group, claimed = reply.claimed.len(), "claimed entries from an idle member");
+            }
+            if let Flow::Closed = self.forward(&reply.claimed).await? {
+                return Ok(Flow::Closed);
+            }
+            if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
+                return Ok(Flow::Continue);
+            }
+            cursor = reply.next_stream_id;
+        }
+    }
+
+    async fn run_once(&mut self) -> Result<Flow, BusError> {
+        if let Flow::Closed = self.own_pending().await? {
+            return Ok(Flow::Closed);
+        }
+        let claim_every = Duration::from_millis((self.claim_idle_ms / 2).max(50));
+        let mut last_claim: Option<tokio::time::Instant> = None;
+        loop {
+            if self.tx.is_closed() {
+                return Ok(Flow::Closed);
+            }
+            if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+                last_claim = Some(tokio::time::Instant::now());
+                if let Flow::Closed = self.claim().await? {
+                    return Ok(Flow::Closed);
+                }
+            }
+            let entries = self.read(">", true).await?;
+            if let Flow::Closed = self.forward(&entries).await? {
+                return Ok(Flow::Closed);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventSource for RedisSource {
+    fn describe(&self) -> String {
+        format!("redis:{}", self.stream)
+    }
+
+    async fn subscribe(&self, sub: Subscription) -> Result<DeliveryStream, BusError> {
+        self.ensure_group(&sub.consumer, sub.after).await?;
+        // Blocking reads get their own connection, so acks never wait behind them.
+        let reader_conn = connect(
+            &self.settings.url,
+            Duration::from_millis(self.settings.block_ms) + Duration::from_secs(5),
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let mut reader = Reader {
+            conn: reader_conn,
+            stream: self.stream.clone(),
+            group: sub.consumer.clone(),
+            instance: self.instance.clone(),
+            types: sub.event_types.into_iter().collect(),
+            tx,
+            claim_idle_ms: self.settings.claim_idle_ms,
+            block_ms: self.settings.block_ms.max(1),
+        };
+        let producer = self.producer.clone();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match reader.run_once().await {
+                    Ok(Flow::Closed) => return,
+                    Ok(Flow::Continue) => failures = 0,
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%producer, error = %e, "redis stream read failed; retrying");
+                        let _ = reader.tx.try_send(Err(e));
+                    }
+                }
+                let wait = crate::events::feed_source::backoff(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    failures.max(1),
+                );
+                tokio::select! {
+                    _ = reader.tx.closed() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn head(&self) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        last_position(&mut conn, &self.stream).await
+    }
+
+    async fn ack(&self, consumer: &str, position: u64) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .xack(&self.stream, consumer, &[entry_id(position)])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn rewind(&self, consumer: &str, after: u64) -> Result<(), BusError> {
+        self.ensure_group(consumer, after).await?;
+        let mut conn = self.conn.clone();
+        let start = if after == 0 {
+            "0".to_string()
+        } else {
+            entry_id(after)
+        };
+        let _: () = conn
+            .xgroup_setid(&self.stream, consumer, start)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_carry_the_outbox_offset() {
+        assert_eq!(entry_id(42), "42-0");
+        assert_eq!(position_of("42-0"), Some(42));
+        assert_eq!(position_of("garbage"), None);
+    }
+
+    #[test]
+    fn settings_default_and_validate() {
+        let s: RedisStreamSettings =
+            toml::from_str("url = \"redis://127.0.0.1:6379\"").expect("parse");
+        assert_eq!(s.stream("polling"), "tally:events:polling");
+        assert_eq!(s.max_len, 100_000);
+        assert!(s.issues("events.redis").is_empty());
+        let bad = RedisStreamSettings::new("http://nope");
+        assert_eq!(bad.issues("events.redis")[0].key, "events.redis.url");
+    }
+}
