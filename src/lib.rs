@@ -1,4 +1,6 @@
 //! Tally: the generated gRPC API for every bounded context, a typed client SDK,
-//! and the pieces of the `tally` command line.
+//! and `tally up`, the launcher that runs the platform on one machine.
 
 pub mod api;
+pub mod sdk;
+pub mod up;

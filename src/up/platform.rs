@@ -1,0 +1,237 @@
+//! The platform as data: which services exist, which binary runs each, the
+//! ports an instance needs, what it depends on and calls, and how its config
+//! file is written. `tally up` derives everything else from this list, so a new
+//! service (or a sidecar beside each service) is a new entry, not new code.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+/// Every instance listens on loopback; `tally up` is a one-machine launcher.
+pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// First port handed out when `--base-port` is not given.
+pub const DEFAULT_BASE_PORT: u16 = 50051;
+
+/// One service of the platform.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Short name: instance names, config and log files derive from it.
+    pub name: &'static str,
+    /// Binary next to the `tally` executable, e.g. `tally-user`.
+    pub binary: &'static str,
+    /// Fully-qualified gRPC service whose health must be SERVING.
+    pub health_service: &'static str,
+    /// Named ports each instance needs, allocated consecutively. `grpc` is the
+    /// service's own listener.
+    pub ports: &'static [&'static str],
+    /// Prefix of the environment overrides the binary reads (`TALLY_USER_`).
+    pub env_prefix: &'static str,
+    /// Services that must be SERVING before this one starts.
+    pub depends_on: &'static [&'static str],
+    /// Services this one calls; each becomes an `[outbound]` entry.
+    pub outbound: &'static [&'static str],
+    /// Whether a mesh sidecar runs beside each instance: when
+    /// [`Platform::sidecar`] is set, each instance gets one, its `[outbound]`
+    /// addresses point at that sidecar's `outbound` port, and peers reach it
+    /// through the sidecar's `inbound` port.
+    pub sidecar: bool,
+    /// Writes the instance's config file.
+    pub config: fn(&ConfigContext) -> toml::Table,
+}
+
+/// The sidecar that runs beside every service with `sidecar: true`.
+#[derive(Debug, Clone)]
+pub struct SidecarSpec {
+    pub binary: &'static str,
+    /// Prefix of the sidecar's environment overrides.
+    pub env_prefix: &'static str,
+    /// Named ports each sidecar needs. `inbound` (peers' sidecars connect
+    /// here) and `outbound` (the local service sends its calls here) are
+    /// required; others such as `admin` are free to add.
+    pub ports: &'static [&'static str],
+    /// Writes the sidecar's config file for one service instance.
+    pub config: fn(&ConfigContext) -> toml::Table,
+}
+
+/// The whole platform.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    /// In port-allocation order; start order comes from `depends_on`.
+    pub services: Vec<ServiceSpec>,
+    /// The mesh sidecar; `None` runs services without a mesh, calling each
+    /// other directly.
+    pub sidecar: Option<SidecarSpec>,
+}
+
+/// What a config template gets to know about the instance it configures.
+#[derive(Debug, Clone)]
+pub struct ConfigContext<'a> {
+    /// The spec's name, e.g. `polling`.
+    pub service: &'a str,
+    /// The instance name, e.g. `polling` or `polling-2`.
+    pub instance: &'a str,
+    /// This instance's allocated ports by name.
+    pub ports: &'a BTreeMap<&'static str, u16>,
+    /// Directory owned by this instance alone (its database lives here).
+    pub state_dir: &'a Path,
+    /// Address per outbound target, e.g. `user` → `http://127.0.0.1:50051`:
+    /// the target itself without a mesh, the local sidecar with one.
+    pub outbound: &'a BTreeMap<String, String>,
+    /// For a sidecar: the local service instance it fronts.
+    pub app_addr: Option<SocketAddr>,
+    /// For a sidecar: every endpoint (`host:port`) per target service it
+    /// routes to, i.e. the `inbound` ports of the target's sidecars.
+    pub endpoints: &'a BTreeMap<String, Vec<SocketAddr>>,
+    /// `pretty` or `json`.
+    pub log_format: &'a str,
+}
+
+impl ConfigContext<'_> {
+    /// The loopback address of the named port.
+    pub fn addr(&self, port: &str) -> Option<SocketAddr> {
+        self.ports.get(port).map(|p| SocketAddr::new(HOST, *p))
+    }
+}
+
+/// The sections every Tally service reads through `tally_chassis::config`:
+/// `[server]`, `[storage]` (embedded, in the instance's own directory),
+/// `[telemetry]` and, when it calls anyone, `[outbound]`. Service-specific
+/// sections are left out so the binary's defaults apply.
+pub fn standard_config(ctx: &ConfigContext) -> toml::Table {
+    let mut root = toml::Table::new();
+    let mut server = toml::Table::new();
+    if let Some(addr) = ctx.addr("grpc") {
+        server.insert("listen_addr".into(), addr.to_string().into());
+    }
+    root.insert("server".into(), server.into());
+
+    let mut storage = toml::Table::new();
+    storage.insert("backend".into(), "embedded".into());
+    storage.insert(
+        "path".into(),
+        ctx.state_dir
+            .join(format!("{}.redb", ctx.service))
+            .display()
+            .to_string()
+            .into(),
+    );
+    root.insert("storage".into(), storage.into());
+
+    let mut telemetry = toml::Table::new();
+    telemetry.insert("log_format".into(), ctx.log_format.into());
+    root.insert("telemetry".into(), telemetry.into());
+
+    if !ctx.outbound.is_empty() {
+        let outbound: toml::Table = ctx
+            .outbound
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::from(v.as_str())))
+            .collect();
+        root.insert("outbound".into(), outbound.into());
+    }
+    root
+}
+
+/// Tally as `tally up` runs it.
+pub fn platform() -> Platform {
+    Platform {
+        services: vec![
+            ServiceSpec {
+                name: "user",
+                binary: "tally-user",
+                health_service: "tally.user.v1.UserService",
+                ports: &["grpc"],
+                env_prefix: "TALLY_USER_",
+                depends_on: &[],
+                outbound: &[],
+                sidecar: true,
+                config: standard_config,
+            },
+            ServiceSpec {
+                name: "polling",
+                binary: "tally-polling",
+                health_service: "tally.poll.v1.PollService",
+                ports: &["grpc"],
+                env_prefix: "TALLY_POLLING_",
+                // Polling verifies tokens with the user service's JWKS.
+                depends_on: &["user"],
+                outbound: &["user"],
+                sidecar: true,
+                config: standard_config,
+            },
+        ],
+        sidecar: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_config_has_every_chassis_section() {
+        let ports = BTreeMap::from([("grpc", 50052u16)]);
+        let outbound = BTreeMap::from([("user".to_string(), "http://127.0.0.1:50051".to_string())]);
+        let ctx = ConfigContext {
+            service: "polling",
+            instance: "polling",
+            ports: &ports,
+            state_dir: Path::new("/data/polling"),
+            outbound: &outbound,
+            app_addr: None,
+            endpoints: &BTreeMap::new(),
+            log_format: "json",
+        };
+        let text = toml::to_string(&standard_config(&ctx)).expect("serialises");
+        let back: toml::Table = text.parse().expect("parses");
+        assert_eq!(
+            back["server"]["listen_addr"].as_str(),
+            Some("127.0.0.1:50052")
+        );
+        assert_eq!(back["storage"]["backend"].as_str(), Some("embedded"));
+        assert_eq!(
+            back["storage"]["path"].as_str(),
+            Some("/data/polling/polling.redb")
+        );
+        assert_eq!(back["telemetry"]["log_format"].as_str(), Some("json"));
+        assert_eq!(
+            back["outbound"]["user"].as_str(),
+            Some("http://127.0.0.1:50051")
+        );
+    }
+
+    #[test]
+    fn services_without_peers_get_no_outbound_section() {
+        let ports = BTreeMap::from([("grpc", 1u16)]);
+        let outbound = BTreeMap::new();
+        let ctx = ConfigContext {
+            service: "user",
+            instance: "user",
+            ports: &ports,
+            state_dir: Path::new("/d"),
+            outbound: &outbound,
+            app_addr: None,
+            endpoints: &BTreeMap::new(),
+            log_format: "pretty",
+        };
+        assert!(!standard_config(&ctx).contains_key("outbound"));
+    }
+
+    #[test]
+    fn every_dependency_and_outbound_target_exists() {
+        let p = platform();
+        let names: Vec<&str> = p.services.iter().map(|s| s.name).collect();
+        for s in &p.services {
+            for d in s.depends_on.iter().chain(s.outbound) {
+                assert!(
+                    names.contains(d),
+                    "{} refers to unknown service {d}",
+                    s.name
+                );
+            }
+            assert!(s.ports.contains(&"grpc"), "{} needs a grpc port", s.name);
+            assert!(s.env_prefix.starts_with("TALLY_") && s.env_prefix.ends_with('_'));
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Test helpers shared by every Tally crate's integration tests.
+//!
+//! Tests here run real processes on real sockets: the service binaries built by
+//! `cargo build --workspace --bins`, a real `redis-server`, the real `grpcurl`.
+//! Helpers panic with a message that says what to do, since they only run in
+//! tests.
+
+mod health;
+mod paths;
+mod ports;
+mod process;
+mod redis;
+mod services;
+
+pub use health::{is_serving, wait_for_health};
+pub use paths::{bin_path, grpcurl, repo_root};
+pub use ports::{free_port, free_port_range};
+pub use process::Process;
+pub use redis::RedisServer;
+pub use services::{Platform, start_polling, start_user};
+
+/// A generous default for "wait until ready" loops on a loaded 2-core machine.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
