@@ -207,12 +207,19 @@ impl CertAuthority {
     ///
     /// `validity` must lie between [`MIN_WORKLOAD_VALIDITY`] and [`MAX_WORKLOAD_VALIDITY`].
     pub fn issue(&self, id: &SpiffeId, validity: Duration) -> Result<IssuedCert, CertError> {
-        if validity < MIN_WORKLOAD_VALIDITY || validity > MAX_WORKLOAD_VALIDITY {
+        use crate::duration::format_duration as fmt;
+        if validity < MIN_WORKLOAD_VALIDITY {
             return Err(CertError::Validity(format!(
-                "{}s is outside {}s..={}s",
-                validity.as_secs(),
-                MIN_WORKLOAD_VALIDITY.as_secs(),
-                MAX_WORKLOAD_VALIDITY.as_secs()
+                "{} is shorter than the minimum {}",
+                fmt(validity),
+                fmt(MIN_WORKLOAD_VALIDITY)
+            )));
+        }
+        if validity > MAX_WORKLOAD_VALIDITY {
+            return Err(CertError::Validity(format!(
+                "{} is longer than the maximum {}",
+                fmt(validity),
+                fmt(MAX_WORKLOAD_VALIDITY)
             )));
         }
         let now = SystemTime::now();

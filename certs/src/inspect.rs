@@ -68,7 +68,10 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<SpiffeId> {
 
 /// Formats a time as RFC 3339 in UTC, e.g. `2025-01-31T12:00:00Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
+    // Whole seconds: that is the precision of certificate times.
+    let dt = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     dt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{dt}"))
 }
