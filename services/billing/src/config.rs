@@ -1,0 +1,181 @@
+//! The billing binary's configuration: chassis sections, outbound targets
+//! (`payment`, `user`), `[saga]` tunables, and the test-only crash point.
+//! Every field has a default, so the binary runs with no file.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tally_chassis::config::{
+    Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings, Validate,
+};
+
+/// Environment prefix, e.g. `TALLY_BILLING_SAGA__CHARGE_ATTEMPTS=2`.
+pub const ENV_PREFIX: &str = "TALLY_BILLING_";
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50055";
+
+/// Outbound targets billing calls.
+pub const REQUIRED_TARGETS: [&str; 2] = ["payment", "user"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    #[serde(default = "default_server")]
+    pub server: ServerSettings,
+    #[serde(default = "default_storage")]
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default = "default_outbound")]
+    pub outbound: OutboundSettings,
+    #[serde(default)]
+    pub saga: SagaSettings,
+    /// TESTING ONLY. `TALLY_BILLING_CRASH_AFTER=<point>` aborts the process
+    /// right after the saga persists that point (see
+    /// [`crate::orchestrator::CRASH_POINTS`]), to test crash recovery.
+    /// Unset in every real deployment.
+    #[serde(default)]
+    pub crash_after: Option<String>,
+}
+
+/// How the orchestrator runs sagas.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSettings {
+    /// Attempts per payment call (the first included) while it is unavailable.
+    #[serde(default = "default_attempts")]
+    pub payment_attempts: u32,
+    /// First backoff between attempts; doubles each time, capped at 5 s.
+    #[serde(default = "default_backoff")]
+    pub retry_backoff_ms: u64,
+    /// Deadline of each payment call.
+    #[serde(default = "default_call_timeout")]
+    pub payment_timeout_ms: u64,
+    /// How long StartSubscription waits for the saga before answering PENDING.
+    #[serde(default = "default_start_wait")]
+    pub start_wait_ms: u64,
+    /// How often unfinished sagas are picked up again (after start-up).
+    #[serde(default = "default_resume_interval")]
+    pub resume_interval_secs: u64,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            payment_attempts: default_attempts(),
+            retry_backoff_ms: default_backoff(),
+            payment_timeout_ms: default_call_timeout(),
+            start_wait_ms: default_start_wait(),
+            resume_interval_secs: default_resume_interval(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    4
+}
+fn default_backoff() -> u64 {
+    200
+}
+fn default_call_timeout() -> u64 {
+    5_000
+}
+fn default_start_wait() -> u64 {
+    5_000
+}
+fn default_resume_interval() -> u64 {
+    5
+}
+
+fn default_server() -> ServerSettings {
+    ServerSettings {
+        listen_addr: DEFAULT_LISTEN
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50055))),
+        drain_timeout_secs: 10,
+    }
+}
+
+fn default_storage() -> StorageSettings {
+    StorageSettings::Embedded {
+        path: PathBuf::from(".tally/billing/billing.redb"),
+    }
+}
+
+fn default_outbound() -> OutboundSettings {
+    let mut m = BTreeMap::new();
+    m.insert("payment".to_string(), "http://127.0.0.1:50056".to_string());
+    m.insert("user".to_string(), "http://127.0.0.1:50051".to_string());
+    OutboundSettings(m)
+}
+
+impl Validate for BillingConfig {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = self.storage.issues("storage");
+        out.extend(self.outbound.issues(&REQUIRED_TARGETS));
+        let s = &self.saga;
+        if s.payment_attempts == 0 || s.payment_attempts > 20 {
+            out.push(Issue::new(
+                "saga.payment_attempts",
+                format!("{} is outside 1..=20", s.payment_attempts),
+                "use a small number such as 4",
+            ));
+        }
+        if s.payment_timeout_ms == 0 {
+            out.push(Issue::new(
+                "saga.payment_timeout_ms",
+                "is zero",
+                "use a deadline such as 5000",
+            ));
+        }
+        if s.resume_interval_secs == 0 {
+            out.push(Issue::new(
+                "saga.resume_interval_secs",
+                "is zero",
+                "use a period such as 5",
+            ));
+        }
+        if let Some(point) = &self.crash_after
+            && !crate::orchestrator::CRASH_POINTS.contains(&point.as_str())
+        {
+            out.push(Issue::new(
+                "crash_after",
+                format!("`{point}` is not a crash point"),
+                format!(
+                    "unset it, or use one of: {}",
+                    crate::orchestrator::CRASH_POINTS.join(", ")
+                ),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_chassis::config::load_from;
+
+    #[test]
+    fn runs_with_no_file() {
+        let cfg: BillingConfig = load_from(None, ENV_PREFIX, &[]).expect("defaults");
+        assert_eq!(cfg.server.listen_addr.to_string(), DEFAULT_LISTEN);
+        assert!(cfg.outbound.address("payment").is_some());
+        assert_eq!(cfg.crash_after, None);
+    }
+
+    #[test]
+    fn crash_point_comes_from_env_and_is_checked() {
+        let vars = vec![(
+            "TALLY_BILLING_CRASH_AFTER".to_string(),
+            "charge_payment".to_string(),
+        )];
+        let cfg: BillingConfig = load_from(None, ENV_PREFIX, &vars).expect("env");
+        assert_eq!(cfg.crash_after.as_deref(), Some("charge_payment"));
+        let bad = vec![("TALLY_BILLING_CRASH_AFTER".to_string(), "nope".to_string())];
+        let err = load_from::<BillingConfig>(None, ENV_PREFIX, &bad).expect_err("unknown");
+        assert!(err.to_string().contains("crash_after"), "{err}");
+    }
+}

@@ -1,0 +1,4 @@
+//! The billing domain: plans and the subscription saga, with no I/O.
+
+pub mod plans;
+pub mod saga;
