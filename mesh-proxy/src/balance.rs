@@ -6,7 +6,7 @@
 
 use crate::body::{self, End};
 use crate::breaker::{Admission, Breaker};
-use crate::config::{BreakerConfig, OutlierConfig};
+use crate::config::{BreakerConfig, LoadBalancerConfig, OutlierConfig};
 use crate::defaults as d;
 use crate::error::from_client_error;
 use crate::metrics::{Metrics, endpoint as endpoint_labels, route as route_labels};
@@ -98,6 +98,7 @@ struct Ewma {
 
 pub struct Endpoint {
     pub addr: String,
+    lb: LoadBalancerConfig,
     client: HttpClient,
     breaker: Breaker,
     ewma: Mutex<Ewma>,
@@ -124,23 +125,32 @@ impl Endpoint {
     fn observe_rtt(&self, rtt: Duration, failed: bool) {
         let mut rtt_ns = rtt.as_nanos() as f64;
         if failed {
-            rtt_ns = rtt_ns.max(Duration::from_millis(d::EWMA_FAILURE_PENALTY_MS).as_nanos() as f64);
+            rtt_ns = rtt_ns.max(Duration::from_millis(self.lb.failure_penalty_ms).as_nanos() as f64);
         }
         let mut e = lock(&self.ewma);
         let now = Instant::now();
         if rtt_ns > e.estimate_ns {
+            // Peak: a slower observation takes effect at once.
             e.estimate_ns = rtt_ns;
         } else {
-            let elapsed = now.duration_since(e.updated).as_nanos() as f64;
-            let tau = Duration::from_millis(d::EWMA_DECAY_MS).as_nanos() as f64;
-            let w = (-elapsed / tau).exp();
+            let w = self.decay_weight(now.duration_since(e.updated));
             e.estimate_ns = e.estimate_ns * w + rtt_ns * (1.0 - w);
         }
         e.updated = now;
     }
 
+    fn decay_weight(&self, elapsed: Duration) -> f64 {
+        let tau = Duration::from_millis(self.lb.decay_ms.max(1)).as_nanos() as f64;
+        (-(elapsed.as_nanos() as f64) / tau).exp()
+    }
+
+    /// Load estimate: the RTT estimate (decaying while the endpoint is idle, so an endpoint
+    /// that was slow or failing is tried again eventually) times the calls in flight plus one.
     fn cost(&self) -> f64 {
-        let est = lock(&self.ewma).estimate_ns;
+        let est = {
+            let e = lock(&self.ewma);
+            e.estimate_ns * self.decay_weight(e.updated.elapsed())
+        };
         est * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
     }
 
@@ -187,6 +197,7 @@ impl Pool {
         settings: &ClientSettings,
         breaker: &BreakerConfig,
         outlier: &OutlierConfig,
+        lb: &LoadBalancerConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let endpoints = addrs
@@ -195,6 +206,7 @@ impl Pool {
                 let labels = endpoint_labels(route, a);
                 Arc::new(Endpoint {
                     addr: a.clone(),
+                    lb: lb.clone(),
                     client: http2_client(a, expected_id, transport.clone(), settings),
                     breaker: Breaker::new(
                         breaker.clone(),
@@ -203,7 +215,7 @@ impl Pool {
                         format!("{route}/{a}"),
                     ),
                     ewma: Mutex::new(Ewma {
-                        estimate_ns: Duration::from_millis(d::EWMA_DEFAULT_RTT_MS).as_nanos() as f64,
+                        estimate_ns: Duration::from_millis(lb.default_rtt_ms).as_nanos() as f64,
                         updated: Instant::now(),
                     }),
                     in_flight: AtomicUsize::new(0),

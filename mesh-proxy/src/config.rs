@@ -151,7 +151,30 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub outlier: OutlierConfig,
     #[serde(default)]
+    pub load_balancer: LoadBalancerConfig,
+    #[serde(default)]
     pub faults: FaultConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadBalancerConfig {
+    /// RTT assumed for an endpoint that has not answered yet.
+    pub default_rtt_ms: u64,
+    /// Decay time constant of the peak-EWMA estimate.
+    pub decay_ms: u64,
+    /// A failed call counts as at least this slow (0 = failures do not inflate the estimate).
+    pub failure_penalty_ms: u64,
+}
+
+impl Default for LoadBalancerConfig {
+    fn default() -> Self {
+        Self {
+            default_rtt_ms: d::EWMA_DEFAULT_RTT_MS,
+            decay_ms: d::EWMA_DECAY_MS,
+            failure_penalty_ms: d::EWMA_FAILURE_PENALTY_MS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -522,6 +545,13 @@ impl Config {
                     format!("{key}.outlier"),
                     "consecutive_5xx and base_ejection_time_ms must be positive, max_ejection_percent <= 100".into(),
                     "use Envoy's defaults: 5, 30000, 10",
+                ));
+            }
+            if s.load_balancer.decay_ms == 0 {
+                return Err(bad(
+                    format!("{key}.load_balancer.decay_ms"),
+                    "is 0".into(),
+                    "use a positive number of milliseconds (default 10000)",
                 ));
             }
             check_faults(&s.faults, &format!("{key}.faults"), &bad)?;

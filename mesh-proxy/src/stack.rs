@@ -40,6 +40,7 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
             &settings,
             &svc.breaker,
             &svc.outlier,
+            &svc.load_balancer,
             shared.metrics.clone(),
         );
         let route = ServiceBuilder::new()
