@@ -97,14 +97,14 @@ impl Validate for Config {
             ));
         }
         let u = &self.user;
-        if let Some(url) = &u.redis_url {
-            if !url.starts_with("redis://") || url.len() <= "redis://".len() {
-                out.push(Issue::new(
-                    "user.redis_url",
-                    format!("`{url}` is not a redis:// URL"),
-                    "write it as `redis://host:port` (or remove it to keep sessions in the embedded store)",
-                ));
-            }
+        if let Some(url) = &u.redis_url
+            && (!url.starts_with("redis://") || url.len() <= "redis://".len())
+        {
+            out.push(Issue::new(
+                "user.redis_url",
+                format!("`{url}` is not a redis:// URL"),
+                "write it as `redis://host:port` (or remove it to keep sessions in the embedded store)",
+            ));
         }
         if !(MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&u.session_ttl_secs) {
             out.push(Issue::new(

@@ -115,7 +115,8 @@ mod tests {
         let jwk = PublicJwk::ed25519(&pk);
         assert_eq!((jwk.kty.as_str(), jwk.crv.as_str()), ("OKP", "Ed25519"));
         assert_eq!(URL_SAFE_NO_PAD.decode(&jwk.x).unwrap(), pk);
-        let doc: serde_json::Value = serde_json::from_str(&jwks_json(&[jwk.clone()])).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&jwks_json(std::slice::from_ref(&jwk))).unwrap();
         assert_eq!(doc["keys"][0]["use"], "sig");
         assert_eq!(doc["keys"][0]["alg"], "EdDSA");
         assert_eq!(doc["keys"][0]["kid"], jwk.kid);
