@@ -9,6 +9,7 @@
 //! event.
 
 pub mod embedded;
+pub mod scylla;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -220,9 +221,10 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
             let store = embedded::EmbeddedStore::open(path).await?;
             Ok(Arc::new(store))
         }
-        StorageSettings::Scylla { .. } => Err(StoreError::Unavailable(
-            "the ScyllaDB adapter is not built into this binary; use storage.backend = \"embedded\"".into(),
-        )),
+        StorageSettings::Scylla { .. } => {
+            let store = scylla::ScyllaStore::connect(settings).await?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
