@@ -44,6 +44,9 @@ pub enum CertError {
     /// A service name would overwrite a CA file.
     #[error("service name {0:?} is reserved (it would overwrite a CA file)")]
     ReservedName(String),
+    /// A background task was requested outside a tokio runtime.
+    #[error("{0}")]
+    Runtime(String),
     /// rcgen failed to build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),

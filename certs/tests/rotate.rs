@@ -85,3 +85,39 @@ async fn rotated_certificate_reaches_a_running_reloader() {
         .unwrap();
     assert_eq!(reloader.current().material.identity(), &id("user"));
 }
+
+#[tokio::test]
+async fn run_issues_a_missing_certificate_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(CertAuthority::init(&dir.path().join("ca"), "tally.local", false).unwrap());
+    let rotator = Rotator::new(
+        ca,
+        dir.path().join("svc"),
+        id("billing"),
+        Duration::from_secs(3600),
+    );
+    let paths = rotator.paths();
+    let task = tokio::spawn(rotator.run());
+    let loaded = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(m) = Material::load(&paths) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the rotator never wrote a certificate");
+    assert_eq!(loaded.identity(), &id("billing"));
+    task.abort();
+}
+
+#[test]
+fn reloader_start_outside_a_runtime_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(CertAuthority::init(dir.path(), "tally.local", false).unwrap());
+    let rotator = Rotator::new(ca, dir.path(), id("user"), Duration::from_secs(3600));
+    rotator.rotate_if_due(std::time::SystemTime::now()).unwrap();
+    let err = Reloader::start(rotator.paths(), Duration::from_millis(50)).unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+}

@@ -137,12 +137,15 @@ impl Reloader {
     /// Loads the files and spawns a task on the current tokio runtime that checks them
     /// every `poll` (see [`DEFAULT_POLL_INTERVAL`]).
     ///
-    /// Must be called from within a tokio runtime.
+    /// Must be called from within a tokio runtime (otherwise [`CertError::Runtime`]).
     pub fn start(paths: IdentityPaths, poll: Duration) -> Result<Self, CertError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            CertError::Runtime(format!("Reloader::start needs a tokio runtime: {e}"))
+        })?;
         let mut reloader = Self::new(paths)?;
         let inner = reloader.inner.clone();
         let poll = poll.max(Duration::from_millis(10));
-        let handle = tokio::spawn(async move {
+        let handle = runtime.spawn(async move {
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
