@@ -390,6 +390,20 @@ async fn expired_polls_refuse_votes() {
     );
 }
 
+/// An EdDSA token with valid claims, signed by a freshly generated key.
+fn forge_token(kid: &str, sub: &str) -> String {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let key = jsonwebtoken::EncodingKey::from_ed_der(&pair.serialize_der());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.to_string());
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": sub, "iss": "tally-user", "aud": "tally",
+        "iat": now, "exp": now + 600, "sid": "forged",
+    });
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
 #[tokio::test]
 async fn credentials_and_scopes() {
     // No API key cache, so a revoked key is refused at once.
@@ -439,6 +453,21 @@ async fn credentials_and_scopes() {
         polls.get_poll(api_key(get(), "tk_nope_nothing")).await,
         Code::Unauthenticated,
     );
+    // Well-formed tokens signed by a key the user service never published:
+    // once with the real key id, once with an unknown one (which makes the
+    // verifier refetch the JWKS first).
+    let real_kid = jsonwebtoken::decode_header(&alice)
+        .expect("header")
+        .kid
+        .expect("kid");
+    for kid in [real_kid.as_str(), "kid-nobody-published"] {
+        let forged = forge_token(kid, &alice_id);
+        let s = expect_code(
+            polls.get_poll(bearer(get(), &forged)).await,
+            Code::Unauthenticated,
+        );
+        assert!(!s.message().is_empty());
+    }
 
     // A read-only key reads but cannot write or vote.
     let (_, reader) = stack.api_key(&alice, &["polls:read"]).await;
