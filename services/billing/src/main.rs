@@ -57,7 +57,9 @@ async fn run(cfg: BillingConfig) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let store = storage::open(&cfg.storage).await?;
-    let records = Records::new(store);
+    let records = Records::new(store.clone());
+    // Billing's outbox, served as its event feed for consumers (user, polling).
+    let feed = tally_chassis::events::feed::Feed::new(store);
     let payment_channel = outbound::channel(&cfg.outbound, "payment")?;
     let user_channel = outbound::channel(&cfg.outbound, "user")?;
     let payment = GrpcPayment::new(
@@ -117,6 +119,7 @@ async fn run(cfg: BillingConfig) -> Result<(), Box<dyn std::error::Error>> {
         orchestrator,
         auth,
     )));
+    routes.add_service(feed.server());
     server::serve(&cfg.server, hub, health_server, routes, shutdown::signal()).await?;
     Ok(())
 }

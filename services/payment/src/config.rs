@@ -38,7 +38,7 @@ pub struct FaultSettings {
     /// Delay added to every call.
     #[serde(default)]
     pub latency_ms: u64,
-    /// When true every call fails with UNAVAILABLE.
+    /// When true charges and refunds fail with UNAVAILABLE (reads still answer).
     #[serde(default)]
     pub outage: bool,
     /// Honour `x-payment-fault: decline|outage` metadata (tests only).
