@@ -2,6 +2,7 @@
 //! the signing key, wire the application, register health checks, serve.
 
 use crate::adapters::password::Argon2Hasher;
+use crate::adapters::sessions::TimeLimitedSessions;
 use crate::adapters::signing::{self, Ed25519Signer};
 use crate::adapters::store::StoreRepository;
 use crate::app::{Lifetimes, UserApp};
@@ -17,6 +18,8 @@ use tally_chassis::session::SessionStore;
 pub const SERVICE_NAME: &str = "tally.user.v1.UserService";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 const REDIS_CONNECT_ATTEMPTS: u32 = 15;
+/// Longest a session-store call may take before the RPC fails UNAVAILABLE.
+const SESSION_CALL_LIMIT: Duration = Duration::from_secs(3);
 
 /// A failure to start or run.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,7 @@ async fn open_sessions(
     let mut attempt = 1;
     loop {
         match tally_chassis::session::open(url, store.clone()).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok(Arc::new(TimeLimitedSessions::new(s, SESSION_CALL_LIMIT))),
             Err(e) if attempt < REDIS_CONNECT_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "session store not reachable yet; retrying");
                 attempt += 1;
