@@ -109,7 +109,7 @@ pub const DEFAULT_OUTBOX_GAP_GRACE: Duration = Duration::from_secs(60);
 /// Most missing offsets tracked per observation.
 const MAX_TRACKED_GAP: u64 = 10_000;
 
-const GET: &str = "SELECT value FROM {ks}.rows WHERE tbl = ? AND partition = ? AND key = ?";
+const GET: &str = "SELECT key, value FROM {ks}.rows WHERE tbl = ? AND partition = ? AND key = ?";
 const GET_SERIAL: &str =
     "SELECT value, WRITETIME(value) FROM {ks}.rows WHERE tbl = ? AND partition = ? AND key = ?";
 const SCAN: &str = "SELECT key, value FROM {ks}.rows WHERE tbl = ? AND partition = ?";
@@ -132,6 +132,9 @@ const OUTBOX_READ: &str =
 const SEQ_READ: &str = "SELECT next FROM {ks}.outbox_seq WHERE name = ?";
 const SEQ_INIT: &str = "INSERT INTO {ks}.outbox_seq (name, next) VALUES (?, ?) IF NOT EXISTS";
 const SEQ_CAS: &str = "UPDATE {ks}.outbox_seq SET next = ? WHERE name = ? IF next = ?";
+
+/// A row returned by a conditional write: column name to value.
+type ReturnedRow = HashMap<String, Option<CqlValue>>;
 
 /// A row's full address: table, partition, key.
 type RowRef = (String, String, String);
@@ -761,9 +764,13 @@ impl Store for ScyllaStore {
             .into_rows_result()
             .map_err(|e| self.unavailable("get", e))?;
         let row = rows
-            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .maybe_first_row::<(String, Option<Vec<u8>>)>()
             .map_err(|e| self.unavailable("get", e))?;
-        Ok(row.and_then(|(value,)| value))
+        // The key is checked, not assumed: some CQL servers (the in-memory
+        // one used in tests) answer a point read with the next row.
+        Ok(row
+            .filter(|(found, _)| found == key)
+            .and_then(|(_, value)| value))
     }
 
     async fn scan(
@@ -1075,9 +1082,7 @@ fn merge(writes: &[Write]) -> Option<Vec<Guarded>> {
 }
 
 /// Reads `[applied]` and the returned rows (column name to value).
-fn lwt_outcome(
-    result: QueryResult,
-) -> Result<(bool, Vec<HashMap<String, Option<CqlValue>>>), String> {
+fn lwt_outcome(result: QueryResult) -> Result<(bool, Vec<ReturnedRow>), String> {
     let rows = result.into_rows_result().map_err(|e| e.to_string())?;
     let names: Vec<String> = rows
         .column_specs()
@@ -1108,7 +1113,7 @@ fn lwt_outcome(
 /// The pre-batch values of `rows`, when the rows returned by a failed
 /// conditional batch cover all of them.
 fn current_from_returned(
-    returned: &[HashMap<String, Option<CqlValue>>],
+    returned: &[ReturnedRow],
     rows: &[RowRef],
 ) -> Option<HashMap<RowRef, Option<Vec<u8>>>> {
     let mut seen: HashMap<RowRef, Option<Vec<u8>>> = HashMap::new();
