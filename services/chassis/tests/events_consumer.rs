@@ -426,3 +426,41 @@ async fn unknown_variants_and_newer_schemas_are_skipped_not_dead_lettered() {
         "skipped events never reach the handler"
     );
 }
+
+#[tokio::test]
+async fn a_rebuild_interrupted_by_a_crash_is_finished_on_restart() {
+    use tally_chassis::events::Handler;
+    use tally_chassis::events::consumer::OFFSETS;
+    let setup = Setup::new().await;
+    produce_votes(setup.producer.as_ref(), "p1", &["a", "b"], 10).await;
+    let handler = CountingHandler::new("results");
+    let consumer = setup.consumer(handler.clone());
+    let task = consumer.spawn();
+    setup.wait_offset(&consumer, 10).await;
+    task.abort();
+    let _ = task.await;
+    let built = counts(setup.consumer_store.as_ref()).await;
+
+    // The state a crash leaves in the middle of a rebuild: marker and offset 0
+    // written, read model already cleared, processed rows not yet.
+    let mut batch = WriteBatch::new();
+    batch
+        .put(OFFSETS, "results", "rebuilding", b"1".to_vec())
+        .put(OFFSETS, "results", "offset", b"0".to_vec());
+    setup.consumer_store.commit(batch).await.expect("commit");
+    handler
+        .reset(setup.consumer_store.as_ref())
+        .await
+        .expect("reset");
+    assert!(counts(setup.consumer_store.as_ref()).await.is_empty());
+
+    let restarted = setup.consumer(handler.clone());
+    let task = restarted.spawn();
+    setup.wait_offset(&restarted, 10).await;
+    wait_until("rebuilt", || async {
+        counts(setup.consumer_store.as_ref()).await == built
+    })
+    .await;
+    task.abort();
+    assert_eq!(handler.committed.load(Ordering::SeqCst), 20);
+}

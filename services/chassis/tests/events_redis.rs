@@ -75,6 +75,7 @@ async fn relay_resumes_after_a_crash_and_every_event_arrives_in_order() {
     assert_eq!(relay.step().await.expect("step"), 10);
     assert_eq!(relay.step().await.expect("step"), 10);
     assert_eq!(relay.delivered().await.expect("delivered"), 20);
+    assert_eq!(relay.lag().await.expect("lag"), 40);
 
     // Crash between publishing and recording: entries 21..=30 are in Redis,
     // the delivered offset still says 20.
@@ -107,6 +108,7 @@ async fn relay_resumes_after_a_crash_and_every_event_arrives_in_order() {
     })
     .await;
     task.abort();
+    assert_eq!(restarted.lag().await.expect("lag"), 0);
 
     let published = stream_positions(&redis).await;
     let positions: Vec<u64> = published.iter().map(|(p, _)| *p).collect();

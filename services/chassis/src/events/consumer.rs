@@ -372,7 +372,7 @@ impl Consumer {
             ));
         }
         let wanted = self.inner.handler.event_types();
-        if !wanted.is_empty() && !wanted.iter().any(|t| *t == env.event_type) {
+        if !wanted.is_empty() && !wanted.contains(&env.event_type) {
             return Some(format!("type `{}` not subscribed", env.event_type));
         }
         None

@@ -18,6 +18,21 @@
 //!   dead-letters, redrives and replays; [`dead_letter`] holds the DLQ records.
 //! * [`admin`]: `tally.events.v1.ConsumerAdminService` over a service's consumers.
 //!
+//! # Wiring a service
+//! ```ignore
+//! // Producer (e.g. polling): serve the outbox next to the service, and start
+//! // the relay when the transport is Redis (None for the embedded feed).
+//! routes.add_service(events::Feed::new(store.clone()).server());
+//! let _relay = events::transport::spawn_relay(&cfg.events, store.clone(), "polling").await?;
+//!
+//! // Consumer (e.g. analytics): one Consumer per handler, the admin service, health.
+//! let source = events::transport::source(&cfg.events, &cfg.outbound, "polling").await?;
+//! let results = events::Consumer::new(Arc::new(PollResults), store.clone(), source, Default::default());
+//! results.spawn();
+//! results.watch_health(&hub, 10_000, Duration::from_secs(5)); // optional: NOT_SERVING when far behind
+//! routes.add_service(events::ConsumerAdmin::new([results.clone()]).server());
+//! ```
+//!
 //! Positions are the producer's outbox offsets on both transports (the relay
 //! uses the offset as the Redis stream entry id), so a consumer's durable
 //! offset, lag and replay mean the same thing whichever transport carries it.
@@ -47,6 +62,7 @@ pub mod feed;
 pub mod feed_source;
 pub mod redis_streams;
 pub mod relay;
+pub mod transport;
 
 pub use admin::ConsumerAdmin;
 pub use bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
@@ -55,3 +71,4 @@ pub use feed::Feed;
 pub use feed_source::FeedSource;
 pub use redis_streams::{RedisPublisher, RedisSource, RedisStreamSettings};
 pub use relay::{Publisher, Relay};
+pub use transport::EventBusSettings;

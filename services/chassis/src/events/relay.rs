@@ -84,6 +84,13 @@ impl Relay {
         }
     }
 
+    /// Outbox entries not yet published (outbox head minus delivered offset).
+    pub async fn lag(&self) -> Result<u64, RelayError> {
+        let delivered = self.delivered().await?;
+        let head = crate::events::feed::find_head(self.store.as_ref(), delivered).await?;
+        Ok(head.saturating_sub(delivered))
+    }
+
     /// Publishes the next batch after the delivered offset and records it.
     /// Returns how many entries it published (0: nothing new).
     pub async fn step(&self) -> Result<usize, RelayError> {
