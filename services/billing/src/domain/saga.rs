@@ -557,8 +557,7 @@ mod tests {
             })
             .expect("unavailable");
         let mut order = Vec::new();
-        loop {
-            let Some(cmd) = t.command.clone() else { break };
+        while let Some(cmd) = t.command.clone() {
             order.push(cmd.step());
             let event = match cmd {
                 Command::RefundPayment { best_effort } => {
