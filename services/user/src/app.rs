@@ -261,6 +261,11 @@ impl UserApp {
     }
 
     /// The user behind a bearer token.
+    ///
+    /// Only the signature, issuer, audience and expiry are checked: an access
+    /// token stays valid until its `exp` even after its session is logged out,
+    /// exactly as it does for services verifying it locally with the JWKS.
+    /// Access tokens are short-lived (15 minutes by default) for this reason.
     pub fn authenticate(&self, bearer: &str) -> Result<AccessClaims, AppError> {
         self.signer
             .verify(bearer)
