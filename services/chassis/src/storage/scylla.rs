@@ -72,6 +72,9 @@
 //! A condition that fails after the commit reserved nothing leaves no trace.
 //!
 //! Every driver error becomes [`StoreError::Unavailable`] naming the nodes.
+//! A timeout can leave a commit's outcome unknown (Scylla may still apply
+//! it), so callers retry with the idempotency their batches already carry
+//! (insert-if-absent keys, expected values).
 
 use super::{OutboxEntry, OutboxEvent, Row, Store, StoreError, Write, WriteBatch};
 use crate::config::StorageSettings;
@@ -125,7 +128,7 @@ const DELETE_IF: &str =
     "DELETE FROM {ks}.rows WHERE tbl = ? AND partition = ? AND key = ? IF value = ?";
 const GUARD_ABSENT: &str =
     "UPDATE {ks}.rows SET value = null WHERE tbl = ? AND partition = ? AND key = ? IF value = null";
-const LOCK_ACQUIRE: &str = "INSERT INTO {ks}.rows (tbl, partition, key, value) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL 30";
+const LOCK_ACQUIRE: &str = "INSERT INTO {ks}.rows (tbl, partition, key, value) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL {ttl}";
 const OUTBOX_PUT: &str = "INSERT INTO {ks}.outbox (bucket, seq, aggregate_id, event_type, payload) VALUES (?, ?, ?, ?, ?)";
 const OUTBOX_READ: &str =
     "SELECT seq, aggregate_id, event_type, payload FROM {ks}.outbox WHERE bucket = ? AND seq > ?";
@@ -135,6 +138,9 @@ const SEQ_CAS: &str = "UPDATE {ks}.outbox_seq SET next = ? WHERE name = ? IF nex
 
 /// A row returned by a conditional write: column name to value.
 type ReturnedRow = HashMap<String, Option<CqlValue>>;
+
+/// A statement template and its bound values.
+type Statement = (&'static str, Vec<CqlValue>);
 
 /// A row's full address: table, partition, key.
 type RowRef = (String, String, String);
@@ -267,7 +273,9 @@ impl ScyllaStore {
         if let Some(p) = self.prepared.read().await.get(template) {
             return Ok(p.clone());
         }
-        let cql = template.replace("{ks}", &self.keyspace);
+        let cql = template
+            .replace("{ks}", &self.keyspace)
+            .replace("{ttl}", &LOCK_TTL_SECS.to_string());
         let prepared = self
             .session
             .prepare(cql.as_str())
@@ -296,7 +304,7 @@ impl ScyllaStore {
         &self,
         kind: BatchType,
         timestamp: Option<i64>,
-        statements: Vec<(&'static str, Vec<CqlValue>)>,
+        statements: Vec<Statement>,
     ) -> Result<QueryResult, StoreError> {
         let mut batch = Batch::new(kind);
         batch.set_timestamp(timestamp);
@@ -312,7 +320,7 @@ impl ScyllaStore {
     }
 
     /// Writes as batch statements.
-    fn write_statements(final_rows: Vec<(RowRef, Mutation)>) -> Vec<(&'static str, Vec<CqlValue>)> {
+    fn write_statements(final_rows: Vec<(RowRef, Mutation)>) -> Vec<Statement> {
         final_rows
             .into_iter()
             .map(|((t, p, k), m)| match m {
@@ -325,7 +333,7 @@ impl ScyllaStore {
     fn outbox_statements(
         first: u64,
         events: Vec<OutboxEvent>,
-    ) -> Result<Vec<(&'static str, Vec<CqlValue>)>, StoreError> {
+    ) -> Result<Vec<Statement>, StoreError> {
         let mut out = Vec::with_capacity(events.len());
         for (offset, e) in (first..).zip(events) {
             out.push((
@@ -379,45 +387,7 @@ impl ScyllaStore {
         (table, partition): (String, String),
     ) -> Result<(), StoreError> {
         let lock_row: RowRef = (table.clone(), partition.clone(), LOCK_KEY.to_string());
-        let mut statements = vec![(
-            GUARD_ABSENT,
-            vec![text(table), text(partition), text(LOCK_KEY.to_string())],
-        )];
-        let mut guarded_rows = vec![lock_row.clone()];
-        for g in plan {
-            let (t, p, k) = g.row.clone();
-            let key = vec![text(t), text(p), text(k)];
-            if g.guard.is_some() {
-                guarded_rows.push(g.row.clone());
-            }
-            // Bind order: INSERT and DELETE take the address first, UPDATE
-            // takes the new value first; conditions come last.
-            let statement = match (g.guard, g.mutation) {
-                (None, Some(Mutation::Put(v))) => (PUT, cat([key, vec![CqlValue::Blob(v)]])),
-                (None, Some(Mutation::Delete)) => (DELETE, key),
-                (None, None) => continue,
-                (Some(None), Some(Mutation::Put(v))) => {
-                    (PUT_IF_ABSENT, cat([key, vec![CqlValue::Blob(v)]]))
-                }
-                (Some(None), _) => (GUARD_ABSENT, key),
-                (Some(Some(e)), Some(Mutation::Put(v))) => (
-                    UPDATE_IF,
-                    cat([vec![CqlValue::Blob(v)], key, vec![CqlValue::Blob(e)]]),
-                ),
-                (Some(Some(e)), Some(Mutation::Delete)) => {
-                    (DELETE_IF, cat([key, vec![CqlValue::Blob(e)]]))
-                }
-                (Some(Some(e)), None) => (
-                    UPDATE_IF,
-                    cat([
-                        vec![CqlValue::Blob(e.clone())],
-                        key,
-                        vec![CqlValue::Blob(e)],
-                    ]),
-                ),
-            };
-            statements.push(statement);
-        }
+        let (statements, guarded_rows) = conditional_statements(table, partition, plan);
         let deadline = Instant::now() + LOCK_WAIT;
         let mut attempt = 0u32;
         loop {
@@ -943,6 +913,56 @@ fn text(s: String) -> CqlValue {
     CqlValue::Text(s)
 }
 
+/// The statements of a single-partition conditional batch: a guard that the
+/// partition is not locked, then one statement per row; and the rows whose
+/// pre-batch values decide a failure (the lock lease first).
+fn conditional_statements(
+    table: String,
+    partition: String,
+    plan: Vec<Guarded>,
+) -> (Vec<Statement>, Vec<RowRef>) {
+    let mut guarded_rows = vec![(table.clone(), partition.clone(), LOCK_KEY.to_string())];
+    let mut statements = vec![(
+        GUARD_ABSENT,
+        vec![text(table), text(partition), text(LOCK_KEY.to_string())],
+    )];
+    for g in plan {
+        let (t, p, k) = g.row.clone();
+        let key = vec![text(t), text(p), text(k)];
+        if g.guard.is_some() {
+            guarded_rows.push(g.row.clone());
+        }
+        // Bind order: INSERT and DELETE take the address first, UPDATE
+        // takes the new value first; conditions come last.
+        let statement = match (g.guard, g.mutation) {
+            (None, Some(Mutation::Put(v))) => (PUT, cat([key, vec![CqlValue::Blob(v)]])),
+            (None, Some(Mutation::Delete)) => (DELETE, key),
+            (None, None) => continue,
+            (Some(None), Some(Mutation::Put(v))) => {
+                (PUT_IF_ABSENT, cat([key, vec![CqlValue::Blob(v)]]))
+            }
+            (Some(None), _) => (GUARD_ABSENT, key),
+            (Some(Some(e)), Some(Mutation::Put(v))) => (
+                UPDATE_IF,
+                cat([vec![CqlValue::Blob(v)], key, vec![CqlValue::Blob(e)]]),
+            ),
+            (Some(Some(e)), Some(Mutation::Delete)) => {
+                (DELETE_IF, cat([key, vec![CqlValue::Blob(e)]]))
+            }
+            (Some(Some(e)), None) => (
+                UPDATE_IF,
+                cat([
+                    vec![CqlValue::Blob(e.clone())],
+                    key,
+                    vec![CqlValue::Blob(e)],
+                ]),
+            ),
+        };
+        statements.push(statement);
+    }
+    (statements, guarded_rows)
+}
+
 fn cat<const N: usize>(parts: [Vec<CqlValue>; N]) -> Vec<CqlValue> {
     parts.into_iter().flatten().collect()
 }
@@ -1292,6 +1312,100 @@ mod tests {
         assert!(!gaps.observe(8, 8, t0 + grace, grace));
         gaps.prune(7);
         assert_eq!(gaps.first_seen.keys().copied().collect::<Vec<_>>(), [8]);
+    }
+
+    fn blob(v: &[u8]) -> CqlValue {
+        CqlValue::Blob(v.to_vec())
+    }
+
+    fn assert_binds_match(statements: &[Statement]) {
+        for (template, values) in statements {
+            assert_eq!(template.matches('?').count(), values.len(), "{template}");
+        }
+    }
+
+    #[test]
+    fn conditional_statements_bind_in_cql_order() {
+        let mut b = WriteBatch::new();
+        b.expect("t", "p", "tally", Some(b"3".to_vec()))
+            .put("t", "p", "tally", b"4".to_vec())
+            .insert_if_absent("t", "p", "vote", b"v".to_vec())
+            .expect("t", "p", "same", Some(b"s".to_vec()))
+            .expect("t", "p", "guard", None)
+            .delete("t", "p", "gone")
+            .put("t", "p", "plain", b"x".to_vec());
+        let plan = merge(&b.writes).expect("expressible");
+        let (statements, guarded) = conditional_statements("t".into(), "p".into(), plan);
+        assert_binds_match(&statements);
+        let templates: Vec<_> = statements.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            templates,
+            [
+                GUARD_ABSENT,
+                UPDATE_IF,
+                PUT_IF_ABSENT,
+                UPDATE_IF,
+                GUARD_ABSENT,
+                DELETE,
+                PUT
+            ]
+        );
+        let key = |k: &str| vec![text("t".into()), text("p".into()), text(k.into())];
+        assert_eq!(statements[0].1, key(LOCK_KEY));
+        // UPDATE .. SET value = new WHERE address IF value = expected
+        assert_eq!(
+            statements[1].1,
+            cat([vec![blob(b"4")], key("tally"), vec![blob(b"3")]])
+        );
+        // INSERT (address, value) IF NOT EXISTS
+        assert_eq!(statements[2].1, cat([key("vote"), vec![blob(b"v")]]));
+        // A guard without a write rewrites the expected value.
+        assert_eq!(
+            statements[3].1,
+            cat([vec![blob(b"s")], key("same"), vec![blob(b"s")]])
+        );
+        assert_eq!(
+            guarded,
+            [
+                r("t", "p", LOCK_KEY),
+                r("t", "p", "tally"),
+                r("t", "p", "vote"),
+                r("t", "p", "same"),
+                r("t", "p", "guard"),
+            ]
+        );
+    }
+
+    #[test]
+    fn write_and_outbox_statements_bind_every_marker() {
+        let writes = vec![
+            (r("t", "p", "a"), Mutation::Put(b"1".to_vec())),
+            (r("t", "p", "b"), Mutation::Delete),
+        ];
+        assert_binds_match(&ScyllaStore::write_statements(writes));
+        let events = vec![
+            OutboxEvent {
+                aggregate_id: "a".into(),
+                event_type: "T".into(),
+                payload: vec![1],
+            };
+            2
+        ];
+        let first = BUCKET_SIZE - 1;
+        let outbox = ScyllaStore::outbox_statements(first, events).expect("in range");
+        assert_binds_match(&outbox);
+        // Consecutive offsets, bucketed by offset.
+        let placed: Vec<_> = outbox
+            .iter()
+            .map(|(_, v)| (v[0].clone(), v[1].clone()))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                (CqlValue::BigInt(0), CqlValue::BigInt(first as i64)),
+                (CqlValue::BigInt(1), CqlValue::BigInt(first as i64 + 1)),
+            ]
+        );
     }
 
     #[test]
