@@ -248,49 +248,19 @@ where
     }
 }
 
-/// A throw-away `redis-server` on a free port, killed on drop.
+/// A throw-away `redis-server` on a free port (from tally-testkit), killed on drop.
 pub struct RedisServer {
     pub url: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
+    _server: tally_testkit::RedisServer,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let server = Self {
-            url: url.clone(),
-            child,
-            _dir: dir,
-        };
-        let client = redis::Client::open(url.as_str()).expect("url");
-        wait_until("redis-server answers PING", || {
-            let client = client.clone();
-            async move {
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut conn) => redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-        server
+        let server = tally_testkit::RedisServer::start();
+        Self {
+            url: server.url(),
+            _server: server,
+        }
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -299,13 +269,6 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to redis")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
