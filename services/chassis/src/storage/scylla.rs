@@ -25,12 +25,12 @@
 //! bounded and a reader walks buckets in order with a clustering range.
 //! Trade-offs: offsets are dense and totally ordered like the embedded store's,
 //! at the price of one Paxos round per committing batch with events on a single
-//! hot row (a few thousand commits per second at best, with CAS retries under
-//! contention). A time-UUID key would avoid the hot row but gives readers no
+//! hot row: event throughput is bounded by Paxos on that row (not measured
+//! here), with CAS retries under contention. A time-UUID key would avoid the hot row but gives readers no
 //! way to tell "not written yet" from "never", so they could skip events.
 //!
 //! An offset is reserved before its row is written, so a reader can see a gap
-//! (a commit in flight, or one that died after reserving). [`Store::read_outbox`]
+//! (a commit in flight, or one that failed or died after reserving). [`Store::read_outbox`]
 //! returns only the contiguous run of offsets; it steps over a missing offset
 //! only after it has been missing for the gap grace period (60 s by default,
 //! [`ScyllaStore::with_outbox_gap_grace`]), so offsets a consumer sees are
@@ -63,13 +63,14 @@
 //!    atomic with respect to other conditional commits, and the events commit
 //!    with the change (a crash before the logged batch writes nothing).
 //!
-//! Honest limits of path 3: unconditional writes do not take locks (they are
+//! Limits of path 3: unconditional writes do not take locks (they are
 //! last-writer-wins, as in any Scylla table); readers can see a partially
 //! applied logged batch for a moment; if the logged batch times out it may
 //! still be replayed from the batch log after the lease expired, racing a
 //! later commit on the same rows; and with large clock skew between nodes a
 //! later path-2 Paxos write can carry a lower timestamp than a path-3 write.
-//! A condition that fails after the commit reserved nothing leaves no trace.
+//! A failed condition leaves no trace: offsets are reserved only after the
+//! conditions held.
 //!
 //! Every driver error becomes [`StoreError::Unavailable`] naming the nodes.
 //! A timeout can leave a commit's outcome unknown (Scylla may still apply
