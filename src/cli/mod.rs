@@ -3,6 +3,7 @@
 //! Commands talk to the services through the SDK; every failure ends as one
 //! line naming the gRPC code and message, and a non-zero exit status.
 
+mod certs;
 mod output;
 mod poll;
 mod user;
@@ -42,15 +43,9 @@ pub struct GlobalArgs {
     )]
     pub poll_addr: String,
     /// Access token from `tally user login` (sent as `authorization: Bearer`).
-    #[arg(
-        long,
-        global = true,
-        env = "TALLY_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "api_key"
-    )]
+    #[arg(long, global = true, env = "TALLY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// API key secret (sent as `x-api-key`).
+    /// API key secret (sent as `x-api-key`); wins over --token when both are set.
     #[arg(long, global = true, env = "TALLY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Print machine-readable JSON instead of text.
@@ -81,6 +76,8 @@ pub enum Command {
     /// Polls and votes.
     #[command(subcommand)]
     Poll(poll::PollCommand),
+    /// Mesh certificates: root CA, workload certificates, inspection.
+    Certs(certs::CertsArgs),
 }
 
 /// A command failure, printed as one line by `main`.
@@ -92,6 +89,8 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Up(#[from] up::UpError),
+    #[error("{0:#}")]
+    Certs(anyhow::Error),
 }
 
 impl CliError {
@@ -116,9 +115,9 @@ impl GlobalArgs {
     fn client(&self) -> Result<Client, CliError> {
         let client = Client::connect_lazy(&self.user_addr, &self.poll_addr)?
             .with_timeout(Duration::from_secs_f64(self.timeout));
-        Ok(match (&self.token, &self.api_key) {
-            (Some(t), _) => client.with_credentials(Credentials::Bearer(t.trim().to_string())),
-            (None, Some(k)) => client.with_credentials(Credentials::ApiKey(k.trim().to_string())),
+        Ok(match (&self.api_key, &self.token) {
+            (Some(k), _) => client.with_credentials(Credentials::ApiKey(k.trim().to_string())),
+            (None, Some(t)) => client.with_credentials(Credentials::Bearer(t.trim().to_string())),
             (None, None) => client,
         })
     }
@@ -142,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Up(args) => Ok(up::run(args).await?),
         Command::User(cmd) => user::run(&cli.global, cmd).await,
         Command::Poll(cmd) => poll::run(&cli.global, cmd).await,
+        Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
     }
 }
 
@@ -171,12 +171,13 @@ mod tests {
         assert_eq!(cli.global.poll_addr, "127.0.0.1:9");
     }
 
-    #[test]
-    fn token_and_api_key_conflict() {
-        let err =
+    #[tokio::test]
+    async fn an_api_key_wins_over_a_token() {
+        let cli =
             Cli::try_parse_from(["tally", "--token", "a", "--api-key", "b", "user", "profile"])
-                .expect_err("conflict");
-        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+                .expect("parses");
+        let client = cli.global.client().expect("client");
+        assert_eq!(client.credentials(), Some(&Credentials::ApiKey("b".into())));
     }
 
     #[test]

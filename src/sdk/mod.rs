@@ -95,6 +95,7 @@ impl Client {
 
     /// Like [`Client::connect`] but connects on first use, so a call to one
     /// service works while the other is down (that call fails UNAVAILABLE).
+    /// Call it inside a Tokio runtime.
     pub fn connect_lazy(user_addr: &str, poll_addr: &str) -> Result<Self, Error> {
         let user = endpoint(user_addr)?.connect_lazy();
         let poll = endpoint(poll_addr)?.connect_lazy();

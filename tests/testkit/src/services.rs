@@ -69,12 +69,18 @@ pub struct Platform {
 impl Platform {
     /// Starts user, then polling pointed at it; both SERVING on return.
     pub async fn start() -> Self {
+        Self::start_with("", "").await
+    }
+
+    /// Like [`Platform::start`], appending TOML to each service's config,
+    /// e.g. `"[polling]\napi_key_cache_ttl_secs = 1\n"`.
+    pub async fn start_with(user_toml: &str, polling_toml: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tally-platform-")
             .tempdir()
             .expect("temp dir");
-        let (user, user_addr) = start_user(dir.path(), "").await;
-        let (polling, poll_addr) = start_polling(dir.path(), &user_addr, "").await;
+        let (user, user_addr) = start_user(dir.path(), user_toml).await;
+        let (polling, poll_addr) = start_polling(dir.path(), &user_addr, polling_toml).await;
         Self {
             user,
             user_addr,
