@@ -286,3 +286,54 @@ async fn redis_consumer_killed_mid_stream_applies_every_event_once() {
     task.abort();
     relay_task.abort();
 }
+
+#[tokio::test]
+async fn consumer_carries_on_when_redis_loses_its_data() {
+    let redis = RedisServer::start().await;
+    let (_pdir, producer) = temp_store().await;
+    let (_cdir, consumer_store) = temp_store().await;
+    produce_votes(producer.as_ref(), "p1", &["a"], 10).await;
+    let relay = Relay::new(
+        producer.clone(),
+        Arc::new(
+            RedisPublisher::connect(&settings(&redis, "relay", 30_000), "polling")
+                .await
+                .expect("publisher"),
+        ),
+        "polling",
+    )
+    .with_options(8, Duration::from_millis(10));
+    let relay_task = relay.spawn();
+    let handler = CountingHandler::new("results");
+    let consumer = Consumer::new(
+        handler.clone(),
+        consumer_store.clone(),
+        Arc::new(
+            RedisSource::connect(&settings(&redis, "c1", 300), "polling")
+                .await
+                .expect("source"),
+        ),
+        quick_policy(),
+    );
+    let task = consumer.spawn();
+    wait_until("first 10 applied", || async {
+        consumer.offset().await.expect("offset") == 10
+    })
+    .await;
+
+    // A Redis restart without persistence: stream and consumer group are gone.
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flushall");
+    produce_votes(producer.as_ref(), "p1", &["b"], 10).await;
+    wait_until("next 10 applied after the group is recreated", || async {
+        total(&counts(consumer_store.as_ref()).await) == 20
+    })
+    .await;
+    task.abort();
+    relay_task.abort();
+    let result = counts(consumer_store.as_ref()).await;
+    assert_eq!((result["p1:a"], result["p1:b"]), (10, 10));
+}

@@ -313,6 +313,8 @@ struct Reader {
     tx: mpsc::Sender<Result<Delivery, BusError>>,
     claim_idle_ms: u64,
     block_ms: u64,
+    /// Where to recreate the group if Redis lost it (restart without persistence).
+    after: u64,
 }
 
 enum Flow {
@@ -409,6 +411,26 @@ impl Reader {
         }
     }
 
+    async fn recreate_group(&mut self) -> Result<(), BusError> {
+        let start = if self.after == 0 {
+            "0".to_string()
+        } else {
+            entry_id(self.after)
+        };
+        let created: redis::RedisResult<()> = self
+            .conn
+            .xgroup_create_mkstream(&self.stream, &self.group, start)
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::warn!(stream = %self.stream, group = %self.group, after = self.after, "consumer group was missing; recreated");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn run_once(&mut self) -> Result<Flow, BusError> {
         if let Flow::Closed = self.own_pending().await? {
             return Ok(Flow::Closed);
@@ -457,6 +479,7 @@ impl EventSource for RedisSource {
             tx,
             claim_idle_ms: self.settings.claim_idle_ms,
             block_ms: self.settings.block_ms.max(1),
+            after: sub.after,
         };
         let producer = self.producer.clone();
         tokio::spawn(async move {
@@ -469,6 +492,11 @@ impl EventSource for RedisSource {
                         failures = failures.saturating_add(1);
                         tracing::warn!(%producer, error = %e, "redis stream read failed; retrying");
                         let _ = reader.tx.try_send(Err(e));
+                        // Redis may have lost the group (NOGROUP after a restart
+                        // without persistence): recreate it; BUSYGROUP if it exists.
+                        if let Err(e) = reader.recreate_group().await {
+                            tracing::debug!(%producer, error = %e, "cannot recreate the consumer group yet");
+                        }
                     }
                 }
                 let wait = crate::events::feed_source::backoff(
