@@ -4,7 +4,7 @@
 use super::{Session, SessionError, SessionStore};
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
 const PREFIX: &str = "tally:session:";
@@ -24,7 +24,16 @@ impl RedisSessions {
     pub async fn connect(url: &str) -> Result<Self, SessionError> {
         let client = redis::Client::open(url)
             .map_err(|e| SessionError::Unavailable(format!("bad redis_url `{url}`: {e}")))?;
-        let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
+        // Fail fast while Redis is down (the default retries for ~10 s per
+        // call); the manager keeps reconnecting in the background.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
         Ok(Self { conn })
     }
 }
