@@ -855,7 +855,7 @@ mod tests {
         assert_eq!(rec.saga.phase, crate::domain::saga::Phase::Refunding);
         assert_eq!(
             orch.records().open_sagas().await.expect("open"),
-            [id.clone()]
+            std::slice::from_ref(&id)
         );
         // The provider is back: the next sweep settles it and the saga ends.
         orch.drive(&id).await.expect("drive");
