@@ -49,7 +49,11 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => reply(status, "application/json", s),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 
@@ -68,12 +72,25 @@ async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Ful
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.encode(),
         ),
-        (Method::GET, "/config") => reply(StatusCode::OK, "application/json", state.config_json.as_bytes().to_vec()),
+        (Method::GET, "/config") => reply(
+            StatusCode::OK,
+            "application/json",
+            state.config_json.as_bytes().to_vec(),
+        ),
         (Method::GET, "/faults") => json(StatusCode::OK, &state.faults.snapshot()),
         (Method::PUT, "/faults") => {
-            let bytes = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+            let bytes = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+            {
                 Ok(c) => c.to_bytes(),
-                Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("cannot read body: {e}\n")),
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("cannot read body: {e}\n"),
+                    );
+                }
             };
             let update: FaultUpdate = match serde_json::from_slice(&bytes) {
                 Ok(u) => u,
@@ -81,7 +98,9 @@ async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Ful
                     return reply(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
-                        format!("expected {{\"route\": \"<service>|inbound\", \"faults\": {{...}}}}: {e}\n"),
+                        format!(
+                            "expected {{\"route\": \"<service>|inbound\", \"faults\": {{...}}}}: {e}\n"
+                        ),
                     );
                 }
             };
@@ -89,7 +108,10 @@ async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Ful
                 return reply(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    format!("unknown route `{}`; known: {:?}\n", update.route, state.routes),
+                    format!(
+                        "unknown route `{}`; known: {:?}\n",
+                        update.route, state.routes
+                    ),
                 );
             }
             let bad = |key: String, problem: String, fix: &str| ConfigError::Invalid {

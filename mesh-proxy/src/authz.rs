@@ -42,7 +42,9 @@ impl Policy {
             let Some(caller) = caller else {
                 return Err(ProxyError::Unauthenticated(path.to_string()));
             };
-            let allowed = matching.iter().any(|r| r.allow.iter().any(|a| a == "*" || a == caller));
+            let allowed = matching
+                .iter()
+                .any(|r| r.allow.iter().any(|a| a == "*" || a == caller));
             return if allowed { Ok(()) } else { Err(deny()) };
         }
         Err(deny())
@@ -141,9 +143,18 @@ mod tests {
         ]);
         assert!(p.check("/u.User/Get", Some(B)).is_ok());
         assert!(p.check("/u.User/Secret", Some(A)).is_ok());
-        assert!(matches!(p.check("/u.User/Secret", Some(B)), Err(ProxyError::Denied { .. })));
-        assert!(matches!(p.check("/other.Svc/Get", Some(A)), Err(ProxyError::Denied { .. })));
-        assert!(matches!(p.check("/u.User/Get", None), Err(ProxyError::Unauthenticated(_))));
+        assert!(matches!(
+            p.check("/u.User/Secret", Some(B)),
+            Err(ProxyError::Denied { .. })
+        ));
+        assert!(matches!(
+            p.check("/other.Svc/Get", Some(A)),
+            Err(ProxyError::Denied { .. })
+        ));
+        assert!(matches!(
+            p.check("/u.User/Get", None),
+            Err(ProxyError::Unauthenticated(_))
+        ));
     }
 
     #[test]

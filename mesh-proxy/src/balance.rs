@@ -6,7 +6,7 @@
 
 use crate::body::{self, End};
 use crate::breaker::{Admission, Breaker};
-use crate::config::{BreakerConfig, LoadBalancerConfig, OutlierConfig};
+use crate::config::{LoadBalancerConfig, OutlierConfig, ServiceConfig};
 use crate::defaults as d;
 use crate::error::from_client_error;
 use crate::metrics::{Metrics, endpoint as endpoint_labels, route as route_labels};
@@ -58,7 +58,12 @@ impl ClientSettings {
 }
 
 /// An HTTP/2-only client that dials `addr` through `transport`, expecting `expected_id`.
-pub fn http2_client(addr: &str, expected_id: &str, transport: Arc<dyn ClientTransport>, s: &ClientSettings) -> HttpClient {
+pub fn http2_client(
+    addr: &str,
+    expected_id: &str,
+    transport: Arc<dyn ClientTransport>,
+    s: &ClientSettings,
+) -> HttpClient {
     let connector = Connector {
         addr: addr.to_string(),
         expected_id: expected_id.to_string(),
@@ -78,9 +83,17 @@ pub fn http2_client(addr: &str, expected_id: &str, transport: Arc<dyn ClientTran
 }
 
 /// Sends `req` to `addr` over `client` (rewriting the URI so the pool keys on the endpoint).
-pub async fn send(client: &HttpClient, addr: &str, req: Req) -> Result<Rsp, hyper_util::client::legacy::Error> {
+pub async fn send(
+    client: &HttpClient,
+    addr: &str,
+    req: Req,
+) -> Result<Rsp, hyper_util::client::legacy::Error> {
     let (mut parts, b) = req.into_parts();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     if let Ok(uri) = format!("http://{addr}{pq}").parse() {
         parts.uri = uri;
     }
@@ -125,7 +138,8 @@ impl Endpoint {
     fn observe_rtt(&self, rtt: Duration, failed: bool) {
         let mut rtt_ns = rtt.as_nanos() as f64;
         if failed {
-            rtt_ns = rtt_ns.max(Duration::from_millis(self.lb.failure_penalty_ms).as_nanos() as f64);
+            rtt_ns =
+                rtt_ns.max(Duration::from_millis(self.lb.failure_penalty_ms).as_nanos() as f64);
         }
         let mut e = lock(&self.ewma);
         let now = Instant::now();
@@ -191,15 +205,18 @@ pub struct Pool {
 impl Pool {
     pub fn new(
         route: &str,
-        addrs: &[String],
+        svc: &ServiceConfig,
         expected_id: &str,
         transport: Arc<dyn ClientTransport>,
         settings: &ClientSettings,
-        breaker: &BreakerConfig,
-        outlier: &OutlierConfig,
-        lb: &LoadBalancerConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let (addrs, breaker, outlier, lb) = (
+            &svc.endpoints,
+            &svc.breaker,
+            &svc.outlier,
+            &svc.load_balancer,
+        );
         let endpoints = addrs
             .iter()
             .map(|a| {
@@ -240,7 +257,11 @@ impl Pool {
             .iter()
             .filter(|e| !e.is_ejected(now, interval))
             .collect();
-        let mut candidates: Vec<&Arc<Endpoint>> = healthy.iter().copied().filter(|e| e.breaker.available()).collect();
+        let mut candidates: Vec<&Arc<Endpoint>> = healthy
+            .iter()
+            .copied()
+            .filter(|e| e.breaker.available())
+            .collect();
         if candidates.is_empty() {
             return Err(if healthy.is_empty() {
                 ProxyError::NoEndpoints(self.route.clone())
@@ -257,7 +278,11 @@ impl Pool {
             let mut rng = rand::rng();
             let n = candidates.len();
             let i = rng.random_range(0..n);
-            let j = if n > 1 { (i + rng.random_range(1..n)) % n } else { i };
+            let j = if n > 1 {
+                (i + rng.random_range(1..n)) % n
+            } else {
+                i
+            };
             (candidates[i], candidates[j])
         };
         let (best, other) = if second.cost() < first.cost() {
@@ -294,7 +319,8 @@ impl Pool {
             .iter()
             .filter(|e| lock(&e.outlier).ejected_until.is_some_and(|t| t > now))
             .count();
-        let max_by_percent = ((n as u64 * u64::from(self.outlier.max_ejection_percent)) / 100).max(1) as usize;
+        let max_by_percent =
+            ((n as u64 * u64::from(self.outlier.max_ejection_percent)) / 100).max(1) as usize;
         let limit = max_by_percent.min(n.saturating_sub(1));
         let mut o = lock(&ep.outlier);
         if ejected >= limit {
@@ -367,7 +393,12 @@ impl tower::Service<Req> for Balance {
             match send(&ep.client, &ep.addr, req).await {
                 Err(e) => {
                     let err = from_client_error(&ep.addr, e);
-                    pool.finish(&ep, adm, End::Error);
+                    // A stream the endpoint refused unprocessed (e.g. after its GOAWAY) says
+                    // nothing about its health; connect failures and broken streams do.
+                    let neutral = matches!(err, ProxyError::Cancelled)
+                        || (err.never_reached_app() && !matches!(err, ProxyError::Connect { .. }));
+                    let end = if neutral { End::Dropped } else { End::Error };
+                    pool.finish(&ep, adm, end);
                     Err(err)
                 }
                 Ok(mut rsp) => {

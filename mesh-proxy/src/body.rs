@@ -78,7 +78,10 @@ impl End {
 type Callback = Box<dyn FnOnce(End) + Send>;
 
 /// Calls `f` exactly once, when the response's call has ended (or immediately for trailers-only).
-pub fn on_end(rsp: http::Response<Body>, f: impl FnOnce(End) + Send + 'static) -> http::Response<Body> {
+pub fn on_end(
+    rsp: http::Response<Body>,
+    f: impl FnOnce(End) + Send + 'static,
+) -> http::Response<Body> {
     if let Some(code) = immediate_status(&rsp) {
         f(End::Status(code));
         return rsp;
@@ -120,7 +123,10 @@ impl HttpBody for OnEnd {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
@@ -163,7 +169,9 @@ pub async fn peek(mut body: Body) -> (Peeked, Body) {
     let first = body.frame().await;
     let peeked = match &first {
         Some(Ok(f)) if f.is_data() => Peeked::Data,
-        Some(Ok(f)) => f.trailers_ref().map_or(Peeked::Data, |t| Peeked::Trailers(t.clone())),
+        Some(Ok(f)) => f
+            .trailers_ref()
+            .map_or(Peeked::Data, |t| Peeked::Trailers(t.clone())),
         Some(Err(_)) => Peeked::Error,
         None => Peeked::End,
     };
@@ -181,7 +189,10 @@ impl HttpBody for Prefixed {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(f) = self.first.take() {
             return Poll::Ready(Some(f));
         }
@@ -212,7 +223,10 @@ impl HttpBody for DeadlineBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -225,8 +239,14 @@ impl HttpBody for DeadlineBody {
         ready!(self.sleep.as_mut().poll(cx));
         self.inner = None;
         let mut t = HeaderMap::new();
-        t.insert("grpc-status", http::HeaderValue::from(Code::DeadlineExceeded.as_u16()));
-        t.insert("grpc-message", http::HeaderValue::from_static("deadline exceeded in proxy"));
+        t.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::DeadlineExceeded.as_u16()),
+        );
+        t.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("deadline exceeded in proxy"),
+        );
         t.insert(
             crate::defaults::PROXY_ERROR_HEADER,
             http::HeaderValue::from_static("deadline-exceeded"),

@@ -39,10 +39,15 @@ impl RetryBudget {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        while q.front().is_some_and(|b| now.duration_since(b.start) > self.window) {
+        while q
+            .front()
+            .is_some_and(|b| now.duration_since(b.start) > self.window)
+        {
             q.pop_front();
         }
-        if q.back().is_none_or(|b| now.duration_since(b.start) >= BUCKET) {
+        if q.back()
+            .is_none_or(|b| now.duration_since(b.start) >= BUCKET)
+        {
             q.push_back(Bucket {
                 start: now,
                 requests: 0,

@@ -22,8 +22,16 @@ pub struct BulkheadLayer {
 
 impl BulkheadLayer {
     /// One layer = one shared limit; build one per route.
-    pub fn new(max_concurrent: usize, max_queue: usize, route: &str, direction: &'static str, metrics: Arc<Metrics>) -> Self {
-        let total = max_concurrent.saturating_add(max_queue).min(Semaphore::MAX_PERMITS);
+    pub fn new(
+        max_concurrent: usize,
+        max_queue: usize,
+        route: &str,
+        direction: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let total = max_concurrent
+            .saturating_add(max_queue)
+            .min(Semaphore::MAX_PERMITS);
         Self {
             admit: Arc::new(Semaphore::new(total)),
             run: Arc::new(Semaphore::new(max_concurrent.min(Semaphore::MAX_PERMITS))),

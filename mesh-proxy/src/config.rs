@@ -437,7 +437,9 @@ impl Config {
                 "use a positive number",
             ));
         }
-        if l.http2_initial_stream_window_size < 65_535 || l.http2_initial_connection_window_size < 65_535 {
+        if l.http2_initial_stream_window_size < 65_535
+            || l.http2_initial_connection_window_size < 65_535
+        {
             return Err(bad(
                 "limits.http2_initial_*_window_size".into(),
                 "below the HTTP/2 minimum of 65535".into(),
@@ -540,7 +542,10 @@ impl Config {
             }
             check_bulkhead(&s.bulkhead, &format!("{key}.bulkhead"), &bad)?;
             let o = &s.outlier;
-            if o.consecutive_5xx == 0 || o.base_ejection_time_ms == 0 || o.max_ejection_percent > 100 {
+            if o.consecutive_5xx == 0
+                || o.base_ejection_time_ms == 0
+                || o.max_ejection_percent > 100
+            {
                 return Err(bad(
                     format!("{key}.outlier"),
                     "consecutive_5xx and base_ejection_time_ms must be positive, max_ejection_percent <= 100".into(),
@@ -563,7 +568,11 @@ impl Config {
     pub fn target_identity(&self, name: &str) -> String {
         let configured = self.services.get(name).and_then(|s| s.identity.clone());
         configured.unwrap_or_else(|| {
-            let ns = self.identity.as_ref().map(|i| i.namespace.as_str()).unwrap_or("default");
+            let ns = self
+                .identity
+                .as_ref()
+                .map(|i| i.namespace.as_str())
+                .unwrap_or("default");
             format!("spiffe://{}/ns/{ns}/sa/{name}", d::TRUST_DOMAIN)
         })
     }
@@ -644,7 +653,10 @@ endpoints = ["127.0.0.1:4143"]
         assert_eq!(u.outlier.base_ejection_time_ms, 30_000);
         assert_eq!(u.outlier.max_ejection_percent, 10);
         assert_eq!(u.retry.budget_ratio, 0.2);
-        assert_eq!(c.target_identity("user"), "spiffe://tally.local/ns/default/sa/user");
+        assert_eq!(
+            c.target_identity("user"),
+            "spiffe://tally.local/ns/default/sa/user"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum ProxyError {
     FaultReset,
     #[error("the caller's request stream failed")]
     ClientBody,
+    #[error("cancelled by the caller")]
+    Cancelled,
 }
 
 impl ProxyError {
@@ -55,7 +57,7 @@ impl ProxyError {
             ProxyError::Denied { .. } => Code::PermissionDenied,
             ProxyError::Unauthenticated(_) => Code::Unauthenticated,
             ProxyError::FaultAbort(c) => *c,
-            ProxyError::ClientBody => Code::Cancelled,
+            ProxyError::ClientBody | ProxyError::Cancelled => Code::Cancelled,
         }
     }
 
@@ -75,13 +77,16 @@ impl ProxyError {
             ProxyError::FaultAbort(_) => "fault-abort",
             ProxyError::FaultReset => "fault-reset",
             ProxyError::ClientBody => "client-body-failed",
+            ProxyError::Cancelled => "cancelled",
         }
     }
 
     /// True when the application certainly never saw the request, so any method may be retried.
     pub fn never_reached_app(&self) -> bool {
         match self {
-            ProxyError::NoEndpoints(_) | ProxyError::BreakerOpen(_) | ProxyError::Connect { .. } => true,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::BreakerOpen(_)
+            | ProxyError::Connect { .. } => true,
             ProxyError::Upstream { refused, .. } => *refused,
             _ => false,
         }
@@ -96,6 +101,9 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
             source: Box::new(e),
         };
     }
+    if cancelled_by_us(&e) {
+        return ProxyError::Cancelled;
+    }
     let refused = refused_stream(&e);
     ProxyError::Upstream {
         endpoint: endpoint.to_string(),
@@ -104,14 +112,43 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
     }
 }
 
+/// Classifies an error from the HTTP/2 client talking to the local app.
+pub fn from_local_app_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    if cancelled_by_us(&e) {
+        return ProxyError::Cancelled;
+    }
+    ProxyError::LocalApp(Box::new(e))
+}
+
+/// True when the proxy itself reset the upstream stream with CANCEL, which happens when the
+/// downstream caller went away (its request stream broke). Says nothing about the upstream.
+fn cancelled_by_us(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::CANCEL)
+            && !h2e.is_remote()
+            && !h2e.is_library()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Walks an error chain looking for an HTTP/2 REFUSED_STREAM (or a GOAWAY that never saw the stream).
 fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(h2e) = err.downcast_ref::<h2::Error>()
-            && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return true;
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            // REFUSED_STREAM, or a stream above the last id of a GOAWAY from the peer:
+            // HTTP/2 guarantees the peer did not process it.
+            if h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2e.is_go_away() && h2e.is_remote())
+            {
+                return true;
+            }
         }
         if let Some(he) = err.downcast_ref::<hyper::Error>()
             && he.is_canceled()

@@ -56,7 +56,16 @@ where
                 Ok(rsp) => Ok(rsp),
                 Err(ProxyError::FaultReset) => Err(ResetStream),
                 Err(e) => {
-                    tracing::debug!(error = %e, reason = e.reason(), "proxy error");
+                    if matches!(
+                        e,
+                        ProxyError::Upstream { .. }
+                            | ProxyError::LocalApp(_)
+                            | ProxyError::Connect { .. }
+                    ) {
+                        tracing::warn!(error = %e, detail = ?e, reason = e.reason(), "call failed in the proxy");
+                    } else {
+                        tracing::debug!(error = %e, reason = e.reason(), "proxy error");
+                    }
                     Ok(to_response(&e))
                 }
             }

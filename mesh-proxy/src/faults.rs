@@ -75,7 +75,11 @@ fn header_percent(h: &HeaderMap, name: &str, cap: f64) -> f64 {
 
 /// Reads Envoy fault headers. Malformed values mean "no fault"; percentages are capped by `cap`.
 pub fn header_faults(h: &HeaderMap, cap: f64) -> HeaderFaults {
-    let cap = if cap.is_finite() { cap.clamp(0.0, 100.0) } else { 0.0 };
+    let cap = if cap.is_finite() {
+        cap.clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
     let abort = header_str(h, H_ABORT_GRPC)
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(Code::from_u16)
@@ -91,9 +95,17 @@ pub fn header_faults(h: &HeaderMap, cap: f64) -> HeaderFaults {
         .map(Duration::from_millis);
     HeaderFaults {
         abort,
-        abort_percent: if abort.is_some() { header_percent(h, H_ABORT_PCT, cap) } else { 0.0 },
+        abort_percent: if abort.is_some() {
+            header_percent(h, H_ABORT_PCT, cap)
+        } else {
+            0.0
+        },
         delay,
-        delay_percent: if delay.is_some() { header_percent(h, H_DELAY_PCT, cap) } else { 0.0 },
+        delay_percent: if delay.is_some() {
+            header_percent(h, H_DELAY_PCT, cap)
+        } else {
+            0.0
+        },
     }
 }
 
@@ -110,7 +122,12 @@ pub struct FaultLayer {
 }
 
 impl FaultLayer {
-    pub fn new(store: FaultStore, route: &str, direction: &'static str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: FaultStore,
+        route: &str,
+        direction: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             route: route.to_string(),
@@ -154,7 +171,13 @@ where
         let cfg = self.layer.store.get(&self.layer.route).unwrap_or_default();
         let hf = if cfg.allow_header_faults {
             let hf = header_faults(req.headers(), cfg.header_max_percent);
-            for h in [H_ABORT_GRPC, H_ABORT_HTTP, H_ABORT_PCT, H_DELAY, H_DELAY_PCT] {
+            for h in [
+                H_ABORT_GRPC,
+                H_ABORT_HTTP,
+                H_ABORT_PCT,
+                H_DELAY,
+                H_DELAY_PCT,
+            ] {
                 req.headers_mut().remove(h);
             }
             hf
@@ -214,7 +237,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }

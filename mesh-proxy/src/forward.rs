@@ -46,7 +46,7 @@ impl tower::Service<Req> for Forward {
         Box::pin(async move {
             send(&client, &addr, req)
                 .await
-                .map_err(|e| ProxyError::LocalApp(Box::new(e)))
+                .map_err(crate::error::from_local_app_error)
         })
     }
 }

@@ -64,7 +64,10 @@ impl Code {
     }
     /// Statuses that say "this endpoint is unhealthy" (Envoy's gateway-error / 5xx family for gRPC).
     pub fn is_endpoint_failure(self) -> bool {
-        matches!(self, Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss)
+        matches!(
+            self,
+            Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss
+        )
     }
     /// The gRPC code for an HTTP status, per the gRPC HTTP-to-gRPC mapping.
     pub fn from_http(status: u16) -> Code {
@@ -155,7 +158,10 @@ pub fn encode_message(msg: &str) -> String {
 pub fn trailers_only(code: Code, message: &str) -> Response<Body> {
     let mut rsp = Response::new(body::empty());
     let h = rsp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     h.insert("grpc-status", HeaderValue::from(code.as_u16()));
     if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
         h.insert("grpc-message", v);

@@ -72,7 +72,9 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("tally_proxy");
         let requests = Family::<CallLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let retries = Family::<RouteLabels, Counter>::default();
         let retry_budget_exhausted = Family::<RouteLabels, Counter>::default();
         let breaker_state = Family::<EndpointLabels, Gauge>::default();
@@ -106,7 +108,11 @@ impl Metrics {
             "Per-endpoint circuit breaker: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
-        registry.register("breaker_opens", "Times an endpoint's breaker opened", breaker_opens.clone());
+        registry.register(
+            "breaker_opens",
+            "Times an endpoint's breaker opened",
+            breaker_opens.clone(),
+        );
         registry.register(
             "bulkhead_rejections",
             "Calls refused because a bulkhead and its queue were full",
@@ -137,7 +143,11 @@ impl Metrics {
             "Unix time when the workload certificate expires (0 without TLS)",
             cert_expiry.clone(),
         );
-        registry.register("authz_denied", "Calls denied by inbound authorization", authz_denied.clone());
+        registry.register(
+            "authz_denied",
+            "Calls denied by inbound authorization",
+            authz_denied.clone(),
+        );
         registry.register("faults_injected", "Injected faults by kind", faults.clone());
         Arc::new(Self {
             registry,

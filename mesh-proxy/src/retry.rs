@@ -37,7 +37,11 @@ impl Policy {
         Self {
             route: route.to_string(),
             max_attempts: c.max_attempts,
-            statuses: c.retryable_statuses.iter().filter_map(|s| Code::from_name(s)).collect(),
+            statuses: c
+                .retryable_statuses
+                .iter()
+                .filter_map(|s| Code::from_name(s))
+                .collect(),
             idempotent: c.idempotent_methods.clone(),
             backoff_base: Duration::from_millis(c.backoff_base_ms),
             backoff_max: Duration::from_millis(c.backoff_max_ms),
@@ -66,9 +70,10 @@ impl Policy {
 
     /// Exponential backoff with full jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+        let exp = self.backoff_base.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
         let cap = exp.min(self.backoff_max);
         let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(0..=millis))
@@ -134,7 +139,9 @@ async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: 
     match result {
         Err(e) => {
             let endpoint = match &e {
-                ProxyError::Connect { endpoint, .. } | ProxyError::Upstream { endpoint, .. } => Some(endpoint.clone()),
+                ProxyError::Connect { endpoint, .. } | ProxyError::Upstream { endpoint, .. } => {
+                    Some(endpoint.clone())
+                }
                 _ => None,
             };
             if e.never_reached_app() || (idempotent && policy.retryable(e.code())) {
@@ -210,7 +217,8 @@ where
             let mut attempt = 1u32;
             let mut avoid: Option<String> = None;
             loop {
-                let mut req = Req::from_parts(parts.clone(), body::replay(data.clone(), trailers.clone()));
+                let mut req =
+                    Req::from_parts(parts.clone(), body::replay(data.clone(), trailers.clone()));
                 if let Some(d) = deadline {
                     set_remaining(&mut req, d)?;
                 }
@@ -245,7 +253,10 @@ where
                     tracing::debug!(route = %policy.route, "retry budget exhausted");
                     return last;
                 }
-                metrics.retries.get_or_create(&route_labels("outbound", &policy.route)).inc();
+                metrics
+                    .retries
+                    .get_or_create(&route_labels("outbound", &policy.route))
+                    .inc();
                 if let Some(i) = &info {
                     i.add_retry();
                 }
@@ -274,7 +285,10 @@ mod tests {
     #[test]
     fn idempotency_matching() {
         assert!(policy(&["GetPoll"]).is_idempotent("/tally.poll.v1.PollService/GetPoll"));
-        assert!(policy(&["tally.poll.v1.PollService/GetPoll"]).is_idempotent("/tally.poll.v1.PollService/GetPoll"));
+        assert!(
+            policy(&["tally.poll.v1.PollService/GetPoll"])
+                .is_idempotent("/tally.poll.v1.PollService/GetPoll")
+        );
         assert!(policy(&["*"]).is_idempotent("/a.B/C"));
         assert!(!policy(&["GetPoll"]).is_idempotent("/tally.poll.v1.PollService/CastVote"));
         assert!(!policy(&["*"]).is_idempotent("garbage"));

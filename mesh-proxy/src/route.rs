@@ -11,7 +11,12 @@ use tower::{Service, ServiceExt};
 pub fn service_name(req: &Req) -> Option<String> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?.to_string(),
+        None => req
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_string(),
     };
     host_of(&authority).map(str::to_ascii_lowercase)
 }
@@ -34,7 +39,9 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: HashMap<String, BoxService>) -> Self {
-        Self { routes: Arc::new(routes) }
+        Self {
+            routes: Arc::new(routes),
+        }
     }
 
     fn lookup(&self, host: &str) -> Option<BoxService> {

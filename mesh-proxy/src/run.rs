@@ -91,8 +91,14 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
     };
     let bound = Bound {
         admin: local(&admin_l, cfg.admin.listen),
-        inbound: inbound_l.as_ref().zip(cfg.inbound.as_ref()).map(|(l, c)| local(l, c.listen)),
-        outbound: outbound_l.as_ref().zip(cfg.outbound.as_ref()).map(|(l, c)| local(l, c.listen)),
+        inbound: inbound_l
+            .as_ref()
+            .zip(cfg.inbound.as_ref())
+            .map(|(l, c)| local(l, c.listen)),
+        outbound: outbound_l
+            .as_ref()
+            .zip(cfg.outbound.as_ref())
+            .map(|(l, c)| local(l, c.listen)),
     };
     match serde_json::to_string(&bound) {
         Ok(line) => println!("{line}"),
@@ -125,7 +131,9 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         };
         tasks.spawn(listener.serve(rx.clone(), grace));
     }
-    if let (Some(l), Some(i), Some(service)) = (inbound_l, &cfg.inbound, stack::inbound(&cfg, &shared)) {
+    if let (Some(l), Some(i), Some(service)) =
+        (inbound_l, &cfg.inbound, stack::inbound(&cfg, &shared))
+    {
         let listener = Listener {
             direction: Direction::Inbound,
             listener: l,

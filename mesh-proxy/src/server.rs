@@ -61,7 +61,9 @@ impl Listener {
             let Ok(permit) = conns.clone().try_acquire_owned() else {
                 self.metrics
                     .connections_rejected
-                    .get_or_create(&DirectionLabels { direction: dir.into() })
+                    .get_or_create(&DirectionLabels {
+                        direction: dir.into(),
+                    })
                     .inc();
                 tracing::warn!(listener = dir, %remote, "connection refused: max_connections reached");
                 drop(tcp);
@@ -81,21 +83,24 @@ impl Listener {
                     Err(e) => {
                         metrics
                             .tls_handshake_failures
-                            .get_or_create(&DirectionLabels { direction: dir.into() })
+                            .get_or_create(&DirectionLabels {
+                                direction: dir.into(),
+                            })
                             .inc();
                         tracing::warn!(listener = dir, %remote, error = %e, "handshake failed");
                         return;
                     }
                 };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let service = service.clone();
-                    let peer = peer.clone();
-                    async move {
-                        let mut req = req.map(body::incoming);
-                        req.extensions_mut().insert(PeerId(peer));
-                        service.oneshot(req).await
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let service = service.clone();
+                        let peer = peer.clone();
+                        async move {
+                            let mut req = req.map(body::incoming);
+                            req.extensions_mut().insert(PeerId(peer));
+                            service.oneshot(req).await
+                        }
+                    });
                 let conn = builder.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
                 let stop = async move {
@@ -116,8 +121,14 @@ impl Listener {
         }
         // Drain: wait until every connection task has returned its permit.
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, conns.acquire_many(all)).await.is_err() {
-            tracing::warn!(listener = dir, "shutdown grace period over with connections still open");
+        if tokio::time::timeout(grace, conns.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = dir,
+                "shutdown grace period over with connections still open"
+            );
         }
     }
 }

@@ -34,13 +34,10 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
     for (name, svc) in &cfg.services {
         let pool = Pool::new(
             name,
-            &svc.endpoints,
+            svc,
             &cfg.target_identity(name),
             shared.client_transport.clone(),
             &settings,
-            &svc.breaker,
-            &svc.outlier,
-            &svc.load_balancer,
             shared.metrics.clone(),
         );
         let route = ServiceBuilder::new()
@@ -49,7 +46,12 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
                 RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes),
                 shared.metrics.clone(),
             ))
-            .layer(FaultLayer::new(shared.faults.clone(), name, "outbound", shared.metrics.clone()))
+            .layer(FaultLayer::new(
+                shared.faults.clone(),
+                name,
+                "outbound",
+                shared.metrics.clone(),
+            ))
             .layer(BulkheadLayer::new(
                 svc.bulkhead.max_concurrent,
                 svc.bulkhead.max_queue,
@@ -62,7 +64,10 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
     }
     ListenerService::new(
         ServiceBuilder::new()
-            .layer(ObserveLayer::new(Direction::Outbound, shared.metrics.clone()))
+            .layer(ObserveLayer::new(
+                Direction::Outbound,
+                shared.metrics.clone(),
+            ))
             .layer(ErrorsLayer)
             .service(Router::new(routes)),
     )
@@ -74,9 +79,15 @@ pub fn inbound(cfg: &Config, shared: &Shared) -> Option<ListenerService> {
     let settings = ClientSettings::from_limits(&cfg.limits);
     Some(ListenerService::new(
         ServiceBuilder::new()
-            .layer(ObserveLayer::new(Direction::Inbound, shared.metrics.clone()))
+            .layer(ObserveLayer::new(
+                Direction::Inbound,
+                shared.metrics.clone(),
+            ))
             .layer(ErrorsLayer)
-            .layer(AuthzLayer::new(AuthzPolicy::new(inb.authz.clone()), shared.metrics.clone()))
+            .layer(AuthzLayer::new(
+                AuthzPolicy::new(inb.authz.clone()),
+                shared.metrics.clone(),
+            ))
             .layer(BulkheadLayer::new(
                 inb.bulkhead.max_concurrent,
                 inb.bulkhead.max_queue,

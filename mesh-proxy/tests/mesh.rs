@@ -44,7 +44,9 @@ async fn caller_cannot_forge_its_identity_header() {
     let up = Upstream::start("a").await;
     let mesh = Mesh::start(&[&up], "", "").await;
     let forged = "spiffe://tally.local/ns/test/sa/admin";
-    let r = mesh.call(&[("x-tally-peer-spiffe-id", forged)], &[b"x"]).await;
+    let r = mesh
+        .call(&[("x-tally-peer-spiffe-id", forged)], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(OK));
     assert_eq!(r.header("x-echo-peer"), Some(mesh.client_id.clone()));
 }
@@ -101,9 +103,14 @@ async fn upstream_errors_pass_through_untouched() {
     let mesh = Mesh::start(&[&up], "", "").await;
     let r = mesh.call(&[("x-test-status", "5")], &[b"x"]).await;
     assert_eq!(r.status(), Some(NOT_FOUND));
-    assert_eq!(r.header("grpc-message").as_deref(), Some("from test upstream"));
+    assert_eq!(
+        r.header("grpc-message").as_deref(),
+        Some("from test upstream")
+    );
     assert_eq!(r.proxy_error(), None);
-    let r = mesh.call(&[("x-test-status-in-trailers", "9")], &[b"x"]).await;
+    let r = mesh
+        .call(&[("x-test-status-in-trailers", "9")], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(9));
 }
 
@@ -117,7 +124,11 @@ async fn unknown_service_gets_unavailable_no_route() {
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(r.proxy_error().as_deref(), Some("no-route"));
     // `echo:80` and `echo.ns.svc` route to `echo`.
-    let r = mesh.client().await.call("echo:80", PATH, &[], &[b"x"]).await;
+    let r = mesh
+        .client()
+        .await
+        .call("echo:80", PATH, &[], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(OK));
 }
 
@@ -129,18 +140,25 @@ async fn deadline_is_honoured_propagated_and_defaulted() {
     // The caller's deadline travels upstream, shortened by the time already spent.
     let r = mesh.call(&[("grpc-timeout", "20S")], &[b"x"]).await;
     assert_eq!(r.status(), Some(OK));
-    let sent = r.header("x-echo-timeout").expect("grpc-timeout reached upstream");
+    let sent = r
+        .header("x-echo-timeout")
+        .expect("grpc-timeout reached upstream");
     let d = tally_proxy::grpc::parse_timeout(&sent).unwrap();
     assert!(d <= Duration::from_secs(20) && d > Duration::ZERO, "{sent}");
     // Expiry → DEADLINE_EXCEEDED from the proxy.
-    let r = mesh.call(&[("grpc-timeout", "200m"), ("x-test-delay-ms", "10000")], &[b"x"]).await;
+    let r = mesh
+        .call(
+            &[("grpc-timeout", "200m"), ("x-test-delay-ms", "10000")],
+            &[b"x"],
+        )
+        .await;
     assert_eq!(r.status(), Some(DEADLINE_EXCEEDED));
     assert_eq!(r.proxy_error().as_deref(), Some("deadline-exceeded"));
     // No header: the route default (400 ms) applies.
     let r = mesh.call(&[("x-test-delay-ms", "10000")], &[b"x"]).await;
     assert_eq!(r.status(), Some(DEADLINE_EXCEEDED));
     let r = mesh.call(&[], &[b"x"]).await;
-    assert_eq!(r.header("x-echo-timeout").is_some(), true);
+    assert!(r.header("x-echo-timeout").is_some(), "route default travels upstream");
 }
 
 #[tokio::test]
@@ -157,7 +175,11 @@ async fn deadline_ends_a_stream_midway() {
     // Keep the stream open past the deadline: the proxy ends it with DEADLINE_EXCEEDED trailers.
     let rest = read_response(http::Response::from_parts(parts, body)).await;
     drop(tx);
-    assert_eq!(rest.trailer("grpc-status").as_deref(), Some("4"), "{rest:?}");
+    assert_eq!(
+        rest.trailer("grpc-status").as_deref(),
+        Some("4"),
+        "{rest:?}"
+    );
 }
 
 const RETRY: &str = r#"
@@ -181,7 +203,11 @@ async fn retries_idempotent_unavailable_from_headers_and_trailers() {
     // Status in real trailers (not trailers-only) is retried too.
     let r = mesh
         .call(
-            &[("x-test-key", "k2"), ("x-test-fail-times", "1"), ("x-test-fail-in-trailers", "1")],
+            &[
+                ("x-test-key", "k2"),
+                ("x-test-fail-times", "1"),
+                ("x-test-fail-in-trailers", "1"),
+            ],
             &[b"x"],
         )
         .await;
@@ -189,23 +215,38 @@ async fn retries_idempotent_unavailable_from_headers_and_trailers() {
     assert_eq!(up.calls(), 5);
     // Never more than max_attempts.
     let r = mesh
-        .call(&[("x-test-key", "k3"), ("x-test-fail-times", "10")], &[b"x"])
+        .call(
+            &[("x-test-key", "k3"), ("x-test-fail-times", "10")],
+            &[b"x"],
+        )
         .await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(up.calls(), 8);
     let m = metrics(mesh.caller.admin).await;
-    assert_eq!(metric(&m, "tally_proxy_retries_total", &["route=\"echo\""]), 5.0, "{m}");
+    assert_eq!(
+        metric(&m, "tally_proxy_retries_total", &["route=\"echo\""]),
+        5.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn non_idempotent_and_non_retryable_calls_are_not_retried() {
     init();
     let up = Upstream::start("a").await;
-    let mesh = Mesh::start(&[&up], RETRY, "").await;
+    let no_breaker = format!(
+        "{RETRY}\n[services.echo.breaker]\nconsecutive_failures = 1000\nmin_calls = 100000\n"
+    );
+    let mesh = Mesh::start(&[&up], &no_breaker, "").await;
     let r = mesh
         .client()
         .await
-        .call(SVC, "/test.Echo/Write", &[("x-test-key", "w"), ("x-test-fail-times", "1")], &[b"x"])
+        .call(
+            SVC,
+            "/test.Echo/Write",
+            &[("x-test-key", "w"), ("x-test-fail-times", "1")],
+            &[b"x"],
+        )
         .await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(up.calls(), 1);
@@ -214,13 +255,19 @@ async fn non_idempotent_and_non_retryable_calls_are_not_retried() {
     assert_eq!(up.calls(), 2);
     // A server pushback of -1 means "do not retry".
     let r = mesh
-        .call(&[("x-test-status", "14"), ("x-test-pushback-ms", "-1")], &[b"x"])
+        .call(
+            &[("x-test-status", "14"), ("x-test-pushback-ms", "-1")],
+            &[b"x"],
+        )
         .await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(up.calls(), 3);
     // A pushback value is honoured as the delay, then retried.
     let r = mesh
-        .call(&[("x-test-status", "14"), ("x-test-pushback-ms", "10")], &[b"x"])
+        .call(
+            &[("x-test-status", "14"), ("x-test-pushback-ms", "10")],
+            &[b"x"],
+        )
         .await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(up.calls(), 6);
@@ -240,20 +287,32 @@ budget_ratio = 0.2
 budget_min_per_second = 0
 [services.echo.breaker]
 consecutive_failures = 100000
-failure_rate = 1.0
+min_calls = 100000
 "#;
     let mesh = Mesh::start(&[&up], cfg, "").await;
     let client = mesh.client().await;
     let n = 40;
     for _ in 0..n {
-        let r = client.call(SVC, PATH, &[("x-test-status", "14")], &[b"x"]).await;
+        let r = client
+            .call(SVC, PATH, &[("x-test-status", "14")], &[b"x"])
+            .await;
         assert_eq!(r.status(), Some(UNAVAILABLE));
     }
     // Without a budget this would be 5 × 40 = 200 upstream calls.
     let calls = up.calls();
-    assert!(calls >= n && calls <= n + n / 5 + 1, "upstream saw {calls} calls");
+    assert!(
+        calls >= n && calls <= n + n / 5 + 1,
+        "upstream saw {calls} calls"
+    );
     let m = metrics(mesh.caller.admin).await;
-    assert!(metric(&m, "tally_proxy_retry_budget_exhausted_total", &["route=\"echo\""]) > 0.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "tally_proxy_retry_budget_exhausted_total",
+            &["route=\"echo\""]
+        ) > 0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -276,9 +335,17 @@ open_ms = 1000
     let r = client.call(SVC, PATH, &[], &[b"x"]).await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(r.proxy_error().as_deref(), Some("breaker-open"));
-    assert_eq!(up.calls(), 3, "open breaker fails fast without calling upstream");
+    assert_eq!(
+        up.calls(),
+        3,
+        "open breaker fails fast without calling upstream"
+    );
     let m = metrics(mesh.caller.admin).await;
-    assert_eq!(metric(&m, "tally_proxy_breaker_state", &["route=\"echo\""]), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "tally_proxy_breaker_state", &["route=\"echo\""]),
+        1.0,
+        "{m}"
+    );
     assert!(metric(&m, "tally_proxy_breaker_opens_total", &["route=\"echo\""]) >= 1.0);
     // Upstream recovers; after open_ms one probe goes through and closes the breaker.
     up.fail_all.store(false, Ordering::SeqCst);
@@ -289,11 +356,18 @@ open_ms = 1000
             break;
         }
         assert_eq!(r.proxy_error().as_deref(), Some("breaker-open"));
-        assert!(tokio::time::Instant::now() < deadline, "breaker never closed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "breaker never closed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = metrics(mesh.caller.admin).await;
-    assert_eq!(metric(&m, "tally_proxy_breaker_state", &["route=\"echo\""]), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "tally_proxy_breaker_state", &["route=\"echo\""]),
+        0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -307,30 +381,53 @@ max_queue = 1
 "#;
     let mesh = Mesh::start(&[&up], cfg, "").await;
     let client = mesh.client().await;
-    let mut slow = Vec::new();
-    for _ in 0..2 {
+    // Capacity is one running + one queued: of five concurrent slow calls, three are
+    // refused at once and two stay in flight.
+    let mut calls = Vec::new();
+    for _ in 0..5 {
         let c = client.clone();
-        slow.push(tokio::spawn(async move {
-            c.call(SVC, PATH, &[("x-test-delay-ms", "30000"), ("grpc-timeout", "40S")], &[b"x"])
-                .await
+        calls.push(tokio::spawn(async move {
+            c.call(
+                SVC,
+                PATH,
+                &[("x-test-delay-ms", "60000"), ("grpc-timeout", "90S")],
+                &[b"x"],
+            )
+            .await
         }));
     }
-    // One call runs, one waits in the queue; the next is refused at once. Probes that slip in
-    // before the slow calls are admitted just time out, so retry until one is refused.
-    let mut refused = None;
-    for _ in 0..100 {
-        let r = client.call(SVC, PATH, &[("grpc-timeout", "300m")], &[b"x"]).await;
-        if r.status() == Some(RESOURCE_EXHAUSTED) {
-            refused = Some(r);
-            break;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while calls.iter().filter(|c| c.is_finished()).count() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut refused = 0;
+    let mut pending = Vec::new();
+    for c in calls {
+        if c.is_finished() {
+            let r = c.await.unwrap();
+            assert_eq!(r.status(), Some(RESOURCE_EXHAUSTED), "{r:?}");
+            assert_eq!(r.proxy_error().as_deref(), Some("bulkhead-full"));
+            refused += 1;
+        } else {
+            pending.push(c);
         }
     }
-    let r = refused.expect("a call was refused by the bulkhead");
-    assert_eq!(r.proxy_error().as_deref(), Some("bulkhead-full"));
+    assert_eq!(refused, 3);
     let m = metrics(mesh.caller.admin).await;
-    assert!(metric(&m, "tally_proxy_bulkhead_rejections_total", &["route=\"echo\""]) >= 1.0);
-    for s in slow {
-        s.abort();
+    assert_eq!(
+        metric(
+            &m,
+            "tally_proxy_bulkhead_rejections_total",
+            &["route=\"echo\""]
+        ),
+        3.0
+    );
+    for p in pending {
+        p.abort();
     }
 }
 
@@ -342,7 +439,7 @@ async fn load_spreads_over_endpoints_and_failing_endpoint_is_avoided() {
     let cfg = r#"
 [services.echo.breaker]
 consecutive_failures = 1000
-failure_rate = 1.0
+min_calls = 100000
 "#;
     let mesh = Mesh::start(&[&a, &b], cfg, "").await;
     let client = mesh.client().await;
@@ -351,13 +448,19 @@ failure_rate = 1.0
     for _ in 0..40 {
         let c = client.clone();
         tasks.push(tokio::spawn(async move {
-            c.call(SVC, PATH, &[("x-test-delay-ms", "50")], &[b"x"]).await
+            c.call(SVC, PATH, &[("x-test-delay-ms", "50")], &[b"x"])
+                .await
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().status(), Some(OK));
     }
-    assert!(a.calls() > 0 && b.calls() > 0, "a={} b={}", a.calls(), b.calls());
+    assert!(
+        a.calls() > 0 && b.calls() > 0,
+        "a={} b={}",
+        a.calls(),
+        b.calls()
+    );
     // b starts failing fast: failures count as slow in the load estimate, so b is avoided.
     b.fail_all.store(true, Ordering::SeqCst);
     let before = b.calls();
@@ -376,17 +479,19 @@ async fn outlier_is_ejected_and_returns() {
     init();
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    // No failure penalty, so only outlier ejection keeps traffic off the failing endpoint.
+    // No failure penalty and an estimate that forgets at once: the balancer keeps picking b,
+    // so only outlier ejection keeps traffic off it.
     let cfg = r#"
 [services.echo.breaker]
 consecutive_failures = 1000
-failure_rate = 1.0
+min_calls = 100000
 [services.echo.outlier]
 consecutive_5xx = 3
 base_ejection_time_ms = 1500
 max_ejection_percent = 50
 [services.echo.load_balancer]
 failure_penalty_ms = 0
+decay_ms = 1
 "#;
     let mesh = Mesh::start(&[&a, &b], cfg, "").await;
     let client = mesh.client().await;
@@ -397,12 +502,19 @@ failure_penalty_ms = 0
             failures += 1;
         }
     }
-    assert_eq!(failures, 3, "exactly consecutive_5xx failures before ejection");
+    assert_eq!(
+        failures, 3,
+        "exactly consecutive_5xx failures before ejection"
+    );
     assert_eq!(b.calls(), 3);
     let m = metrics(mesh.caller.admin).await;
     let b_ep = mesh.callees[1].inbound.unwrap().to_string();
     assert_eq!(
-        metric(&m, "tally_proxy_outlier_ejections_total", &[&format!("endpoint=\"{b_ep}\"")]),
+        metric(
+            &m,
+            "tally_proxy_outlier_ejections_total",
+            &[&format!("endpoint=\"{b_ep}\"")]
+        ),
         1.0,
         "{m}"
     );
@@ -410,7 +522,10 @@ failure_penalty_ms = 0
     b.fail_all.store(false, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while b.calls() == 3 {
-        assert_eq!(client.call(SVC, PATH, &[], &[b"x"]).await.status(), Some(OK));
+        assert_eq!(
+            client.call(SVC, PATH, &[], &[b"x"]).await.status(),
+            Some(OK)
+        );
         assert!(tokio::time::Instant::now() < deadline, "b never returned");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -425,7 +540,7 @@ async fn ejection_floor_keeps_the_last_endpoint() {
 consecutive_5xx = 2
 [services.echo.breaker]
 consecutive_failures = 1000
-failure_rate = 1.0
+min_calls = 100000
 "#;
     let mesh = Mesh::start(&[&a], cfg, "").await;
     a.fail_all.store(true, Ordering::SeqCst);
@@ -436,7 +551,14 @@ failure_rate = 1.0
     }
     assert_eq!(a.calls(), 6);
     let m = metrics(mesh.caller.admin).await;
-    assert!(metric(&m, "tally_proxy_outlier_ejection_floor_total", &["route=\"echo\""]) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "tally_proxy_outlier_ejection_floor_total",
+            &["route=\"echo\""]
+        ) >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -463,23 +585,39 @@ abort_grpc_status = 8
     .await;
     assert_eq!(status, 200, "{body}");
     let (_, current) = admin(mesh.caller.admin, "GET", "/faults", "").await;
-    assert!(current.contains("\"allow_header_faults\": true"), "{current}");
+    assert!(
+        current.contains("\"allow_header_faults\": true"),
+        "{current}"
+    );
     assert_eq!(mesh.call(&[], &[b"x"]).await.status(), Some(OK));
     // Envoy's fault headers.
-    let r = mesh.call(&[("x-envoy-fault-abort-grpc-request", "9")], &[b"x"]).await;
+    let r = mesh
+        .call(&[("x-envoy-fault-abort-grpc-request", "9")], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(9));
-    let r = mesh.call(&[("x-envoy-fault-abort-request", "503")], &[b"x"]).await;
+    let r = mesh
+        .call(&[("x-envoy-fault-abort-request", "503")], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     let r = mesh
         .call(
-            &[("x-envoy-fault-abort-grpc-request", "9"), ("x-envoy-fault-abort-request-percentage", "0")],
+            &[
+                ("x-envoy-fault-abort-grpc-request", "9"),
+                ("x-envoy-fault-abort-request-percentage", "0"),
+            ],
             &[b"x"],
         )
         .await;
     assert_eq!(r.status(), Some(OK));
     // A 5 s injected delay against a 300 ms deadline.
     let r = mesh
-        .call(&[("x-envoy-fault-delay-request", "5000"), ("grpc-timeout", "300m")], &[b"x"])
+        .call(
+            &[
+                ("x-envoy-fault-delay-request", "5000"),
+                ("grpc-timeout", "300m"),
+            ],
+            &[b"x"],
+        )
         .await;
     assert_eq!(r.status(), Some(DEADLINE_EXCEEDED));
     // Reset: the stream is reset, the proxy keeps serving.
@@ -494,9 +632,17 @@ abort_grpc_status = 8
     let r = mesh.call(&[], &[b"x"]).await;
     assert!(r.error.is_some(), "{r:?}");
     // Headers are ignored when the route does not allow them; bad settings are refused.
-    let (status, _) = admin(mesh.caller.admin, "PUT", "/faults", r#"{"route": "echo", "faults": {}}"#).await;
+    let (status, _) = admin(
+        mesh.caller.admin,
+        "PUT",
+        "/faults",
+        r#"{"route": "echo", "faults": {}}"#,
+    )
+    .await;
     assert_eq!(status, 200);
-    let r = mesh.call(&[("x-envoy-fault-abort-grpc-request", "9")], &[b"x"]).await;
+    let r = mesh
+        .call(&[("x-envoy-fault-abort-grpc-request", "9")], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(OK));
     let (status, _) = admin(
         mesh.caller.admin,
@@ -506,10 +652,19 @@ abort_grpc_status = 8
     )
     .await;
     assert_eq!(status, 400);
-    let (status, _) = admin(mesh.caller.admin, "PUT", "/faults", r#"{"route": "nope", "faults": {}}"#).await;
+    let (status, _) = admin(
+        mesh.caller.admin,
+        "PUT",
+        "/faults",
+        r#"{"route": "nope", "faults": {}}"#,
+    )
+    .await;
     assert_eq!(status, 404);
     let m = metrics(mesh.caller.admin).await;
-    assert!(metric(&m, "tally_proxy_faults_injected_total", &["kind=\"abort\""]) >= 3.0, "{m}");
+    assert!(
+        metric(&m, "tally_proxy_faults_injected_total", &["kind=\"abort\""]) >= 3.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -528,22 +683,43 @@ allow = ["spiffe://tally.local/ns/test/sa/client"]
     let mesh = Mesh::start(&[&up], "", inbound).await;
     let r = mesh.call(&[], &[b"x"]).await;
     assert_eq!(r.status(), Some(OK));
-    let r = mesh.client().await.call(SVC, "/test.Echo/Secret", &[], &[b"x"]).await;
+    let r = mesh
+        .client()
+        .await
+        .call(SVC, "/test.Echo/Secret", &[], &[b"x"])
+        .await;
     assert_eq!(r.status(), Some(PERMISSION_DENIED));
     assert_eq!(r.proxy_error().as_deref(), Some("unauthorized"));
-    let r = mesh.client().await.call(SVC, "/other.Service/Call", &[], &[b"x"]).await;
-    assert_eq!(r.status(), Some(PERMISSION_DENIED), "default deny when a policy exists");
+    let r = mesh
+        .client()
+        .await
+        .call(SVC, "/other.Service/Call", &[], &[b"x"])
+        .await;
+    assert_eq!(
+        r.status(),
+        Some(PERMISSION_DENIED),
+        "default deny when a policy exists"
+    );
     assert_eq!(up.calls(), 1);
     let m = metrics(mesh.callees[0].admin).await;
     let caller = format!("caller=\"{}\"", mesh.client_id);
-    assert_eq!(metric(&m, "tally_proxy_authz_denied_total", &[&caller]), 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "tally_proxy_authz_denied_total", &[&caller]),
+        2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn wrong_server_identity_is_refused() {
     init();
     let up = Upstream::start("a").await;
-    let mesh = Mesh::start(&[&up], "identity = \"spiffe://tally.local/ns/test/sa/not-echo\"", "").await;
+    let mesh = Mesh::start(
+        &[&up],
+        "identity = \"spiffe://tally.local/ns/test/sa/not-echo\"",
+        "",
+    )
+    .await;
     let r = mesh.call(&[], &[b"x"]).await;
     assert_eq!(r.status(), Some(UNAVAILABLE));
     assert_eq!(r.proxy_error().as_deref(), Some("connect-failed"));
@@ -558,13 +734,31 @@ async fn metrics_report_calls_latency_callers_and_certificates() {
     for _ in 0..3 {
         assert_eq!(mesh.call(&[], &[b"x"]).await.status(), Some(OK));
     }
-    assert_eq!(mesh.call(&[("x-test-status", "5")], &[b"x"]).await.status(), Some(NOT_FOUND));
-    let m = metrics(mesh.caller.admin).await;
-    let ok = ["direction=\"outbound\"", "route=\"echo\"", "grpc_status=\"OK\""];
-    assert_eq!(metric(&m, "tally_proxy_requests_total", &ok), 3.0, "{m}");
-    assert_eq!(metric(&m, "tally_proxy_requests_total", &["grpc_status=\"NOT_FOUND\""]), 1.0);
     assert_eq!(
-        metric(&m, "tally_proxy_request_duration_seconds_count", &["route=\"echo\""]),
+        mesh.call(&[("x-test-status", "5")], &[b"x"]).await.status(),
+        Some(NOT_FOUND)
+    );
+    let m = metrics(mesh.caller.admin).await;
+    let ok = [
+        "direction=\"outbound\"",
+        "route=\"echo\"",
+        "grpc_status=\"OK\"",
+    ];
+    assert_eq!(metric(&m, "tally_proxy_requests_total", &ok), 3.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "tally_proxy_requests_total",
+            &["grpc_status=\"NOT_FOUND\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tally_proxy_request_duration_seconds_count",
+            &["route=\"echo\""]
+        ),
         4.0
     );
     assert!(metric(&m, "tally_proxy_cert_expiry_timestamp_seconds", &[]) > 1.0e9);
@@ -572,7 +766,11 @@ async fn metrics_report_calls_latency_callers_and_certificates() {
     let m = metrics(mesh.callees[0].admin).await;
     let caller = format!("caller=\"{}\"", mesh.client_id);
     assert_eq!(
-        metric(&m, "tally_proxy_requests_total", &["direction=\"inbound\"", "route=\"test.Echo\"", &caller]),
+        metric(
+            &m,
+            "tally_proxy_requests_total",
+            &["direction=\"inbound\"", "route=\"test.Echo\"", &caller]
+        ),
         4.0,
         "{m}"
     );
@@ -597,7 +795,9 @@ async fn garbage_on_every_port_never_kills_the_proxy() {
     let payloads: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x01\x00\x00\x00\x00\x00garbage".to_vec(),
-        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect(),
         b"\x16\x03\x01\x00\x05hello".to_vec(),
         vec![],
     ];
@@ -610,13 +810,29 @@ async fn garbage_on_every_port_never_kills_the_proxy() {
     }
     // Plaintext HTTP/2 straight to the mTLS port is refused.
     let plain = Client::connect_lenient(inbound).await;
-    assert!(plain.is_none() || plain.unwrap().call(SVC, PATH, &[], &[b"x"]).await.status().is_none());
+    assert!(
+        plain.is_none()
+            || plain
+                .unwrap()
+                .call(SVC, PATH, &[], &[b"x"])
+                .await
+                .status()
+                .is_none()
+    );
     // Half-open connections that never speak stay harmless.
-    let _idle: Vec<_> = futures::future::join_all(targets.iter().map(|t| tokio::net::TcpStream::connect(*t))).await;
+    let _idle: Vec<_> =
+        futures::future::join_all(targets.iter().map(|t| tokio::net::TcpStream::connect(*t))).await;
     assert!(mesh.caller.is_running() && mesh.callees[0].is_running());
     assert_eq!(mesh.call(&[], &[b"x"]).await.status(), Some(OK));
     let m = metrics(mesh.callees[0].admin).await;
-    assert!(metric(&m, "tally_proxy_tls_handshake_failures_total", &["direction=\"inbound\""]) >= 4.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "tally_proxy_tls_handshake_failures_total",
+            &["direction=\"inbound\""]
+        ) >= 4.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -642,8 +858,10 @@ async fn burst_of_cancelled_streams_does_not_break_the_listener() {
             opened.push(client.open(SVC, PATH, &[("x-test-delay-ms", "5000")]));
         }
         // Dropping the futures cancels every stream at once (RST_STREAM burst).
-        let _ = tokio::time::timeout(Duration::from_millis(20), futures::future::join_all(opened)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(20), futures::future::join_all(opened))
+            .await;
     }
     let fresh = mesh.client().await;
-    assert_eq!(fresh.call(SVC, PATH, &[], &[b"x"]).await.status(), Some(OK));
+    let r = fresh.call(SVC, PATH, &[], &[b"x"]).await;
+    assert_eq!(r.status(), Some(OK), "{r:?}");
 }

@@ -32,9 +32,12 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = tokio::time::timeout(this.connect_timeout, tokio::net::TcpStream::connect(&this.addr))
-                .await
-                .map_err(|_| format!("connect to {} timed out", this.addr))??;
+            let tcp = tokio::time::timeout(
+                this.connect_timeout,
+                tokio::net::TcpStream::connect(&this.addr),
+            )
+            .await
+            .map_err(|_| format!("connect to {} timed out", this.addr))??;
             let _ = tcp.set_nodelay(true);
             let io = this.transport.connect(tcp, &this.expected_id).await?;
             Ok(Conn(TokioIo::new(io)))
@@ -52,13 +55,21 @@ impl Connection for Conn {
 }
 
 impl Read for Conn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl Write for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

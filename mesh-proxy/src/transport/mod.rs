@@ -29,14 +29,21 @@ pub enum TransportError {
 /// Server side of the seam: accept a connection and learn who the caller is.
 pub trait ServerTransport: Send + Sync + 'static {
     /// Returns the stream and the caller's verified SPIFFE id, if any.
-    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>>;
+    fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>>;
     /// True when the transport verifies caller identities.
     fn authenticates(&self) -> bool;
 }
 
 /// Client side of the seam: secure a connection to a peer that must prove `expected_id`.
 pub trait ClientTransport: Send + Sync + 'static {
-    fn connect(&self, tcp: TcpStream, expected_id: &str) -> BoxFuture<'static, Result<BoxIo, TransportError>>;
+    fn connect(
+        &self,
+        tcp: TcpStream,
+        expected_id: &str,
+    ) -> BoxFuture<'static, Result<BoxIo, TransportError>>;
 }
 
 pub struct Transports {
@@ -50,7 +57,9 @@ pub struct Transports {
 pub fn build(cfg: &Config) -> Result<Transports, TransportError> {
     match &cfg.identity {
         None => {
-            tracing::warn!("no [identity] configured: sidecars talk PLAINTEXT; callers are anonymous (development only)");
+            tracing::warn!(
+                "no [identity] configured: sidecars talk PLAINTEXT; callers are anonymous (development only)"
+            );
             Ok(Transports {
                 server: Arc::new(plaintext::Plaintext),
                 client: Arc::new(plaintext::Plaintext),

@@ -7,7 +7,10 @@ use tokio::net::TcpStream;
 pub struct Plaintext;
 
 impl ServerTransport for Plaintext {
-    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>> {
+    fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>> {
         Box::pin(async move { Ok((Box::new(tcp) as BoxIo, None)) })
     }
     fn authenticates(&self) -> bool {
@@ -16,7 +19,11 @@ impl ServerTransport for Plaintext {
 }
 
 impl ClientTransport for Plaintext {
-    fn connect(&self, tcp: TcpStream, _expected_id: &str) -> BoxFuture<'static, Result<BoxIo, TransportError>> {
+    fn connect(
+        &self,
+        tcp: TcpStream,
+        _expected_id: &str,
+    ) -> BoxFuture<'static, Result<BoxIo, TransportError>> {
         Box::pin(async move { Ok(Box::new(tcp) as BoxIo) })
     }
 }

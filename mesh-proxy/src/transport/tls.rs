@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tally_certs::SpiffeId;
-use tally_certs::tls::{DEFAULT_POLL_INTERVAL, IdentityPaths, Reloader, TlsConfigs, peer_spiffe_id, server_name_for};
+use tally_certs::tls::{
+    DEFAULT_POLL_INTERVAL, IdentityPaths, Reloader, TlsConfigs, peer_spiffe_id, server_name_for,
+};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -34,7 +36,10 @@ fn unix_secs(t: SystemTime) -> i64 {
 }
 
 impl ServerTransport for MeshTls {
-    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>> {
+    fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> BoxFuture<'static, Result<(BoxIo, Option<String>), TransportError>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.current().server.clone());
         let timeout = self.handshake_timeout;
         Box::pin(async move {
@@ -49,7 +54,9 @@ impl ServerTransport for MeshTls {
                 .and_then(peer_spiffe_id)
                 .map(|id| id.to_string());
             if peer.is_none() {
-                return Err(TransportError::Handshake("client certificate has no SPIFFE id".into()));
+                return Err(TransportError::Handshake(
+                    "client certificate has no SPIFFE id".into(),
+                ));
             }
             Ok((Box::new(tls) as BoxIo, peer))
         })
@@ -61,7 +68,11 @@ impl ServerTransport for MeshTls {
 }
 
 impl ClientTransport for MeshTls {
-    fn connect(&self, tcp: TcpStream, expected_id: &str) -> BoxFuture<'static, Result<BoxIo, TransportError>> {
+    fn connect(
+        &self,
+        tcp: TcpStream,
+        expected_id: &str,
+    ) -> BoxFuture<'static, Result<BoxIo, TransportError>> {
         let connector = tokio_rustls::TlsConnector::from(self.current().client.clone());
         let timeout = self.handshake_timeout;
         let expected = SpiffeId::from_str(expected_id)
@@ -88,7 +99,12 @@ pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transport
     let configs = reloader.subscribe();
     let current = reloader.current();
     let own = current.material.identity().to_string();
-    let expected = format!("spiffe://{}/ns/{}/sa/{}", crate::defaults::TRUST_DOMAIN, id.namespace, id.service);
+    let expected = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        crate::defaults::TRUST_DOMAIN,
+        id.namespace,
+        id.service
+    );
     if own != expected {
         tracing::warn!(certificate = %own, configured = %expected, "workload certificate identity differs from [identity] namespace/service");
     }
@@ -103,6 +119,8 @@ pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transport
     Ok(Transports {
         server: tls.clone(),
         client: tls,
-        cert_not_after: Some(Arc::new(move || unix_secs(expiry_rx.borrow().material.not_after()))),
+        cert_not_after: Some(Arc::new(move || {
+            unix_secs(expiry_rx.borrow().material.not_after())
+        })),
     })
 }

@@ -49,7 +49,9 @@ pub fn deframe(buf: &mut BytesMut) -> Vec<Bytes> {
 }
 
 fn hv(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 // ---------------------------------------------------------------- upstream
@@ -86,17 +88,27 @@ impl Upstream {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail_all = Arc::new(AtomicBool::new(false));
         let keys = Arc::new(Mutex::new(HashMap::new()));
-        let (c, f, k, n) = (calls.clone(), fail_all.clone(), keys.clone(), name.to_string());
+        let (c, f, k, n) = (
+            calls.clone(),
+            fail_all.clone(),
+            keys.clone(),
+            name.to_string(),
+        );
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (c, f, k, n) = (c.clone(), f.clone(), k.clone(), n.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (c, f, k, n) = (c.clone(), f.clone(), k.clone(), n.clone());
                         async move { Ok::<_, Infallible>(handle(req, c, f, k, n).await) }
                     });
+                    // Like a tonic server configured deliberately for a sidecar that multiplexes
+                    // many callers: a burst of cancellations must not GOAWAY the connection.
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_pending_accept_reset_streams(10_000)
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
                 });
@@ -119,9 +131,14 @@ impl Upstream {
 
 fn trailers_only(code: u16, extra: &[(&str, String)]) -> Response<TestBody> {
     let mut r = Response::new(Full::new(Bytes::new()).boxed());
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
-    r.headers_mut().insert("grpc-status", HeaderValue::from(code));
-    r.headers_mut().insert("grpc-message", HeaderValue::from_static("from test upstream"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    r.headers_mut()
+        .insert("grpc-status", HeaderValue::from(code));
+    r.headers_mut().insert(
+        "grpc-message",
+        HeaderValue::from_static("from test upstream"),
+    );
     for (k, v) in extra {
         r.headers_mut().insert(
             http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -207,9 +224,11 @@ async fn handle(
     });
     let stream = tokio_stream_from(rx);
     let mut r = Response::new(StreamBody::new(stream).boxed());
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     for (k, v) in head {
-        r.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+        r.headers_mut()
+            .insert(k, HeaderValue::from_str(&v).unwrap());
     }
     r
 }
@@ -219,14 +238,18 @@ fn status_in_trailers(code: u16, head: Vec<(&'static str, String)>) -> Response<
     t.insert("grpc-status", HeaderValue::from(code));
     let stream = futures::stream::iter(vec![Ok::<_, Infallible>(Frame::trailers(t))]);
     let mut r = Response::new(StreamBody::new(stream).boxed());
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     for (k, v) in head {
-        r.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+        r.headers_mut()
+            .insert(k, HeaderValue::from_str(&v).unwrap());
     }
     r
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -257,7 +280,8 @@ impl CallResult {
         hv(&self.trailers, name)
     }
     pub fn proxy_error(&self) -> Option<String> {
-        self.header("tally-proxy-error").or_else(|| self.trailer("tally-proxy-error"))
+        self.header("tally-proxy-error")
+            .or_else(|| self.trailer("tally-proxy-error"))
     }
 }
 
@@ -270,15 +294,23 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         Client { send }
     }
 
-    fn request(authority: &str, path: &str, headers: &[(&str, &str)], body: TestBody) -> Request<TestBody> {
-        let mut req = Request::post(format!("http://{authority}{path}")).body(body).unwrap();
+    fn request(
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: TestBody,
+    ) -> Request<TestBody> {
+        let mut req = Request::post(format!("http://{authority}{path}"))
+            .body(body)
+            .unwrap();
         let h = req.headers_mut();
         h.insert("content-type", HeaderValue::from_static("application/grpc"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -292,7 +324,13 @@ impl Client {
     }
 
     /// Sends all `messages`, then reads the whole response.
-    pub async fn call(&self, authority: &str, path: &str, headers: &[(&str, &str)], messages: &[&[u8]]) -> CallResult {
+    pub async fn call(
+        &self,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        messages: &[&[u8]],
+    ) -> CallResult {
         let mut data = BytesMut::new();
         for m in messages {
             data.extend_from_slice(&frame(m));
@@ -383,7 +421,10 @@ pub async fn next_message(body: &mut Incoming, buf: &mut BytesMut) -> Option<Byt
             *buf = rest;
             return Some(first);
         }
-        let f = tokio::time::timeout(PATIENCE, body.frame()).await.ok()??.ok()?;
+        let f = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .ok()??
+            .ok()?;
         if let Ok(d) = f.into_data() {
             buf.extend_from_slice(&d);
         } else {
@@ -397,7 +438,9 @@ pub async fn next_message(body: &mut Incoming, buf: &mut BytesMut) -> Option<Byt
 /// A plain HTTP/1.1 request to an admin port.
 pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
@@ -406,7 +449,10 @@ pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let rsp = tokio::time::timeout(PATIENCE, send.send_request(req)).await.unwrap().unwrap();
+    let rsp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let status = rsp.status().as_u16();
     let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).to_string())
@@ -416,9 +462,7 @@ pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))
-        })
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter(|l| labels.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -451,7 +495,10 @@ impl Identity {
         )
     }
     pub fn spiffe(&self) -> String {
-        format!("spiffe://tally.local/ns/{}/sa/{}", self.namespace, self.service)
+        format!(
+            "spiffe://tally.local/ns/{}/sa/{}",
+            self.namespace, self.service
+        )
     }
 }
 
@@ -524,8 +571,9 @@ impl Proxy {
         .await
         .unwrap()
         .unwrap();
-        let bound: Bound = serde_json::from_str(line.trim())
-            .unwrap_or_else(|e| panic!("proxy did not start ({e}); stdout: {line:?}; config:\n{config}"));
+        let bound: Bound = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+            panic!("proxy did not start ({e}); stdout: {line:?}; config:\n{config}")
+        });
         let p = Proxy {
             child,
             admin: bound.admin,
@@ -553,12 +601,19 @@ impl Proxy {
 pub async fn wait_ready(admin_addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(5), admin(admin_addr, "GET", "/ready", "")).await.map(Ok::<_, ()>)
+        if let Ok(Ok((200, _))) = tokio::time::timeout(
+            Duration::from_secs(5),
+            admin(admin_addr, "GET", "/ready", ""),
+        )
+        .await
+        .map(Ok::<_, ()>)
         {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "proxy never became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
