@@ -22,6 +22,10 @@
 //! in the store before it starts, and finished on restart if the process dies
 //! in the middle.
 //!
+//! Processed rows are kept (one small row per event id) so that a redelivery
+//! at any later time stays without effect; a rebuild clears them. They are
+//! not pruned yet: budget about 100 bytes per consumed event.
+//!
 //! Lag is `head - offset`, in [`ConsumerStatus`], in health through
 //! [`Consumer::watch_health`], and in `ConsumerAdminService.ListConsumers`.
 //!
