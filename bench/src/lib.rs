@@ -1,0 +1,15 @@
+//! `tally-bench`: measures what the mesh sidecars cost. An open-loop gRPC load
+//! generator drives the same workload through a direct path, a Tally sidecar pair
+//! and an Envoy pair (both with mTLS), interleaved and repeated, and reports the
+//! latency each adds, its maximum throughput, memory and CPU, and Tally/Envoy ratios.
+
+pub mod echo;
+pub mod error;
+pub mod load;
+pub mod pki;
+pub mod procstat;
+pub mod report;
+pub mod run;
+pub mod setup;
+
+pub use error::BenchError;

