@@ -34,6 +34,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         async move { matches!(auth.refresh_jwks().await, Ok(n) if n > 0) }
     });
 
+    let feed = tally_chassis::events::Feed::new(store.clone());
     let repo = PollRepository::new(
         store,
         cfg.polling.max_write_attempts,
@@ -47,6 +48,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(PollServiceServer::new(api));
+    // Consumers (notification, analytics) follow the outbox through this feed.
+    routes.add_service(feed.server());
     tally_chassis::server::serve(
         &cfg.server,
         hub,

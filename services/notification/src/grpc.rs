@@ -1,0 +1,60 @@
+//! The `tally.notification.v1.NotificationService` edge: validates requests,
+//! authenticates WatchMyPolls callers (`polls:read`), and hands the streams
+//! built by [`Watches`] to tonic.
+
+use crate::watch::{WatchStream, Watches};
+use tally::api::notification::v1 as pb;
+use tally::api::notification::v1::notification_service_server::NotificationService;
+use tally_chassis::auth::{Authenticator, SCOPE_POLLS_READ};
+use tonic::{Request, Response, Status};
+
+const MAX_ID_LEN: usize = 64;
+
+/// The NotificationService implementation.
+#[derive(Clone)]
+pub struct NotificationApi {
+    watches: Watches,
+    auth: Authenticator,
+}
+
+impl NotificationApi {
+    pub fn new(watches: Watches, auth: Authenticator) -> Self {
+        Self { watches, auth }
+    }
+}
+
+#[tonic::async_trait]
+impl NotificationService for NotificationApi {
+    type WatchPollStream = WatchStream<pb::WatchPollResponse>;
+    type WatchMyPollsStream = WatchStream<pb::WatchMyPollsResponse>;
+
+    async fn watch_poll(
+        &self,
+        req: Request<pb::WatchPollRequest>,
+    ) -> Result<Response<Self::WatchPollStream>, Status> {
+        let r = req.into_inner();
+        if r.poll_id.is_empty() {
+            return Err(Status::invalid_argument("poll_id: must not be empty"));
+        }
+        if r.poll_id.len() > MAX_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "poll_id: is longer than {MAX_ID_LEN} bytes"
+            )));
+        }
+        let stream = self
+            .watches
+            .watch_poll(&r.poll_id, r.resume_after_sequence)
+            .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn watch_my_polls(
+        &self,
+        req: Request<pb::WatchMyPollsRequest>,
+    ) -> Result<Response<Self::WatchMyPollsStream>, Status> {
+        let caller = self.auth.authenticate(req.metadata()).await?;
+        caller.require(SCOPE_POLLS_READ)?;
+        let stream = self.watches.watch_owner(&caller.user_id).await?;
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,23 @@
+//! The notification service: clients watch a poll (or all of their own polls)
+//! and receive live vote counts and close events, resumable by sequence.
+//!
+//! Each replica consumes polling's events into its own store (current counts
+//! per poll plus a bounded per-poll log of updates keyed by sequence) and fans
+//! the updates out to its watchers through an in-process broadcast, so any
+//! replica can serve any watcher.
+//!
+//! - [`domain`]: poll state, updates and the resume rules (pure).
+//! - [`projector`]: the consumer handler writing state and log, then publishing.
+//! - [`hub`]: the in-process broadcast of committed updates.
+//! - [`watch`]: one watcher's stream: catch-up from the log, then live, with a
+//!   bounded buffer that ends the stream with RESOURCE_EXHAUSTED on overflow.
+//! - [`grpc`]: the `tally.notification.v1.NotificationService` edge.
+//! - [`config`], [`app`]: configuration and wiring.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod hub;
+pub mod projector;
+pub mod watch;

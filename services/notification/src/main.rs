@@ -1,0 +1,46 @@
+//! `tally-notification`: the notification service binary.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Live poll updates for watchers (`tally.notification.v1.NotificationService`).
+#[derive(Debug, Parser)]
+#[command(name = "tally-notification", version)]
+struct Args {
+    /// TOML config file; `TALLY_NOTIFICATION_*` environment variables override it.
+    #[arg(long, env = "TALLY_NOTIFICATION_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tally_chassis::server::install_crypto_provider();
+    let args = Args::parse();
+    let cfg = match tally_notification::config::load(args.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("tally-notification: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tally_chassis::telemetry::init(
+        "notification",
+        cfg.telemetry.log_format,
+        cfg.telemetry.log_level.as_deref(),
+    );
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tally-notification: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tally_notification::app::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tally-notification stopped with an error");
+            eprintln!("tally-notification: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
