@@ -483,7 +483,7 @@ async fn payment_outage_retries_then_fails_without_charging() {
 async fn cancel_while_charging_refunds_the_charge() {
     let dir = tempfile::tempdir().expect("tempdir");
     let user = start_user(dir.path()).await;
-    let payment = start_payment(dir.path(), "payment", "latency_ms = 4000").await;
+    let payment = start_payment(dir.path(), "payment", "latency_ms = 6000").await;
     let billing = start_billing(
         dir.path(),
         "billing",
