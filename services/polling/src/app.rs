@@ -35,6 +35,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
 
     let feed = tally_chassis::events::Feed::new(store.clone());
+    // With the Redis transport the relay copies the outbox to the stream.
+    let _relay = tally_chassis::events::transport::spawn_relay(
+        &cfg.events,
+        store.clone(),
+        crate::events::PRODUCER,
+    )
+    .await?;
     let repo = PollRepository::new(
         store,
         cfg.polling.max_write_attempts,

@@ -29,6 +29,10 @@ pub struct Config {
     pub outbound: OutboundSettings,
     #[serde(default)]
     pub polling: PollingSettings,
+    /// Event transport: embedded (the feed serves the outbox; default) or
+    /// `transport = "redis"` (+ `url`), which runs the outbox relay to Redis Streams.
+    #[serde(default)]
+    pub events: tally_chassis::events::EventBusSettings,
 }
 
 /// The service's own knobs.
@@ -111,6 +115,7 @@ impl Validate for Config {
     fn validate(&self) -> Vec<Issue> {
         let mut out = self.storage.issues("storage");
         out.extend(self.outbound.issues(&["user"]));
+        out.extend(self.events.issues("events"));
         let p = &self.polling;
         if p.max_page_size == 0 || p.max_page_size > 10_000 {
             out.push(Issue::new(
