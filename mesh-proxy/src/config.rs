@@ -660,6 +660,13 @@ endpoints = ["127.0.0.1:4143"]
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let c = Config::parse("proxy.toml", include_str!("../examples/proxy.toml")).unwrap();
+        c.validate("proxy.toml").unwrap();
+        assert_eq!(c.services["user"].retry.max_attempts, 3);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse("t.toml", &format!("{MINIMAL}\nbogus = 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");

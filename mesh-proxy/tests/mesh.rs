@@ -158,7 +158,10 @@ async fn deadline_is_honoured_propagated_and_defaulted() {
     let r = mesh.call(&[("x-test-delay-ms", "10000")], &[b"x"]).await;
     assert_eq!(r.status(), Some(DEADLINE_EXCEEDED));
     let r = mesh.call(&[], &[b"x"]).await;
-    assert!(r.header("x-echo-timeout").is_some(), "route default travels upstream");
+    assert!(
+        r.header("x-echo-timeout").is_some(),
+        "route default travels upstream"
+    );
 }
 
 #[tokio::test]
