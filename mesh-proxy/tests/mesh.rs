@@ -868,3 +868,65 @@ async fn burst_of_cancelled_streams_does_not_break_the_listener() {
     let r = fresh.call(SVC, PATH, &[], &[b"x"]).await;
     assert_eq!(r.status(), Some(OK), "{r:?}");
 }
+
+#[tokio::test]
+async fn bad_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.user]\nendpoints = []\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services.user.endpoints") && err.contains("fix:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_then_exits() {
+    init();
+    let up = Upstream::start("a").await;
+    let mut mesh = Mesh::start(&[&up], "", "").await;
+    let client = mesh.client().await;
+    let in_flight = tokio::spawn(async move {
+        client
+            .call(SVC, PATH, &[("x-test-delay-ms", "1500")], &[b"x"])
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while up.calls() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "call never reached upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = mesh.caller.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        r.status(),
+        Some(OK),
+        "in-flight call finished during drain: {r:?}"
+    );
+    while mesh.caller.is_running() {
+        assert!(tokio::time::Instant::now() < deadline, "proxy did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mesh.caller.exit_code(), Some(0));
+}

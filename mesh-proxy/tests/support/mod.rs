@@ -687,3 +687,10 @@ impl Client {
         Some(Client { send })
     }
 }
+
+impl Proxy {
+    /// Exit code once the process has ended.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+}
