@@ -1,0 +1,506 @@
+//! The analytics service over real processes: user, polling and analytics
+//! binaries on real sockets, with polling's event feed as the transport.
+
+mod support;
+
+use std::collections::BTreeMap;
+use support::*;
+use tally::api::analytics::v1 as pb;
+use tally::api::common::v1::PageRequest;
+use tally::api::events::v1 as evpb;
+use tally::api::poll::v1 as pollpb;
+use tonic::Code;
+
+/// Polling's results for `poll_id` as (option id, text, votes), total, closed.
+async fn polling_results(
+    stack: &Stack,
+    token: &str,
+    poll_id: &str,
+) -> (Vec<(String, String, u64)>, u64, bool) {
+    let r = stack
+        .as_user(token)
+        .get_results(poll_id)
+        .await
+        .unwrap_or_else(|e| panic!("GetResults {poll_id}: {e}"));
+    (
+        r.results
+            .into_iter()
+            .map(|o| (o.option_id, o.text, o.votes))
+            .collect(),
+        r.total_votes,
+        r.status == pollpb::PollStatus::Closed as i32,
+    )
+}
+
+async fn analytics_results(
+    stack: &Stack,
+    token: &str,
+    poll_id: &str,
+) -> (Vec<(String, String, u64)>, u64, bool) {
+    let r = analytics_client(stack.analytics())
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: poll_id.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("GetPollResults {poll_id}: {e:?}"))
+        .into_inner();
+    (
+        r.options
+            .into_iter()
+            .map(|o| (o.option_id, o.text, o.votes))
+            .collect(),
+        r.total_votes,
+        r.closed,
+    )
+}
+
+async fn assert_equal_to_polling(stack: &Stack, token: &str, polls: &[String], label: &str) {
+    for poll_id in polls {
+        let want = polling_results(stack, token, poll_id).await;
+        let got = analytics_results(stack, token, poll_id).await;
+        assert_eq!(got, want, "{label}: poll {poll_id} differs from polling");
+    }
+}
+
+/// Creates `polls` polls owned by a new account, then `voters` voters each
+/// vote once in every poll (concurrently); returns (owner id, owner token, poll ids, votes cast).
+async fn populate(
+    stack: &Stack,
+    tag: &str,
+    polls: usize,
+    voters: usize,
+) -> (String, String, Vec<String>, u64) {
+    let (owner_id, owner) = stack.account(&format!("owner-{tag}@example.com")).await;
+    let mut poll_ids = Vec::new();
+    for i in 0..polls {
+        let poll = stack
+            .as_user(&owner)
+            .create_poll(
+                &format!("Question {tag} {i}?"),
+                ["red", "green", "blue"],
+                None,
+            )
+            .await
+            .expect("create poll");
+        poll_ids.push(poll.poll_id);
+    }
+    let mut tasks = Vec::new();
+    for v in 0..voters {
+        let (_, token) = stack.account(&format!("voter-{tag}-{v}@example.com")).await;
+        let client = stack.as_user(&token);
+        let polls = poll_ids.clone();
+        tasks.push(tokio::spawn(async move {
+            for (i, poll_id) in polls.iter().enumerate() {
+                let option = format!("opt-{}", (v * 7 + i) % 3 + 1);
+                client
+                    .cast_vote(poll_id, &option, &format!("k-{v}-{i}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("vote {v} in {poll_id}: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("voter task");
+    }
+    (owner_id, owner, poll_ids, (polls * voters) as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn analytics_equals_polling_then_again_after_a_rebuild_replay() {
+    let stack = Stack::start(StackOptions {
+        analytics: Some(String::new()),
+        ..Default::default()
+    })
+    .await;
+    let (owner_id, owner, polls, votes) = populate(&stack, "eq", 5, 8).await;
+    stack
+        .as_user(&owner)
+        .close_poll(&polls[0])
+        .await
+        .expect("close");
+
+    let status = wait_caught_up(&stack, stack.analytics()).await;
+    assert_eq!(status.dead_letters, 0, "{status:?}");
+    assert_equal_to_polling(&stack, &owner, &polls, "live").await;
+
+    // Owner totals follow from the same events.
+    let totals = analytics_client(stack.analytics())
+        .get_owner_totals(bearer(pb::GetOwnerTotalsRequest::default(), &owner))
+        .await
+        .expect("owner totals")
+        .into_inner();
+    assert_eq!(
+        (
+            totals.owner_id.as_str(),
+            totals.polls,
+            totals.open_polls,
+            totals.total_votes
+        ),
+        (owner_id.as_str(), 5, 4, votes)
+    );
+
+    // Votes over time add up to the poll's total.
+    let series = analytics_client(stack.analytics())
+        .get_vote_time_series(bearer(
+            pb::GetVoteTimeSeriesRequest {
+                poll_id: polls[1].clone(),
+                page: None,
+            },
+            &owner,
+        ))
+        .await
+        .expect("series")
+        .into_inner();
+    assert_eq!(series.buckets.iter().map(|b| b.votes).sum::<u64>(), 8);
+
+    // Rebuild from scratch by replay, then compare again.
+    let mut admin = admin_client(stack.analytics());
+    admin
+        .replay(evpb::ReplayRequest {
+            consumer: status.consumer.clone(),
+            from_offset: 0,
+            rebuild: true,
+        })
+        .await
+        .expect("replay");
+    let after = wait_caught_up(&stack, stack.analytics()).await;
+    assert_eq!(after.dead_letters, 0, "{after:?}");
+    assert_equal_to_polling(&stack, &owner, &polls, "after rebuild").await;
+    let totals = analytics_client(stack.analytics())
+        .get_owner_totals(bearer(
+            pb::GetOwnerTotalsRequest {
+                owner_id: owner_id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .expect("owner totals")
+        .into_inner();
+    assert_eq!(
+        (totals.polls, totals.open_polls, totals.total_votes),
+        (5, 4, votes)
+    );
+
+    // Replaying without a rebuild re-delivers events that are already applied: no effect.
+    admin
+        .replay(evpb::ReplayRequest {
+            consumer: status.consumer.clone(),
+            from_offset: 0,
+            rebuild: false,
+        })
+        .await
+        .expect("replay");
+    wait_caught_up(&stack, stack.analytics()).await;
+    assert_equal_to_polling(&stack, &owner, &polls, "after a plain replay").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_paginate_with_opaque_tokens_and_refuse_bad_input() {
+    let stack = Stack::start(StackOptions {
+        analytics: Some(String::new()),
+        ..Default::default()
+    })
+    .await;
+    let (owner_id, owner) = stack.account("pager@example.com").await;
+    let mut voters = Vec::new();
+    for v in 0..4 {
+        voters.push(stack.account(&format!("pv{v}@example.com")).await.1);
+    }
+    // Poll i gets i votes, so the ranking is known.
+    let mut polls = Vec::new();
+    for i in 0..5usize {
+        let poll = stack
+            .as_user(&owner)
+            .create_poll(&format!("Rank {i}?"), ["a", "b"], None)
+            .await
+            .expect("create");
+        for voter in voters.iter().take(i) {
+            stack
+                .as_user(voter)
+                .cast_vote(&poll.poll_id, "opt-1", "")
+                .await
+                .expect("vote");
+        }
+        polls.push(poll.poll_id);
+    }
+    wait_caught_up(&stack, stack.analytics()).await;
+
+    let mut client = analytics_client(stack.analytics());
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_top_polls(bearer(
+                pb::ListTopPollsRequest {
+                    page: Some(PageRequest {
+                        page_size: 2,
+                        page_token: token.clone(),
+                    }),
+                },
+                &owner,
+            ))
+            .await
+            .expect("top page")
+            .into_inner();
+        assert!(page.polls.len() <= 2);
+        seen.extend(
+            page.polls
+                .into_iter()
+                .map(|p| (p.poll_id, p.total_votes, p.owner_id)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        assert!(
+            !page.next_page_token.contains(&polls[0]),
+            "tokens are opaque"
+        );
+        token = page.next_page_token;
+    }
+    let expected: Vec<(String, u64, String)> = (0..5)
+        .rev()
+        .map(|i| (polls[i].clone(), i as u64, owner_id.clone()))
+        .collect();
+    assert_eq!(seen, expected, "most votes first, every poll once");
+
+    for bad in ["garbage!", "dDF8bm9wZQ", &"x".repeat(300)] {
+        let err = client
+            .list_top_polls(bearer(
+                pb::ListTopPollsRequest {
+                    page: Some(PageRequest {
+                        page_size: 2,
+                        page_token: bad.to_string(),
+                    }),
+                },
+                &owner,
+            ))
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+        let err = client
+            .get_vote_time_series(bearer(
+                pb::GetVoteTimeSeriesRequest {
+                    poll_id: polls[4].clone(),
+                    page: Some(PageRequest {
+                        page_size: 1,
+                        page_token: bad.to_string(),
+                    }),
+                },
+                &owner,
+            ))
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+    }
+
+    let unknown = uuid_like();
+    let err = client
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: unknown.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .expect_err("unknown poll");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_vote_time_series(bearer(
+            pb::GetVoteTimeSeriesRequest {
+                poll_id: unknown,
+                page: None,
+            },
+            &owner,
+        ))
+        .await
+        .expect_err("unknown poll");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: String::new(),
+            },
+            &owner,
+        ))
+        .await
+        .expect_err("empty id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Reads need a caller.
+    let err = client
+        .get_poll_results(pb::GetPollResultsRequest {
+            poll_id: polls[1].clone(),
+        })
+        .await
+        .expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: polls[1].clone(),
+            },
+            "not-a-jwt",
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+fn uuid_like() -> String {
+    "01900000-0000-7000-8000-000000000000".to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_event_goes_to_the_dlq_and_is_applied_once_after_the_fix_and_redrive() {
+    let poison = "Poison question?";
+    let mut stack = Stack::start(StackOptions {
+        analytics: Some(format!(
+            "retry_max_attempts = 2\nreject_questions = [\"{poison}\"]\n"
+        )),
+        ..Default::default()
+    })
+    .await;
+    let (_, owner) = stack.account("dlq-owner@example.com").await;
+    let good = stack
+        .as_user(&owner)
+        .create_poll("Fine question?", ["a", "b"], None)
+        .await
+        .expect("create");
+    let bad = stack
+        .as_user(&owner)
+        .create_poll(poison, ["a", "b"], None)
+        .await
+        .expect("create");
+    let mut voters = Vec::new();
+    for v in 0..3 {
+        let (_, token) = stack.account(&format!("dlq-voter-{v}@example.com")).await;
+        stack
+            .as_user(&token)
+            .cast_vote(&good.poll_id, "opt-1", "")
+            .await
+            .expect("vote");
+        stack
+            .as_user(&token)
+            .cast_vote(&bad.poll_id, "opt-2", "")
+            .await
+            .expect("vote");
+        voters.push(token);
+    }
+    let status = wait_caught_up(&stack, stack.analytics()).await;
+    // PollCreated of the poison poll and its three votes are dead-lettered; the rest is applied.
+    assert_eq!(status.dead_letters, 4, "{status:?}");
+    let mut admin = admin_client(stack.analytics());
+    let letters = admin
+        .list_dead_letters(evpb::ListDeadLettersRequest {
+            consumer: status.consumer.clone(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .dead_letters;
+    assert_eq!(letters.len(), 4);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.attempts >= 1 && !l.error.is_empty()),
+        "{letters:?}"
+    );
+    assert!(
+        letters[0].error.contains("injected fault"),
+        "{:?}",
+        letters[0]
+    );
+    let shown = admin
+        .get_dead_letter(evpb::GetDeadLetterRequest {
+            consumer: status.consumer.clone(),
+            event_id: letters[0].event_id.clone(),
+        })
+        .await
+        .expect("show")
+        .into_inner()
+        .dead_letter
+        .expect("record");
+    assert_eq!(shown.event_type, "tally.events.v1.PollCreated");
+    assert_equal_to_polling(
+        &stack,
+        &owner,
+        std::slice::from_ref(&good.poll_id),
+        "good poll",
+    )
+    .await;
+    let err = analytics_client(stack.analytics())
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: bad.poll_id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .expect_err("poison poll not applied");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Redriving before the fix keeps them in the queue.
+    let r = admin
+        .redrive_dead_letter(evpb::RedriveDeadLetterRequest {
+            consumer: status.consumer.clone(),
+            event_id: String::new(),
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!((r.redriven, r.still_failing), (0, 4));
+
+    // The fix: restart without the fault.
+    let analytics = stack.analytics.as_mut().expect("analytics");
+    analytics.kill();
+    let config = stack.dir.path().join("analytics.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(&format!("reject_questions = [\"{poison}\"]\n"), ""),
+    )
+    .expect("write");
+    analytics.start().await;
+
+    let mut admin = admin_client(stack.analytics());
+    let r = admin
+        .redrive_dead_letter(evpb::RedriveDeadLetterRequest {
+            consumer: status.consumer.clone(),
+            event_id: String::new(),
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!((r.redriven, r.still_failing), (4, 0));
+    let polls = vec![good.poll_id.clone(), bad.poll_id.clone()];
+    assert_equal_to_polling(&stack, &owner, &polls, "after redrive").await;
+
+    // Applied once: a second redrive finds nothing, a replay changes nothing.
+    let r = admin
+        .redrive_dead_letter(evpb::RedriveDeadLetterRequest {
+            consumer: status.consumer.clone(),
+            event_id: String::new(),
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!((r.redriven, r.still_failing), (0, 0));
+    admin
+        .replay(evpb::ReplayRequest {
+            consumer: status.consumer.clone(),
+            from_offset: 0,
+            rebuild: false,
+        })
+        .await
+        .expect("replay");
+    let after = wait_caught_up(&stack, stack.analytics()).await;
+    assert_eq!(after.dead_letters, 0);
+    assert_equal_to_polling(&stack, &owner, &polls, "after replay").await;
+    let results = analytics_results(&stack, &owner, &bad.poll_id).await;
+    let by_option: BTreeMap<String, u64> =
+        results.0.into_iter().map(|(id, _, v)| (id, v)).collect();
+    assert_eq!(by_option.get("opt-2"), Some(&3));
+}
