@@ -37,6 +37,11 @@ pub struct Config {
     pub outbound: OutboundSettings,
     #[serde(default)]
     pub user: UserSettings,
+    /// Event transport: embedded (consumers read the `EventFeedService` this
+    /// service serves; default) or `transport = "redis"` (+ `url`), which also
+    /// runs the outbox relay to Redis Streams.
+    #[serde(default)]
+    pub events: tally_chassis::events::EventBusSettings,
 }
 
 /// The `[user]` section.
@@ -89,6 +94,7 @@ fn default_access_ttl() -> u64 {
 impl Validate for Config {
     fn validate(&self) -> Vec<Issue> {
         let mut out = self.storage.issues("storage");
+        out.extend(self.events.issues("events"));
         if self.server.drain_timeout_secs > 300 {
             out.push(Issue::new(
                 "server.drain_timeout_secs",
@@ -160,6 +166,25 @@ mod tests {
         assert_eq!(c.user, UserSettings::default());
         assert_eq!(c.user.session_ttl_secs, 86_400);
         assert_eq!(c.user.access_token_ttl_secs, 900);
+        assert!(matches!(
+            c.events,
+            tally_chassis::events::EventBusSettings::Embedded
+        ));
+    }
+
+    #[test]
+    fn events_section_selects_the_transport() {
+        let c = load_toml(
+            "[events]\ntransport = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.events,
+            tally_chassis::events::EventBusSettings::Redis(_)
+        ));
+        let e = load_toml("[events]\ntransport = \"kafka\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("kafka"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Starting the service: open the store and session store, load or create
-//! the signing key, wire the application, register health checks, serve.
+//! the signing key, wire the application, register health checks, serve
+//! UserService and the outbox as `EventFeedService` (plus the Redis relay when
+//! `[events] transport = "redis"`).
 
 use crate::adapters::password::Argon2Hasher;
 use crate::adapters::sessions::TimeLimitedSessions;
@@ -32,6 +34,8 @@ pub enum RunError {
     Port(#[from] crate::ports::PortError),
     #[error(transparent)]
     Serve(#[from] tally_chassis::server::ServeError),
+    #[error("events: {0}")]
+    Events(#[from] tally_chassis::events::BusError),
 }
 
 /// Runs the service until `shutdown` resolves.
@@ -79,8 +83,19 @@ pub async fn run(
         });
     }
 
+    // Consumers follow UserRegistered through the feed (embedded transport);
+    // with Redis the relay copies the outbox to the stream as well.
+    let feed = tally_chassis::events::Feed::new(store.clone());
+    let _relay = tally_chassis::events::transport::spawn_relay(
+        &config.events,
+        store.clone(),
+        crate::app::PRODUCER,
+    )
+    .await?;
+
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(UserGrpc::new(app).into_server());
+    routes.add_service(feed.server());
     tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await?;
     Ok(())
 }
