@@ -38,7 +38,7 @@ pub struct Service {
 }
 
 impl Service {
-    fn new(dir: &Path, name: &str, binary: &str, health: &str, port: u16, body: &str) -> Self {
+    pub fn new(dir: &Path, name: &str, binary: &str, health: &str, port: u16, body: &str) -> Self {
         let state = dir.join(name);
         std::fs::create_dir_all(&state).expect("state dir");
         let text = format!(
@@ -170,6 +170,8 @@ pub struct Stack {
     pub notification: Option<Service>,
     pub redis: Option<RedisServer>,
     pub dir: tempfile::TempDir,
+    /// The `[outbound]` and `[events]` sections consumers get.
+    consumer_sections: String,
 }
 
 impl Stack {
@@ -206,6 +208,7 @@ impl Stack {
             polling_port,
             &format!("[outbound]\nuser = \"http://127.0.0.1:{user_port}\"\n\n{events}"),
         );
+        let consumer_sections = format!("{outbound}{events}");
         let consumer_knobs = "health_interval_secs = 1\nretry_initial_backoff_ms = 50\nretry_max_backoff_ms = 500\njwks_refetch_interval_secs = 1\n";
         let analytics = opts.analytics.as_ref().map(|extra| {
             Service::new(
@@ -240,6 +243,7 @@ impl Stack {
             notification,
             redis,
             dir,
+            consumer_sections,
         };
         for svc in [stack.analytics.as_mut(), stack.notification.as_mut()]
             .into_iter()
@@ -254,6 +258,21 @@ impl Stack {
             svc.wait_ready().await;
         }
         stack
+    }
+
+    /// Another notification replica (its own store and consumer), not started.
+    pub fn notification_replica(&self, instance: &str) -> Service {
+        Service::new(
+            self.dir.path(),
+            &format!("notification-{instance}"),
+            "tally-notification",
+            "tally.notification.v1.NotificationService",
+            free_port(),
+            &format!(
+                "{}[notification]\ninstance = \"{instance}\"\nhealth_interval_secs = 1\n",
+                self.consumer_sections
+            ),
+        )
     }
 
     pub fn analytics(&self) -> &Service {
