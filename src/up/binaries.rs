@@ -50,15 +50,17 @@ pub async fn build_if_under_cargo(bin_dir: &Path) -> Result<(), UpError> {
         "building the service binaries: cargo {}",
         args.join(" ")
     ));
-    let status = tokio::process::Command::new(&cargo)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .status()
-        .await
-        .map_err(|source| UpError::Io {
-            what: format!("cannot run {}", Path::new(&cargo).display()),
-            source,
-        })?;
+    let mut cmd = tokio::process::Command::new(&cargo);
+    cmd.args(&args).stdin(std::process::Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_run_variable) {
+            cmd.env_remove(&name);
+        }
+    }
+    let status = cmd.status().await.map_err(|source| UpError::Io {
+        what: format!("cannot run {}", Path::new(&cargo).display()),
+        source,
+    })?;
     if !status.success() {
         return Err(UpError::Build(format!(
             "`cargo {}` failed ({status}); fix the build errors above",
@@ -66,6 +68,25 @@ pub async fn build_if_under_cargo(bin_dir: &Path) -> Result<(), UpError> {
         )));
     }
     Ok(())
+}
+
+/// Variables `cargo run` sets for the program it runs. Build scripts (ring's,
+/// for one) ask to rerun when they change, so passing them on to the nested
+/// build would rebuild those crates every time; they are dropped.
+fn is_run_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_CFG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// The path of `binary` in `dir`, or a message saying how to build it.
@@ -93,6 +114,16 @@ mod tests {
             profile_args(Path::new("/r/target/bench")),
             ["--profile", "bench"]
         );
+    }
+
+    #[test]
+    fn run_variables_are_not_passed_to_the_nested_build() {
+        assert!(is_run_variable("CARGO_PKG_NAME"));
+        assert!(is_run_variable("CARGO_MANIFEST_DIR"));
+        assert!(is_run_variable("OUT_DIR"));
+        assert!(!is_run_variable("CARGO_TARGET_DIR"));
+        assert!(!is_run_variable("CARGO_HOME"));
+        assert!(!is_run_variable("RUSTFLAGS"));
     }
 
     #[test]
