@@ -47,7 +47,7 @@ struct Args {
     #[arg(long)]
     no_ramp: bool,
     /// First rate of the throughput search (unary calls per second).
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 500.0)]
     ramp_start: f64,
     /// Each passing step multiplies the rate by this.
     #[arg(long, default_value_t = 1.5)]
@@ -55,7 +55,7 @@ struct Args {
     /// Length of each throughput step in seconds (default 3, quick 2).
     #[arg(long)]
     ramp_step_secs: Option<f64>,
-    /// Most geometric steps (default 8, quick 6).
+    /// Most geometric steps (default 10, quick 8).
     #[arg(long)]
     ramp_steps: Option<u32>,
     /// Bisection steps after the first failing step (default 2, quick 1).
@@ -120,7 +120,7 @@ fn options(a: &Args) -> Result<Options, String> {
             start_rate: a.ramp_start,
             factor: a.ramp_factor,
             step: secs(a.ramp_step_secs.unwrap_or(if q { 2.0 } else { 3.0 })),
-            max_steps: a.ramp_steps.unwrap_or(if q { 6 } else { 8 }),
+            max_steps: a.ramp_steps.unwrap_or(if q { 8 } else { 10 }),
             refine_steps: a.refine_steps.unwrap_or(if q { 1 } else { 2 }),
             p99_limit_ms: a.p99_limit_ms,
             min_achieved: 0.95,

@@ -275,6 +275,10 @@ impl Running {
                 ("KEY", path_str(&pki.server.key)),
                 ("BUNDLE", path_str(&pki.server.bundle)),
                 ("TRUST_DOMAIN", pki.server.id.trust_domain().to_string()),
+                (
+                    "ACCESS_LOG",
+                    self.envoy_access_log("envoy-ingress", programs),
+                ),
             ],
         );
         let egress = render(
@@ -289,6 +293,10 @@ impl Running {
                 ("CERT", path_str(&pki.client.cert)),
                 ("KEY", path_str(&pki.client.key)),
                 ("BUNDLE", path_str(&pki.client.bundle)),
+                (
+                    "ACCESS_LOG",
+                    self.envoy_access_log("envoy-egress", programs),
+                ),
             ],
         );
         for (name, config, admin) in [
@@ -313,6 +321,18 @@ impl Running {
         }
         self.entry = SocketAddr::from(([127, 0, 0, 1], egress_port));
         Ok(())
+    }
+
+    /// The `access_log` block of a connection manager (empty unless access logs are on).
+    fn envoy_access_log(&self, name: &str, programs: &Programs) -> String {
+        if !programs.access_logs {
+            return String::new();
+        }
+        let path = self.dir.path().join(format!("{name}-access.log"));
+        format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: \"{}\"",
+            path.display()
+        )
     }
 
     /// Polls `GET path` on an admin port until it answers 200.
@@ -440,6 +460,7 @@ mod tests {
             "KEY",
             "BUNDLE",
             "TRUST_DOMAIN",
+            "ACCESS_LOG",
         ];
         let values: Vec<(&str, String)> = names.iter().map(|n| (*n, "x".to_string())).collect();
         for t in [EGRESS_TEMPLATE, INGRESS_TEMPLATE] {
