@@ -263,17 +263,29 @@ impl HttpBody for DeadlineBody {
 pub enum Buffered {
     /// The whole body, and its trailers if any.
     Complete(Bytes, Option<HeaderMap>),
-    /// Over the limit: the body as read so far followed by the rest; cannot be replayed.
-    TooLarge(Body),
+    /// Over the size limit or still streaming after the wait: the body as read so far
+    /// followed by the rest; cannot be replayed.
+    Streaming(Body),
     /// The client's stream failed while buffering.
     Failed,
 }
 
-/// Reads a request body into memory, up to `limit` bytes.
-pub async fn buffer(mut body: Body, limit: usize) -> Buffered {
+/// Reads a request body into memory, up to `limit` bytes and for at most `max_wait`.
+/// A body that is too large, or still open after `max_wait` (an interactive stream),
+/// comes back as `Streaming`: what was read so far followed by the rest.
+pub async fn buffer(mut body: Body, limit: usize, max_wait: std::time::Duration) -> Buffered {
     let mut chunks = bytes::BytesMut::new();
+    let give_up = tokio::time::sleep(max_wait);
+    tokio::pin!(give_up);
     loop {
-        match body.frame().await {
+        let next = tokio::select! {
+            f = body.frame() => f,
+            _ = &mut give_up => {
+                let first = Some(Ok(Frame::data(chunks.freeze())));
+                return Buffered::Streaming(Prefixed { first, rest: body }.boxed_unsync());
+            }
+        };
+        match next {
             None => return Buffered::Complete(chunks.freeze(), None),
             Some(Err(_)) => return Buffered::Failed,
             Some(Ok(f)) => match f.into_data() {
@@ -281,7 +293,7 @@ pub async fn buffer(mut body: Body, limit: usize) -> Buffered {
                     chunks.extend_from_slice(&d);
                     if chunks.len() > limit {
                         let first = Some(Ok(Frame::data(chunks.freeze())));
-                        return Buffered::TooLarge(Prefixed { first, rest: body }.boxed_unsync());
+                        return Buffered::Streaming(Prefixed { first, rest: body }.boxed_unsync());
                     }
                 }
                 Err(f) => {

@@ -65,6 +65,9 @@ pub const FAULT_ABORT_GRPC_STATUS: u16 = 14;
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Largest request body buffered so that it can be retried; bigger requests are streamed and not retried.
 pub const MAX_RETRY_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a retryable route waits for the whole request body; a stream still open after
+/// this (interactive client/bidi streaming) is passed through and not retried.
+pub const MAX_RETRY_BUFFER_WAIT_MS: u64 = 100;
 pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1_000;
 /// hyper's rapid-reset guard: pending reset streams before the connection gets a GOAWAY.
 pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 200;

@@ -2,7 +2,8 @@
 //! because it must: read `grpc-status` from trailers as well as headers (peeking the first
 //! response frame), share a per-destination budget, honour `grpc-retry-pushback-ms`, never
 //! start an attempt past the call's deadline, and steer the next attempt to another endpoint.
-//! Requests are buffered (up to a limit) to be replayable; larger ones pass through unretried.
+//! Requests are buffered (up to a size limit and a short wait) to be replayable; larger ones,
+//! and interactive streams still open after the wait, pass through unretried.
 
 use crate::balance::{AvoidEndpoint, ServedBy};
 use crate::body::{self, Buffered, Peeked};
@@ -29,11 +30,17 @@ pub struct Policy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub buffer_limit: usize,
+    pub buffer_wait: Duration,
     pub budget: RetryBudget,
 }
 
 impl Policy {
-    pub fn from_config(route: &str, c: &RetryConfig, buffer_limit: usize) -> Self {
+    pub fn from_config(
+        route: &str,
+        c: &RetryConfig,
+        buffer_limit: usize,
+        buffer_wait: Duration,
+    ) -> Self {
         Self {
             route: route.to_string(),
             max_attempts: c.max_attempts,
@@ -46,6 +53,7 @@ impl Policy {
             backoff_base: Duration::from_millis(c.backoff_base_ms),
             backoff_max: Duration::from_millis(c.backoff_max_ms),
             buffer_limit,
+            buffer_wait,
             budget: RetryBudget::new(
                 c.budget_ratio,
                 c.budget_min_per_second,
@@ -205,9 +213,11 @@ where
         }
         Box::pin(async move {
             let (parts, b) = req.into_parts();
-            let (data, trailers) = match body::buffer(b, policy.buffer_limit).await {
+            let (data, trailers) = match body::buffer(b, policy.buffer_limit, policy.buffer_wait)
+                .await
+            {
                 Buffered::Complete(d, t) => (d, t),
-                Buffered::TooLarge(b) => return inner.oneshot(Req::from_parts(parts, b)).await,
+                Buffered::Streaming(b) => return inner.oneshot(Req::from_parts(parts, b)).await,
                 Buffered::Failed => return Err(ProxyError::ClientBody),
             };
             policy.budget.deposit();
@@ -279,7 +289,7 @@ mod tests {
             max_attempts: 3,
             ..RetryConfig::default()
         };
-        Policy::from_config("r", &c, 1024)
+        Policy::from_config("r", &c, 1024, Duration::from_millis(100))
     }
 
     #[test]

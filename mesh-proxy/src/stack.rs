@@ -17,6 +17,7 @@ use crate::transport::ClientTransport;
 use crate::{BoxService, ListenerService};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceBuilder;
 
 /// What the stacks share with the rest of the process.
@@ -43,7 +44,12 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
         let route = ServiceBuilder::new()
             .layer(DeadlineLayer::new(svc.timeout_ms))
             .layer(RetryLayer::new(
-                RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes),
+                RetryPolicy::from_config(
+                    name,
+                    &svc.retry,
+                    cfg.limits.max_retry_buffer_bytes,
+                    Duration::from_millis(cfg.limits.max_retry_buffer_wait_ms),
+                ),
                 shared.metrics.clone(),
             ))
             .layer(FaultLayer::new(

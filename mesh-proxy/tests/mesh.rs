@@ -74,11 +74,7 @@ async fn server_streaming_passes_through() {
     assert_eq!(r.messages.len(), 50);
 }
 
-#[tokio::test]
-async fn bidi_streaming_is_interactive() {
-    init();
-    let up = Upstream::start("a").await;
-    let mesh = Mesh::start(&[&up], "", "").await;
+async fn bidi_roundtrips(mesh: &Mesh) {
     let client = mesh.client().await;
     let (tx, rsp) = client.open(SVC, PATH, &[]).await;
     let (parts, mut body) = rsp.into_parts();
@@ -94,6 +90,22 @@ async fn bidi_streaming_is_interactive() {
     drop(tx);
     let rest = read_response(http::Response::from_parts(parts, body)).await;
     assert_eq!(rest.status(), Some(OK));
+}
+
+#[tokio::test]
+async fn bidi_streaming_is_interactive() {
+    init();
+    let up = Upstream::start("a").await;
+    let mesh = Mesh::start(&[&up], "", "").await;
+    bidi_roundtrips(&mesh).await;
+}
+
+#[tokio::test]
+async fn bidi_streaming_stays_interactive_on_a_retrying_route() {
+    init();
+    let up = Upstream::start("a").await;
+    let mesh = Mesh::start(&[&up], RETRY, "").await;
+    bidi_roundtrips(&mesh).await;
 }
 
 #[tokio::test]
