@@ -1,0 +1,102 @@
+//! Smoke test of the benchmark harness itself: a short, low-rate run against the
+//! direct path and a real Tally sidecar pair must produce sane numbers. It asserts
+//! nothing about speed (that is what the benchmark reports), only that the harness
+//! measured something: calls succeeded, quantiles are ordered, proxy memory and CPU
+//! were read, and the report was written.
+
+use std::process::Command;
+
+#[test]
+fn direct_and_tally_produce_sane_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let md = dir.path().join("latest.md");
+    let proxy = tally_testkit::bin_path("tally-proxy");
+    let out = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "--setups",
+            "direct,tally",
+            "--rounds",
+            "1",
+            "--warmup-secs",
+            "0.5",
+            "--phase-secs",
+            "2",
+        ])
+        .args([
+            "--unary-rate",
+            "50",
+            "--stream-rate",
+            "20",
+            "--stream-messages",
+            "5",
+            "--connections",
+            "2",
+        ])
+        .args([
+            "--ramp-start",
+            "50",
+            "--ramp-steps",
+            "2",
+            "--refine-steps",
+            "0",
+            "--ramp-step-secs",
+            "1",
+        ])
+        .args(["--call-timeout-secs", "30"])
+        .arg("--tally-proxy")
+        .arg(&proxy)
+        .arg("--output")
+        .arg(&md)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tally-bench failed: {stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ms = report["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{report:#}");
+    for m in ms {
+        let setup = m["setup"].as_str().unwrap();
+        for phase in ["unary", "stream"] {
+            let p = &m[phase];
+            let ok = p["ok"].as_u64().unwrap();
+            assert!(ok > 0, "{setup} {phase}: no successful call: {p:#}");
+            assert_eq!(p["failed"].as_u64(), Some(0), "{setup} {phase}: {p:#}");
+            let (p50, p99, p999) = (
+                p["p50_ms"].as_f64().unwrap(),
+                p["p99_ms"].as_f64().unwrap(),
+                p["p999_ms"].as_f64().unwrap(),
+            );
+            assert!(
+                p50 > 0.0 && p50 <= p99 && p99 <= p999,
+                "{setup} {phase}: {p:#}"
+            );
+        }
+        assert!(
+            !m["steps"].as_array().unwrap().is_empty(),
+            "{setup}: the ramp ran no step"
+        );
+        match setup {
+            "direct" => {
+                assert_eq!(m["rss_peak_kib"].as_u64(), Some(0));
+                assert!(m["unary"]["cpu_ms_per_1k"].is_null());
+            }
+            "tally" => {
+                let peak = m["rss_peak_kib"].as_u64().unwrap();
+                let steady = m["rss_steady_kib"].as_u64().unwrap();
+                assert!(steady > 0 && steady <= peak, "{m:#}");
+                assert!(m["unary"]["cpu_ms_per_1k"].as_f64().unwrap() >= 0.0);
+            }
+            other => panic!("unexpected setup {other}"),
+        }
+    }
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        text.contains("| tally |") && text.contains("| direct |"),
+        "{text}"
+    );
+}
