@@ -204,22 +204,116 @@ impl HttpBody for Prefixed {
     }
 }
 
-/// Ends a response stream with DEADLINE_EXCEEDED trailers when the call's deadline passes
-/// mid-stream, dropping (and so cancelling) the upstream stream.
-pub fn with_deadline(body: Body, deadline: Instant) -> Body {
-    DeadlineBody {
-        inner: Some(body),
-        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+/// Last time a stream moved in either direction, shared by its request and response bodies.
+#[derive(Clone)]
+pub struct Activity {
+    base: Instant,
+    last_nanos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_nanos: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+    fn touch(&self) {
+        let n = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.base
+            + std::time::Duration::from_nanos(
+                self.last_nanos.load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Marks `activity` on every frame of a request body.
+pub fn touching(body: Body, activity: Activity) -> Body {
+    Touching {
+        inner: body,
+        activity,
     }
     .boxed_unsync()
 }
 
-struct DeadlineBody {
-    inner: Option<Body>,
-    sleep: Pin<Box<Sleep>>,
+struct Touching {
+    inner: Body,
+    activity: Activity,
 }
 
-impl HttpBody for DeadlineBody {
+impl HttpBody for Touching {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let f = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if f.is_some() {
+            self.activity.touch();
+        }
+        Poll::Ready(f)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// Ends a response stream with DEADLINE_EXCEEDED trailers when the call's deadline passes, or
+/// when the stream stays idle (no frame either way) for `idle`, dropping (and so cancelling)
+/// the upstream stream.
+pub fn with_limits(
+    body: Body,
+    deadline: Option<Instant>,
+    idle: Option<(std::time::Duration, Activity)>,
+) -> Body {
+    if deadline.is_none() && idle.is_none() {
+        return body;
+    }
+    TimedBody {
+        inner: Some(body),
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        idle: idle.map(|(d, a)| {
+            a.touch();
+            (d, a, Box::pin(tokio::time::sleep(d)))
+        }),
+    }
+    .boxed_unsync()
+}
+
+struct TimedBody {
+    inner: Option<Body>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<(std::time::Duration, Activity, Pin<Box<Sleep>>)>,
+}
+
+fn limit_trailers(reason: &'static str, message: &'static str) -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert(
+        "grpc-status",
+        http::HeaderValue::from(Code::DeadlineExceeded.as_u16()),
+    );
+    t.insert("grpc-message", http::HeaderValue::from_static(message));
+    t.insert(
+        crate::defaults::PROXY_ERROR_HEADER,
+        http::HeaderValue::from_static(reason),
+    );
+    t
+}
+
+impl HttpBody for TimedBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -233,25 +327,30 @@ impl HttpBody for DeadlineBody {
         if let Poll::Ready(f) = Pin::new(inner).poll_frame(cx) {
             if matches!(&f, Some(Ok(fr)) if fr.is_trailers()) || f.is_none() {
                 self.inner = None;
+            } else if let Some((_, a, _)) = &self.idle {
+                a.touch();
             }
             return Poll::Ready(f);
         }
-        ready!(self.sleep.as_mut().poll(cx));
-        self.inner = None;
-        let mut t = HeaderMap::new();
-        t.insert(
-            "grpc-status",
-            http::HeaderValue::from(Code::DeadlineExceeded.as_u16()),
-        );
-        t.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("deadline exceeded in proxy"),
-        );
-        t.insert(
-            crate::defaults::PROXY_ERROR_HEADER,
-            http::HeaderValue::from_static("deadline-exceeded"),
-        );
-        Poll::Ready(Some(Ok(Frame::trailers(t))))
+        if let Some(d) = self.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            self.inner = None;
+            let t = limit_trailers("deadline-exceeded", "deadline exceeded in proxy");
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        if let Some((idle, activity, sleep)) = self.idle.as_mut() {
+            while sleep.as_mut().poll(cx).is_ready() {
+                let due = activity.last() + *idle;
+                if Instant::now() >= due {
+                    self.inner = None;
+                    let t = limit_trailers("stream-idle-timeout", "stream idle timeout in proxy");
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                sleep.as_mut().reset(due);
+            }
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

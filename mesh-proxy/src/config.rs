@@ -144,6 +144,9 @@ pub struct ServiceConfig {
     /// Default deadline when the call has no `grpc-timeout`; 0 = none.
     #[serde(default = "route_timeout")]
     pub timeout_ms: u64,
+    /// End a stream with no frame in either direction for this long; 0 = none.
+    #[serde(default = "stream_idle_timeout")]
+    pub stream_idle_timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryConfig,
     #[serde(default)]
@@ -303,6 +306,9 @@ fn max_connections() -> usize {
 }
 fn route_timeout() -> u64 {
     d::ROUTE_TIMEOUT_MS
+}
+fn stream_idle_timeout() -> u64 {
+    d::STREAM_IDLE_TIMEOUT_MS
 }
 
 impl Config {

@@ -1,6 +1,6 @@
 //! Deadlines: honour the caller's `grpc-timeout`, apply the route default when it is absent,
 //! propagate what is left upstream, and end the call with DEADLINE_EXCEEDED when it passes —
-//! including mid-stream. Written here rather than with a time limiter because the deadline must
+//! including mid-stream. Also the route's stream idle timeout (no frame either way). Written here rather than with a time limiter because the deadline must
 //! also travel in a header and bound the response body, not only the response future.
 
 use crate::{BoxFuture, ProxyError, Req, Rsp, body, grpc};
@@ -37,13 +37,15 @@ pub fn set_remaining(req: &mut Req, deadline: Instant) -> Result<(), ProxyError>
 #[derive(Clone)]
 pub struct DeadlineLayer {
     default: Option<Duration>,
+    idle: Option<Duration>,
 }
 
 impl DeadlineLayer {
-    /// `default_ms` 0 means no route default.
-    pub fn new(default_ms: u64) -> Self {
+    /// `default_ms` / `idle_ms` 0 mean no route default deadline / no idle timeout.
+    pub fn new(default_ms: u64, idle_ms: u64) -> Self {
         Self {
             default: (default_ms > 0).then(|| Duration::from_millis(default_ms)),
+            idle: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
         }
     }
 }
@@ -54,6 +56,7 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             default: self.default,
+            idle: self.idle,
         }
     }
 }
@@ -62,6 +65,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     default: Option<Duration>,
+    idle: Option<Duration>,
 }
 
 impl<S> Service<Req> for DeadlineService<S>
@@ -79,18 +83,28 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let inner = self.inner.clone();
-        let Some(timeout) = requested(&req).or(self.default) else {
-            return Box::pin(inner.oneshot(req));
-        };
-        let deadline = Instant::now() + timeout;
-        req.extensions_mut().insert(Deadline(deadline));
+        let idle = self.idle.map(|d| {
+            let activity = body::Activity::new();
+            (d, activity)
+        });
+        if let Some((_, a)) = &idle {
+            let a = a.clone();
+            req = req.map(|b| body::touching(b, a));
+        }
+        let deadline = requested(&req).or(self.default).map(|t| Instant::now() + t);
         Box::pin(async move {
-            set_remaining(&mut req, deadline)?;
-            match tokio::time::timeout_at(deadline, inner.oneshot(req)).await {
-                Err(_elapsed) => Err(ProxyError::DeadlineExceeded),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(rsp)) => Ok(rsp.map(|b| body::with_deadline(b, deadline))),
-            }
+            let result = match deadline {
+                None => inner.oneshot(req).await,
+                Some(deadline) => {
+                    req.extensions_mut().insert(Deadline(deadline));
+                    set_remaining(&mut req, deadline)?;
+                    match tokio::time::timeout_at(deadline, inner.oneshot(req)).await {
+                        Err(_elapsed) => Err(ProxyError::DeadlineExceeded),
+                        Ok(r) => r,
+                    }
+                }
+            };
+            result.map(|rsp| rsp.map(|b| body::with_limits(b, deadline, idle)))
         })
     }
 }

@@ -6,6 +6,8 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Route timeout when a call carries no `grpc-timeout`: none, so long streams are never cut silently.
 pub const ROUTE_TIMEOUT_MS: u64 = 0;
+/// Stream idle timeout: none by default, for the same reason.
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = 0;
 /// Time allowed to open a TCP connection to an endpoint.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Time allowed for a TLS handshake on either side.

@@ -42,7 +42,10 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
             shared.metrics.clone(),
         );
         let route = ServiceBuilder::new()
-            .layer(DeadlineLayer::new(svc.timeout_ms))
+            .layer(DeadlineLayer::new(
+                svc.timeout_ms,
+                svc.stream_idle_timeout_ms,
+            ))
             .layer(RetryLayer::new(
                 RetryPolicy::from_config(
                     name,

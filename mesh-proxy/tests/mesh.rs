@@ -1106,3 +1106,28 @@ async fn inbound_faults_change_at_runtime() {
     assert_eq!(r.proxy_error().as_deref(), Some("fault-abort"));
     assert_eq!(up.calls(), 0);
 }
+
+#[tokio::test]
+async fn idle_streams_end_after_the_route_idle_timeout() {
+    init();
+    let up = Upstream::start("a").await;
+    let mesh = Mesh::start(&[&up], "stream_idle_timeout_ms = 500", "").await;
+    let client = mesh.client().await;
+    let (tx, rsp) = client.open(SVC, PATH, &[]).await;
+    let (parts, mut body) = rsp.into_parts();
+    let mut buf = BytesMut::new();
+    tx.send(bytes::Bytes::from_static(b"hello")).await.unwrap();
+    assert!(next_message(&mut body, &mut buf).await.is_some());
+    // Then silence in both directions: the proxy ends the stream.
+    let rest = read_response(http::Response::from_parts(parts, body)).await;
+    drop(tx);
+    assert_eq!(
+        rest.trailer("grpc-status").as_deref(),
+        Some("4"),
+        "{rest:?}"
+    );
+    assert_eq!(
+        rest.trailer("tally-proxy-error").as_deref(),
+        Some("stream-idle-timeout")
+    );
+}
