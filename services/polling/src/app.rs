@@ -1,9 +1,13 @@
 //! Wiring: opens the store, builds the verifier against the user service's
-//! outbound address, registers health probes, and serves PollService.
+//! outbound address, registers health probes, starts the plan-limits consumer
+//! of billing's events (when `[outbound] billing` is set), and serves
+//! PollService, the event feed and ConsumerAdminService.
 
 use crate::config::Config;
+use crate::entitlements::{Entitlements, PlanLimitsHandler};
 use crate::grpc::PollApi;
 use crate::repository::PollRepository;
+use std::sync::Arc;
 use std::time::Duration;
 use tally::api::poll::v1::poll_service_server::PollServiceServer;
 use tally_chassis::auth::Authenticator;
@@ -42,6 +46,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::events::PRODUCER,
     )
     .await?;
+    // Plan limits: consumed from billing's events when billing is configured.
+    let mut consumers = Vec::new();
+    if cfg.consumes_billing() {
+        let source = tally_chassis::events::transport::source(
+            &cfg.events,
+            &cfg.outbound,
+            crate::entitlements::PRODUCER,
+        )
+        .await?;
+        let consumer = tally_chassis::events::Consumer::new(
+            Arc::new(PlanLimitsHandler),
+            store.clone(),
+            source,
+            tally_chassis::events::RetryPolicy::default(),
+        );
+        consumer.spawn();
+        tracing::info!(
+            consumer = consumer.name(),
+            "plan limits follow billing's events"
+        );
+        consumers.push(consumer);
+    } else {
+        tracing::info!(
+            default_max_open_polls = cfg.polling.default_max_open_polls,
+            "no [outbound] billing: every owner gets the default open-poll limit (0 = unlimited)"
+        );
+    }
+    let entitlements = Entitlements::new(store.clone(), cfg.polling.default_max_open_polls);
     let repo = PollRepository::new(
         store,
         cfg.polling.max_write_attempts,
@@ -50,6 +82,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api = PollApi::new(
         repo,
         auth,
+        entitlements,
         cfg.polling.default_page_size,
         cfg.polling.max_page_size,
     );
@@ -57,6 +90,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     routes.add_service(PollServiceServer::new(api));
     // Consumers (notification, analytics) follow the outbox through this feed.
     routes.add_service(feed.server());
+    // Status, dead letters and replay of the plan-limits consumer (none
+    // listed when billing is not configured).
+    routes.add_service(tally_chassis::events::ConsumerAdmin::new(consumers).server());
     tally_chassis::server::serve(
         &cfg.server,
         hub,

@@ -25,6 +25,9 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// Must contain `user`: where the user service (or its sidecar) listens.
+    /// Optional `billing`: with it, plan limits are consumed from billing's
+    /// events (embedded transport: its event feed); without it, every owner
+    /// gets `polling.default_max_open_polls`.
     #[serde(default = "default_outbound")]
     pub outbound: OutboundSettings,
     #[serde(default)]
@@ -59,6 +62,9 @@ pub struct PollingSettings {
     pub token_issuer: String,
     /// Expected `aud` of access tokens.
     pub token_audience: String,
+    /// Open polls per owner when billing has granted that owner no plan
+    /// limits (or no billing is configured); 0 = unlimited.
+    pub default_max_open_polls: u32,
 }
 
 impl Default for PollingSettings {
@@ -74,7 +80,17 @@ impl Default for PollingSettings {
             health_interval_secs: 5,
             token_issuer: "tally-user".into(),
             token_audience: "tally".into(),
+            default_max_open_polls: 0,
         }
+    }
+}
+
+impl Config {
+    /// Whether plan limits are consumed from billing (`[outbound] billing` set).
+    pub fn consumes_billing(&self) -> bool {
+        self.outbound
+            .address(crate::entitlements::PRODUCER)
+            .is_some()
     }
 }
 
@@ -115,6 +131,10 @@ impl Validate for Config {
     fn validate(&self) -> Vec<Issue> {
         let mut out = self.storage.issues("storage");
         out.extend(self.outbound.issues(&["user"]));
+        if self.consumes_billing() {
+            // Optional, but when given it must be usable.
+            out.extend(self.outbound.issues(&[crate::entitlements::PRODUCER]));
+        }
         out.extend(self.events.issues("events"));
         let p = &self.polling;
         if p.max_page_size == 0 || p.max_page_size > 10_000 {
@@ -194,14 +214,27 @@ mod tests {
         let cfg: Config = load_from(None, ENV_PREFIX, &[]).expect("defaults");
         assert_eq!(cfg.server.listen_addr.to_string(), "127.0.0.1:50052");
         assert_eq!(cfg.outbound.address("user"), Some("http://127.0.0.1:50051"));
-        match cfg.storage {
+        match &cfg.storage {
             StorageSettings::Embedded { path } => {
-                assert_eq!(path, PathBuf::from(".tally/polling/polling.redb"))
+                assert_eq!(path, &PathBuf::from(".tally/polling/polling.redb"))
             }
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(cfg.polling.default_page_size, 50);
         assert_eq!(cfg.polling.max_page_size, 500);
+        assert_eq!(cfg.polling.default_max_open_polls, 0, "unlimited");
+        assert!(!cfg.consumes_billing());
+    }
+
+    #[test]
+    fn billing_is_optional_and_enables_plan_limits() {
+        let cfg = load_text(
+            "[outbound]\nuser = \"http://127.0.0.1:7000\"\nbilling = \"http://127.0.0.1:7001\"\n[polling]\ndefault_max_open_polls = 3\n",
+            &[],
+        )
+        .expect("load");
+        assert!(cfg.consumes_billing());
+        assert_eq!(cfg.polling.default_max_open_polls, 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::domain::poll::{NewPoll, Poll, PollStatus};
 use crate::domain::tally::Tally;
 use crate::domain::vote::{VoteRecord, VoteRequest};
 use crate::domain::{DomainError, Millis};
+use crate::entitlements::Entitlements;
 use crate::events::timestamp;
 use crate::repository::{ListFilter, PollRepository, PollingError};
 use tally::api::poll::v1 as pb;
@@ -24,6 +25,7 @@ const MAX_ID_LEN: usize = 64;
 pub struct PollApi {
     repo: PollRepository,
     auth: Authenticator,
+    entitlements: Entitlements,
     default_page_size: u32,
     max_page_size: u32,
 }
@@ -32,12 +34,14 @@ impl PollApi {
     pub fn new(
         repo: PollRepository,
         auth: Authenticator,
+        entitlements: Entitlements,
         default_page_size: u32,
         max_page_size: u32,
     ) -> Self {
         Self {
             repo,
             auth,
+            entitlements,
             default_page_size,
             max_page_size,
         }
@@ -91,6 +95,10 @@ fn domain_status(e: DomainError) -> Status {
         DomainError::FailedPrecondition(m) => Status::failed_precondition(m),
         DomainError::PermissionDenied(m) => Status::permission_denied(m),
         DomainError::AlreadyExists(m) => Status::already_exists(m),
+        // A per-user quota, as gRPC's status guide and the user service's
+        // API-key cap use it: not retryable as is (the mesh retries only
+        // UNAVAILABLE), fixed by closing a poll or upgrading the plan.
+        DomainError::ResourceExhausted(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -179,7 +187,12 @@ impl PollService for PollApi {
         }
         .validate(uuid::Uuid::now_v7().to_string(), caller.user_id, now)
         .map_err(domain_status)?;
-        self.repo.create(&poll).await.map_err(status)?;
+        let limit = self
+            .entitlements
+            .open_poll_limit(&poll.owner_id)
+            .await
+            .map_err(|e| status(e.into()))?;
+        self.repo.create(&poll, limit, now).await.map_err(status)?;
         tracing::info!(poll_id = %poll.poll_id, owner = %poll.owner_id, "poll created");
         Ok(Response::new(pb::CreatePollResponse {
             poll: Some(poll_pb(&poll, now)),
@@ -346,6 +359,10 @@ mod tests {
                 Code::PermissionDenied,
             ),
             (DomainError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                DomainError::ResourceExhausted("x".into()),
+                Code::ResourceExhausted,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(domain_status(e).code(), code);

@@ -4,6 +4,7 @@
 //! - [`domain`]: the rules, pure and unit-tested.
 //! - [`repository`]: polls, votes and counts on the chassis storage port.
 //! - [`events`]: the events published through the outbox.
+//! - [`entitlements`]: plan limits consumed from billing's events.
 //! - [`grpc`]: the `tally.poll.v1.PollService` edge.
 //! - [`config`]: the binary's typed configuration.
 //! - [`app`]: wiring, so the binary and tests start the same thing.
@@ -11,6 +12,7 @@
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod entitlements;
 pub mod events;
 pub mod grpc;
 pub mod repository;

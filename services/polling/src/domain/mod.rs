@@ -1,7 +1,9 @@
 //! The polling rules, free of I/O: what a valid poll is, who may close it,
-//! when a vote counts, how counts follow from the vote log, and how list
-//! pages are addressed. Time is passed in (`now`), never read here.
+//! when a vote counts, how counts follow from the vote log, how list
+//! pages are addressed, and how many polls a plan lets an owner keep open.
+//! Time is passed in (`now`), never read here.
 
+pub mod limits;
 pub mod paging;
 pub mod poll;
 pub mod tally;
@@ -24,6 +26,9 @@ pub enum DomainError {
     PermissionDenied(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A per-user quota (the plan's open-poll limit) is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl DomainError {
