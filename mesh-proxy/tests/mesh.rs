@@ -1131,3 +1131,55 @@ async fn idle_streams_end_after_the_route_idle_timeout() {
         Some("stream-idle-timeout")
     );
 }
+
+#[tokio::test]
+async fn draining_endpoint_sends_goaway_and_calls_move_to_the_other() {
+    init();
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let cfg = format!("{RETRY}\n[services.echo.load_balancer]\ndecay_ms = 1\n");
+    let mut mesh = Mesh::start(&[&a, &b], &cfg, "").await;
+    let client = mesh.client().await;
+    // Warm both sidecar connections.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.calls() == 0 || b.calls() == 0 {
+        assert_eq!(
+            client.call(SVC, PATH, &[], &[b"x"]).await.status(),
+            Some(OK)
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both endpoints never used"
+        );
+    }
+    // Stop b's sidecar (GOAWAY, drain, exit) while calls keep flowing.
+    let pid = mesh.callees[1].pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut failed = Vec::new();
+    for _ in 0..100 {
+        let r = client.call(SVC, PATH, &[], &[b"x"]).await;
+        if r.status() != Some(OK) {
+            failed.push(r);
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+    while mesh.callees[1].is_running() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's sidecar did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            client.call(SVC, PATH, &[], &[b"x"]).await.status(),
+            Some(OK)
+        );
+    }
+}
