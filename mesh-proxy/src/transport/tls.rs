@@ -88,6 +88,34 @@ impl ClientTransport for MeshTls {
     }
 }
 
+/// SIGHUP re-reads the certificate files at once (they are also polled for changes).
+fn spawn_sighup_reload(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; certificates reload on file change only");
+            return;
+        };
+        let weak = Arc::downgrade(&reloader);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(r) = weak.upgrade() else { return };
+                match r.reload_now() {
+                    Ok(c) => {
+                        tracing::info!(generation = c.generation, "certificates reloaded on SIGHUP")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP reload failed; keeping current certificates")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
+}
+
 pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transports, TransportError> {
     let paths = IdentityPaths {
         bundle: id.bundle.clone(),
@@ -110,6 +138,7 @@ pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transport
     }
     tracing::info!(identity = %own, generation = current.generation, "mTLS identity loaded");
     let reloader = Arc::new(reloader);
+    spawn_sighup_reload(reloader.clone());
     let tls = Arc::new(MeshTls {
         configs: configs.clone(),
         handshake_timeout: Duration::from_millis(handshake_timeout_ms),
