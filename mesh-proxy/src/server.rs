@@ -76,9 +76,22 @@ impl Listener {
             let builder = builder.clone();
             let mut shutdown = shutdown.clone();
             let _ = &mut shutdown;
+            let first_bytes_timeout = Duration::from_millis(self.limits.tls_handshake_timeout_ms);
             tokio::spawn(async move {
                 let _permit = permit;
-                let (io, peer) = match transport.accept(tcp).await {
+                // A connection that never sends a byte would hold a slot forever.
+                let mut probe = [0u8; 1];
+                if !matches!(tokio::time::timeout(first_bytes_timeout, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
+                {
+                    tracing::debug!(listener = dir, %remote, "connection closed: nothing sent");
+                    return;
+                }
+                let handshake =
+                    match tokio::time::timeout(first_bytes_timeout, transport.accept(tcp)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(crate::transport::TransportError::Timeout),
+                    };
+                let (io, peer) = match handshake {
                     Ok(x) => x,
                     Err(e) => {
                         metrics

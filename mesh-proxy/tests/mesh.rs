@@ -1183,3 +1183,27 @@ async fn draining_endpoint_sends_goaway_and_calls_move_to_the_other() {
         );
     }
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_free_their_slot() {
+    init();
+    let up = Upstream::start("a").await;
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\ntls_handshake_timeout_ms = 300\n[outbound]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\n[services.echo]\nendpoints = [\"{}\"]\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let out = proxy.outbound.unwrap();
+    // Takes the only slot and says nothing.
+    let _silent = tokio::net::TcpStream::connect(out).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(c) = Client::connect_lenient(out).await
+            && c.call(SVC, PATH, &[], &[b"x"]).await.status() == Some(OK)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
