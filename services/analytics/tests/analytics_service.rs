@@ -347,6 +347,73 @@ async fn queries_paginate_with_opaque_tokens_and_refuse_bad_input() {
         .await
         .expect_err("bad token");
     assert_eq!(err.code(), Code::Unauthenticated);
+
+    // API keys: `polls:read` reads, other scopes are refused.
+    for (scopes, code) in [
+        (vec!["votes:write"], Some(Code::PermissionDenied)),
+        (vec!["polls:read"], None),
+    ] {
+        let key = stack
+            .as_user(&owner)
+            .create_api_key("analytics-test", scopes.clone())
+            .await
+            .expect("api key");
+        let mut req = tonic::Request::new(pb::GetPollResultsRequest {
+            poll_id: polls[2].clone(),
+        });
+        req.metadata_mut()
+            .insert("x-api-key", key.secret.parse().expect("ascii"));
+        let result = client.get_poll_results(req).await;
+        match code {
+            Some(code) => assert_eq!(result.expect_err("refused").code(), code, "{scopes:?}"),
+            None => assert_eq!(
+                result.expect("allowed").into_inner().total_votes,
+                2,
+                "{scopes:?}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_config_exits_with_a_message_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (binary, text, key) in [
+        (
+            "tally-analytics",
+            "[analytics]\nmax_page_size = 0\n",
+            "analytics.max_page_size",
+        ),
+        (
+            "tally-analytics",
+            "[events]\ntransport = \"redis\"\nurl = \"http://x\"\n",
+            "events.url",
+        ),
+        (
+            "tally-notification",
+            "[notification]\nsubscriber_buffer = 0\n",
+            "notification.subscriber_buffer",
+        ),
+        (
+            "tally-notification",
+            "[outbound]\nuser = \"http://127.0.0.1:1\"\n",
+            "outbound.polling",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = std::process::Command::new(tally_testkit::bin_path(binary))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{binary}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(key) && stderr.contains("fix"),
+            "{binary}: {stderr}"
+        );
+    }
 }
 
 fn uuid_like() -> String {
