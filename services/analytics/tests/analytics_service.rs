@@ -571,3 +571,54 @@ async fn poison_event_goes_to_the_dlq_and_is_applied_once_after_the_fix_and_redr
         results.0.into_iter().map(|(id, _, v)| (id, v)).collect();
     assert_eq!(by_option.get("opt-2"), Some(&3));
 }
+
+async fn wait_serving(svc: &Service, want: bool) {
+    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
+    while tally_testkit::is_serving(&svc.addr, "tally.analytics.v1.AnalyticsService").await != want
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} health never became serving={want}\n{}",
+            svc.name,
+            svc.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_follows_the_event_source_and_the_consumer_resumes_after_polling_restarts() {
+    let mut stack = Stack::start(StackOptions {
+        analytics: Some(String::new()),
+        ..Default::default()
+    })
+    .await;
+    let (_, owner) = stack.account("health-owner@example.com").await;
+    let (_, voter) = stack.account("health-voter@example.com").await;
+    let poll = stack
+        .as_user(&owner)
+        .create_poll("Health?", ["a", "b"], None)
+        .await
+        .expect("create");
+    wait_caught_up(&stack, stack.analytics()).await;
+
+    // Without its event source the consumer's lag is unknown: NOT_SERVING.
+    stack.polling.kill();
+    wait_serving(stack.analytics(), false).await;
+    stack.polling.start().await;
+    stack
+        .as_user(&voter)
+        .cast_vote(&poll.poll_id, "opt-2", "")
+        .await
+        .expect("vote");
+    wait_serving(stack.analytics(), true).await;
+    wait_caught_up(&stack, stack.analytics()).await;
+    assert_equal_to_polling(
+        &stack,
+        &owner,
+        std::slice::from_ref(&poll.poll_id),
+        "after polling restarted",
+    )
+    .await;
+    assert_eq!(analytics_results(&stack, &owner, &poll.poll_id).await.1, 1);
+}
