@@ -96,8 +96,18 @@ impl PollState {
                     self.poll_id
                 ))
             })?;
+        if self.counts.len() != self.option_ids.len() {
+            return Err(Inconsistent(format!(
+                "stored state of poll {} has {} counts for {} options",
+                self.poll_id,
+                self.counts.len(),
+                self.option_ids.len()
+            )));
+        }
         self.advance(sequence, at_ms)?;
-        self.counts[index] += 1;
+        if let Some(count) = self.counts.get_mut(index) {
+            *count += 1;
+        }
         self.total_votes += 1;
         Ok(())
     }
