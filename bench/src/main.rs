@@ -47,7 +47,7 @@ struct Args {
     #[arg(long)]
     no_ramp: bool,
     /// First rate of the throughput search (unary calls per second).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = 400.0)]
     ramp_start: f64,
     /// Each passing step multiplies the rate by this.
     #[arg(long, default_value_t = 1.5)]
@@ -62,8 +62,11 @@ struct Args {
     #[arg(long)]
     refine_steps: Option<u32>,
     /// A step fails when its p99 exceeds this many milliseconds.
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = 50.0)]
     p99_limit_ms: f64,
+    /// Repeat a failing ramp step this many times before it counts as failed.
+    #[arg(long, default_value_t = 1)]
+    step_retries: u32,
     /// The tally-proxy binary (default: next to this binary).
     #[arg(long)]
     tally_proxy: Option<PathBuf>,
@@ -125,6 +128,7 @@ fn options(a: &Args) -> Result<Options, String> {
             refine_steps: a.refine_steps.unwrap_or(if q { 1 } else { 2 }),
             p99_limit_ms: a.p99_limit_ms,
             min_achieved: 0.95,
+            step_retries: a.step_retries,
         },
         programs: Programs {
             tally_proxy: a

@@ -76,6 +76,17 @@ pub fn memory_total(pids: &[u32]) -> Memory {
         .fold(Memory::default(), |a, b| a + b)
 }
 
+/// The machine's 1-minute load average (runnable threads, all processes), to show how
+/// busy the machine was around a measurement.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,8 @@ pub struct SetupSummary {
     pub stream: [Option<f64>; 3],
     pub stream_added: [Option<f64>; 3],
     pub max_throughput: Option<f64>,
+    /// Rounds in which some ramp step passed (the median is over those).
+    pub throughput_rounds: usize,
     pub capped: bool,
     pub rss_peak_mib: Option<f64>,
     pub rss_steady_mib: Option<f64>,
@@ -106,6 +108,7 @@ pub fn summarize(r: &RunReport, setup: &str) -> SetupSummary {
             a(|m| m.stream.p999_ms),
         ],
         max_throughput: median(per_round(r, setup, |m| m.max_throughput)),
+        throughput_rounds: per_round(r, setup, |m| m.max_throughput).len(),
         capped: r
             .measurements
             .iter()
@@ -300,9 +303,9 @@ pub fn markdown(r: &RunReport) -> String {
     let _ = writeln!(s, "\n### Every round\n");
     let _ = writeln!(
         s,
-        "| round | setup | unary p50 / p99 / p99.9 (ms) | stream p50 / p99 (ms) | max rps | ramp steps (target→achieved, p99 ms) | RSS peak / steady (MiB) | CPU ms/1k unary / streams | failed |"
+        "| round | setup | unary p50 / p99 / p99.9 (ms) | stream p50 / p99 (ms) | max rps | ramp steps (target→achieved, p99 ms) | RSS peak / steady (MiB) | CPU ms/1k unary / streams | failed | load avg before→after |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for m in &r.measurements {
         let steps: Vec<String> = m
             .steps
@@ -319,7 +322,7 @@ pub fn markdown(r: &RunReport) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} | {}{} | {} | {:.1} / {:.1} | {} / {} | {} |",
+            "| {} | {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} | {}{} | {} | {:.1} / {:.1} | {} / {} | {} | {:.1}→{:.1} |",
             m.round,
             m.setup,
             m.unary.p50_ms,
@@ -327,7 +330,11 @@ pub fn markdown(r: &RunReport) -> String {
             m.unary.p999_ms,
             m.stream.p50_ms,
             m.stream.p99_ms,
-            num(m.max_throughput, 0),
+            match (m.max_throughput, m.steps.first()) {
+                (Some(t), _) => format!("{t:.0}"),
+                (None, Some(first)) => format!("< {:.0}", first.target_rate),
+                (None, None) => "-".into(),
+            },
             if m.max_throughput_capped { "+" } else { "" },
             steps.join("; "),
             m.rss_peak_kib as f64 / 1024.0,
@@ -335,6 +342,8 @@ pub fn markdown(r: &RunReport) -> String {
             num(m.unary.cpu_ms_per_1k, 1),
             num(m.stream.cpu_ms_per_1k, 1),
             m.unary.failed + m.stream.failed,
+            m.load_before,
+            m.load_after,
         );
     }
     let errors: Vec<String> = r

@@ -41,6 +41,8 @@ pub struct RampOptions {
     pub p99_limit_ms: f64,
     /// A step fails when it achieves less than this fraction of its target rate.
     pub min_achieved: f64,
+    /// Repetitions of a failing step before it counts as failed.
+    pub step_retries: u32,
 }
 
 impl Options {
@@ -75,11 +77,12 @@ impl Options {
                 || r.factor <= 1.0
                 || r.max_steps == 0
                 || r.max_steps > 20
-                || r.refine_steps > 5)
+                || r.refine_steps > 5
+                || r.step_retries > 3)
         {
             return bad(
                 "--ramp-*",
-                "need start rate > 0, factor > 1, 1..=20 steps and at most 5 refinement steps",
+                "need start rate > 0, factor > 1, 1..=20 steps, at most 5 refinement steps and 3 step retries",
             );
         }
         Ok(())
@@ -153,6 +156,9 @@ pub struct Measurement {
     pub rss_steady_kib: u64,
     /// Both proxies' peak resident memory over the whole measurement (KiB).
     pub rss_peak_kib: u64,
+    /// The machine's 1-minute load average before and after the measurement.
+    pub load_before: f64,
+    pub load_after: f64,
 }
 
 /// A whole run.
@@ -218,6 +224,7 @@ async fn measure(
     upstream: std::net::SocketAddr,
     pki: &Pki,
 ) -> Result<Measurement, BenchError> {
+    let load_before = procstat::load_average().unwrap_or(0.0);
     let mut running = Running::start(kind, upstream, pki, &opts.programs).await?;
     let pids = running.pids();
     let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
@@ -286,6 +293,8 @@ async fn measure(
         steps,
         rss_steady_kib: steady.rss_kib,
         rss_peak_kib: peak.hwm_kib,
+        load_before,
+        load_after: procstat::load_average().unwrap_or(0.0),
     })
 }
 
@@ -347,11 +356,7 @@ async fn ramp(
         steps.push(step);
     };
     for _ in 0..ramp.max_steps {
-        let r = run_phase(target, Workload::Unary, rate, ramp.step, call_timeout).await;
-        let step = step_of(&r, ramp);
-        let passed = step.passed;
-        record(step, &mut best);
-        settle().await;
+        let passed = run_step(target, ramp, rate, call_timeout, &mut record, &mut best).await;
         if passed {
             good_rate = Some(rate);
             rate *= ramp.factor;
@@ -364,12 +369,7 @@ async fn ramp(
     if let (Some(mut good), Some(mut bad)) = (good_rate, bad_rate) {
         for _ in 0..ramp.refine_steps {
             let mid = (good * bad).sqrt();
-            let r = run_phase(target, Workload::Unary, mid, ramp.step, call_timeout).await;
-            let step = step_of(&r, ramp);
-            let passed = step.passed;
-            record(step, &mut best);
-            settle().await;
-            if passed {
+            if run_step(target, ramp, mid, call_timeout, &mut record, &mut best).await {
                 good = mid;
             } else {
                 bad = mid;
@@ -379,6 +379,30 @@ async fn ramp(
     (steps, best, capped)
 }
 
+/// Runs one step at `rate`; a failing step is repeated up to `ramp.step_retries` times,
+/// so a burst of noise from other processes on the machine does not end the search
+/// (a saturated setup fails every repetition).
+async fn run_step(
+    target: &Target,
+    ramp: &RampOptions,
+    rate: f64,
+    call_timeout: Duration,
+    record: &mut impl FnMut(Step, &mut Option<f64>),
+    best: &mut Option<f64>,
+) -> bool {
+    for _ in 0..=ramp.step_retries {
+        let r = run_phase(target, Workload::Unary, rate, ramp.step, call_timeout).await;
+        let step = step_of(&r, ramp);
+        let passed = step.passed;
+        record(step, best);
+        settle().await;
+        if passed {
+            return true;
+        }
+    }
+    false
+}
+
 /// A pause between steps so the backlog of an overloaded step is gone.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -386,7 +410,7 @@ async fn settle() {
 
 fn settings_line(o: &Options) -> String {
     format!(
-        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; ramp from {} rps x{} per {} s step (max {} steps + {} refinements; a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); {} worker thread(s) per proxy (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}",
+        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; ramp from {} rps x{} per {} s step (max {} steps + {} refinements, a failing step repeated {} time(s); a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); {} worker thread(s) per proxy (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}",
         o.rounds,
         o.warmup.as_secs_f64(),
         o.phase.as_secs_f64(),
@@ -399,6 +423,7 @@ fn settings_line(o: &Options) -> String {
         o.ramp.step.as_secs_f64(),
         o.ramp.max_steps,
         o.ramp.refine_steps,
+        o.ramp.step_retries,
         o.ramp.min_achieved * 100.0,
         o.ramp.p99_limit_ms,
         o.programs.proxy_threads,
