@@ -10,6 +10,16 @@ use tally_testkit::{Process, bin_path, free_port_range, grpcurl, is_serving, rep
 
 const READY: Duration = Duration::from_secs(240);
 
+/// Every service `tally up` runs, in port order.
+const SERVICES: [&str; 6] = [
+    "user",
+    "polling",
+    "notification",
+    "analytics",
+    "billing",
+    "payment",
+];
+
 /// A running `tally up` on free ports in a temp data dir.
 struct Up {
     process: Process,
@@ -20,8 +30,8 @@ struct Up {
 impl Up {
     async fn start(extra: &[&str], ports: u16) -> Self {
         // The services must already be built next to `tally`.
-        for b in ["tally-user", "tally-polling"] {
-            bin_path(b);
+        for b in SERVICES.map(|s| format!("tally-{s}")) {
+            bin_path(&b);
         }
         let data = tempfile::Builder::new()
             .prefix("tally-up-")
@@ -153,7 +163,20 @@ fn json_docs(text: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_works_against_tally_up() {
-    let up = Up::start(&[], 2).await;
+    let up = Up::start(&[], 6).await;
+    // Every service is SERVING on its port, in the documented order.
+    let health = [
+        "tally.user.v1.UserService",
+        "tally.poll.v1.PollService",
+        "tally.notification.v1.NotificationService",
+        "tally.analytics.v1.AnalyticsService",
+        "tally.billing.v1.BillingService",
+        "tally.payment.v1.PaymentService",
+    ];
+    for (i, service) in health.iter().enumerate() {
+        let addr = format!("127.0.0.1:{}", up.base + i as u16);
+        assert!(is_serving(&addr, service).await, "{service} at {addr}");
+    }
     let tmp = tempfile::tempdir().expect("tmp");
     let poll_file = tmp.path().join("poll.json");
     let blocks: Vec<String> = readme_blocks("walkthrough")
@@ -259,7 +282,7 @@ async fn readme_walkthrough_works_against_tally_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tally_up_restarts_a_killed_service_with_its_data() {
-    let mut up = Up::start(&[], 2).await;
+    let mut up = Up::start(&[], 6).await;
     let client = up.client().await;
     client
         .sign_up("kim@example.com", "correct horse battery", "Kim")
@@ -302,8 +325,8 @@ async fn tally_up_restarts_a_killed_service_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_child_and_exits_zero() {
-    let mut up = Up::start(&[], 2).await;
-    let pids = [up.pid("user"), up.pid("polling")];
+    let mut up = Up::start(&[], 6).await;
+    let pids: Vec<u32> = SERVICES.iter().map(|s| up.pid(s)).collect();
     up.process.signal(libc::SIGTERM);
     let status = up
         .process
@@ -316,15 +339,20 @@ async fn sigterm_stops_every_child_and_exits_zero() {
     );
     let out = up.process.stdout();
     assert!(out.contains("tally up: stopped"), "{out}");
-    assert!(out.contains("user stopped (exit status: 0)"), "{out}");
-    assert!(out.contains("polling stopped (exit status: 0)"), "{out}");
+    for s in SERVICES {
+        assert!(
+            out.contains(&format!("{s} stopped (exit status: 0)")),
+            "{out}"
+        );
+    }
     for pid in pids {
         assert!(
             !PathBuf::from(format!("/proc/{pid}")).exists(),
             "child {pid} still exists after tally up exited"
         );
     }
-    for addr in [up.user_addr(), up.poll_addr()] {
+    for port in up.base..up.base + SERVICES.len() as u16 {
+        let addr = format!("127.0.0.1:{port}");
         assert!(
             std::net::TcpStream::connect(&addr).is_err(),
             "{addr} still accepts connections"
@@ -338,7 +366,7 @@ async fn sigterm_stops_every_child_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_run_on_consecutive_ports() {
-    let up = Up::start(&["--replicas", "polling=2"], 3).await;
+    let up = Up::start(&["--replicas", "polling=2"], 7).await;
     let out = up.process.stdout();
     assert!(
         out.contains("polling-1") && out.contains("polling-2"),

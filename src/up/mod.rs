@@ -189,13 +189,15 @@ async fn stop_all(mut handles: Vec<supervisor::Handle>) {
 }
 
 fn print_table(handles: &[supervisor::Handle]) {
+    let mut rows: Vec<&supervisor::Handle> = handles.iter().collect();
+    rows.sort_by_key(|h| h.instance.ports.values().min().copied());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "  {:<12} {:<22} {:<8} LOG",
+        "  {:<16} {:<22} {:<8} LOG",
         "INSTANCE", "ADDRESS", "PID"
     );
-    for h in handles {
+    for h in rows {
         let addr = h
             .instance
             .addr
@@ -203,7 +205,7 @@ fn print_table(handles: &[supervisor::Handle]) {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "  {:<12} {:<22} {:<8} {}",
+            "  {:<16} {:<22} {:<8} {}",
             h.instance.name,
             addr,
             h.state.pid(),

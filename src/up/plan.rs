@@ -404,6 +404,55 @@ mod tests {
     use super::*;
     use crate::up::platform::{platform, standard_config};
 
+    /// User and polling only, so these rules do not shift as services join.
+    fn two() -> Platform {
+        let mut p = platform();
+        p.services
+            .retain(|s| s.name == "user" || s.name == "polling");
+        for s in &mut p.services {
+            if s.name == "polling" {
+                s.outbound = &["user"];
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn the_real_platform_gets_the_documented_default_ports() {
+        let plan = build(&platform(), &opts(vec![])).expect("plan");
+        let mut got: Vec<(u16, &str)> = plan.ports();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (50051, "user"),
+                (50052, "polling"),
+                (50053, "notification"),
+                (50054, "analytics"),
+                (50055, "billing"),
+                (50056, "payment"),
+            ]
+        );
+        // Dependencies start first.
+        let stage = |n: &str| plan.instances.iter().find(|i| i.name == n).map(|i| i.stage);
+        assert!(stage("user") < stage("polling"));
+        assert!(stage("payment") < stage("billing"));
+        assert!(stage("polling") < stage("analytics"));
+        assert!(stage("polling") < stage("notification"));
+        let polling: toml::Table = plan
+            .instances
+            .iter()
+            .find(|i| i.name == "polling")
+            .expect("polling")
+            .config
+            .parse()
+            .expect("toml");
+        assert_eq!(
+            polling["outbound"]["billing"].as_str(),
+            Some("http://127.0.0.1:50055")
+        );
+    }
+
     fn opts(replicas: Vec<ReplicaArg>) -> Options {
         Options {
             data_dir: PathBuf::from("/tmp/t"),
@@ -429,7 +478,7 @@ mod tests {
 
     #[test]
     fn default_plan_puts_user_on_50051_and_polling_on_50052() {
-        let plan = build(&platform(), &opts(vec![])).expect("plan");
+        let plan = build(&two(), &opts(vec![])).expect("plan");
         let names: Vec<&str> = plan.instances.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["user", "polling"]);
         assert_eq!(plan.instances[0].ports["grpc"], 50051);
@@ -456,11 +505,7 @@ mod tests {
 
     #[test]
     fn replicas_get_consecutive_ports_and_their_own_state() {
-        let plan = build(
-            &platform(),
-            &opts(vec![ReplicaArg::One("polling".into(), 3)]),
-        )
-        .expect("plan");
+        let plan = build(&two(), &opts(vec![ReplicaArg::One("polling".into(), 3)])).expect("plan");
         let got: Vec<(&str, u16)> = plan
             .instances
             .iter()
@@ -488,7 +533,7 @@ mod tests {
     fn replicas_for_all_services_and_base_port() {
         let mut o = opts(vec![ReplicaArg::All(2)]);
         o.base_port = 6000;
-        let plan = build(&platform(), &o).expect("plan");
+        let plan = build(&two(), &o).expect("plan");
         let ports: Vec<u16> = plan.ports().iter().map(|(p, _)| *p).collect();
         assert_eq!(ports, [6000, 6001, 6002, 6003]);
         // Outbound goes to the first user instance.
@@ -501,11 +546,8 @@ mod tests {
 
     #[test]
     fn unknown_replica_service_is_a_usage_error() {
-        let err = build(
-            &platform(),
-            &opts(vec![ReplicaArg::One("pollnig".into(), 2)]),
-        )
-        .expect_err("unknown");
+        let err =
+            build(&two(), &opts(vec![ReplicaArg::One("pollnig".into(), 2)])).expect_err("unknown");
         let msg = err.to_string();
         assert!(
             msg.contains("pollnig") && msg.contains("user, polling"),
@@ -517,7 +559,7 @@ mod tests {
     fn ports_past_65535_are_refused() {
         let mut o = opts(vec![]);
         o.base_port = 65535;
-        let err = build(&platform(), &o).expect_err("overflow");
+        let err = build(&two(), &o).expect_err("overflow");
         assert!(err.to_string().contains("--base-port"), "{err}");
     }
 
@@ -592,7 +634,7 @@ mod tests {
 
     #[test]
     fn a_sidecar_spec_adds_one_proxy_per_instance_and_reroutes_outbound() {
-        let mut p = platform();
+        let mut p = two();
         p.sidecar = Some(crate::up::platform::SidecarSpec {
             binary: "tally-proxy",
             env_prefix: "TALLY_PROXY_",
