@@ -362,6 +362,22 @@ impl Pool {
     }
 }
 
+/// Finishes a call whose future was dropped before the endpoint answered.
+struct FinishGuard {
+    pool: Arc<Pool>,
+    ep: Arc<Endpoint>,
+    adm: Admission,
+    armed: bool,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.finish(&self.ep, self.adm, End::Dropped);
+        }
+    }
+}
+
 /// The balancer as a service.
 #[derive(Clone)]
 pub struct Balance {
@@ -389,12 +405,23 @@ impl tower::Service<Req> for Balance {
             let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0.clone());
             let (ep, adm) = pool.pick(avoid.as_deref())?;
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            // If the caller goes away while we wait, the call still has to be accounted for
+            // (in-flight count, and a half-open probe slot must not stay taken).
+            let mut guard = FinishGuard {
+                pool: pool.clone(),
+                ep: ep.clone(),
+                adm,
+                armed: true,
+            };
             let start = Instant::now();
-            match send(&ep.client, &ep.addr, req).await {
+            let result = send(&ep.client, &ep.addr, req).await;
+            guard.armed = false;
+            match result {
                 Err(e) => {
                     let err = from_client_error(&ep.addr, e);
-                    // A stream the endpoint refused unprocessed (e.g. after its GOAWAY) says
-                    // nothing about its health; connect failures and broken streams do.
+                    // A stream the endpoint refused unprocessed (e.g. after its GOAWAY), or one
+                    // the caller cancelled, says nothing about its health; connect failures and
+                    // broken streams do.
                     let neutral = matches!(err, ProxyError::Cancelled)
                         || (err.never_reached_app() && !matches!(err, ProxyError::Connect { .. }));
                     let end = if neutral { End::Dropped } else { End::Error };

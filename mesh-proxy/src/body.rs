@@ -135,7 +135,15 @@ impl HttpBody for OnEnd {
                     self.fire(end);
                 }
             }
-            Some(Err(_)) => self.fire(End::Error),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, detail = ?e, "response stream failed");
+                let end = if crate::error::is_cancellation(e) {
+                    End::Dropped
+                } else {
+                    End::Error
+                };
+                self.fire(end);
+            }
             None => self.fire(End::NoStatus),
         }
         Poll::Ready(polled)
@@ -167,6 +175,11 @@ pub enum Peeked {
 /// Reads the first frame of `body` and returns it with an equivalent body that still yields it.
 pub async fn peek(mut body: Body) -> (Peeked, Body) {
     let first = body.frame().await;
+    unread(first, body)
+}
+
+/// Puts an already-read first frame back in front of the rest of its body.
+pub fn unread(first: Option<Result<Frame<Bytes>, BodyError>>, rest: Body) -> (Peeked, Body) {
     let peeked = match &first {
         Some(Ok(f)) if f.is_data() => Peeked::Data,
         Some(Ok(f)) => f
@@ -175,8 +188,7 @@ pub async fn peek(mut body: Body) -> (Peeked, Body) {
         Some(Err(_)) => Peeked::Error,
         None => Peeked::End,
     };
-    let rest = Prefixed { first, rest: body };
-    (peeked, rest.boxed_unsync())
+    (peeked, Prefixed { first, rest }.boxed_unsync())
 }
 
 /// Yields one already-read frame, then the rest of a body.
@@ -355,62 +367,5 @@ impl HttpBody for TimedBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-}
-
-/// Result of buffering a request body for replay.
-pub enum Buffered {
-    /// The whole body, and its trailers if any.
-    Complete(Bytes, Option<HeaderMap>),
-    /// Over the size limit or still streaming after the wait: the body as read so far
-    /// followed by the rest; cannot be replayed.
-    Streaming(Body),
-    /// The client's stream failed while buffering.
-    Failed,
-}
-
-/// Reads a request body into memory, up to `limit` bytes and for at most `max_wait`.
-/// A body that is too large, or still open after `max_wait` (an interactive stream),
-/// comes back as `Streaming`: what was read so far followed by the rest.
-pub async fn buffer(mut body: Body, limit: usize, max_wait: std::time::Duration) -> Buffered {
-    let mut chunks = bytes::BytesMut::new();
-    let give_up = tokio::time::sleep(max_wait);
-    tokio::pin!(give_up);
-    loop {
-        let next = tokio::select! {
-            f = body.frame() => f,
-            _ = &mut give_up => {
-                let first = Some(Ok(Frame::data(chunks.freeze())));
-                return Buffered::Streaming(Prefixed { first, rest: body }.boxed_unsync());
-            }
-        };
-        match next {
-            None => return Buffered::Complete(chunks.freeze(), None),
-            Some(Err(_)) => return Buffered::Failed,
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => {
-                    chunks.extend_from_slice(&d);
-                    if chunks.len() > limit {
-                        let first = Some(Ok(Frame::data(chunks.freeze())));
-                        return Buffered::Streaming(Prefixed { first, rest: body }.boxed_unsync());
-                    }
-                }
-                Err(f) => {
-                    let trailers = f.into_trailers().ok();
-                    return Buffered::Complete(chunks.freeze(), trailers);
-                }
-            },
-        }
-    }
-}
-
-/// A replayable body: the buffered bytes, then the trailers if the original had any.
-pub fn replay(data: Bytes, trailers: Option<HeaderMap>) -> Body {
-    match trailers {
-        None => full(data),
-        Some(t) => Full::new(data)
-            .map_err(|n| match n {})
-            .with_trailers(async move { Some(Ok(t)) })
-            .boxed_unsync(),
     }
 }

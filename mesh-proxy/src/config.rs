@@ -104,7 +104,6 @@ pub struct IdentityConfig {
 pub struct LimitsConfig {
     pub max_header_list_size: u32,
     pub max_retry_buffer_bytes: usize,
-    pub max_retry_buffer_wait_ms: u64,
     pub http2_max_concurrent_streams: u32,
     pub http2_max_pending_accept_reset_streams: usize,
     pub http2_initial_stream_window_size: u32,
@@ -120,7 +119,6 @@ impl Default for LimitsConfig {
         Self {
             max_header_list_size: d::MAX_HEADER_LIST_SIZE,
             max_retry_buffer_bytes: d::MAX_RETRY_BUFFER_BYTES,
-            max_retry_buffer_wait_ms: d::MAX_RETRY_BUFFER_WAIT_MS,
             http2_max_concurrent_streams: d::HTTP2_MAX_CONCURRENT_STREAMS,
             http2_max_pending_accept_reset_streams: d::HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             http2_initial_stream_window_size: d::HTTP2_INITIAL_STREAM_WINDOW_SIZE,

@@ -27,6 +27,9 @@ pub const RETRY_BUDGET_RATIO: f64 = 0.2;
 pub const RETRY_BUDGET_MIN_PER_SECOND: u32 = 3;
 /// Window over which the budget counts requests and retries.
 pub const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
+/// To see a status sent in trailers, retry reads the first response frame: within this wait, or
+/// at any time once the request is complete (an interactive stream is not held up longer).
+pub const RETRY_PEEK_WAIT_MS: u64 = 100;
 
 // Per-endpoint circuit breaker.
 pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
@@ -65,11 +68,8 @@ pub const FAULT_ABORT_GRPC_STATUS: u16 = 14;
 
 // Limits.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-/// Largest request body buffered so that it can be retried; bigger requests are streamed and not retried.
+/// Largest request body kept for replay so that it can be retried; bigger requests are not retried.
 pub const MAX_RETRY_BUFFER_BYTES: usize = 64 * 1024;
-/// How long a retryable route waits for the whole request body; a stream still open after
-/// this (interactive client/bidi streaming) is passed through and not retried.
-pub const MAX_RETRY_BUFFER_WAIT_MS: u64 = 100;
 pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1_000;
 /// hyper's rapid-reset guard: pending reset streams before the connection gets a GOAWAY.
 pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 200;

@@ -35,8 +35,6 @@ pub enum ProxyError {
     FaultAbort(Code),
     #[error("fault injected: stream reset")]
     FaultReset,
-    #[error("the caller's request stream failed")]
-    ClientBody,
     #[error("cancelled by the caller")]
     Cancelled,
 }
@@ -57,7 +55,7 @@ impl ProxyError {
             ProxyError::Denied { .. } => Code::PermissionDenied,
             ProxyError::Unauthenticated(_) => Code::Unauthenticated,
             ProxyError::FaultAbort(c) => *c,
-            ProxyError::ClientBody | ProxyError::Cancelled => Code::Cancelled,
+            ProxyError::Cancelled => Code::Cancelled,
         }
     }
 
@@ -76,7 +74,6 @@ impl ProxyError {
             ProxyError::LocalApp(_) => "local-app-unavailable",
             ProxyError::FaultAbort(_) => "fault-abort",
             ProxyError::FaultReset => "fault-reset",
-            ProxyError::ClientBody => "client-body-failed",
             ProxyError::Cancelled => "cancelled",
         }
     }
@@ -125,10 +122,35 @@ pub fn from_local_app_error(e: hyper_util::client::legacy::Error) -> ProxyError 
 fn cancelled_by_us(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
+        // The request body we were forwarding failed: the caller's stream broke.
+        if err.downcast_ref::<crate::body::BodyError>().is_some() {
+            return true;
+        }
+        if let Some(he) = err.downcast_ref::<hyper::Error>()
+            && he.is_user()
+            && !he.is_canceled()
+        {
+            return true;
+        }
         if let Some(h2e) = err.downcast_ref::<h2::Error>()
             && h2e.reason() == Some(h2::Reason::CANCEL)
             && !h2e.is_remote()
             && !h2e.is_library()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// True when an HTTP/2 stream was reset with CANCEL (by either side): someone gave up on the
+/// call, which says nothing about the endpoint's health.
+pub fn is_cancellation(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::CANCEL)
         {
             return true;
         }

@@ -19,6 +19,7 @@ pub mod forward;
 pub mod grpc;
 pub mod metrics;
 pub mod observe;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod run;

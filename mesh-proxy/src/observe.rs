@@ -23,6 +23,19 @@ impl CallInfo {
     }
 }
 
+type Record = Box<dyn FnOnce(&str, Option<String>) + Send>;
+
+/// Records a call as CANCELLED if its future is dropped before it finished.
+struct RecordGuard(Option<Record>);
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record("CANCELLED", Some("cancelled".into()));
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
@@ -106,7 +119,6 @@ where
         req.extensions_mut().insert(info.clone());
         let inner = self.inner.clone();
         Box::pin(async move {
-            let result = inner.oneshot(req).await;
             let record = move |status: &str, proxy_error: Option<String>| {
                 let elapsed = start.elapsed();
                 let retries = info.retries.load(Ordering::Relaxed);
@@ -135,6 +147,12 @@ where
                     retries,
                     "call"
                 );
+            };
+            // Calls the caller abandons before any response are logged and counted too.
+            let mut guard = RecordGuard(Some(Box::new(record)));
+            let result = inner.oneshot(req).await;
+            let Some(record) = guard.0.take() else {
+                return result;
             };
             match result {
                 Ok(rsp) => {

@@ -1,20 +1,23 @@
-//! Retries, opt-in per route. Own implementation rather than tower-resilience's `Retry`
-//! because it must: read `grpc-status` from trailers as well as headers (peeking the first
-//! response frame), share a per-destination budget, honour `grpc-retry-pushback-ms`, never
-//! start an attempt past the call's deadline, and steer the next attempt to another endpoint.
-//! Requests are buffered (up to a size limit and a short wait) to be replayable; larger ones,
-//! and interactive streams still open after the wait, pass through unretried.
+//! Retries, opt-in per route, plus one transparent retry on every route for a call the chosen
+//! endpoint never processed (connect failure, REFUSED_STREAM, GOAWAY). Own implementation
+//! rather than tower-resilience's `Retry` (which needs `Req: Clone`) because it must: read
+//! `grpc-status` from trailers as well as headers (peeking the first response frame), share a
+//! per-destination budget, honour `grpc-retry-pushback-ms`, never start an attempt past the
+//! call's deadline, and steer the next attempt to another endpoint. Request bodies stream
+//! through a replay body that keeps a copy up to a limit; bigger requests are not retried.
 
 use crate::balance::{AvoidEndpoint, ServedBy};
-use crate::body::{self, Buffered, Peeked};
+use crate::body::{self, Body, Peeked};
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
 use crate::deadline::{Deadline, set_remaining};
 use crate::grpc::{self, Code};
 use crate::metrics::{Metrics, route as route_labels};
 use crate::observe::CallInfo;
+use crate::replay::Replay;
 use crate::{BoxFuture, ProxyError, Req, Rsp};
 use http::HeaderMap;
+use http_body_util::BodyExt;
 use rand::Rng;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,17 +33,11 @@ pub struct Policy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub buffer_limit: usize,
-    pub buffer_wait: Duration,
     pub budget: RetryBudget,
 }
 
 impl Policy {
-    pub fn from_config(
-        route: &str,
-        c: &RetryConfig,
-        buffer_limit: usize,
-        buffer_wait: Duration,
-    ) -> Self {
+    pub fn from_config(route: &str, c: &RetryConfig, buffer_limit: usize) -> Self {
         Self {
             route: route.to_string(),
             max_attempts: c.max_attempts,
@@ -53,7 +50,6 @@ impl Policy {
             backoff_base: Duration::from_millis(c.backoff_base_ms),
             backoff_max: Duration::from_millis(c.backoff_max_ms),
             buffer_limit,
-            buffer_wait,
             budget: RetryBudget::new(
                 c.budget_ratio,
                 c.budget_min_per_second,
@@ -143,7 +139,21 @@ enum Outcome {
     },
 }
 
-async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: bool) -> Outcome {
+/// An error from one endpoint that never reached its app: another endpoint may do better.
+fn endpoint_refused(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::Connect { .. } | ProxyError::Upstream { refused: true, .. }
+    )
+}
+
+async fn classify(
+    result: Result<Rsp, ProxyError>,
+    policy: &Policy,
+    retries_enabled: bool,
+    idempotent: bool,
+    replay: &Replay,
+) -> Outcome {
     match result {
         Err(e) => {
             let endpoint = match &e {
@@ -152,7 +162,12 @@ async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: 
                 }
                 _ => None,
             };
-            if e.never_reached_app() || (idempotent && policy.retryable(e.code())) {
+            let retry = if retries_enabled {
+                e.never_reached_app() || (idempotent && policy.retryable(e.code()))
+            } else {
+                endpoint_refused(&e)
+            };
+            if retry {
                 Outcome::Retryable {
                     last: Err(e),
                     pushback: None,
@@ -172,10 +187,10 @@ async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: 
                 (Some(code), push, rsp)
             } else {
                 let (parts, b) = rsp.into_parts();
-                let (peeked, b) = body::peek(b).await;
+                let (peeked, b) = peek_first(b, replay).await;
                 let rsp = Rsp::from_parts(parts, b);
                 match peeked {
-                    Peeked::Trailers(t) => (grpc::status_of(&t), pushback(&t), rsp),
+                    Some(Peeked::Trailers(t)) => (grpc::status_of(&t), pushback(&t), rsp),
                     _ => (None, None, rsp),
                 }
             };
@@ -189,6 +204,22 @@ async fn classify(result: Result<Rsp, ProxyError>, policy: &Policy, idempotent: 
             }
         }
     }
+}
+
+/// Reads the first response frame (to find a status sent in trailers) if it arrives within a
+/// short wait, or at any time once the caller's request is complete. An interactive stream,
+/// whose caller may wait for the response before sending more, is not held up longer than the
+/// wait; `None` means "not peeked".
+async fn peek_first(mut b: Body, replay: &Replay) -> (Option<Peeked>, Body) {
+    let wait = tokio::time::sleep(Duration::from_millis(crate::defaults::RETRY_PEEK_WAIT_MS));
+    tokio::pin!(wait);
+    let first = tokio::select! {
+        f = b.frame() => f,
+        _ = replay.wait_complete() => b.frame().await,
+        _ = &mut wait => return (None, b),
+    };
+    let (peeked, b) = body::unread(first, b);
+    (Some(peeked), b)
 }
 
 impl<S> Service<Req> for Retry<S>
@@ -208,27 +239,20 @@ where
         let inner = self.inner.clone();
         let policy = self.policy.clone();
         let metrics = self.metrics.clone();
-        if policy.max_attempts <= 1 {
-            return Box::pin(inner.oneshot(req));
-        }
         Box::pin(async move {
             let (parts, b) = req.into_parts();
-            let (data, trailers) = match body::buffer(b, policy.buffer_limit, policy.buffer_wait)
-                .await
-            {
-                Buffered::Complete(d, t) => (d, t),
-                Buffered::Streaming(b) => return inner.oneshot(Req::from_parts(parts, b)).await,
-                Buffered::Failed => return Err(ProxyError::ClientBody),
-            };
+            let replay = Replay::new(b, policy.buffer_limit);
             policy.budget.deposit();
             let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
             let info = parts.extensions.get::<CallInfo>().cloned();
-            let idempotent = policy.is_idempotent(parts.uri.path());
+            let retries_enabled = policy.max_attempts > 1;
+            let idempotent = retries_enabled && policy.is_idempotent(parts.uri.path());
+            // Without a retry policy, one more attempt for a call an endpoint refused unprocessed.
+            let max_attempts = policy.max_attempts.max(2);
             let mut attempt = 1u32;
             let mut avoid: Option<String> = None;
             loop {
-                let mut req =
-                    Req::from_parts(parts.clone(), body::replay(data.clone(), trailers.clone()));
+                let mut req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
                 if let Some(d) = deadline {
                     set_remaining(&mut req, d)?;
                 }
@@ -236,15 +260,16 @@ where
                     req.extensions_mut().insert(AvoidEndpoint(a));
                 }
                 let result = inner.clone().oneshot(req).await;
-                let (last, push, endpoint) = match classify(result, &policy, idempotent).await {
-                    Outcome::Done(r) => return r,
-                    Outcome::Retryable {
-                        last,
-                        pushback,
-                        endpoint,
-                    } => (last, pushback, endpoint),
-                };
-                if attempt >= policy.max_attempts {
+                let (last, push, endpoint) =
+                    match classify(result, &policy, retries_enabled, idempotent, &replay).await {
+                        Outcome::Done(r) => return r,
+                        Outcome::Retryable {
+                            last,
+                            pushback,
+                            endpoint,
+                        } => (last, pushback, endpoint),
+                    };
+                if attempt >= max_attempts || !replay.is_replayable() {
                     return last;
                 }
                 let delay = match push {
@@ -289,7 +314,7 @@ mod tests {
             max_attempts: 3,
             ..RetryConfig::default()
         };
-        Policy::from_config("r", &c, 1024, Duration::from_millis(100))
+        Policy::from_config("r", &c, 1024)
     }
 
     #[test]

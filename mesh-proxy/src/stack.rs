@@ -17,7 +17,6 @@ use crate::transport::ClientTransport;
 use crate::{BoxService, ListenerService};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tower::ServiceBuilder;
 
 /// What the stacks share with the rest of the process.
@@ -47,12 +46,7 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
                 svc.stream_idle_timeout_ms,
             ))
             .layer(RetryLayer::new(
-                RetryPolicy::from_config(
-                    name,
-                    &svc.retry,
-                    cfg.limits.max_retry_buffer_bytes,
-                    Duration::from_millis(cfg.limits.max_retry_buffer_wait_ms),
-                ),
+                RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes),
                 shared.metrics.clone(),
             ))
             .layer(FaultLayer::new(

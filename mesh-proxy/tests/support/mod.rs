@@ -558,7 +558,10 @@ impl Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally-proxy"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
