@@ -379,11 +379,11 @@ impl Config {
             ));
         }
         if let Some(i) = &self.inbound {
-            if i.max_connections == 0 {
+            if i.max_connections == 0 || i.max_connections > MAX_LIMIT {
                 return Err(bad(
                     "inbound.max_connections".into(),
-                    "is 0".into(),
-                    "set a positive number or remove the key",
+                    format!("{} is out of range", i.max_connections),
+                    "use a number from 1 to 1000000, or remove the key",
                 ));
             }
             check_bulkhead(&i.bulkhead, "inbound.bulkhead", &bad)?;
@@ -409,12 +409,12 @@ impl Config {
             }
         }
         if let Some(o) = &self.outbound
-            && o.max_connections == 0
+            && (o.max_connections == 0 || o.max_connections > MAX_LIMIT)
         {
             return Err(bad(
                 "outbound.max_connections".into(),
-                "is 0".into(),
-                "set a positive number or remove the key",
+                format!("{} is out of range", o.max_connections),
+                "use a number from 1 to 1000000, or remove the key",
             ));
         }
         if let Some(id) = &self.identity {
@@ -584,6 +584,9 @@ impl Config {
     }
 }
 
+/// Upper bound for connection and concurrency limits.
+const MAX_LIMIT: usize = 1_000_000;
+
 fn looks_like_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
@@ -596,11 +599,11 @@ fn check_bulkhead(
     key: &str,
     bad: &dyn Fn(String, String, &str) -> ConfigError,
 ) -> Result<(), ConfigError> {
-    if b.max_concurrent == 0 {
+    if b.max_concurrent == 0 || b.max_concurrent > MAX_LIMIT || b.max_queue > MAX_LIMIT {
         return Err(bad(
-            format!("{key}.max_concurrent"),
-            "is 0".into(),
-            "use a positive number",
+            format!("{key}.max_concurrent / {key}.max_queue"),
+            format!("{} / {} is out of range", b.max_concurrent, b.max_queue),
+            "use max_concurrent from 1 and both at most 1000000",
         ));
     }
     Ok(())
