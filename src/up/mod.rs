@@ -231,9 +231,6 @@ fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
 
 /// Runs `tally up` until Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> Result<(), UpError> {
-    let stop = shutdown_signal()?;
-    tokio::pin!(stop);
-
     let data_dir = std::path::absolute(&args.data_dir).map_err(io(format!(
         "cannot resolve --data-dir {}",
         args.data_dir.display()
@@ -261,6 +258,11 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     // A build can take minutes: check again right before binding.
     ports::check_free(&plan)?;
     write_files(&plan)?;
+
+    // From here on Ctrl-C and SIGTERM mean "stop the children, then exit";
+    // before, they simply end `tally up` (and a running build).
+    let stop = shutdown_signal()?;
+    tokio::pin!(stop);
 
     let timeout = Duration::from_secs(args.ready_timeout);
     let mut handles: Vec<supervisor::Handle> = Vec::new();
