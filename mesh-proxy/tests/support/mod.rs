@@ -552,20 +552,29 @@ impl Drop for Proxy {
 impl Proxy {
     /// Starts `tally-proxy` with `config` and waits for its bound addresses and `/ready`.
     pub async fn start(config: &str) -> Proxy {
+        Self::start_logging(config, None).await
+    }
+
+    /// Like `start`, with JSON logs written to `log_file` instead of the test's stderr.
+    pub async fn start_logging(config: &str, log_file: Option<&Path>) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-proxy"));
+        cmd.arg("--config").arg(&path).env(
+            "RUST_LOG",
+            std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        match log_file {
+            Some(f) => {
+                cmd.env("TALLY_LOG_FORMAT", "json")
+                    .stderr(Stdio::from(std::fs::File::create(f).unwrap()));
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
