@@ -80,6 +80,9 @@ struct Args {
     /// Keep per-call access logging on in both proxies.
     #[arg(long)]
     access_logs: bool,
+    /// Keep each setup's work directory (configs and proxy logs) after the run.
+    #[arg(long)]
+    keep_workdirs: bool,
     /// Where to write the Markdown report (default bench/results/latest.md).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -141,6 +144,7 @@ fn options(a: &Args) -> Result<Options, String> {
                 .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
             proxy_threads: a.proxy_threads.unwrap_or(cores).max(1),
             access_logs: a.access_logs,
+            keep_workdirs: a.keep_workdirs,
         },
     })
 }

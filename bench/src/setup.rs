@@ -56,6 +56,8 @@ pub struct Programs {
     pub proxy_threads: usize,
     /// Keep the proxies' per-call access logs on (Tally at `info`, Envoy to a file).
     pub access_logs: bool,
+    /// Leave each setup's work directory (configs, proxy logs) in place after the run.
+    pub keep_workdirs: bool,
 }
 
 impl Programs {
@@ -92,7 +94,9 @@ pub struct Running {
     /// `:authority` for calls (the target service name; the sidecars route on it).
     pub authority: String,
     children: Vec<(String, Child)>,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removes `dir` when dropped; `None` when the work directory is kept.
+    _cleanup: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -105,7 +109,7 @@ impl Running {
     pub fn check_alive(&mut self) -> Result<(), BenchError> {
         for (name, child) in &mut self.children {
             if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                let log = std::fs::read_to_string(self.dir.as_path().join(format!("{name}.log")))
                     .unwrap_or_default();
                 let tail: String = log
                     .lines()
@@ -135,12 +139,23 @@ impl Running {
             .prefix(&format!("tally-bench-{kind}-"))
             .tempdir()
             .map_err(|e| BenchError::io("creating a work directory", e))?;
+        let (dir, cleanup) = if programs.keep_workdirs {
+            let kept = dir.keep();
+            eprintln!(
+                "tally-bench: {kind} work directory kept at {}",
+                kept.display()
+            );
+            (kept, None)
+        } else {
+            (dir.path().to_path_buf(), Some(dir))
+        };
         let mut running = Running {
             kind,
             entry: upstream,
             authority: TARGET_SERVICE.into(),
             children: Vec::new(),
             dir,
+            _cleanup: cleanup,
         };
         match kind {
             Kind::Direct => {}
@@ -151,7 +166,7 @@ impl Running {
     }
 
     fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), BenchError> {
-        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log_path = self.dir.as_path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)
             .map_err(|e| BenchError::io(format!("creating {}", log_path.display()), e))?;
         cmd.stdin(Stdio::null()).stderr(log);
@@ -199,16 +214,13 @@ impl Running {
         config: &str,
         programs: &Programs,
     ) -> Result<Bound, BenchError> {
-        let path = self.dir.path().join(format!("{name}.toml"));
+        let path = self.dir.as_path().join(format!("{name}.toml"));
         std::fs::write(&path, config)
             .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
         let mut cmd = Command::new(&programs.tally_proxy);
         cmd.arg("--config")
             .arg(&path)
-            .env(
-                "RUST_LOG",
-                if programs.access_logs { "info" } else { "warn" },
-            )
+            .env("RUST_LOG", proxy_log_filter(programs.access_logs))
             .stdout(Stdio::piped());
         self.spawn(name, cmd)?;
         let stdout = self
@@ -304,7 +316,7 @@ impl Running {
             ("envoy-ingress", ingress, ingress_admin),
             ("envoy-egress", egress, egress_admin),
         ] {
-            let path = self.dir.path().join(format!("{name}.yaml"));
+            let path = self.dir.as_path().join(format!("{name}.yaml"));
             std::fs::write(&path, config)
                 .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
             let mut cmd = Command::new(&programs.envoy);
@@ -329,7 +341,7 @@ impl Running {
         if !programs.access_logs {
             return String::new();
         }
-        let path = self.dir.path().join(format!("{name}-access.log"));
+        let path = self.dir.as_path().join(format!("{name}-access.log"));
         format!(
             "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: \"{}\"",
             path.display()
@@ -395,6 +407,13 @@ struct Bound {
     admin: SocketAddr,
     inbound: Option<SocketAddr>,
     outbound: Option<SocketAddr>,
+}
+
+/// `RUST_LOG` for tally-proxy: `TALLY_BENCH_PROXY_LOG` when set (to investigate a failing
+/// run together with `--keep-workdirs`), else `info` with access logs and `warn` without.
+fn proxy_log_filter(access_logs: bool) -> String {
+    std::env::var("TALLY_BENCH_PROXY_LOG")
+        .unwrap_or_else(|_| if access_logs { "info" } else { "warn" }.to_string())
 }
 
 fn identity_toml(id: &Identity) -> String {
