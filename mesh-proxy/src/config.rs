@@ -35,6 +35,9 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     #[serde(default)]
     pub outbound: Option<OutboundConfig>,
+    /// Browser-facing gRPC-Web / gRPC listener in front of the outbound routes.
+    #[serde(default)]
+    pub gateway: Option<crate::gateway::config::GatewayConfig>,
     /// Absent: plaintext between sidecars (development only; logged loudly).
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
@@ -330,7 +333,8 @@ impl Config {
         })
     }
 
-    /// `TALLY_PROXY_ADMIN_LISTEN`, `TALLY_PROXY_INBOUND_LISTEN`, `TALLY_PROXY_OUTBOUND_LISTEN`, `TALLY_PROXY_LOCAL_APP`.
+    /// `TALLY_PROXY_ADMIN_LISTEN`, `TALLY_PROXY_INBOUND_LISTEN`, `TALLY_PROXY_OUTBOUND_LISTEN`, `TALLY_PROXY_LOCAL_APP`,
+    /// `TALLY_PROXY_GATEWAY_LISTEN`.
     fn apply_env(&mut self, file: &str) -> Result<(), ConfigError> {
         let addr = |var: &str, key: &str| -> Result<Option<SocketAddr>, ConfigError> {
             match std::env::var(var) {
@@ -350,6 +354,11 @@ impl Config {
             && let Some(o) = self.outbound.as_mut()
         {
             o.listen = a;
+        }
+        if let Some(a) = addr("TALLY_PROXY_GATEWAY_LISTEN", "gateway.listen")?
+            && let Some(g) = self.gateway.as_mut()
+        {
+            g.listen = a;
         }
         if let Some(a) = addr("TALLY_PROXY_INBOUND_LISTEN", "inbound.listen")?
             && let Some(i) = self.inbound.as_mut()
@@ -371,12 +380,15 @@ impl Config {
             problem,
             fix: fix.to_string(),
         };
-        if self.inbound.is_none() && self.outbound.is_none() {
+        if self.inbound.is_none() && self.outbound.is_none() && self.gateway.is_none() {
             return Err(bad(
-                "inbound / outbound".into(),
-                "neither listener is configured".into(),
-                "add an [inbound] and/or [outbound] section",
+                "inbound / outbound / gateway".into(),
+                "no listener is configured".into(),
+                "add an [inbound], [outbound] and/or [gateway] section",
             ));
+        }
+        if let Some(g) = &self.gateway {
+            g.validate(file, &self.services)?;
         }
         if let Some(i) = &self.inbound {
             if i.max_connections == 0 || i.max_connections > MAX_LIMIT {

@@ -84,3 +84,44 @@ pub const TRUST_DOMAIN: &str = "tally.local";
 pub const PEER_ID_HEADER: &str = "x-tally-peer-spiffe-id";
 /// Header naming why the proxy itself failed a call.
 pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";
+
+// Gateway (browser-facing listener).
+/// Largest `-text` (base64) request body; it is decoded whole so bad base64 can get a 400.
+pub const GATEWAY_MAX_TEXT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Request headers a browser may send (CORS `access-control-allow-headers`).
+pub const GATEWAY_CORS_ALLOW_HEADERS: &[&str] = &[
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "authorization",
+    "x-api-key",
+    "grpc-timeout",
+    "accept",
+];
+/// Response headers browser code may read (CORS `access-control-expose-headers`).
+pub const GATEWAY_CORS_EXPOSE_HEADERS: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-retry-pushback-ms",
+    "tally-proxy-error",
+];
+/// How long a browser may cache a preflight answer.
+pub const GATEWAY_CORS_MAX_AGE_S: u64 = 86_400;
+/// Access-token checks, matching the user service's issuer and audience.
+pub const GATEWAY_JWT_ISSUER: &str = "tally-user";
+pub const GATEWAY_JWT_AUDIENCE: &str = "tally";
+pub const GATEWAY_JWT_LEEWAY_S: u64 = 30;
+/// Periodic JWKS refresh, and the least time between refetches caused by unknown `kid`s.
+pub const GATEWAY_JWKS_REFRESH_MS: u64 = 300_000;
+pub const GATEWAY_JWKS_MIN_REFETCH_MS: u64 = 5_000;
+/// Deadline of one JWKS fetch.
+pub const GATEWAY_JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+/// Token bucket per client (JWT `sub`, else client IP) and for the whole gateway.
+pub const GATEWAY_PER_CLIENT_PER_SECOND: f64 = 20.0;
+pub const GATEWAY_PER_CLIENT_BURST: u32 = 40;
+pub const GATEWAY_GLOBAL_PER_SECOND: f64 = 5_000.0;
+pub const GATEWAY_GLOBAL_BURST: u32 = 10_000;
+/// Client buckets kept in memory at most.
+pub const GATEWAY_MAX_CLIENTS: usize = 100_000;
+/// Time allowed to read an HTTP/1.1 request head.
+pub const GATEWAY_HEADER_READ_TIMEOUT_MS: u64 = 10_000;

@@ -16,6 +16,7 @@ pub mod error;
 pub mod errors;
 pub mod faults;
 pub mod forward;
+pub mod gateway;
 pub mod grpc;
 pub mod metrics;
 pub mod observe;

@@ -46,6 +46,22 @@ pub struct FaultLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub route: String,
+    pub grpc_status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
 }
@@ -66,6 +82,9 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub authz_denied: Family<DenyLabels, Counter>,
     pub faults: Family<FaultLabels, Counter>,
+    pub gateway_requests: Family<GatewayLabels, Counter>,
+    pub gateway_rate_limited: Family<ScopeLabels, Counter>,
+    pub gateway_auth_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -149,6 +168,24 @@ impl Metrics {
             authz_denied.clone(),
         );
         registry.register("faults_injected", "Injected faults by kind", faults.clone());
+        let gateway_requests = Family::<GatewayLabels, Counter>::default();
+        let gateway_rate_limited = Family::<ScopeLabels, Counter>::default();
+        let gateway_auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Gateway calls by route (configured prefix) and final gRPC status",
+            gateway_requests.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Gateway calls refused by a rate limit (scope: client or global)",
+            gateway_rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_auth_failures",
+            "Gateway calls refused by edge authentication, by reason",
+            gateway_auth_failures.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -165,6 +202,9 @@ impl Metrics {
             cert_expiry,
             authz_denied,
             faults,
+            gateway_requests,
+            gateway_rate_limited,
+            gateway_auth_failures,
         })
     }
 

@@ -29,6 +29,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    GatewayTls(#[from] crate::gateway::listener::GatewayTlsError),
 }
 
 /// The bound addresses, printed as one JSON line on stdout at start (useful with port 0).
@@ -37,6 +39,8 @@ pub struct Bound {
     pub admin: SocketAddr,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<SocketAddr>,
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -89,6 +93,14 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         Some(i) => Some(bind("inbound.listen", i.listen).await?),
         None => None,
     };
+    let gateway_l = match &cfg.gateway {
+        Some(g) => Some(bind("gateway.listen", g.listen).await?),
+        None => None,
+    };
+    let gateway_tls = match cfg.gateway.as_ref().and_then(|g| g.tls.as_ref()) {
+        Some(t) => Some(crate::gateway::listener::tls_acceptor(t)?),
+        None => None,
+    };
     let bound = Bound {
         admin: local(&admin_l, cfg.admin.listen),
         inbound: inbound_l
@@ -98,6 +110,10 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         outbound: outbound_l
             .as_ref()
             .zip(cfg.outbound.as_ref())
+            .map(|(l, c)| local(l, c.listen)),
+        gateway: gateway_l
+            .as_ref()
+            .zip(cfg.gateway.as_ref())
             .map(|(l, c)| local(l, c.listen)),
     };
     match serde_json::to_string(&bound) {
@@ -118,13 +134,15 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin::serve(admin_l, admin_state, rx.clone()));
+    // One outbound stack (pools, breakers, budgets) shared by the outbound listener and the gateway.
+    let outbound_svc = stack::outbound(&cfg, &shared);
     if let (Some(l), Some(o)) = (outbound_l, &cfg.outbound) {
         let listener = Listener {
             direction: Direction::Outbound,
             listener: l,
             // The app talks plaintext to its own sidecar over loopback.
             transport: Arc::new(transport::plaintext::Plaintext),
-            service: stack::outbound(&cfg, &shared),
+            service: outbound_svc.clone(),
             max_connections: o.max_connections,
             limits: cfg.limits.clone(),
             metrics: metrics.clone(),
@@ -140,6 +158,17 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
             transport: transports.server.clone(),
             service,
             max_connections: i.max_connections,
+            limits: cfg.limits.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(listener.serve(rx.clone(), grace));
+    }
+    if let (Some(l), Some(g)) = (gateway_l, &cfg.gateway) {
+        let listener = crate::gateway::listener::GatewayListener {
+            listener: l,
+            tls: gateway_tls,
+            gateway: crate::gateway::Gateway::new(g, outbound_svc.clone(), metrics.clone()),
+            max_connections: g.max_connections,
             limits: cfg.limits.clone(),
             metrics: metrics.clone(),
         };

@@ -1,0 +1,355 @@
+//! The `[gateway]` section: the browser-facing listener, its routes from gRPC names to
+//! `[services.<name>]`, edge authentication, rate limits and CORS. Validated with the rest
+//! of the file so a bad gateway config fails at start naming the key and the fix.
+
+use crate::config::{ConfigError, ServiceConfig};
+use crate::defaults as d;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// HTTP/1.1 and h2c (or TLS with `[gateway.tls]`).
+    pub listen: SocketAddr,
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    /// Largest `-text` request body (base64 is decoded whole before it is forwarded).
+    #[serde(default = "max_text_request_bytes")]
+    pub max_text_request_bytes: usize,
+    /// Absent: plaintext (keep the listener on loopback behind a TLS terminator).
+    #[serde(default)]
+    pub tls: Option<GatewayTls>,
+    #[serde(default)]
+    pub cors: CorsConfig,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Longest prefix wins: `pkg`, `pkg.Service` or `pkg.Service/Method`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTls {
+    /// PEM server certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example`) or `*`. Empty: no CORS headers at all.
+    pub allowed_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_s: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_headers: d::GATEWAY_CORS_ALLOW_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            expose_headers: d::GATEWAY_CORS_EXPOSE_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_age_s: d::GATEWAY_CORS_MAX_AGE_S,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// No credentials needed (sign-up, login, public keys).
+    Public,
+    /// A valid access token, or an `x-api-key` the service itself verifies.
+    Authenticated,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `tally.poll.v1`, `tally.poll.v1.PollService` or `tally.user.v1.UserService/Login`.
+    pub prefix: String,
+    /// A `[services.<name>]` table.
+    pub service: String,
+    #[serde(default = "authenticated")]
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Expected `iss`.
+    #[serde(default = "issuer")]
+    pub issuer: String,
+    /// Expected `aud`.
+    #[serde(default = "audience")]
+    pub audience: String,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    #[serde(default = "leeway")]
+    pub leeway_s: u64,
+    /// Fetch keys with `tally.user.v1.UserService/GetJwks` through `[services.<this>]`.
+    #[serde(default)]
+    pub jwks_service: Option<String>,
+    /// Or read a JWKS JSON document (RFC 7517) from this file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Refetch the key set this often (0 = only when a token names an unknown `kid`).
+    #[serde(default = "jwks_refresh")]
+    pub jwks_refresh_ms: u64,
+    /// At most one fetch triggered by unknown `kid`s per this interval.
+    #[serde(default = "jwks_min_refetch")]
+    pub jwks_min_refetch_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Tokens per second for each client (JWT `sub`, else client IP); 0 = no per-client limit.
+    pub per_client_per_second: f64,
+    pub per_client_burst: u32,
+    /// Tokens per second for the whole gateway; 0 = no global limit.
+    pub global_per_second: f64,
+    pub global_burst: u32,
+    /// Most client buckets kept; idle (full) buckets are evicted first, and clients beyond
+    /// this share one overflow bucket.
+    pub max_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_client_per_second: d::GATEWAY_PER_CLIENT_PER_SECOND,
+            per_client_burst: d::GATEWAY_PER_CLIENT_BURST,
+            global_per_second: d::GATEWAY_GLOBAL_PER_SECOND,
+            global_burst: d::GATEWAY_GLOBAL_BURST,
+            max_clients: d::GATEWAY_MAX_CLIENTS,
+        }
+    }
+}
+
+fn max_connections() -> usize {
+    d::MAX_CONNECTIONS
+}
+fn max_text_request_bytes() -> usize {
+    d::GATEWAY_MAX_TEXT_REQUEST_BYTES
+}
+fn authenticated() -> Access {
+    Access::Authenticated
+}
+fn issuer() -> String {
+    d::GATEWAY_JWT_ISSUER.into()
+}
+fn audience() -> String {
+    d::GATEWAY_JWT_AUDIENCE.into()
+}
+fn leeway() -> u64 {
+    d::GATEWAY_JWT_LEEWAY_S
+}
+fn jwks_refresh() -> u64 {
+    d::GATEWAY_JWKS_REFRESH_MS
+}
+fn jwks_min_refetch() -> u64 {
+    d::GATEWAY_JWKS_MIN_REFETCH_MS
+}
+
+/// True when `prefix` is a dotted gRPC name, optionally followed by `/Method`.
+fn is_route_prefix(prefix: &str) -> bool {
+    let (name, method) = match prefix.split_once('/') {
+        Some((n, m)) => (n, Some(m)),
+        None => (prefix, None),
+    };
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    name.split('.').all(ident) && method.is_none_or(ident)
+}
+
+impl GatewayConfig {
+    pub fn validate(
+        &self,
+        file: &str,
+        services: &BTreeMap<String, ServiceConfig>,
+    ) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String, fix: &str| ConfigError::Invalid {
+            file: file.to_string(),
+            key: format!("gateway.{key}"),
+            problem,
+            fix: fix.to_string(),
+        };
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(bad(
+                "max_connections",
+                format!("{} is out of range", self.max_connections),
+                "use a number from 1 to 1000000, or remove the key",
+            ));
+        }
+        if self.max_text_request_bytes < 1024 {
+            return Err(bad(
+                "max_text_request_bytes",
+                format!("{} is too small", self.max_text_request_bytes),
+                "use at least 1024 (default 4194304)",
+            ));
+        }
+        if self.routes.is_empty() {
+            return Err(bad(
+                "routes",
+                "no route is configured".into(),
+                "add [[gateway.routes]] with prefix = \"tally.poll.v1\" and service = \"polling\"",
+            ));
+        }
+        for (n, r) in self.routes.iter().enumerate() {
+            if !is_route_prefix(&r.prefix) {
+                return Err(bad(
+                    &format!("routes[{n}].prefix"),
+                    format!("`{}` is not a gRPC package, service or method", r.prefix),
+                    "use e.g. `tally.poll.v1`, `tally.poll.v1.PollService` or `tally.user.v1.UserService/Login`",
+                ));
+            }
+            if !services.contains_key(&r.service) {
+                return Err(bad(
+                    &format!("routes[{n}].service"),
+                    format!("`{}` has no [services.{}] table", r.service, r.service),
+                    "name a service configured under [services]",
+                ));
+            }
+            if self.routes[..n].iter().any(|o| o.prefix == r.prefix) {
+                return Err(bad(
+                    &format!("routes[{n}].prefix"),
+                    format!("`{}` is listed twice", r.prefix),
+                    "keep one route per prefix",
+                ));
+            }
+        }
+        let needs_auth = self.routes.iter().any(|r| r.access == Access::Authenticated);
+        match &self.auth {
+            None if needs_auth => {
+                return Err(bad(
+                    "auth",
+                    "routes require authentication but no [gateway.auth] is configured".into(),
+                    "add [gateway.auth] with jwks_service = \"user\" (or jwks_file), or mark the routes access = \"public\"",
+                ));
+            }
+            None => {}
+            Some(a) => {
+                match (&a.jwks_service, &a.jwks_file) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err(bad(
+                            "auth",
+                            "exactly one of jwks_service and jwks_file must be set".into(),
+                            "set jwks_service = \"user\" to fetch keys with GetJwks, or jwks_file = \"jwks.json\"",
+                        ));
+                    }
+                    (Some(s), None) if !services.contains_key(s) => {
+                        return Err(bad(
+                            "auth.jwks_service",
+                            format!("`{s}` has no [services.{s}] table"),
+                            "name the user service's [services] table",
+                        ));
+                    }
+                    _ => {}
+                }
+                if a.issuer.is_empty() || a.audience.is_empty() {
+                    return Err(bad(
+                        "auth.issuer / auth.audience",
+                        "is empty".into(),
+                        "use the user service's values (defaults: tally-user / tally)",
+                    ));
+                }
+                if a.jwks_min_refetch_ms == 0 {
+                    return Err(bad(
+                        "auth.jwks_min_refetch_ms",
+                        "is 0".into(),
+                        "use a positive number of milliseconds (default 5000)",
+                    ));
+                }
+            }
+        }
+        let rl = &self.rate_limit;
+        for (key, rate, burst) in [
+            (
+                "per_client",
+                rl.per_client_per_second,
+                rl.per_client_burst,
+            ),
+            ("global", rl.global_per_second, rl.global_burst),
+        ] {
+            if !rate.is_finite() || rate < 0.0 || rate > 1e9 {
+                return Err(bad(
+                    &format!("rate_limit.{key}_per_second"),
+                    format!("{rate} is out of range"),
+                    "use 0 (no limit) or a positive rate",
+                ));
+            }
+            if rate > 0.0 && burst == 0 {
+                return Err(bad(
+                    &format!("rate_limit.{key}_burst"),
+                    "is 0 while a rate is set".into(),
+                    "use a burst of at least 1",
+                ));
+            }
+        }
+        if rl.max_clients == 0 || rl.max_clients > 10_000_000 {
+            return Err(bad(
+                "rate_limit.max_clients",
+                format!("{} is out of range", rl.max_clients),
+                "use a number from 1 to 10000000",
+            ));
+        }
+        for o in &self.cors.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(bad(
+                    "cors.allowed_origins",
+                    format!("`{o}` is not an origin"),
+                    "use scheme://host[:port], e.g. https://app.tally.example, or `*`",
+                ));
+            }
+        }
+        for h in self
+            .cors
+            .allow_headers
+            .iter()
+            .chain(&self.cors.expose_headers)
+        {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(bad(
+                    "cors",
+                    format!("`{h}` is not a header name"),
+                    "list lowercase header names such as x-grpc-web",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert!(is_route_prefix("tally.poll.v1"));
+        assert!(is_route_prefix("tally.poll.v1.PollService"));
+        assert!(is_route_prefix("tally.user.v1.UserService/Login"));
+        assert!(!is_route_prefix(""));
+        assert!(!is_route_prefix("tally..v1"));
+        assert!(!is_route_prefix("/tally.v1"));
+        assert!(!is_route_prefix("a/b/c"));
+    }
+}

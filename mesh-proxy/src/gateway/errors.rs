@@ -1,0 +1,88 @@
+//! Every failure the gateway itself produces, turned into a response in one place: gRPC
+//! statuses as trailers-only responses (HTTP 200, `grpc-status` in the headers, which
+//! gRPC-Web clients read like Envoy's), plain HTTP errors only where the request is not a
+//! usable gRPC call at all (bad base64, not gRPC).
+
+use super::auth::AuthError;
+use super::grpc_web::Protocol;
+use super::ratelimit::Limited;
+use crate::body;
+use crate::defaults::PROXY_ERROR_HEADER;
+use crate::grpc::{self, Code};
+use crate::{ProxyError, Rsp};
+use http::{HeaderValue, StatusCode, header};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("request is not gRPC or gRPC-Web (content-type `{0}`)")]
+    NotGrpc(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    #[error("unknown service or method `{0}`")]
+    NoRoute(String),
+    #[error("{0}")]
+    Auth(AuthError),
+    #[error("rate limit reached ({} limit); retry in {} ms", .0.scope.as_str(), .0.retry_after.as_millis())]
+    RateLimited(Limited),
+    #[error("{0}")]
+    Proxy(ProxyError),
+}
+
+impl GatewayError {
+    /// The gRPC status, or `None` when the answer is a plain HTTP error.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            GatewayError::NotGrpc(_) | GatewayError::BadRequest(_) => None,
+            GatewayError::TooLarge(_) | GatewayError::RateLimited(_) => {
+                Some(Code::ResourceExhausted)
+            }
+            GatewayError::NoRoute(_) => Some(Code::Unimplemented),
+            GatewayError::Auth(a) => Some(a.code()),
+            GatewayError::Proxy(p) => Some(p.code()),
+        }
+    }
+
+    /// The `tally-proxy-error` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::NotGrpc(_) => "not-grpc",
+            GatewayError::BadRequest(_) => "bad-request",
+            GatewayError::TooLarge(_) => "request-too-large",
+            GatewayError::NoRoute(_) => "no-route",
+            GatewayError::Auth(_) => "unauthenticated",
+            GatewayError::RateLimited(_) => "rate-limited",
+            GatewayError::Proxy(p) => p.reason(),
+        }
+    }
+
+    pub fn to_response(&self, protocol: Option<Protocol>) -> Rsp {
+        let Some(code) = self.code() else {
+            let mut rsp = Rsp::new(body::full(format!("{self}\n").into()));
+            *rsp.status_mut() = match self {
+                GatewayError::NotGrpc(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            rsp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            rsp.headers_mut()
+                .insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
+            return rsp;
+        };
+        let mut rsp = grpc::trailers_only(code, &self.to_string());
+        let h = rsp.headers_mut();
+        h.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
+        if let Some(p) = protocol {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(p.response_content_type()),
+            );
+        }
+        if let GatewayError::RateLimited(l) = self {
+            let ms = u64::try_from(l.retry_after.as_millis()).unwrap_or(u64::MAX);
+            h.insert("grpc-retry-pushback-ms", HeaderValue::from(ms.max(1)));
+        }
+        rsp
+    }
+}

@@ -1,0 +1,387 @@
+//! gRPC-Web ⇄ gRPC, as Envoy's `grpc_web` filter does it, so browser clients written for
+//! Envoy work unchanged.
+//!
+//! Request: the four gRPC-Web content types become `application/grpc` with `te: trailers`
+//! and no `content-length`; `-text` bodies are base64 and are decoded (bad base64 is an HTTP
+//! 400). Response: message frames pass through; the trailers become one last frame with flag
+//! `0x80` holding `key:value\r\n` lines. When the caller's `accept` asks for
+//! `application/grpc-web-text` (Envoy's rule), the response body is base64, encoded as it
+//! streams: bytes that do not fill a 3-byte group wait for the next chunk, and only the very
+//! end is padded, so the output is one valid base64 text however the upstream chunks it.
+
+use crate::body::{self, Body, BodyError};
+use crate::grpc::{self, Code};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+pub const GRPC_WEB: &str = "application/grpc-web";
+pub const GRPC_WEB_PROTO: &str = "application/grpc-web+proto";
+pub const GRPC_WEB_TEXT: &str = "application/grpc-web-text";
+pub const GRPC_WEB_TEXT_PROTO: &str = "application/grpc-web-text+proto";
+/// Flag byte of the frame that carries the trailers.
+pub const TRAILER_FLAG: u8 = 0x80;
+
+/// What kind of gRPC call a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain gRPC (HTTP/2 with trailers): passes through untouched.
+    Grpc,
+    /// gRPC-Web; `text_request`: the body is base64; `text_response`: answer in base64.
+    Web {
+        text_request: bool,
+        text_response: bool,
+    },
+}
+
+impl Protocol {
+    pub fn is_web(self) -> bool {
+        matches!(self, Protocol::Web { .. })
+    }
+    pub fn text_response(self) -> bool {
+        matches!(
+            self,
+            Protocol::Web {
+                text_response: true,
+                ..
+            }
+        )
+    }
+    /// The response `content-type` (Envoy answers with the `+proto` forms).
+    pub fn response_content_type(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "application/grpc",
+            Protocol::Web {
+                text_response: true,
+                ..
+            } => GRPC_WEB_TEXT_PROTO,
+            Protocol::Web { .. } => GRPC_WEB_PROTO,
+        }
+    }
+}
+
+fn media_type(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    Some(s.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+/// Classifies a request by `content-type` (and `accept` for the response encoding).
+/// `None`: not gRPC at all.
+pub fn classify(headers: &HeaderMap) -> Option<Protocol> {
+    let ct = media_type(headers.get(header::CONTENT_TYPE)?)?;
+    let text_response = headers
+        .get(header::ACCEPT)
+        .and_then(media_type)
+        .is_some_and(|a| a == GRPC_WEB_TEXT || a == GRPC_WEB_TEXT_PROTO);
+    match ct.as_str() {
+        GRPC_WEB | GRPC_WEB_PROTO => Some(Protocol::Web {
+            text_request: false,
+            text_response,
+        }),
+        GRPC_WEB_TEXT | GRPC_WEB_TEXT_PROTO => Some(Protocol::Web {
+            text_request: true,
+            text_response,
+        }),
+        c if c == "application/grpc" || c.starts_with("application/grpc+") => {
+            Some(Protocol::Grpc)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid base64 in the grpc-web-text request body")]
+    BadBase64,
+    #[error("grpc-web-text request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request body failed: {0}")]
+    Body(String),
+}
+
+/// Rewrites a gRPC-Web request into a gRPC one (headers, and the body for `-text`).
+pub async fn to_grpc_request(
+    req: http::Request<Body>,
+    protocol: Protocol,
+    max_text_bytes: usize,
+) -> Result<http::Request<Body>, RequestError> {
+    let Protocol::Web { text_request, .. } = protocol else {
+        return Ok(req);
+    };
+    let (mut parts, body) = req.into_parts();
+    let h = &mut parts.headers;
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/grpc"));
+    let body = if text_request {
+        // Browsers send whole requests (no client streaming over gRPC-Web), so decoding the
+        // body before forwarding costs nothing and lets bad base64 get a clean 400.
+        let collected = Limited::new(body, max_text_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    RequestError::TooLarge(max_text_bytes)
+                } else {
+                    RequestError::Body(e.to_string())
+                }
+            })?
+            .to_bytes();
+        body::full(decode_text(&collected)?)
+    } else {
+        body
+    };
+    Ok(http::Request::from_parts(parts, body))
+}
+
+/// Decodes a base64 body. Padding may end each chunk a client encoded separately, so the
+/// text is decoded as a run of padded segments (as Envoy accepts it).
+pub fn decode_text(input: &[u8]) -> Result<Bytes, RequestError> {
+    if !input.len().is_multiple_of(4) {
+        return Err(RequestError::BadBase64);
+    }
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let mut start = 0;
+    for (i, quad) in input.chunks(4).enumerate() {
+        if quad.contains(&b'=') {
+            let end = (i + 1) * 4;
+            STANDARD
+                .decode_vec(&input[start..end], &mut out)
+                .map_err(|_| RequestError::BadBase64)?;
+            start = end;
+        }
+    }
+    STANDARD
+        .decode_vec(&input[start..], &mut out)
+        .map_err(|_| RequestError::BadBase64)?;
+    Ok(out.into())
+}
+
+/// The gRPC-Web trailer frame: `0x80`, big-endian length, `key:value\r\n` lines.
+pub fn trailer_frame(trailers: &HeaderMap) -> Bytes {
+    let mut lines = BytesMut::new();
+    for (k, v) in trailers {
+        lines.put_slice(k.as_str().as_bytes());
+        lines.put_u8(b':');
+        lines.put_slice(v.as_bytes());
+        lines.put_slice(b"\r\n");
+    }
+    let mut out = BytesMut::with_capacity(lines.len() + 5);
+    out.put_u8(TRAILER_FLAG);
+    out.put_u32(u32::try_from(lines.len()).unwrap_or(u32::MAX));
+    out.put_slice(&lines);
+    out.freeze()
+}
+
+/// Rewrites a gRPC response into gRPC-Web: content type, no length, trailers in the body.
+/// A trailers-only response keeps its status in the headers, as Envoy leaves it.
+pub fn to_web_response(rsp: http::Response<Body>, protocol: Protocol) -> http::Response<Body> {
+    if !protocol.is_web() {
+        return rsp;
+    }
+    let (mut parts, body) = rsp.into_parts();
+    let trailers_only = grpc::status_of(&parts.headers).is_some();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(protocol.response_content_type()),
+    );
+    let body = if trailers_only {
+        body
+    } else {
+        WebBody {
+            inner: body,
+            text: protocol.text_response(),
+            pending: BytesMut::new(),
+            done: false,
+        }
+        .boxed_unsync()
+    };
+    http::Response::from_parts(parts, body)
+}
+
+/// Streams a gRPC response body as a gRPC-Web body.
+struct WebBody {
+    inner: Body,
+    text: bool,
+    /// Bytes (fewer than 3) waiting for a full base64 group.
+    pending: BytesMut,
+    done: bool,
+}
+
+impl WebBody {
+    /// Encodes `data` for the wire; `last` flushes the pending bytes with padding.
+    fn encode(&mut self, data: &[u8], last: bool) -> Bytes {
+        if !self.text {
+            return Bytes::copy_from_slice(data);
+        }
+        self.pending.extend_from_slice(data);
+        let n = if last {
+            self.pending.len()
+        } else {
+            self.pending.len() - self.pending.len() % 3
+        };
+        let chunk = self.pending.split_to(n);
+        Bytes::from(STANDARD.encode(&chunk))
+    }
+}
+
+impl HttpBody for WebBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+            let out = match polled {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.encode(&data, false),
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().unwrap_or_default();
+                        self.done = true;
+                        let t = trailer_frame(&trailers);
+                        self.encode(&t, true)
+                    }
+                },
+                Some(Err(e)) => {
+                    // An HTTP/1.1 caller cannot see a stream reset: end with a status instead.
+                    tracing::debug!(error = %e, "upstream stream failed under a grpc-web call");
+                    self.done = true;
+                    let mut t = HeaderMap::new();
+                    t.insert("grpc-status", HeaderValue::from(Code::Unavailable.as_u16()));
+                    t.insert(
+                        "grpc-message",
+                        HeaderValue::from_static("upstream stream failed"),
+                    );
+                    let t = trailer_frame(&t);
+                    self.encode(&t, true)
+                }
+                None => {
+                    self.done = true;
+                    self.encode(&[], true)
+                }
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn classifies_content_types() {
+        let web = |ct, accept| classify(&headers(&[("content-type", ct), ("accept", accept)]));
+        assert_eq!(
+            web("application/grpc-web", "*/*"),
+            Some(Protocol::Web {
+                text_request: false,
+                text_response: false
+            })
+        );
+        assert_eq!(
+            web("application/grpc-web-text+proto", "application/grpc-web-text"),
+            Some(Protocol::Web {
+                text_request: true,
+                text_response: true
+            })
+        );
+        assert_eq!(
+            web("application/grpc+proto", "*/*"),
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(web("text/plain", "*/*"), None);
+        assert_eq!(classify(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn decodes_padded_segments_and_rejects_garbage() {
+        let a = STANDARD.encode(b"ab");
+        let b = STANDARD.encode(b"cdef");
+        let joined = format!("{a}{b}");
+        assert_eq!(&decode_text(joined.as_bytes()).unwrap()[..], b"abcdef");
+        assert!(decode_text(b"abc").is_err());
+        assert!(decode_text(b"!!!!").is_err());
+        assert!(decode_text(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn trailer_frame_layout() {
+        let t = trailer_frame(&headers(&[("grpc-status", "0"), ("x-a", "b")]));
+        assert_eq!(t[0], 0x80);
+        let len = u32::from_be_bytes([t[1], t[2], t[3], t[4]]) as usize;
+        assert_eq!(&t[5..], b"grpc-status:0\r\nx-a:b\r\n");
+        assert_eq!(len, t.len() - 5);
+    }
+
+    async fn run_body(chunks: Vec<Bytes>, text: bool) -> Vec<u8> {
+        let mut frames: Vec<Result<Frame<Bytes>, BodyError>> =
+            chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+        frames.push(Ok(Frame::trailers(headers(&[("grpc-status", "0")]))));
+        let inner = StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+        let mut rsp = http::Response::new(inner);
+        rsp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        let protocol = Protocol::Web {
+            text_request: false,
+            text_response: text,
+        };
+        let out = to_web_response(rsp, protocol);
+        assert_eq!(out.headers()["content-type"], protocol.response_content_type());
+        out.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn text_encoding_is_one_base64_stream_across_chunk_boundaries() {
+        let payload: Vec<u8> = (0u8..=200).collect();
+        // Split at every awkward offset: the encoder must carry partial groups over.
+        for split in [1usize, 2, 4, 5, 7, 100] {
+            let chunks: Vec<Bytes> = payload
+                .chunks(split)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let text = run_body(chunks.clone(), true).await;
+            let binary = run_body(chunks, false).await;
+            assert!(!text[..text.len() - 4].contains(&b'='), "padding only at the end");
+            assert_eq!(STANDARD.decode(&text).unwrap(), binary);
+            let mut expected = payload.clone();
+            expected.extend_from_slice(&trailer_frame(&headers(&[("grpc-status", "0")])));
+            assert_eq!(binary, expected);
+        }
+    }
+}

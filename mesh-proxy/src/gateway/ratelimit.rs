@@ -1,0 +1,238 @@
+//! Token buckets at the edge: one per client (the access token's `sub`, else the client IP)
+//! and one for the whole gateway. A refused call learns how long until its next token, sent
+//! as `grpc-retry-pushback-ms`.
+//!
+//! Written here rather than taken from tower-resilience: its rate limiter is one shared
+//! limiter per layer (no keys), and it reports no wait time for pushback. Memory stays
+//! bounded: a bucket that has refilled completely is the same as a new one, so such buckets
+//! are evicted when the table is full, and clients beyond `max_clients` share one overflow
+//! bucket instead of growing the table.
+
+use super::config::RateLimitConfig;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Least time between two sweeps of the client table.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    burst: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.last = now;
+    }
+
+    /// Takes one token, or says how long until one is available.
+    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / rate.per_second;
+        Err(Duration::from_secs_f64(wait.clamp(0.001, 3600.0)))
+    }
+
+    fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let mut b = *self;
+        b.refill(rate, now);
+        b.tokens >= rate.burst
+    }
+}
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Client,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Client => "client",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub scope: Scope,
+    pub retry_after: Duration,
+}
+
+struct Clients {
+    buckets: HashMap<String, Bucket>,
+    overflow: Option<Bucket>,
+    last_sweep: Option<Instant>,
+}
+
+pub struct RateLimiter {
+    global: Option<(Rate, Mutex<Option<Bucket>>)>,
+    per_client: Option<Rate>,
+    max_clients: usize,
+    clients: Mutex<Clients>,
+}
+
+fn rate(per_second: f64, burst: u32) -> Option<Rate> {
+    (per_second > 0.0).then_some(Rate {
+        per_second,
+        burst: f64::from(burst.max(1)),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RateLimiter {
+    pub fn new(cfg: &RateLimitConfig) -> Self {
+        Self {
+            global: rate(cfg.global_per_second, cfg.global_burst).map(|r| (r, Mutex::new(None))),
+            per_client: rate(cfg.per_client_per_second, cfg.per_client_burst),
+            max_clients: cfg.max_clients,
+            clients: Mutex::new(Clients {
+                buckets: HashMap::new(),
+                overflow: None,
+                last_sweep: None,
+            }),
+        }
+    }
+
+    /// The gateway-wide limit.
+    pub fn check_global(&self, now: Instant) -> Result<(), Limited> {
+        let Some((rate, bucket)) = &self.global else {
+            return Ok(());
+        };
+        let mut b = lock(bucket);
+        b.get_or_insert_with(|| Bucket::full(*rate, now))
+            .take(*rate, now)
+            .map_err(|retry_after| Limited {
+                scope: Scope::Global,
+                retry_after,
+            })
+    }
+
+    /// The limit of one client.
+    pub fn check_client(&self, key: &str, now: Instant) -> Result<(), Limited> {
+        let Some(rate) = self.per_client else {
+            return Ok(());
+        };
+        let mut c = lock(&self.clients);
+        let limited = |retry_after| Limited {
+            scope: Scope::Client,
+            retry_after,
+        };
+        if let Some(b) = c.buckets.get_mut(key) {
+            return b.take(rate, now).map_err(limited);
+        }
+        if c.buckets.len() >= self.max_clients {
+            let due = c
+                .last_sweep
+                .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_INTERVAL);
+            if due {
+                c.last_sweep = Some(now);
+                c.buckets.retain(|_, b| !b.is_full(rate, now));
+            }
+            if c.buckets.len() >= self.max_clients {
+                return c
+                    .overflow
+                    .get_or_insert_with(|| Bucket::full(rate, now))
+                    .take(rate, now)
+                    .map_err(limited);
+            }
+        }
+        let mut b = Bucket::full(rate, now);
+        let r = b.take(rate, now);
+        c.buckets.insert(key.to_string(), b);
+        r.map_err(limited)
+    }
+
+    /// Client buckets currently held.
+    pub fn tracked_clients(&self) -> usize {
+        lock(&self.clients).buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_client: f64, burst: u32, max_clients: usize) -> RateLimiter {
+        RateLimiter::new(&RateLimitConfig {
+            per_client_per_second: per_client,
+            per_client_burst: burst,
+            global_per_second: 0.0,
+            global_burst: 0,
+            max_clients,
+        })
+    }
+
+    #[test]
+    fn burst_then_refusal_with_wait_then_refill() {
+        let l = limiter(2.0, 3, 10);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(l.check_client("a", t0).is_ok());
+        }
+        let refused = l.check_client("a", t0).unwrap_err();
+        assert_eq!(refused.scope, Scope::Client);
+        assert_eq!(refused.retry_after, Duration::from_millis(500));
+        // Another client has its own bucket.
+        assert!(l.check_client("b", t0).is_ok());
+        assert!(l.check_client("a", t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_idle_buckets_are_evicted() {
+        let l = limiter(1.0, 1, 2);
+        let t0 = Instant::now();
+        assert!(l.check_client("a", t0).is_ok());
+        assert!(l.check_client("b", t0).is_ok());
+        // Table full, nothing idle: the newcomer uses the overflow bucket.
+        assert!(l.check_client("c", t0).is_ok());
+        assert!(l.check_client("d", t0).is_err());
+        assert_eq!(l.tracked_clients(), 2);
+        // Two seconds later a and b have refilled, so they are evicted for e.
+        let t2 = t0 + Duration::from_secs(2);
+        assert!(l.check_client("e", t2).is_ok());
+        assert_eq!(l.tracked_clients(), 1);
+    }
+
+    #[test]
+    fn global_limit() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            per_client_per_second: 0.0,
+            per_client_burst: 0,
+            global_per_second: 1.0,
+            global_burst: 2,
+            max_clients: 1,
+        });
+        let t0 = Instant::now();
+        assert!(l.check_global(t0).is_ok());
+        assert!(l.check_global(t0).is_ok());
+        assert_eq!(l.check_global(t0).unwrap_err().scope, Scope::Global);
+        assert!(l.check_client("anyone", t0).is_ok());
+    }
+}

@@ -1,0 +1,221 @@
+//! One gateway call, top to bottom: CORS preflight → classify (gRPC-Web or gRPC) → route by
+//! gRPC name → global rate limit → edge authentication → per-client rate limit → translate the
+//! request → the outbound stack (retries, breakers, balancing, mTLS) → translate the response
+//! → CORS headers. Each step lives in its own module; this file only puts them in order.
+
+use super::auth::{self, AuthError, Verifier};
+use super::config::Access;
+use super::cors::Cors;
+use super::errors::GatewayError;
+use super::grpc_web::{self, Protocol, RequestError};
+use super::ratelimit::RateLimiter;
+use super::routes::{Route, RouteTable};
+use crate::body::{self, End};
+use crate::metrics::{GatewayLabels, Metrics, ReasonLabels, ScopeLabels};
+use crate::{ListenerService, ProxyError, Req, Rsp};
+use http::header;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tower::ServiceExt;
+
+/// Headers that describe one HTTP/1.1 connection and must not be forwarded over HTTP/2.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub outbound: ListenerService,
+    pub routes: RouteTable,
+    pub verifier: Option<Verifier>,
+    pub limiter: RateLimiter,
+    pub cors: Cors,
+    pub metrics: Arc<Metrics>,
+    pub max_text_bytes: usize,
+}
+
+impl Gateway {
+    pub(super) fn from_parts(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Serves one request from `client`.
+    pub async fn handle(&self, req: Req, client: IpAddr) -> Rsp {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut rsp = self.serve(req, client).await;
+        self.inner.cors.decorate(origin.as_ref(), &mut rsp);
+        rsp
+    }
+
+    async fn serve(&self, req: Req, client: IpAddr) -> Rsp {
+        if Cors::is_preflight(req.method(), req.headers()) {
+            return self.inner.cors.preflight(req.headers());
+        }
+        let Some(protocol) = grpc_web::classify(req.headers()) else {
+            let ct = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return self.fail(GatewayError::NotGrpc(ct), None, "unknown");
+        };
+        let route = self.inner.routes.lookup(req.uri().path()).cloned();
+        let label = route
+            .as_ref()
+            .map_or_else(|| "unknown".to_string(), |r| r.prefix.clone());
+        let req = match self.admit(req, protocol, route, client).await {
+            Ok(r) => r,
+            Err(e) => return self.fail(e, Some(protocol), &label),
+        };
+        let rsp = match self.inner.outbound.clone().oneshot(req).await {
+            Ok(r) => r,
+            // A reset cannot reach an HTTP/1.1 caller; answer with the status instead.
+            Err(_reset) => {
+                return self.fail(
+                    GatewayError::Proxy(ProxyError::FaultReset),
+                    Some(protocol),
+                    &label,
+                );
+            }
+        };
+        let metrics = self.inner.metrics.clone();
+        let rsp = body::on_end(rsp, move |end: End| {
+            metrics
+                .gateway_requests
+                .get_or_create(&GatewayLabels {
+                    route: label,
+                    grpc_status: end.code().name().into(),
+                })
+                .inc();
+        });
+        grpc_web::to_web_response(rsp, protocol)
+    }
+
+    /// Runs the edge checks and returns the request ready for the outbound stack.
+    async fn admit(
+        &self,
+        req: Req,
+        protocol: Protocol,
+        route: Option<Route>,
+        client: IpAddr,
+    ) -> Result<Req, GatewayError> {
+        let inner = &self.inner;
+        let Some(route) = route else {
+            return Err(GatewayError::NoRoute(req.uri().path().to_string()));
+        };
+        self.limited(inner.limiter.check_global(Instant::now()))?;
+        let subject = match route.access {
+            Access::Public => None,
+            Access::Authenticated => self.authenticate(req.headers()).await.inspect_err(|e| {
+                if let GatewayError::Auth(a) = e {
+                    inner
+                        .metrics
+                        .gateway_auth_failures
+                        .get_or_create(&ReasonLabels {
+                            reason: a.reason().into(),
+                        })
+                        .inc();
+                }
+            })?,
+        };
+        let key = match &subject {
+            Some(sub) => format!("sub:{sub}"),
+            None => format!("ip:{client}"),
+        };
+        self.limited(inner.limiter.check_client(&key, Instant::now()))?;
+        let mut req = grpc_web::to_grpc_request(req, protocol, inner.max_text_bytes)
+            .await
+            .map_err(|e| match e {
+                RequestError::TooLarge(_) => GatewayError::TooLarge(e.to_string()),
+                _ => GatewayError::BadRequest(e.to_string()),
+            })?;
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *req.uri_mut() = format!("http://{}{pq}", route.service)
+            .parse()
+            .map_err(|_| GatewayError::NoRoute(pq.clone()))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let h = req.headers_mut();
+        for name in HOP_BY_HOP {
+            h.remove(name);
+        }
+        // The mesh sets the caller identity; never let a browser choose it.
+        h.remove(crate::defaults::PEER_ID_HEADER);
+        Ok(req)
+    }
+
+    /// `Some(subject)` for a valid access token; `None` when an API key goes on to the service.
+    async fn authenticate(&self, h: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
+        let Some(value) = h.get(header::AUTHORIZATION) else {
+            if h.contains_key(auth::API_KEY_HEADER) {
+                return Ok(None);
+            }
+            return Err(GatewayError::Auth(AuthError::Missing));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(auth::bearer_token)
+            .ok_or(GatewayError::Auth(AuthError::Malformed))?;
+        let Some(verifier) = &self.inner.verifier else {
+            return Err(GatewayError::Auth(AuthError::KeysUnavailable(
+                "no [gateway.auth] configured".into(),
+            )));
+        };
+        verifier
+            .verify(token)
+            .await
+            .map(Some)
+            .map_err(GatewayError::Auth)
+    }
+
+    fn limited(
+        &self,
+        r: Result<(), super::ratelimit::Limited>,
+    ) -> Result<(), GatewayError> {
+        r.map_err(|l| {
+            self.inner
+                .metrics
+                .gateway_rate_limited
+                .get_or_create(&ScopeLabels {
+                    scope: l.scope.as_str().into(),
+                })
+                .inc();
+            GatewayError::RateLimited(l)
+        })
+    }
+
+    /// The response for a gateway-made failure, counted under `route`.
+    fn fail(&self, e: GatewayError, protocol: Option<Protocol>, route: &str) -> Rsp {
+        let status = match e.code() {
+            Some(c) => c.name().to_string(),
+            None => format!("HTTP_{}", e.to_response(None).status().as_u16()),
+        };
+        tracing::debug!(error = %e, reason = e.reason(), route, "gateway refused a call");
+        self.inner
+            .metrics
+            .gateway_requests
+            .get_or_create(&GatewayLabels {
+                route: route.to_string(),
+                grpc_status: status,
+            })
+            .inc();
+        e.to_response(protocol)
+    }
+}
