@@ -20,6 +20,12 @@ const SERVICES: [&str; 6] = [
     "payment",
 ];
 
+/// Ports `tally up` takes: one per service instance, then three (inbound,
+/// outbound, admin) per mesh sidecar beside each.
+const fn ports(instances: u16) -> u16 {
+    instances * 4
+}
+
 /// A running `tally up` on free ports in a temp data dir.
 struct Up {
     process: Process,
@@ -163,7 +169,7 @@ fn json_docs(text: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_works_against_tally_up() {
-    let up = Up::start(&[], 6).await;
+    let up = Up::start(&[], ports(6)).await;
     // Every service is SERVING on its port, in the documented order.
     let health = [
         "tally.user.v1.UserService",
@@ -282,7 +288,7 @@ async fn readme_walkthrough_works_against_tally_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tally_up_restarts_a_killed_service_with_its_data() {
-    let mut up = Up::start(&[], 6).await;
+    let mut up = Up::start(&[], ports(6)).await;
     let client = up.client().await;
     client
         .sign_up("kim@example.com", "correct horse battery", "Kim")
@@ -325,7 +331,7 @@ async fn tally_up_restarts_a_killed_service_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_child_and_exits_zero() {
-    let mut up = Up::start(&[], 6).await;
+    let mut up = Up::start(&[], ports(6)).await;
     let pids: Vec<u32> = SERVICES.iter().map(|s| up.pid(s)).collect();
     up.process.signal(libc::SIGTERM);
     let status = up
@@ -366,7 +372,7 @@ async fn sigterm_stops_every_child_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_run_on_consecutive_ports() {
-    let up = Up::start(&["--replicas", "polling=2"], 7).await;
+    let up = Up::start(&["--replicas", "polling=2"], ports(7)).await;
     let out = up.process.stdout();
     assert!(
         out.contains("polling-1") && out.contains("polling-2"),

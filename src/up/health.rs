@@ -1,8 +1,11 @@
-//! Asks an instance for its `grpc.health.v1` status, the same check load
-//! balancers and operators use.
+//! Asks an instance whether it is ready: services over `grpc.health.v1`, the
+//! same check load balancers and operators use; sidecars over their admin
+//! HTTP `/ready`.
 
+use super::plan::{Probe, ProbeKind};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -31,4 +34,28 @@ pub async fn is_serving(addr: SocketAddr, service: &str) -> bool {
         Ok(res) => res.into_inner().status == ServingStatus::Serving as i32,
         Err(_) => false,
     }
+}
+
+/// True when the instance behind `probe` says it is ready.
+pub async fn check(probe: &Probe) -> bool {
+    match probe.kind {
+        ProbeKind::Grpc => is_serving(probe.addr, &probe.service).await,
+        ProbeKind::HttpReady => http_ok(probe.addr, &probe.service).await,
+    }
+}
+
+/// True when `GET path` on `addr` (HTTP/1.1) answers 200.
+pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
 }

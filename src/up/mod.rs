@@ -6,9 +6,15 @@
 //! dependency order ([`supervisor`]), waits for each to report SERVING over
 //! `grpc.health.v1`, prints where everything is, restarts what crashes, and on
 //! Ctrl-C or SIGTERM stops everything in reverse order and exits 0.
+//!
+//! By default every service instance gets a `tally-proxy` sidecar and all
+//! service-to-service calls go through the mesh over mutual TLS ([`mesh`]:
+//! configs, certificates, policy); `--no-mesh` lets services call each other
+//! directly.
 
 mod binaries;
 mod health;
+pub mod mesh;
 pub mod plan;
 pub mod platform;
 mod ports;
@@ -46,6 +52,14 @@ pub struct UpArgs {
     /// Do not run `cargo build` first, even under `cargo run`.
     #[arg(long)]
     pub no_build: bool,
+    /// Run without mesh sidecars: services call each other directly, in
+    /// plaintext.
+    #[arg(long)]
+    pub no_mesh: bool,
+    /// Lifetime of the mesh workload certificates (e.g. 24h, 15m, 90s; at
+    /// least 1m); each is renewed at 70% of it while `tally up` runs.
+    #[arg(long, default_value = mesh::DEFAULT_CERT_VALIDITY, value_parser = mesh::parse_validity)]
+    pub cert_validity: Duration,
 }
 
 /// Why `tally up` could not start or keep the platform running.
@@ -71,6 +85,8 @@ pub enum UpError {
     BinaryMissing { binary: String, dir: PathBuf },
     #[error("build failed: {0}")]
     Build(String),
+    #[error("mesh certificates: {0}")]
+    Mesh(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -150,14 +166,15 @@ async fn wait_ready(handle: &supervisor::Handle, timeout: Duration) -> Result<()
                 tail: log_tail(&inst.log_path, 20),
             });
         }
-        if health::is_serving(probe.addr, &probe.service).await {
+        if health::check(&probe).await {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(UpError::StartFailed {
                 instance: inst.name.clone(),
                 reason: format!(
-                    "not SERVING on {} after {}s; raise --ready-timeout if the machine is slow",
+                    "not {} on {} after {}s; raise --ready-timeout if the machine is slow",
+                    probe.ready_word(),
                     probe.addr,
                     timeout.as_secs()
                 ),
@@ -169,13 +186,20 @@ async fn wait_ready(handle: &supervisor::Handle, timeout: Duration) -> Result<()
     }
 }
 
-/// Stops every instance, the last started first, and waits for them.
+/// Start order within the plan: by stage, and within a stage sidecars
+/// (wave 0) before the services they front (wave 1).
+fn wave(inst: &Instance) -> (usize, u8) {
+    (inst.stage, u8::from(inst.sidecar_of.is_none()))
+}
+
+/// Stops every instance, the last started first, and waits for them: a
+/// service drains before its sidecar stops, so its last calls still go out.
 async fn stop_all(mut handles: Vec<supervisor::Handle>) {
-    handles.sort_by_key(|h| std::cmp::Reverse(h.instance.stage));
-    while let Some(stage) = handles.first().map(|h| h.instance.stage) {
+    handles.sort_by_key(|h| std::cmp::Reverse(wave(&h.instance)));
+    while let Some(w) = handles.first().map(|h| wave(&h.instance)) {
         let split = handles
             .iter()
-            .position(|h| h.instance.stage != stage)
+            .position(|h| wave(&h.instance) != w)
             .unwrap_or(handles.len());
         let rest = handles.split_off(split);
         for h in &handles {
@@ -188,26 +212,60 @@ async fn stop_all(mut handles: Vec<supervisor::Handle>) {
     }
 }
 
+/// What the table shows as an instance's address: a service's own gRPC
+/// port (what operators, grpcurl and the CLI use), or a sidecar's ports.
+fn address_column(inst: &Instance) -> String {
+    if inst.sidecar_of.is_some() {
+        let port = |name: &str| {
+            inst.ports
+                .get(name)
+                .map(|p| format!("{name} :{p}"))
+                .unwrap_or_default()
+        };
+        ["inbound", "outbound", "admin"]
+            .map(port)
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("  ")
+    } else {
+        inst.addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
 fn print_table(handles: &[supervisor::Handle]) {
+    // Each service instance, then its sidecar, in service port order.
+    let port_of = |name: &str| {
+        handles
+            .iter()
+            .find(|h| h.instance.name == name)
+            .and_then(|h| h.instance.ports.values().min().copied())
+    };
     let mut rows: Vec<&supervisor::Handle> = handles.iter().collect();
-    rows.sort_by_key(|h| h.instance.ports.values().min().copied());
+    rows.sort_by_key(|h| {
+        let front = h.instance.sidecar_of.as_deref().unwrap_or(&h.instance.name);
+        (port_of(front), h.instance.sidecar_of.is_some())
+    });
+    let width = rows
+        .iter()
+        .map(|h| address_column(&h.instance).len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "  {:<16} {:<22} {:<8} LOG",
+        "  {:<20} {:<width$} {:<8} LOG",
         "INSTANCE", "ADDRESS", "PID"
     );
     for h in rows {
-        let addr = h
-            .instance
-            .addr
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<8} {}",
+            "  {:<20} {:<width$} {:<8} {}",
             h.instance.name,
-            addr,
+            address_column(&h.instance),
             h.state.pid(),
             h.instance.log_path.display()
         );
@@ -235,8 +293,13 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         "cannot resolve --data-dir {}",
         args.data_dir.display()
     )))?;
+    let platform = if args.no_mesh {
+        platform::platform().without_mesh()
+    } else {
+        platform::platform()
+    };
     let plan = plan::build(
-        &platform::platform(),
+        &platform,
         &plan::Options {
             data_dir,
             base_port: args.base_port,
@@ -259,6 +322,37 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     ports::check_free(&plan)?;
     write_files(&plan)?;
 
+    // Mesh identities: the CA (created once), a fresh certificate per
+    // service, and a task per service renewing it while `tally up` runs.
+    let meshed: Vec<&str> = if platform.sidecar.is_some() {
+        platform
+            .services
+            .iter()
+            .filter(|s| s.sidecar)
+            .map(|s| s.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut renewals = Vec::new();
+    if !meshed.is_empty() {
+        let rotators = mesh::issue_certificates(&plan.data_dir, &meshed, args.cert_validity)?;
+        say(&format!(
+            "issued mesh certificates for {} (valid {}, renewed at 70%) in {}",
+            meshed.join(", "),
+            tally_certs::format_duration(args.cert_validity),
+            mesh::certs_dir(&plan.data_dir).display()
+        ));
+        for (service, rotator) in rotators {
+            renewals.push(tokio::spawn(mesh::renew(service, rotator)));
+        }
+    }
+    let stop_renewals = move || {
+        for task in &renewals {
+            task.abort();
+        }
+    };
+
     // From here on Ctrl-C and SIGTERM mean "stop the children, then exit";
     // before, they simply end `tally up` (and a running build).
     let stop = shutdown_signal()?;
@@ -269,29 +363,43 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let mut by_name: Vec<(Instance, PathBuf)> =
         plan.instances.iter().cloned().zip(binaries).collect();
     let stages = plan.stages().len();
-    for stage in 0..=plan.instances.iter().map(|i| i.stage).max().unwrap_or(0) {
-        let (now, later): (Vec<_>, Vec<_>) =
-            by_name.into_iter().partition(|(i, _)| i.stage == stage);
+    let mut waves: Vec<(usize, u8)> = plan.instances.iter().map(wave).collect();
+    waves.sort();
+    waves.dedup();
+    for w in waves {
+        let (now, later): (Vec<_>, Vec<_>) = by_name.into_iter().partition(|(i, _)| wave(i) == w);
         by_name = later;
         if now.is_empty() {
             continue;
         }
         let first_new = handles.len();
         for (inst, bin) in now {
-            say(&format!(
-                "starting {} ({}) on {}",
-                inst.name,
-                inst.binary,
-                inst.addr
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "-".into())
-            ));
+            match &inst.sidecar_of {
+                Some(app) => say(&format!(
+                    "starting {} ({}) beside {app}: {}",
+                    inst.name,
+                    inst.binary,
+                    address_column(&inst)
+                )),
+                None => say(&format!(
+                    "starting {} ({}) on {}",
+                    inst.name,
+                    inst.binary,
+                    address_column(&inst)
+                )),
+            }
             handles.push(supervisor::start(inst, bin));
         }
         let ready = async {
             for h in &handles[first_new..] {
                 wait_ready(h, timeout).await?;
-                say(&format!("{} is SERVING", h.instance.name));
+                let word = h
+                    .instance
+                    .probe
+                    .as_ref()
+                    .map(|p| p.ready_word())
+                    .unwrap_or("started");
+                say(&format!("{} is {word}", h.instance.name));
             }
             Ok::<(), UpError>(())
         };
@@ -300,18 +408,32 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
                 if let Err(e) = res {
                     say("start failed; stopping what was started");
                     stop_all(handles).await;
+                    stop_renewals();
                     return Err(e);
                 }
             }
             sig = &mut stop => {
                 say(&format!("{sig} received during start; stopping"));
                 stop_all(handles).await;
+                stop_renewals();
                 return Ok(());
             }
         }
     }
 
     print_table(&handles);
+    if !meshed.is_empty() {
+        say(&format!(
+            "mesh: every service-to-service call goes through the sidecars over mTLS \
+             (spiffe://{}/ns/{}/sa/<service>); the ADDRESS of a service is its own port, \
+             for operators and clients; inbound sidecars allow only:",
+            mesh::TRUST_DOMAIN,
+            mesh::NAMESPACE
+        ));
+        for line in mesh::policy_lines(&meshed) {
+            say(&format!("  {line}"));
+        }
+    }
     say(&format!(
         "ready: {} instance{} in {} stage{} SERVING; data in {}; Ctrl-C stops everything",
         handles.len(),
@@ -330,6 +452,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         handles.len()
     ));
     stop_all(handles).await;
+    stop_renewals();
     say("stopped");
     Ok(())
 }

@@ -49,7 +49,29 @@ pub fn parse_replicas(s: &str) -> Result<ReplicaArg, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub addr: SocketAddr,
+    /// The gRPC service name (for [`ProbeKind::Grpc`]) or the HTTP path
+    /// (for [`ProbeKind::HttpReady`]).
     pub service: String,
+    pub kind: ProbeKind,
+}
+
+impl Probe {
+    /// How success is announced: services are SERVING, sidecars ready.
+    pub fn ready_word(&self) -> &'static str {
+        match self.kind {
+            ProbeKind::Grpc => "SERVING",
+            ProbeKind::HttpReady => "ready",
+        }
+    }
+}
+
+/// How an instance says it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// `grpc.health.v1` Check answers SERVING (the services).
+    Grpc,
+    /// An HTTP GET of the path answers 200 (the sidecar's admin `/ready`).
+    HttpReady,
 }
 
 /// One process `tally up` runs.
@@ -72,6 +94,10 @@ pub struct Instance {
     pub pid_path: PathBuf,
     /// Start stage: every instance of stage k starts after stage k-1 is SERVING.
     pub stage: usize,
+    /// For a sidecar: the name of the service instance it runs beside.
+    /// Within a stage sidecars start (and become ready) before services,
+    /// and stop after them.
+    pub sidecar_of: Option<String>,
 }
 
 /// Everything to run, in start order.
@@ -316,6 +342,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             instance: &slot.name,
             ports: &slot.ports,
             state_dir: &state_dir,
+            data_dir: &opts.data_dir,
             outbound: &outbound,
             app_addr: None,
             endpoints: &no_endpoints,
@@ -330,6 +357,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             probe: addr.map(|addr| Probe {
                 addr,
                 service: spec.health_service.to_string(),
+                kind: ProbeKind::Grpc,
             }),
             env_prefix: spec.env_prefix.to_string(),
             config_path: dir("config").join(format!("{}.toml", slot.name)),
@@ -338,6 +366,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             log_path: dir("logs").join(format!("{}.log", slot.name)),
             pid_path: dir("run").join(format!("{}.pid", slot.name)),
             stage,
+            sidecar_of: None,
         });
 
         if let (Some(sc), Some((name, sp))) = (&platform.sidecar, &slot.sidecar) {
@@ -352,6 +381,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                 instance: name,
                 ports: sp,
                 state_dir: &state_dir,
+                data_dir: &opts.data_dir,
                 outbound: &BTreeMap::new(),
                 app_addr: addr,
                 endpoints: &targets,
@@ -363,15 +393,22 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                 binary: sc.binary.to_string(),
                 ports: sp.clone(),
                 addr: None,
-                // Started in the same stage as its service; the service only
-                // reports SERVING once its calls through the sidecar work.
-                probe: None,
+                // Started in the same stage as its service, just before it;
+                // ready once its admin `/ready` says so (when it has an admin
+                // port). The service only reports SERVING once its calls
+                // through the sidecar work.
+                probe: sp.get("admin").map(|p| Probe {
+                    addr: loopback(*p),
+                    service: "/ready".into(),
+                    kind: ProbeKind::HttpReady,
+                }),
                 env_prefix: sc.env_prefix.to_string(),
                 config_path: dir("config").join(format!("{name}.toml")),
                 config: header(name, sc.binary, sc.env_prefix) + &render(name, (sc.config)(&ctx))?,
                 log_path: dir("logs").join(format!("{name}.log")),
                 pid_path: dir("run").join(format!("{name}.pid")),
                 stage,
+                sidecar_of: Some(slot.name.clone()),
             });
         }
     }
@@ -406,7 +443,7 @@ mod tests {
 
     /// User and polling only, so these rules do not shift as services join.
     fn two() -> Platform {
-        let mut p = platform();
+        let mut p = platform().without_mesh();
         p.services
             .retain(|s| s.name == "user" || s.name == "polling");
         for s in &mut p.services {
@@ -419,7 +456,8 @@ mod tests {
 
     #[test]
     fn the_real_platform_gets_the_documented_default_ports() {
-        let plan = build(&platform(), &opts(vec![])).expect("plan");
+        // Without the mesh; `mesh::tests` covers the sidecar ports.
+        let plan = build(&platform().without_mesh(), &opts(vec![])).expect("plan");
         let mut got: Vec<(u16, &str)> = plan.ports();
         got.sort();
         assert_eq!(

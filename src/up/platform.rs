@@ -64,6 +64,14 @@ pub struct Platform {
     pub sidecar: Option<SidecarSpec>,
 }
 
+impl Platform {
+    /// The same platform without sidecars (`tally up --no-mesh`).
+    pub fn without_mesh(mut self) -> Self {
+        self.sidecar = None;
+        self
+    }
+}
+
 /// What a config template gets to know about the instance it configures.
 #[derive(Debug, Clone)]
 pub struct ConfigContext<'a> {
@@ -75,6 +83,8 @@ pub struct ConfigContext<'a> {
     pub ports: &'a BTreeMap<&'static str, u16>,
     /// Directory owned by this instance alone (its database lives here).
     pub state_dir: &'a Path,
+    /// The `--data-dir` of this run (shared files such as mesh certificates).
+    pub data_dir: &'a Path,
     /// Address per outbound target, e.g. `user` → `http://127.0.0.1:50051`:
     /// the target itself without a mesh, the local sidecar with one.
     pub outbound: &'a BTreeMap<String, String>,
@@ -133,7 +143,8 @@ pub fn standard_config(ctx: &ConfigContext) -> toml::Table {
     root
 }
 
-/// Tally as `tally up` runs it.
+/// Tally as `tally up` runs it: every service with a `tally-proxy` sidecar
+/// ([`super::mesh`]); [`Platform::without_mesh`] drops the sidecars.
 pub fn platform() -> Platform {
     Platform {
         services: vec![
@@ -209,7 +220,7 @@ pub fn platform() -> Platform {
                 config: standard_config,
             },
         ],
-        sidecar: None,
+        sidecar: Some(super::mesh::sidecar()),
     }
 }
 
@@ -226,6 +237,7 @@ mod tests {
             instance: "polling",
             ports: &ports,
             state_dir: Path::new("/data/polling"),
+            data_dir: Path::new("/data"),
             outbound: &outbound,
             app_addr: None,
             endpoints: &BTreeMap::new(),
@@ -258,6 +270,7 @@ mod tests {
             instance: "user",
             ports: &ports,
             state_dir: Path::new("/d"),
+            data_dir: Path::new("/"),
             outbound: &outbound,
             app_addr: None,
             endpoints: &BTreeMap::new(),

@@ -193,17 +193,20 @@ async fn announce_when_serving(
         if *stop.borrow() {
             return;
         }
-        if health::is_serving(probe.addr, &probe.service).await {
+        if health::check(&probe).await {
             say(&format!(
-                "{} is SERVING again on {} (restart {restarts})",
-                instance.name, probe.addr
+                "{} is {} again on {} (restart {restarts})",
+                instance.name,
+                probe.ready_word(),
+                probe.addr
             ));
             return;
         }
         if Instant::now() > deadline {
             say(&format!(
-                "{} did not become SERVING within {}s after restart {restarts}; see {}",
+                "{} did not become {} within {}s after restart {restarts}; see {}",
                 instance.name,
+                probe.ready_word(),
                 RESTART_READY_TIMEOUT.as_secs(),
                 instance.log_path.display()
             ));

@@ -1,0 +1,688 @@
+//! `tally up` with the mesh (the default): real services, a real `tally-proxy`
+//! beside each, real mutual TLS with certificates from the platform's CA.
+//! Calls between services are observed in the sidecars' own metrics and
+//! access logs; callers without a valid identity are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tally::api::analytics::v1::GetPollResultsRequest;
+use tally::api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use tally::api::user::v1::GetJwksRequest;
+use tally::api::user::v1::user_service_client::UserServiceClient;
+use tally::sdk::{Client, Credentials};
+use tally_certs::{CertAuthority, SpiffeId};
+use tally_testkit::{Process, bin_path, free_port_range};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: Duration = Duration::from_secs(240);
+const SERVICES: [&str; 6] = [
+    "user",
+    "polling",
+    "notification",
+    "analytics",
+    "billing",
+    "payment",
+];
+/// Six service ports, then inbound, outbound and admin for each sidecar.
+const PORTS: u16 = 6 + 6 * 3;
+
+/// A running `tally up` (mesh on) on free ports in a temp data dir.
+struct Up {
+    _process: Process,
+    data: tempfile::TempDir,
+    base: u16,
+}
+
+impl Up {
+    async fn start() -> Self {
+        for b in SERVICES.map(|s| format!("tally-{s}")) {
+            bin_path(&b);
+        }
+        bin_path("tally-proxy");
+        let data = tempfile::Builder::new()
+            .prefix("tally-up-mesh-")
+            .tempdir()
+            .expect("temp dir");
+        let base = free_port_range(PORTS);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--base-port")
+            .arg(base.to_string())
+            .arg("--no-build")
+            .env_remove("CARGO");
+        let mut process = Process::spawn_command(cmd);
+        process.wait_for_stdout("tally up: ready", READY).await;
+        Self {
+            _process: process,
+            data,
+            base,
+        }
+    }
+
+    fn addr(&self, service: &str) -> String {
+        let i = SERVICES
+            .iter()
+            .position(|s| *s == service)
+            .expect("service");
+        format!("127.0.0.1:{}", self.base + i as u16)
+    }
+
+    /// The generated config of an instance, e.g. `polling-proxy`.
+    fn config(&self, instance: &str) -> toml::Table {
+        let path = self
+            .data
+            .path()
+            .join("config")
+            .join(format!("{instance}.toml"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .parse()
+            .expect("toml")
+    }
+
+    fn sidecar_addr(&self, service: &str, listener: &str) -> String {
+        self.config(&format!("{service}-proxy"))[listener]["listen"]
+            .as_str()
+            .expect("listen")
+            .to_string()
+    }
+
+    async fn metrics(&self, service: &str) -> Metrics {
+        Metrics(http_get(&self.sidecar_addr(service, "admin"), "/metrics").await)
+    }
+
+    fn log(&self, instance: &str) -> String {
+        std::fs::read_to_string(
+            self.data
+                .path()
+                .join("logs")
+                .join(format!("{instance}.log")),
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// A Prometheus text page.
+struct Metrics(String);
+
+impl Metrics {
+    /// The sum of `tally_proxy_<name>` samples whose labels contain every
+    /// one of `labels` (each written `key="value"`).
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        let prefix = format!("tally_proxy_{name}{{");
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// `GET path` over HTTP/1.1; the body.
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut text))
+        .await
+        .expect("admin answers in time")
+        .expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(Instant::now() < deadline, "{what}: still {last}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_between_services_goes_through_the_sidecars() {
+    let up = Up::start().await;
+
+    // The plumbing: polling's outbound addresses are its own sidecar, whose
+    // routes lead to the targets' inbound sidecars.
+    let polling = up.config("polling");
+    let out = format!("http://{}", up.sidecar_addr("polling", "outbound"));
+    assert_eq!(polling["outbound"]["user"].as_str(), Some(out.as_str()));
+    assert_eq!(polling["outbound"]["billing"].as_str(), Some(out.as_str()));
+    let proxy = up.config("polling-proxy");
+    assert_eq!(
+        proxy["services"]["user"]["endpoints"][0].as_str(),
+        Some(up.sidecar_addr("user", "inbound").as_str())
+    );
+    assert_eq!(
+        proxy["inbound"]["local_app"].as_str(),
+        Some(up.addr("polling").as_str())
+    );
+
+    // The product works end to end: the client talks to the services' own
+    // ports; polling and analytics verify tokens with user's JWKS, fetched
+    // through the mesh.
+    let client = Client::connect(&up.addr("user"), &up.addr("polling"))
+        .await
+        .expect("connect");
+    client
+        .sign_up("mia@example.com", "correct horse battery", "Mia")
+        .await
+        .expect("sign up");
+    let login = client
+        .login("mia@example.com", "correct horse battery")
+        .await
+        .expect("login");
+    let mia = client.with_credentials(Credentials::Bearer(login.access_token.clone()));
+    let poll = mia
+        .create_poll("Through the mesh?", ["yes", "no"], None)
+        .await
+        .expect("create poll");
+    mia.cast_vote(&poll.poll_id, &poll.options[0].option_id, "mia-1")
+        .await
+        .expect("vote");
+    assert_eq!(
+        mia.get_results(&poll.poll_id)
+            .await
+            .expect("results")
+            .total_votes,
+        1
+    );
+
+    // An API key makes polling ask user on every call (VerifyApiKey).
+    let key = mia
+        .create_api_key("mesh", ["polls:read", "polls:write"])
+        .await
+        .expect("api key");
+    let keyed = client.with_credentials(Credentials::ApiKey(key.secret));
+    keyed
+        .create_poll("Keyed?", ["a", "b"], None)
+        .await
+        .expect("create poll with an API key");
+
+    // Polling's sidecar counted its calls to user, and user's sidecar saw
+    // them arrive from polling's identity.
+    let m = up.metrics("polling").await;
+    let to_user = m.sum(
+        "requests_total",
+        &[
+            r#"direction="outbound""#,
+            r#"route="user""#,
+            r#"grpc_status="OK""#,
+        ],
+    );
+    assert!(to_user >= 1.0, "polling-proxy metrics:\n{}", m.0);
+    let m = up.metrics("user").await;
+    let from_polling = m.sum(
+        "requests_total",
+        &[
+            r#"direction="inbound""#,
+            r#"caller="spiffe://tally.local/ns/tally/sa/polling""#,
+            r#"grpc_status="OK""#,
+        ],
+    );
+    assert!(from_polling >= 1.0, "user-proxy metrics:\n{}", m.0);
+    let log = up.log("polling-proxy");
+    assert!(
+        log.lines().any(|l| l.contains("direction=\"outbound\"")
+            && l.contains("/tally.user.v1.UserService/VerifyApiKey")
+            && l.contains("grpc_status=\"OK\"")),
+        "polling-proxy access log has no VerifyApiKey call:\n{log}"
+    );
+
+    // Analytics catches up through polling's feed, carried by the mesh.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", up.addr("analytics")))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect analytics");
+    let analytics = AnalyticsServiceClient::new(channel);
+    let token = login.access_token.clone();
+    let poll_id = poll.poll_id.clone();
+    let total = eventually("analytics counts the vote", READY, || {
+        let mut analytics = analytics.clone();
+        let token = token.clone();
+        let poll_id = poll_id.clone();
+        async move {
+            let mut req = tonic::Request::new(GetPollResultsRequest { poll_id });
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+            match analytics.get_poll_results(req).await {
+                Ok(r) if r.get_ref().total_votes == 1 => Ok(r.into_inner().total_votes),
+                Ok(r) => Err(format!("{} votes", r.get_ref().total_votes)),
+                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+            }
+        }
+    })
+    .await;
+    assert_eq!(total, 1);
+    let m = up.metrics("polling").await;
+    let feed_calls = m.sum(
+        "requests_total",
+        &[
+            r#"direction="inbound""#,
+            r#"route="tally.events.v1.EventFeedService""#,
+            r#"caller="spiffe://tally.local/ns/tally/sa/analytics""#,
+        ],
+    );
+    assert!(feed_calls >= 1.0, "polling-proxy metrics:\n{}", m.0);
+
+    // Billing reaches payment only through the mesh as well.
+    let m = up.metrics("payment").await;
+    let from_billing = m.sum(
+        "requests_total",
+        &[
+            r#"direction="inbound""#,
+            r#"caller="spiffe://tally.local/ns/tally/sa/billing""#,
+            r#"grpc_status="OK""#,
+        ],
+    );
+    assert!(from_billing >= 1.0, "payment-proxy metrics:\n{}", m.0);
+
+    // No call was denied: the shipped policy lets through what the platform needs.
+    for s in SERVICES {
+        let m = up.metrics(s).await;
+        assert_eq!(
+            m.sum("authz_denied_total", &[]),
+            0.0,
+            "{s}-proxy denied calls:\n{}",
+            m.0
+        );
+    }
+}
+
+/// A `tally-proxy` that plays the outbound sidecar of some workload, with the
+/// given certificate files, routing `user` to user's inbound sidecar.
+struct Caller {
+    _process: Process,
+    outbound: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Caller {
+    /// Writes `cert_pem`/`key_pem`/`bundle_pem` and starts the proxy as `service`.
+    async fn start(
+        service: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+        user_inbound: &str,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = |name: &str, text: &str| -> PathBuf {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let bundle = file("bundle.pem", bundle_pem);
+        let cert = file("cert.pem", cert_pem);
+        let key = file("key.pem", key_pem);
+        let config = format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[outbound]
+listen = "127.0.0.1:0"
+[identity]
+bundle = "{}"
+cert = "{}"
+key = "{}"
+namespace = "tally"
+service = "{service}"
+[services.user]
+endpoints = ["{user_inbound}"]
+"#,
+            bundle.display(),
+            cert.display(),
+            key.display()
+        );
+        let config_path = file("proxy.toml", &config);
+        let mut process = Process::spawn(
+            bin_path("tally-proxy"),
+            ["--config".to_string(), config_path.display().to_string()],
+        );
+        let out = process.wait_for_stdout("\"outbound\"", READY).await;
+        let line = out
+            .lines()
+            .find(|l| l.contains("\"outbound\""))
+            .expect("address line");
+        let addrs: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let outbound = addrs["outbound"].as_str().expect("outbound").to_string();
+        Self {
+            _process: process,
+            outbound,
+            _dir: dir,
+        }
+    }
+
+    /// GetJwks through this sidecar, as an app would call it.
+    async fn get_jwks(&self) -> Result<(), tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.outbound))
+            .expect("uri")
+            .origin("http://user".parse().expect("origin"))
+            .connect()
+            .await
+            .expect("connect to the caller's sidecar");
+        let mut req = tonic::Request::new(GetJwksRequest {});
+        req.set_timeout(Duration::from_secs(20));
+        UserServiceClient::new(channel)
+            .get_jwks(req)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn proxy_error(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("tally-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn issue(ca: &CertAuthority, service: &str) -> (String, String) {
+    let id = SpiffeId::new("tally.local", "tally", service).expect("id");
+    let cert = ca.issue(&id, Duration::from_secs(3600)).expect("issue");
+    (cert.cert_pem, cert.key_pem)
+}
+
+fn platform_ca(data: &Path) -> (CertAuthority, String) {
+    let dir = data.join("mesh").join("ca");
+    let ca = CertAuthority::load(&dir).expect("the platform CA");
+    let bundle = std::fs::read_to_string(dir.join("bundle.pem")).expect("bundle");
+    (ca, bundle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_cannot_be_reached_without_a_valid_identity() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let up = Up::start().await;
+    let user_inbound = up.sidecar_addr("user", "inbound");
+    let (ca, bundle) = platform_ca(up.data.path());
+    let handshake_failures =
+        |m: &Metrics| m.sum("tls_handshake_failures_total", &[r#"direction="inbound""#]);
+    let before = handshake_failures(&up.metrics("user").await);
+
+    // The control: a certificate of polling from the platform CA gets through.
+    let (cert, key) = issue(&ca, "polling");
+    let polling = Caller::start("polling", &cert, &key, &bundle, &user_inbound).await;
+    polling
+        .get_jwks()
+        .await
+        .expect("polling's identity may fetch the JWKS");
+
+    // (a) Plaintext to user's inbound sidecar: no TLS, no answer.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{user_inbound}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(20));
+    let plaintext = match channel.connect().await {
+        Ok(ch) => UserServiceClient::new(ch)
+            .get_jwks(GetJwksRequest {})
+            .await
+            .map(|_| ()),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    let err = plaintext.expect_err("plaintext must be refused");
+    assert_ne!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        proxy_error(&err).is_empty(),
+        "a plaintext caller gets no gRPC answer from the sidecar: {err:?}"
+    );
+
+    // (b) A certificate from another CA (the caller trusts the platform's
+    // root too, so only the server side can refuse it).
+    let foreign = CertAuthority::generate("tally.local").expect("foreign CA");
+    let (cert, key) = issue(&foreign, "polling");
+    let both = format!("{bundle}{}", foreign.cert_pem());
+    let impostor = Caller::start("polling", &cert, &key, &both, &user_inbound).await;
+    let err = impostor
+        .get_jwks()
+        .await
+        .expect_err("a foreign certificate must be refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        matches!(
+            proxy_error(&err).as_str(),
+            "connect-failed" | "upstream-failed"
+        ),
+        "{err:?}"
+    );
+
+    let after = eventually(
+        "user's sidecar counts the refused handshakes",
+        READY,
+        || {
+            let up = &up;
+            async move {
+                let n = handshake_failures(&up.metrics("user").await);
+                if n >= before + 2.0 {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} handshake failures (before: {before})"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(after >= before + 2.0);
+
+    // (c) A valid certificate of a service the policy does not name.
+    let (cert, key) = issue(&ca, "payment");
+    let payment = Caller::start("payment", &cert, &key, &bundle, &user_inbound).await;
+    let err = payment
+        .get_jwks()
+        .await
+        .expect_err("payment may not call user");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(proxy_error(&err), "unauthorized", "{err:?}");
+    let m = up.metrics("user").await;
+    assert!(
+        m.sum(
+            "authz_denied_total",
+            &[r#"caller="spiffe://tally.local/ns/tally/sa/payment""#]
+        ) >= 1.0,
+        "user-proxy metrics:\n{}",
+        m.0
+    );
+    // And the user service never saw any of these calls: everything its
+    // sidecar let in came from the identities in the policy.
+    let allowed = ["polling", "notification", "analytics", "billing"]
+        .map(|s| format!("caller=\"spiffe://tally.local/ns/tally/sa/{s}\""));
+    for line in m.0.lines().filter(|l| {
+        l.starts_with("tally_proxy_requests_total{") && l.contains(r#"direction="inbound""#)
+    }) {
+        let ok = line.contains(r#"grpc_status="OK""#);
+        assert!(
+            !ok || allowed.iter().any(|a| line.contains(a.as_str())),
+            "an unexpected caller got through: {line}"
+        );
+    }
+
+    // Operators still reach the service directly on its own port.
+    assert!(tally_testkit::is_serving(&up.addr("user"), "tally.user.v1.UserService").await);
+    drop((polling, impostor, payment));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_mesh_runs_the_services_without_sidecars() {
+    for b in SERVICES.map(|s| format!("tally-{s}")) {
+        bin_path(&b);
+    }
+    let data = tempfile::tempdir().expect("tmp");
+    let base = free_port_range(6);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--no-build")
+        .arg("--no-mesh")
+        .env_remove("CARGO");
+    let mut process = Process::spawn_command(cmd);
+    let out = process.wait_for_stdout("tally up: ready", READY).await;
+    assert!(out.contains("ready: 6 instances"), "{out}");
+    assert!(!out.contains("-proxy"), "{out}");
+    assert!(
+        !data.path().join("mesh").exists(),
+        "no certificates without a mesh"
+    );
+    let polling: toml::Table = std::fs::read_to_string(data.path().join("config/polling.toml"))
+        .expect("config")
+        .parse()
+        .expect("toml");
+    assert_eq!(
+        polling["outbound"]["user"].as_str(),
+        Some(format!("http://127.0.0.1:{base}").as_str()),
+        "polling calls user directly"
+    );
+    let client = Client::connect(
+        &format!("127.0.0.1:{base}"),
+        &format!("127.0.0.1:{}", base + 1),
+    )
+    .await
+    .expect("connect");
+    client
+        .sign_up("nomesh@example.com", "correct horse battery", "Nomesh")
+        .await
+        .expect("sign up");
+    let login = client
+        .login("nomesh@example.com", "correct horse battery")
+        .await
+        .expect("login");
+    client
+        .with_credentials(Credentials::Bearer(login.access_token))
+        .create_poll("Direct?", ["y", "n"], None)
+        .await
+        .expect("polling verifies the token with user directly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
+    let data = tempfile::tempdir().expect("tmp");
+    let base = free_port_range(PORTS);
+    let start = |validity: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--base-port")
+            .arg(base.to_string())
+            .arg("--no-build")
+            .arg("--cert-validity")
+            .arg(validity)
+            .env_remove("CARGO");
+        Process::spawn_command(cmd)
+    };
+    // One minute, the shortest: renewed at 70%, i.e. after about 42 s.
+    let mut first = start("1m");
+    first.wait_for_stdout("tally up: ready", READY).await;
+    let ca_pem = std::fs::read_to_string(data.path().join("mesh/ca/ca.pem")).expect("CA");
+    let cert_path = data.path().join("mesh/certs/user.pem");
+    let summary = |p: &Path| {
+        let pem = std::fs::read(p).expect("cert");
+        tally_certs::inspect_pem(&pem).expect("inspect").remove(0)
+    };
+    let issued = summary(&cert_path);
+    let lifetime = issued
+        .not_after
+        .duration_since(issued.not_before)
+        .expect("ordered");
+    // 1 minute plus the 60 s clock-skew allowance before now.
+    assert!(lifetime <= Duration::from_secs(121), "{lifetime:?}");
+    assert_eq!(
+        issued.spiffe_id.map(|i| i.to_string()).as_deref(),
+        Some("spiffe://tally.local/ns/tally/sa/user")
+    );
+    first
+        .wait_for_stdout("renewed the mesh certificate of user", READY)
+        .await;
+    let renewed = summary(&cert_path);
+    assert!(renewed.not_after > issued.not_after, "a later certificate");
+    // The platform keeps working on the renewed certificates: polling's
+    // health needs user's JWKS through the mesh, checked again and again.
+    let user_sidecar_metrics = {
+        let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/user-proxy.toml"))
+            .expect("config")
+            .parse()
+            .expect("toml");
+        cfg["admin"]["listen"].as_str().expect("admin").to_string()
+    };
+    let count = |text: &str| {
+        Metrics(text.to_string()).sum(
+            "requests_total",
+            &[
+                r#"caller="spiffe://tally.local/ns/tally/sa/polling""#,
+                r#"grpc_status="OK""#,
+            ],
+        )
+    };
+    let seen = count(&http_get(&user_sidecar_metrics, "/metrics").await);
+    eventually("calls keep succeeding after the renewal", READY, || {
+        let addr = user_sidecar_metrics.clone();
+        async move {
+            let n = count(&http_get(&addr, "/metrics").await);
+            if n > seen {
+                Ok(())
+            } else {
+                Err(format!("{n} OK calls from polling"))
+            }
+        }
+    })
+    .await;
+    assert!(
+        tally_testkit::is_serving(
+            &format!("127.0.0.1:{}", base + 1),
+            "tally.poll.v1.PollService"
+        )
+        .await
+    );
+    first.signal(libc::SIGTERM);
+    let status = first
+        .wait_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("tally up did not exit\n{}", first.output()));
+    assert!(status.success(), "{status}\n{}", first.output());
+
+    // A restart reuses the CA.
+    let mut second = start("24h");
+    let out = second.wait_for_stdout("tally up: ready", READY).await;
+    assert!(!out.contains("creating the mesh CA"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("mesh/ca/ca.pem")).expect("CA"),
+        ca_pem
+    );
+    let day = summary(&cert_path);
+    assert!(
+        day.not_after
+            .duration_since(day.not_before)
+            .expect("ordered")
+            > Duration::from_secs(23 * 3600)
+    );
+}
