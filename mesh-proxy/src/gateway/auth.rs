@@ -464,7 +464,14 @@ mod tests {
     #[test]
     fn decodes_get_jwks_response() {
         let mut jwk = Vec::new();
-        for (n, s) in [(1, "OKP"), (2, "Ed25519"), (3, "k1"), (4, "abc"), (5, "EdDSA"), (6, "sig")] {
+        for (n, s) in [
+            (1, "OKP"),
+            (2, "Ed25519"),
+            (3, "k1"),
+            (4, "abc"),
+            (5, "EdDSA"),
+            (6, "sig"),
+        ] {
             jwk.extend(pb_string(n, s));
         }
         let mut msg = vec![0x0a, jwk.len() as u8];

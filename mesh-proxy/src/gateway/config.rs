@@ -172,11 +172,7 @@ fn is_route_prefix(prefix: &str) -> bool {
         Some((n, m)) => (n, Some(m)),
         None => (prefix, None),
     };
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     name.split('.').all(ident) && method.is_none_or(ident)
 }
 
@@ -236,7 +232,10 @@ impl GatewayConfig {
                 ));
             }
         }
-        let needs_auth = self.routes.iter().any(|r| r.access == Access::Authenticated);
+        let needs_auth = self
+            .routes
+            .iter()
+            .any(|r| r.access == Access::Authenticated);
         match &self.auth {
             None if needs_auth => {
                 return Err(bad(
@@ -282,14 +281,10 @@ impl GatewayConfig {
         }
         let rl = &self.rate_limit;
         for (key, rate, burst) in [
-            (
-                "per_client",
-                rl.per_client_per_second,
-                rl.per_client_burst,
-            ),
+            ("per_client", rl.per_client_per_second, rl.per_client_burst),
             ("global", rl.global_per_second, rl.global_burst),
         ] {
-            if !rate.is_finite() || rate < 0.0 || rate > 1e9 {
+            if !rate.is_finite() || !(0.0..=1e9).contains(&rate) {
                 return Err(bad(
                     &format!("rate_limit.{key}_per_second"),
                     format!("{rate} is out of range"),

@@ -112,11 +112,20 @@ mod tests {
         let allow = ok.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
             .to_str()
             .unwrap();
-        for h in ["x-grpc-web", "x-user-agent", "authorization", "content-type", "grpc-timeout"] {
+        for h in [
+            "x-grpc-web",
+            "x-user-agent",
+            "authorization",
+            "content-type",
+            "grpc-timeout",
+        ] {
             assert!(allow.contains(h), "{allow}");
         }
         let no = cors.preflight(&req("https://evil.example"));
         assert_eq!(no.status(), StatusCode::FORBIDDEN);
-        assert!(!no.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(
+            !no.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
     }
 }

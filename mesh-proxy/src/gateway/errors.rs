@@ -1,15 +1,19 @@
-//! Every failure the gateway itself produces, turned into a response in one place: gRPC
-//! statuses as trailers-only responses (HTTP 200, `grpc-status` in the headers, which
-//! gRPC-Web clients read like Envoy's), plain HTTP errors only where the request is not a
-//! usable gRPC call at all (bad base64, not gRPC).
+//! Every failure the gateway itself produces, turned into a response in one place: for
+//! gRPC-Web an HTTP 200 whose body is just the trailer frame (`grpc-status`, `grpc-message`,
+//! `grpc-retry-pushback-ms`); for gRPC a trailers-only response; plain HTTP errors only where
+//! the request is not a usable gRPC call at all (bad base64 → 400, not gRPC → 415). Each
+//! also names its reason in `tally-proxy-error`.
 
 use super::auth::AuthError;
-use super::grpc_web::Protocol;
+use super::grpc_web::{Protocol, trailer_frame};
 use super::ratelimit::Limited;
 use crate::body;
 use crate::defaults::PROXY_ERROR_HEADER;
 use crate::grpc::{self, Code};
 use crate::{ProxyError, Rsp};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,18 +75,35 @@ impl GatewayError {
             return rsp;
         };
         let mut rsp = grpc::trailers_only(code, &self.to_string());
-        let h = rsp.headers_mut();
-        h.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
-        if let Some(p) = protocol {
-            h.insert(
+        if let GatewayError::RateLimited(l) = self {
+            let ms = u64::try_from(l.retry_after.as_millis()).unwrap_or(u64::MAX);
+            rsp.headers_mut()
+                .insert("grpc-retry-pushback-ms", HeaderValue::from(ms.max(1)));
+        }
+        if let Some(p) = protocol.filter(|p| p.is_web()) {
+            // gRPC-Web: the status and its metadata go in the trailer frame of the body, where
+            // every gRPC-Web client reads them (no CORS exposure needed).
+            let (mut parts, _) = rsp.into_parts();
+            let mut trailers = http::HeaderMap::new();
+            for name in ["grpc-status", "grpc-message", "grpc-retry-pushback-ms"] {
+                if let Some(v) = parts.headers.remove(name) {
+                    trailers.insert(name, v);
+                }
+            }
+            let frame = trailer_frame(&trailers);
+            let body = if p.text_response() {
+                Bytes::from(STANDARD.encode(&frame))
+            } else {
+                frame
+            };
+            parts.headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(p.response_content_type()),
             );
+            rsp = Rsp::from_parts(parts, body::full(body));
         }
-        if let GatewayError::RateLimited(l) = self {
-            let ms = u64::try_from(l.retry_after.as_millis()).unwrap_or(u64::MAX);
-            h.insert("grpc-retry-pushback-ms", HeaderValue::from(ms.max(1)));
-        }
+        rsp.headers_mut()
+            .insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
         rsp
     }
 }

@@ -87,9 +87,7 @@ pub fn classify(headers: &HeaderMap) -> Option<Protocol> {
             text_request: true,
             text_response,
         }),
-        c if c == "application/grpc" || c.starts_with("application/grpc+") => {
-            Some(Protocol::Grpc)
-        }
+        c if c == "application/grpc" || c.starts_with("application/grpc+") => Some(Protocol::Grpc),
         _ => None,
     }
 }
@@ -129,7 +127,9 @@ pub async fn to_grpc_request(
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     RequestError::TooLarge(max_text_bytes)
                 } else {
                     RequestError::Body(e.to_string())
@@ -315,16 +315,16 @@ mod tests {
             })
         );
         assert_eq!(
-            web("application/grpc-web-text+proto", "application/grpc-web-text"),
+            web(
+                "application/grpc-web-text+proto",
+                "application/grpc-web-text"
+            ),
             Some(Protocol::Web {
                 text_request: true,
                 text_response: true
             })
         );
-        assert_eq!(
-            web("application/grpc+proto", "*/*"),
-            Some(Protocol::Grpc)
-        );
+        assert_eq!(web("application/grpc+proto", "*/*"), Some(Protocol::Grpc));
         assert_eq!(web("text/plain", "*/*"), None);
         assert_eq!(classify(&HeaderMap::new()), None);
     }
@@ -362,7 +362,10 @@ mod tests {
             text_response: text,
         };
         let out = to_web_response(rsp, protocol);
-        assert_eq!(out.headers()["content-type"], protocol.response_content_type());
+        assert_eq!(
+            out.headers()["content-type"],
+            protocol.response_content_type()
+        );
         out.into_body().collect().await.unwrap().to_bytes().to_vec()
     }
 
@@ -371,13 +374,13 @@ mod tests {
         let payload: Vec<u8> = (0u8..=200).collect();
         // Split at every awkward offset: the encoder must carry partial groups over.
         for split in [1usize, 2, 4, 5, 7, 100] {
-            let chunks: Vec<Bytes> = payload
-                .chunks(split)
-                .map(Bytes::copy_from_slice)
-                .collect();
+            let chunks: Vec<Bytes> = payload.chunks(split).map(Bytes::copy_from_slice).collect();
             let text = run_body(chunks.clone(), true).await;
             let binary = run_body(chunks, false).await;
-            assert!(!text[..text.len() - 4].contains(&b'='), "padding only at the end");
+            assert!(
+                !text[..text.len() - 4].contains(&b'='),
+                "padding only at the end"
+            );
             assert_eq!(STANDARD.decode(&text).unwrap(), binary);
             let mut expected = payload.clone();
             expected.extend_from_slice(&trailer_frame(&headers(&[("grpc-status", "0")])));

@@ -36,11 +36,12 @@ pub enum GatewayTlsError {
 
 /// A TLS acceptor for `[gateway.tls]` (no client certificates: browsers have none).
 pub fn tls_acceptor(tls: &GatewayTls) -> Result<tokio_rustls::TlsAcceptor, GatewayTlsError> {
-    let read_err = |what, path: &std::path::Path, e: &dyn std::fmt::Display| GatewayTlsError::Read {
-        what,
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
+    let read_err =
+        |what, path: &std::path::Path, e: &dyn std::fmt::Display| GatewayTlsError::Read {
+            what,
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .map_err(|e| read_err("certificate", &tls.cert, &e))?
         .collect::<Result<_, _>>()
@@ -105,7 +106,10 @@ impl GatewayListener {
                 }
             };
             let Ok(permit) = conns.clone().try_acquire_owned() else {
-                self.metrics.connections_rejected.get_or_create(&label).inc();
+                self.metrics
+                    .connections_rejected
+                    .get_or_create(&label)
+                    .inc();
                 tracing::warn!(listener = DIRECTION, %remote, "connection refused: max_connections reached");
                 continue;
             };
@@ -141,7 +145,9 @@ impl GatewayListener {
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         async move {
-                            Ok::<_, Infallible>(gateway.handle(req.map(body::incoming), client).await)
+                            Ok::<_, Infallible>(
+                                gateway.handle(req.map(body::incoming), client).await,
+                            )
                         }
                     });
                 let conn = builder.serve_connection(TokioIo::new(io), svc);

@@ -36,7 +36,9 @@ impl Gateway {
                 (None, None) => Box::new(auth::FileJwks(std::path::PathBuf::new())),
             };
             let v = auth::Verifier::new(a, source);
-            v.spawn_refresh((a.jwks_refresh_ms > 0).then(|| Duration::from_millis(a.jwks_refresh_ms)));
+            v.spawn_refresh(
+                (a.jwks_refresh_ms > 0).then(|| Duration::from_millis(a.jwks_refresh_ms)),
+            );
             v
         });
         Gateway::from_parts(service::Inner {

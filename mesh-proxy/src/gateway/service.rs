@@ -185,10 +185,7 @@ impl Gateway {
             .map_err(GatewayError::Auth)
     }
 
-    fn limited(
-        &self,
-        r: Result<(), super::ratelimit::Limited>,
-    ) -> Result<(), GatewayError> {
+    fn limited(&self, r: Result<(), super::ratelimit::Limited>) -> Result<(), GatewayError> {
         r.map_err(|l| {
             self.inner
                 .metrics
