@@ -95,6 +95,8 @@ pub struct PhaseSummary {
     pub workload: String,
     pub target_rate: f64,
     pub achieved_rate: f64,
+    /// Calls the schedule held; each ends up counted once, in `ok` or in `failed`.
+    pub scheduled: u64,
     pub ok: u64,
     pub failed: u64,
     pub p50_ms: f64,
@@ -112,6 +114,7 @@ impl PhaseSummary {
             workload: r.workload.label(),
             target_rate: r.target_rate,
             achieved_rate: r.achieved_rate(),
+            scheduled: r.scheduled,
             ok: r.ok,
             failed: r.failed(),
             p50_ms: r.quantile_ms(0.5),

