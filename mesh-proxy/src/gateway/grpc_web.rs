@@ -6,8 +6,9 @@
 //! 400). Response: message frames pass through; the trailers become one last frame with flag
 //! `0x80` holding `key:value\r\n` lines. When the caller's `accept` asks for
 //! `application/grpc-web-text` (Envoy's rule), the response body is base64, encoded as it
-//! streams: bytes that do not fill a 3-byte group wait for the next chunk, and only the very
-//! end is padded, so the output is one valid base64 text however the upstream chunks it.
+//! streams, one padded base64 segment per complete gRPC frame (as Envoy does): however the
+//! upstream splits its bytes into chunks, each message reaches the browser as soon as it is
+//! complete and decodes on its own, so server streaming stays incremental.
 
 use crate::body::{self, Body, BodyError};
 use crate::grpc::{self, Code};
@@ -213,25 +214,44 @@ pub fn to_web_response(rsp: http::Response<Body>, protocol: Protocol) -> http::R
 struct WebBody {
     inner: Body,
     text: bool,
-    /// Bytes (fewer than 3) waiting for a full base64 group.
+    /// Text mode: bytes of a gRPC frame that has not fully arrived yet.
     pending: BytesMut,
     done: bool,
 }
 
 impl WebBody {
-    /// Encodes `data` for the wire; `last` flushes the pending bytes with padding.
+    /// Encodes `data` for the wire. Binary passes through; text emits every complete frame
+    /// as its own padded base64 segment and keeps a partial frame for later. `last` flushes
+    /// whatever is left (only a malformed upstream leaves a partial frame at the end).
     fn encode(&mut self, data: &[u8], last: bool) -> Bytes {
         if !self.text {
             return Bytes::copy_from_slice(data);
         }
         self.pending.extend_from_slice(data);
-        let n = if last {
-            self.pending.len()
-        } else {
-            self.pending.len() - self.pending.len() % 3
-        };
-        let chunk = self.pending.split_to(n);
-        Bytes::from(STANDARD.encode(&chunk))
+        let mut out = String::new();
+        while self.pending.len() >= 5 {
+            let p = &self.pending;
+            let len = u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize;
+            if self.pending.len() - 5 < len {
+                break;
+            }
+            let frame = self.pending.split_to(5 + len);
+            STANDARD.encode_string(&frame, &mut out);
+        }
+        if last && !self.pending.is_empty() {
+            let rest = self.pending.split();
+            STANDARD.encode_string(&rest, &mut out);
+        }
+        Bytes::from(out)
+    }
+
+    /// The final frame (trailers), encoded after anything still pending.
+    fn finish(&mut self, trailers: &HeaderMap) -> Bytes {
+        self.done = true;
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&self.encode(&[], true));
+        out.extend_from_slice(&self.encode(&trailer_frame(trailers), true));
+        out.freeze()
     }
 }
 
@@ -253,23 +273,19 @@ impl HttpBody for WebBody {
                     Ok(data) => self.encode(&data, false),
                     Err(frame) => {
                         let trailers = frame.into_trailers().unwrap_or_default();
-                        self.done = true;
-                        let t = trailer_frame(&trailers);
-                        self.encode(&t, true)
+                        self.finish(&trailers)
                     }
                 },
                 Some(Err(e)) => {
                     // An HTTP/1.1 caller cannot see a stream reset: end with a status instead.
                     tracing::debug!(error = %e, "upstream stream failed under a grpc-web call");
-                    self.done = true;
                     let mut t = HeaderMap::new();
                     t.insert("grpc-status", HeaderValue::from(Code::Unavailable.as_u16()));
                     t.insert(
                         "grpc-message",
                         HeaderValue::from_static("upstream stream failed"),
                     );
-                    let t = trailer_frame(&t);
-                    self.encode(&t, true)
+                    self.finish(&t)
                 }
                 None => {
                     self.done = true;
@@ -369,21 +385,31 @@ mod tests {
         out.into_body().collect().await.unwrap().to_bytes().to_vec()
     }
 
+    fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        f.extend_from_slice(msg);
+        f
+    }
+
     #[tokio::test]
-    async fn text_encoding_is_one_base64_stream_across_chunk_boundaries() {
-        let payload: Vec<u8> = (0u8..=200).collect();
-        // Split at every awkward offset: the encoder must carry partial groups over.
-        for split in [1usize, 2, 4, 5, 7, 100] {
+    async fn text_encoding_is_one_padded_segment_per_frame_across_chunk_boundaries() {
+        let msgs: [&[u8]; 3] = [b"a", b"bcdefgh", &[7u8; 100]];
+        let payload: Vec<u8> = msgs.iter().flat_map(|m| grpc_frame(m)).collect();
+        let trailer = trailer_frame(&headers(&[("grpc-status", "0")]));
+        let mut segments: Vec<u8> = Vec::new();
+        for m in msgs {
+            segments.extend(STANDARD.encode(grpc_frame(m)).bytes());
+        }
+        segments.extend(STANDARD.encode(&trailer).bytes());
+        // Split at every awkward offset: partial frames must wait for the rest.
+        for split in [1usize, 2, 4, 5, 7, 100, 1000] {
             let chunks: Vec<Bytes> = payload.chunks(split).map(Bytes::copy_from_slice).collect();
             let text = run_body(chunks.clone(), true).await;
             let binary = run_body(chunks, false).await;
-            assert!(
-                !text[..text.len() - 4].contains(&b'='),
-                "padding only at the end"
-            );
-            assert_eq!(STANDARD.decode(&text).unwrap(), binary);
+            assert_eq!(text, segments, "split {split}");
             let mut expected = payload.clone();
-            expected.extend_from_slice(&trailer_frame(&headers(&[("grpc-status", "0")])));
+            expected.extend_from_slice(&trailer);
             assert_eq!(binary, expected);
         }
     }
