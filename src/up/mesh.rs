@@ -747,6 +747,65 @@ mod tests {
         );
     }
 
+    /// The `proxy.toml: |` block of a Kubernetes manifest, dedented.
+    fn k8s_proxy_toml(service: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/k8s")
+            .join(format!("{service}.yaml"));
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        let mut lines = text.lines().skip_while(|l| l.trim() != "proxy.toml: |");
+        lines.next().expect("a proxy.toml block");
+        lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.get(4..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn kubernetes_sidecars_carry_the_same_policy_and_routes() {
+        for spec in platform().services {
+            let name = spec.name;
+            let cfg = tally_proxy::config::Config::parse(name, &k8s_proxy_toml(name))
+                .unwrap_or_else(|e| panic!("deploy/k8s/{name}.yaml: {e}"));
+            cfg.validate(name).expect("valid");
+            let id = cfg.identity.as_ref().expect("mTLS");
+            assert_eq!(
+                (id.namespace.as_str(), id.service.as_str()),
+                (NAMESPACE, name)
+            );
+            let rules: Vec<AuthzRule> = cfg
+                .inbound
+                .as_ref()
+                .expect("inbound")
+                .authz
+                .iter()
+                .map(|r| AuthzRule {
+                    service: r.service.clone(),
+                    method: r.method.clone(),
+                    allow: r.allow.clone(),
+                })
+                .collect();
+            assert_eq!(rules, authz_rules(name), "deploy/k8s/{name}.yaml authz");
+            let targets: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
+            let mut want: Vec<&str> = spec.outbound.to_vec();
+            want.sort();
+            assert_eq!(targets, want, "deploy/k8s/{name}.yaml routes");
+            for (t, s) in &cfg.services {
+                let r = route(t);
+                assert_eq!(s.timeout_ms, r.timeout_ms, "{name} -> {t}");
+                let idem: Vec<&str> = s
+                    .retry
+                    .idempotent_methods
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                assert_eq!(idem, r.idempotent, "{name} -> {t}");
+                assert_eq!(s.endpoints, [format!("{t}.tally.svc.cluster.local:4143")]);
+            }
+        }
+    }
+
     #[test]
     fn policy_lines_name_callers() {
         let lines = policy_lines(&["user", "analytics"]);
