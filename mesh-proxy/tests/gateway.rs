@@ -1394,6 +1394,8 @@ async fn same_decoded_responses_as_envoys_grpc_web_filter() {
                 ours.trailer_frames, theirs.trailer_frames,
                 "{path} {mode:?}"
             );
+            // The bodies are byte-identical too (base64 segmentation included).
+            assert_eq!(ours.raw, theirs.raw, "{path} {mode:?}");
             assert_eq!(
                 ours.decoded(),
                 theirs.decoded(),
