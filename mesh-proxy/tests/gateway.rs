@@ -439,10 +439,22 @@ impl Fixture {
             jwks_json: String::new(),
         };
         let app = start_app(prost::Message::encode_to_vec(&jwks).into()).await;
-        Self::start_with(key, app, rate_limit).await
+        Self::start_with(
+            key,
+            app,
+            rate_limit,
+            "[gateway.auth]\njwks_service = \"user\"\n",
+        )
+        .await
     }
 
-    async fn start_with(key: SigningKey, app: App, rate_limit: &str) -> Fixture {
+    /// `auth_and_tls`: the `[gateway.auth]` (and optional `[gateway.tls]`) sections.
+    async fn start_with(
+        key: SigningKey,
+        app: App,
+        rate_limit: &str,
+        auth_and_tls: &str,
+    ) -> Fixture {
         let pki = Pki::new();
         let mut sidecars = Vec::new();
         let mut endpoints = Vec::new();
@@ -468,8 +480,7 @@ listen = "127.0.0.1:0"
 [gateway.cors]
 allowed_origins = ["{ORIGIN}"]
 
-[gateway.auth]
-jwks_service = "user"
+{auth_and_tls}
 
 [gateway.rate_limit]
 {rate_limit}
@@ -1403,4 +1414,133 @@ async fn same_decoded_responses_as_envoys_grpc_web_filter() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- TLS and a JWKS file
+
+/// A TLS client that offers exactly `alpn` and trusts `ca_pem`.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_keys_from_a_jwks_file() {
+    let key = signing_key("file-key");
+    let app = start_app(Bytes::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": key.jwk.kty, "crv": key.jwk.crv, "kid": key.jwk.kid,
+        "x": key.jwk.x, "alg": key.jwk.alg, "use": key.jwk.r#use,
+    }]});
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&server_key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
+    let sections = format!(
+        "[gateway.auth]\njwks_file = {jwks_path:?}\n\n[gateway.tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+    );
+    let f = Fixture::start_with(key, app, NO_LIMITS, &sections).await;
+    let auth = f.bearer("carol");
+
+    // gRPC-Web over TLS (ALPN http/1.1).
+    let tls = tls_connect(f.gateway.addr, &cert.pem(), b"http/1.1").await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(ECHO)
+        .header("host", "localhost")
+        .header("content-type", "application/grpc-web+proto")
+        .header("authorization", &auth)
+        .body(Full::new(web_frame(0, b"over tls")))
+        .unwrap();
+    let rsp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    let (parts, body) = rsp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let mut reply = WebReply {
+        headers: parts.headers,
+        ..Default::default()
+    };
+    parse_web_body(&bytes, &mut reply);
+    assert_eq!(reply.status(), Some(0), "{reply:?}");
+    assert_eq!(reply.messages, vec![Bytes::from_static(b"over tls")]);
+
+    // Plain gRPC over TLS (ALPN h2).
+    let tls = tls_connect(f.gateway.addr, &cert.pem(), b"h2").await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("https://localhost{ECHO}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", &auth)
+        .body(Full::new(support::frame(b"h2 over tls")))
+        .unwrap();
+    let rsp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let (parts, body) = rsp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(parts.headers["content-type"], "application/grpc");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[5..], b"h2 over tls");
+
+    // A token from a key the file does not hold is refused.
+    let stranger = signing_key("other-key");
+    let r = {
+        let tls = tls_connect(f.gateway.addr, &cert.pem(), b"http/1.1").await;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::post(ECHO)
+            .header("host", "localhost")
+            .header("content-type", "application/grpc-web")
+            .header("authorization", bearer(&stranger, "carol"))
+            .body(Full::new(web_frame(0, b"x")))
+            .unwrap();
+        let rsp = send.send_request(req).await.unwrap();
+        let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+        let mut reply = WebReply::default();
+        parse_web_body(&bytes, &mut reply);
+        reply
+    };
+    assert_eq!(r.status(), Some(16), "{r:?}");
 }
