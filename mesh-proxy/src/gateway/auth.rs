@@ -167,6 +167,9 @@ async fn read_unary(rsp: http::Response<Body>) -> Result<Bytes, String> {
     if let Some(code) = grpc::status_of(&parts.headers) {
         return Err(failed(code, parts.headers.get("grpc-message")));
     }
+    if parts.status != http::StatusCode::OK {
+        return Err(format!("GetJwks answered HTTP {}", parts.status));
+    }
     let collected = Limited::new(body, MAX_JWKS_BYTES)
         .collect()
         .await

@@ -190,6 +190,17 @@ pub fn to_web_response(rsp: http::Response<Body>, protocol: Protocol) -> http::R
         return rsp;
     }
     let (mut parts, body) = rsp.into_parts();
+    if parts.status != http::StatusCode::OK && grpc::status_of(&parts.headers).is_none() {
+        // Not a gRPC answer at all (Envoy does the same): the HTTP status becomes a gRPC one.
+        let code = Code::from_http(parts.status.as_u16());
+        let message = format!("upstream answered HTTP {}", parts.status.as_u16());
+        let mut rsp = grpc::trailers_only(code, &message);
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(protocol.response_content_type()),
+        );
+        return rsp;
+    }
     let trailers_only = grpc::status_of(&parts.headers).is_some();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -383,6 +394,20 @@ mod tests {
             protocol.response_content_type()
         );
         out.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[test]
+    fn non_grpc_http_error_becomes_a_status() {
+        let mut rsp = http::Response::new(body::full(Bytes::from_static(b"<html>")));
+        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let web = Protocol::Web {
+            text_request: false,
+            text_response: false,
+        };
+        let out = to_web_response(rsp, web);
+        assert_eq!(out.status(), http::StatusCode::OK);
+        assert_eq!(out.headers()["grpc-status"], "14");
+        assert_eq!(out.headers()["content-type"], GRPC_WEB_PROTO);
     }
 
     fn grpc_frame(msg: &[u8]) -> Vec<u8> {
