@@ -37,7 +37,14 @@ pub fn sidecar() -> SidecarSpec {
         env_prefix: "TALLY_PROXY_",
         ports: &["inbound", "outbound", "admin"],
         config: proxy_config,
+        env: proxy_env,
     }
+}
+
+/// The proxy reads its log format from the environment; it follows
+/// `--log-format` like the services.
+fn proxy_env(ctx: &ConfigContext) -> Vec<(String, String)> {
+    vec![("TALLY_LOG_FORMAT".into(), ctx.log_format.into())]
 }
 
 /// `spiffe://tally.local/ns/tally/sa/<service>`.

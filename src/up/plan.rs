@@ -94,6 +94,8 @@ pub struct Instance {
     pub pid_path: PathBuf,
     /// Start stage: every instance of stage k starts after stage k-1 is SERVING.
     pub stage: usize,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
     /// For a sidecar: the name of the service instance it runs beside.
     /// Within a stage sidecars start (and become ready) before services,
     /// and stop after them.
@@ -366,6 +368,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             log_path: dir("logs").join(format!("{}.log", slot.name)),
             pid_path: dir("run").join(format!("{}.pid", slot.name)),
             stage,
+            env: Vec::new(),
             sidecar_of: None,
         });
 
@@ -404,10 +407,12 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                 }),
                 env_prefix: sc.env_prefix.to_string(),
                 config_path: dir("config").join(format!("{name}.toml")),
-                config: header(name, sc.binary, sc.env_prefix) + &render(name, (sc.config)(&ctx))?,
+                config: sidecar_header(name, sc.binary, sc.env_prefix)
+                    + &render(name, (sc.config)(&ctx))?,
                 log_path: dir("logs").join(format!("{name}.log")),
                 pid_path: dir("run").join(format!("{name}.pid")),
                 stage,
+                env: (sc.env)(&ctx),
                 sidecar_of: Some(slot.name.clone()),
             });
         }
@@ -428,6 +433,13 @@ fn header(name: &str, binary: &str, env_prefix: &str) -> String {
     format!(
         "# Written by `tally up` for {name} ({binary}); regenerated on every start.\n\
          # Environment variables {env_prefix}<SECTION>__<KEY> override values here.\n\n"
+    )
+}
+
+fn sidecar_header(name: &str, binary: &str, env_prefix: &str) -> String {
+    format!(
+        "# Written by `tally up` for {name} ({binary}); regenerated on every start.\n\
+         # Schema: mesh-proxy/README.md; {env_prefix}* variables override the listen addresses.\n\n"
     )
 }
 
@@ -678,6 +690,7 @@ mod tests {
             env_prefix: "TALLY_PROXY_",
             ports: &["inbound", "outbound"],
             config: sidecar_config,
+            env: |_| Vec::new(),
         });
         let plan = build(&p, &opts(vec![ReplicaArg::One("user".into(), 2)])).expect("plan");
         let names: Vec<&str> = plan.instances.iter().map(|i| i.name.as_str()).collect();

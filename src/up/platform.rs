@@ -52,6 +52,9 @@ pub struct SidecarSpec {
     pub ports: &'static [&'static str],
     /// Writes the sidecar's config file for one service instance.
     pub config: fn(&ConfigContext) -> toml::Table,
+    /// Environment variables the sidecar gets (settings it does not read
+    /// from its file, such as the log format).
+    pub env: fn(&ConfigContext) -> Vec<(String, String)>,
 }
 
 /// The whole platform.

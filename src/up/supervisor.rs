@@ -131,6 +131,7 @@ fn spawn(instance: &Instance, binary: &PathBuf) -> std::io::Result<Child> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .env("NO_COLOR", "1")
+        .envs(instance.env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true);
     for var in CLI_ENV {
         cmd.env_remove(var);
