@@ -1,6 +1,8 @@
 //! Free TCP ports on loopback.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A port that was free a moment ago (the OS picked it).
 pub fn free_port() -> u16 {
@@ -12,16 +14,42 @@ pub fn free_port() -> u16 {
 
 /// The first of `n` consecutive ports that are all free right now, for
 /// launchers such as `tally up --base-port` that allocate ports in a row.
+///
+/// Ranges lie below the kernel's ephemeral range, so the ports the OS hands
+/// to clients and to `:0` listeners (other tests, sidecars) never land in
+/// them; calls in one process get disjoint ranges.
 pub fn free_port_range(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if u32::from(base) + u32::from(n) > 65_000 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let lo: u32 = 10_000;
+    let hi = ephemeral_start().max(lo + 2_000);
+    let span = hi - lo;
+    // A different starting point per process, so concurrent test binaries
+    // rarely probe the same ranges.
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let n32 = u32::from(n);
+    for _ in 0..400 {
+        let step = NEXT.fetch_add(n32, Ordering::SeqCst);
+        let base = lo + (seed.wrapping_add(step) % span);
+        if base + n32 > hi {
             continue;
         }
+        let base = u16::try_from(base).expect("below 65536");
         let all_free = (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return base;
         }
     }
     panic!("no {n} consecutive free ports found on 127.0.0.1");
+}
+
+/// First port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
