@@ -87,6 +87,12 @@ fn builder(l: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 impl GatewayListener {
     /// Serves until `shutdown` turns true, then waits up to `grace` for connections to drain.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        if let Ok(addr) = self.listener.local_addr()
+            && self.tls.is_none()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(%addr, "gateway listens in PLAINTEXT on a non-loopback address: put a TLS terminator in front or set [gateway.tls]");
+        }
         let conns = Arc::new(Semaphore::new(self.max_connections));
         let builder = Arc::new(builder(&self.limits));
         let label = DirectionLabels {

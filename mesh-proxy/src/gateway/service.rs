@@ -53,6 +53,9 @@ impl Gateway {
 
     /// Serves one request from `client`.
     pub async fn handle(&self, req: Req, client: IpAddr) -> Rsp {
+        if Cors::is_preflight(req.method(), req.headers()) {
+            return self.inner.cors.preflight(req.headers());
+        }
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut rsp = self.serve(req, client).await;
         self.inner.cors.decorate(origin.as_ref(), &mut rsp);
@@ -60,9 +63,6 @@ impl Gateway {
     }
 
     async fn serve(&self, req: Req, client: IpAddr) -> Rsp {
-        if Cors::is_preflight(req.method(), req.headers()) {
-            return self.inner.cors.preflight(req.headers());
-        }
         let Some(protocol) = grpc_web::classify(req.headers()) else {
             let ct = req
                 .headers()
