@@ -60,11 +60,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.analytics.default_page_size,
         cfg.analytics.max_page_size,
     );
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(AnalyticsServiceServer::new(AnalyticsApi::new(
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(AnalyticsServiceServer::new(AnalyticsApi::new(
         queries, auth,
     )));
-    routes.add_service(ConsumerAdmin::new([consumer]).server());
+    routes.add(ConsumerAdmin::new([consumer]).server());
     tally_chassis::server::serve(
         &cfg.server,
         hub,

@@ -114,12 +114,12 @@ async fn run(cfg: BillingConfig) -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(BillingServiceServer::new(BillingApi::new(
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(BillingServiceServer::new(BillingApi::new(
         orchestrator,
         auth,
     )));
-    routes.add_service(feed.server());
+    routes.add(feed.server());
     server::serve(&cfg.server, hub, health_server, routes, shutdown::signal()).await?;
     Ok(())
 }

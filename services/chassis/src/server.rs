@@ -6,10 +6,50 @@
 use crate::config::ServerSettings;
 use crate::health::HealthHub;
 use crate::request_id::RequestIdLayer;
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
+use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
+
+/// The gRPC services a binary serves. Recording their names lets reflection
+/// list exactly what this port answers, not every package in the API.
+#[derive(Default)]
+pub struct Routes {
+    inner: RoutesBuilder,
+    names: Vec<&'static str>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a generated tonic server.
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.inner.add_service(service);
+        self
+    }
+
+    /// Fully-qualified names of the services added so far.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +75,7 @@ pub async fn serve<F>(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    mut routes: RoutesBuilder,
+    routes: Routes,
     shutdown: F,
 ) -> Result<(), ServeError>
 where
@@ -52,14 +92,25 @@ where
         source,
     })?;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let Routes {
+        inner: mut routes,
+        names,
+    } = routes;
+    let health_name = <tonic_health::pb::health_server::HealthServer<
+        tonic_health::server::HealthService,
+    > as NamedService>::NAME;
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        let builder = builder
+            .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(health_name);
+        names
+            .iter()
+            .fold(builder, |b, name| b.with_service_name(*name))
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
     routes
         .add_service(health_service)
         .add_service(reflection_v1)

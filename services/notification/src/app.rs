@@ -58,11 +58,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(consumer = %name, "notification consumer started");
 
     let watches = Watches::new(store, updates, cfg.notification.subscriber_buffer);
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(NotificationServiceServer::new(NotificationApi::new(
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(NotificationServiceServer::new(NotificationApi::new(
         watches, auth,
     )));
-    routes.add_service(ConsumerAdmin::new([consumer]).server());
+    routes.add(ConsumerAdmin::new([consumer]).server());
     tally_chassis::server::serve(
         &cfg.server,
         hub,

@@ -57,8 +57,8 @@ async fn run(cfg: PaymentConfig) -> Result<(), Box<dyn std::error::Error>> {
         let probe = probe.clone();
         async move { probe.ping().await }
     });
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(PaymentServiceServer::new(PaymentApi::new(
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(PaymentServiceServer::new(PaymentApi::new(
         ledger,
         cfg.payment.clone(),
     )));

@@ -86,13 +86,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.polling.default_page_size,
         cfg.polling.max_page_size,
     );
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(PollServiceServer::new(api));
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(PollServiceServer::new(api));
     // Consumers (notification, analytics) follow the outbox through this feed.
-    routes.add_service(feed.server());
+    routes.add(feed.server());
     // Status, dead letters and replay of the plan-limits consumer (none
     // listed when billing is not configured).
-    routes.add_service(tally_chassis::events::ConsumerAdmin::new(consumers).server());
+    routes.add(tally_chassis::events::ConsumerAdmin::new(consumers).server());
     tally_chassis::server::serve(
         &cfg.server,
         hub,

@@ -93,9 +93,9 @@ pub async fn run(
     )
     .await?;
 
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(UserGrpc::new(app).into_server());
-    routes.add_service(feed.server());
+    let mut routes = tally_chassis::server::Routes::new();
+    routes.add(UserGrpc::new(app).into_server());
+    routes.add(feed.server());
     tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await?;
     Ok(())
 }
