@@ -199,6 +199,13 @@ async fn readme_walkthrough_works_against_tally_up() {
     // 1. list and describe through reflection.
     assert!(out[0].contains("tally.user.v1.UserService"), "{}", out[0]);
     assert!(out[0].contains("grpc.health.v1.Health"), "{}", out[0]);
+    assert!(
+        !out[0]
+            .lines()
+            .any(|l| l.trim() == "tally.poll.v1.PollService"),
+        "the user port lists only what it serves: {}",
+        out[0]
+    );
     assert!(out[0].contains("rpc CastVote"), "{}", out[0]);
     assert!(out[0].contains("rpc GetResults"), "{}", out[0]);
 
