@@ -1203,6 +1203,35 @@ async fn rate_limit_per_client_after_the_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_by_client_ip_behind_a_trusted_proxy() {
+    // The test connects from 127.0.0.1, playing the load balancer that adds x-forwarded-for.
+    let f = Fixture::start(
+        "per_client_per_second = 0.001\nper_client_burst = 1\nglobal_per_second = 10000.0\nglobal_burst = 10000\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    )
+    .await;
+    const LOGIN: &str = "/tally.user.v1.UserService/Login";
+    let addr = f.gateway.addr;
+    let call = |xff: &'static str| async move {
+        web_call(
+            addr,
+            LOGIN,
+            &[("x-forwarded-for", xff)],
+            &[b"x"],
+            Mode::Binary,
+        )
+        .await
+    };
+    assert_eq!(call("203.0.113.1").await.status(), Some(0));
+    let r = call("203.0.113.1").await;
+    assert_eq!(r.status(), Some(8), "{r:?}");
+    assert!(r.trailer("grpc-retry-pushback-ms").is_some());
+    // Another client behind the same balancer has its own bucket; a forged first hop does not
+    // change who the balancer says the caller is.
+    assert_eq!(call("203.0.113.2").await.status(), Some(0));
+    assert_eq!(call("198.51.100.9, 203.0.113.2").await.status(), Some(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_grpc_over_h2_passes_through_the_gateway() {
     let f = Fixture::start(NO_LIMITS).await;
     let c = support::Client::connect(f.gateway.addr).await;

@@ -127,6 +127,9 @@ pub struct RateLimitConfig {
     /// Most client buckets kept; idle (full) buckets are evicted first, and clients beyond
     /// this share one overflow bucket.
     pub max_clients: usize,
+    /// Load balancers whose `x-forwarded-for` names the client: when the TCP peer is one of
+    /// these, the client IP is the last address in that header not in this list.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for RateLimitConfig {
@@ -137,6 +140,7 @@ impl Default for RateLimitConfig {
             global_per_second: d::GATEWAY_GLOBAL_PER_SECOND,
             global_burst: d::GATEWAY_GLOBAL_BURST,
             max_clients: d::GATEWAY_MAX_CLIENTS,
+            trusted_proxies: Vec::new(),
         }
     }
 }

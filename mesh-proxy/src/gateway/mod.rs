@@ -49,6 +49,7 @@ impl Gateway {
             cors: cors::Cors::new(&cfg.cors),
             metrics,
             max_text_bytes: cfg.max_text_request_bytes,
+            trusted_proxies: cfg.rate_limit.trusted_proxies.clone(),
         })
     }
 }

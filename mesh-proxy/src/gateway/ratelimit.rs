@@ -186,6 +186,7 @@ mod tests {
             global_per_second: 0.0,
             global_burst: 0,
             max_clients,
+            trusted_proxies: Vec::new(),
         })
     }
 
@@ -228,6 +229,7 @@ mod tests {
             global_per_second: 1.0,
             global_burst: 2,
             max_clients: 1,
+            trusted_proxies: Vec::new(),
         });
         let t0 = Instant::now();
         assert!(l.check_global(t0).is_ok());

@@ -42,6 +42,26 @@ pub(super) struct Inner {
     pub cors: Cors,
     pub metrics: Arc<Metrics>,
     pub max_text_bytes: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// The caller's IP: the TCP peer, or, when the peer is a trusted proxy, the last
+/// `x-forwarded-for` address that is not one (earlier entries are the caller's to forge).
+pub fn client_ip(headers: &http::HeaderMap, peer: IpAddr, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
 }
 
 impl Gateway {
@@ -133,7 +153,10 @@ impl Gateway {
         };
         let key = match &subject {
             Some(sub) => format!("sub:{sub}"),
-            None => format!("ip:{client}"),
+            None => format!(
+                "ip:{}",
+                client_ip(req.headers(), client, &inner.trusted_proxies)
+            ),
         };
         self.limited(inner.limiter.check_client(&key, Instant::now()))?;
         let mut req = grpc_web::to_grpc_request(req, protocol, inner.max_text_bytes)
@@ -214,5 +237,27 @@ impl Gateway {
             })
             .inc();
         e.to_response(protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_static("198.51.100.1, 203.0.113.7, 10.0.0.1"),
+        );
+        assert_eq!(client_ip(&h, lb, &[lb]), client);
+        // An untrusted peer cannot choose its IP.
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(client_ip(&h, other, &[lb]), other);
+        // No header: the peer.
+        assert_eq!(client_ip(&http::HeaderMap::new(), lb, &[lb]), lb);
     }
 }
