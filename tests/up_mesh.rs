@@ -24,8 +24,9 @@ const SERVICES: [&str; 6] = [
     "billing",
     "payment",
 ];
-/// Six service ports, then inbound, outbound and admin for each sidecar.
-const PORTS: u16 = 6 + 6 * 3;
+/// Six service ports, then inbound, outbound and admin for each sidecar,
+/// then the gateway's listener and admin port.
+const PORTS: u16 = 6 + 6 * 3 + 2;
 
 /// A running `tally up` (mesh on) on free ports in a temp data dir.
 struct Up {
@@ -549,6 +550,8 @@ async fn no_mesh_runs_the_services_without_sidecars() {
     let mut process = Process::spawn_command(cmd);
     let out = process.wait_for_stdout("tally up: ready", READY).await;
     assert!(out.contains("ready: 6 instances"), "{out}");
+    assert!(out.contains("no browser gateway"), "{out}");
+    assert!(!out.contains("gateway :"), "{out}");
     assert!(!out.contains("-proxy"), "{out}");
     assert!(
         !data.path().join("mesh").exists(),

@@ -10,7 +10,7 @@
 //! README table, the printed summary and the Kubernetes manifests in
 //! `deploy/k8s/` can be checked against them.
 
-use super::platform::{ConfigContext, SidecarSpec};
+use super::platform::{ConfigContext, ServiceSpec, SidecarSpec};
 use super::{UpError, say};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -38,6 +38,131 @@ pub fn sidecar() -> SidecarSpec {
         ports: &["inbound", "outbound", "admin"],
         config: proxy_config,
         env: proxy_env,
+    }
+}
+
+/// The browser gateway: a `tally-proxy` with only a `[gateway]` listener
+/// (gRPC-Web and gRPC), its own mesh identity `sa/gateway`, and a route per
+/// public API, each to the target's inbound sidecars. Runs with the mesh
+/// only.
+pub fn gateway() -> ServiceSpec {
+    ServiceSpec {
+        name: "gateway",
+        binary: "tally-proxy",
+        health_service: "",
+        ports: &["gateway", "admin"],
+        env_prefix: "TALLY_PROXY_",
+        depends_on: &["user", "polling", "notification", "analytics", "billing"],
+        outbound: &["user", "polling", "notification", "analytics", "billing"],
+        sidecar: false,
+        mesh_only: true,
+        config: gateway_config,
+    }
+}
+
+/// Methods of `tally.user.v1.UserService` a browser calls before it has a
+/// token (and the key set the gateway itself fetches).
+pub const GATEWAY_PUBLIC_METHODS: &[&str] = &["SignUp", "Login", "GetJwks", "RefreshAccessToken"];
+
+/// Origins the gateway's CORS allows: the gateway matches origins exactly
+/// (or `*`), so `http://localhost:*` is spelled out for the usual dev-server
+/// ports.
+pub const GATEWAY_DEV_ORIGINS: &[&str] = &[
+    "http://localhost:3000",
+    "http://localhost:4200",
+    "http://localhost:5173",
+    "http://localhost:8080",
+    "http://127.0.0.1:3000",
+    "http://127.0.0.1:5173",
+];
+
+#[derive(Serialize)]
+struct GatewayProxyConfig {
+    admin: Listen,
+    gateway: GatewaySection,
+    identity: Identity,
+    services: BTreeMap<String, ServiceRoute>,
+}
+
+#[derive(Serialize)]
+struct GatewaySection {
+    listen: String,
+    cors: GatewayCors,
+    auth: GatewayAuth,
+    routes: Vec<GatewayRoute>,
+}
+
+#[derive(Serialize)]
+struct GatewayCors {
+    allowed_origins: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GatewayAuth {
+    jwks_service: String,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Serialize)]
+struct GatewayRoute {
+    prefix: String,
+    service: String,
+    access: String,
+}
+
+/// The gateway's routes: the public user methods, then each target's
+/// package, authenticated.
+fn gateway_routes() -> Vec<GatewayRoute> {
+    let mut routes: Vec<GatewayRoute> = GATEWAY_PUBLIC_METHODS
+        .iter()
+        .map(|m| GatewayRoute {
+            prefix: format!("tally.user.v1.UserService/{m}"),
+            service: "user".into(),
+            access: "public".into(),
+        })
+        .collect();
+    for (target, grpc_service) in GATEWAY_TARGETS {
+        let package = grpc_service
+            .rsplit_once('.')
+            .map(|(p, _)| p)
+            .unwrap_or(grpc_service);
+        routes.push(GatewayRoute {
+            prefix: package.into(),
+            service: (*target).into(),
+            access: "authenticated".into(),
+        });
+    }
+    routes
+}
+
+/// The gateway's config: routes to the targets' inbound sidecars.
+fn gateway_config(ctx: &ConfigContext) -> toml::Table {
+    let addr = |port: &str| ctx.addr(port).map(|a| a.to_string()).unwrap_or_default();
+    let cfg = GatewayProxyConfig {
+        admin: Listen {
+            listen: addr("admin"),
+        },
+        gateway: GatewaySection {
+            listen: addr("gateway"),
+            cors: GatewayCors {
+                allowed_origins: GATEWAY_DEV_ORIGINS.iter().map(|o| (*o).into()).collect(),
+            },
+            auth: GatewayAuth {
+                jwks_service: "user".into(),
+                issuer: "tally-user".into(),
+                audience: "tally".into(),
+            },
+            routes: gateway_routes(),
+        },
+        identity: identity(ctx),
+        services: service_routes(ctx),
+    };
+    match toml::Value::try_from(&cfg) {
+        Ok(toml::Value::Table(t)) => t,
+        // Impossible for these plain structs; an empty file would make the
+        // proxy exit naming the file.
+        _ => toml::Table::new(),
     }
 }
 
@@ -73,6 +198,16 @@ pub struct Grant {
     pub callers: &'static [&'static str],
 }
 
+/// The services the browser gateway routes to, and the gRPC API each serves
+/// to edge clients (the feeds, payment and admin services are not public).
+pub const GATEWAY_TARGETS: &[(&str, &str)] = &[
+    ("user", "tally.user.v1.UserService"),
+    ("polling", "tally.poll.v1.PollService"),
+    ("notification", "tally.notification.v1.NotificationService"),
+    ("analytics", "tally.analytics.v1.AnalyticsService"),
+    ("billing", "tally.billing.v1.BillingService"),
+];
+
 /// The authorization policy of the inbound sidecars. A call no grant allows
 /// is denied with PERMISSION_DENIED; a sidecar whose service has no grant
 /// denies every call (its service is reached by operators and clients on its
@@ -107,6 +242,37 @@ pub const POLICY: &[Grant] = &[
         grpc_service: "tally.payment.v1.PaymentService",
         methods: &[],
         callers: &["billing"],
+    },
+    // The browser gateway: the public API of each service it routes to.
+    Grant {
+        target: "user",
+        grpc_service: "tally.user.v1.UserService",
+        methods: &[],
+        callers: &["gateway"],
+    },
+    Grant {
+        target: "polling",
+        grpc_service: "tally.poll.v1.PollService",
+        methods: &[],
+        callers: &["gateway"],
+    },
+    Grant {
+        target: "notification",
+        grpc_service: "tally.notification.v1.NotificationService",
+        methods: &[],
+        callers: &["gateway"],
+    },
+    Grant {
+        target: "analytics",
+        grpc_service: "tally.analytics.v1.AnalyticsService",
+        methods: &[],
+        callers: &["gateway"],
+    },
+    Grant {
+        target: "billing",
+        grpc_service: "tally.billing.v1.BillingService",
+        methods: &[],
+        callers: &["gateway"],
     },
     // Billing's health depends on payment's, checked through the mesh.
     Grant {
@@ -243,9 +409,23 @@ struct Retry {
 
 /// The inbound authorization rules of `target`'s sidecar, from [`POLICY`].
 pub fn authz_rules(target: &str) -> Vec<AuthzRule> {
+    authz_rules_without(target, &[])
+}
+
+/// [`authz_rules`] as if the `absent` callers did not exist (their grants
+/// dropped), e.g. for a deployment without the gateway.
+pub fn authz_rules_without(target: &str, absent: &[&str]) -> Vec<AuthzRule> {
     let mut rules = Vec::new();
     for g in POLICY.iter().filter(|g| g.target == target) {
-        let allow: Vec<String> = g.callers.iter().map(|c| spiffe_id(c)).collect();
+        let allow: Vec<String> = g
+            .callers
+            .iter()
+            .filter(|c| !absent.contains(c))
+            .map(|c| spiffe_id(c))
+            .collect();
+        if allow.is_empty() {
+            continue;
+        }
         if g.methods.is_empty() {
             rules.push(AuthzRule {
                 service: g.grpc_service.into(),
@@ -278,12 +458,21 @@ fn path_text(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The sidecar config for one service instance.
-fn proxy_config(ctx: &ConfigContext) -> toml::Table {
-    let addr = |port: &str| ctx.addr(port).map(|a| a.to_string()).unwrap_or_default();
+/// The mesh identity of `ctx.service`, from `<data-dir>/mesh/certs`.
+fn identity(ctx: &ConfigContext) -> Identity {
     let certs = certs_dir(ctx.data_dir);
-    let services = ctx
-        .endpoints
+    Identity {
+        bundle: path_text(&certs.join(tally_certs::ca::BUNDLE_FILE)),
+        cert: path_text(&certs.join(format!("{}.pem", ctx.service))),
+        key: path_text(&certs.join(format!("{}-key.pem", ctx.service))),
+        namespace: NAMESPACE.into(),
+        service: ctx.service.into(),
+    }
+}
+
+/// A `[services.<target>]` table per target in `ctx.endpoints`.
+fn service_routes(ctx: &ConfigContext) -> BTreeMap<String, ServiceRoute> {
+    ctx.endpoints
         .iter()
         .map(|(target, eps)| {
             let r = route(target);
@@ -305,7 +494,13 @@ fn proxy_config(ctx: &ConfigContext) -> toml::Table {
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The sidecar config for one service instance.
+fn proxy_config(ctx: &ConfigContext) -> toml::Table {
+    let addr = |port: &str| ctx.addr(port).map(|a| a.to_string()).unwrap_or_default();
+    let services = service_routes(ctx);
     let cfg = ProxyConfig {
         admin: Listen {
             listen: addr("admin"),
@@ -318,13 +513,7 @@ fn proxy_config(ctx: &ConfigContext) -> toml::Table {
         outbound: Listen {
             listen: addr("outbound"),
         },
-        identity: Identity {
-            bundle: path_text(&certs.join(tally_certs::ca::BUNDLE_FILE)),
-            cert: path_text(&certs.join(format!("{}.pem", ctx.service))),
-            key: path_text(&certs.join(format!("{}-key.pem", ctx.service))),
-            namespace: NAMESPACE.into(),
-            service: ctx.service.into(),
-        },
+        identity: identity(ctx),
         services,
     };
     match toml::Value::try_from(&cfg) {
@@ -565,7 +754,10 @@ mod tests {
         assert_eq!(port("user-proxy", "outbound"), 50058);
         assert_eq!(port("user-proxy", "admin"), 50059);
         assert_eq!(port("polling-proxy", "inbound"), 50060);
-        assert_eq!(plan.ports().len(), 24);
+        // The gateway's ports come after every sidecar's.
+        assert_eq!(port("gateway", "gateway"), 50075);
+        assert_eq!(port("gateway", "admin"), 50076);
+        assert_eq!(plan.ports().len(), 26);
         let probe = plan
             .instances
             .iter()
@@ -665,15 +857,49 @@ mod tests {
                 assert!(caller.outbound.contains(&g.target), "{c} -> {}", g.target);
             }
         }
-        // User: token verification only, from the four verifiers.
+        // User: token verification from the four verifiers, and its public
+        // API from the gateway.
         let rules = authz_rules("user");
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
         assert_eq!(rules[0].method.as_deref(), Some("GetJwks"));
         assert_eq!(rules[0].allow.len(), 4);
         assert!(!rules[0].allow.contains(&spiffe_id("payment")));
-        // Services nobody calls deny everything.
+        assert!(!rules[0].allow.contains(&spiffe_id("gateway")));
+        assert_eq!(
+            rules[2],
+            AuthzRule {
+                service: "tally.user.v1.UserService".into(),
+                method: None,
+                allow: vec![spiffe_id("gateway")]
+            }
+        );
+        // The gateway reaches the public APIs only: never payment, never a
+        // feed or an admin service.
+        for g in POLICY.iter().filter(|g| g.callers.contains(&"gateway")) {
+            assert!(
+                GATEWAY_TARGETS.contains(&(g.target, g.grpc_service)),
+                "{} {}",
+                g.target,
+                g.grpc_service
+            );
+        }
+        assert!(
+            authz_rules("payment")
+                .iter()
+                .all(|r| !r.allow.contains(&spiffe_id("gateway")))
+        );
+        // Analytics: only the gateway calls it.
         assert_eq!(
             authz_rules("analytics"),
+            [AuthzRule {
+                service: "tally.analytics.v1.AnalyticsService".into(),
+                method: None,
+                allow: vec![spiffe_id("gateway")]
+            }]
+        );
+        // Without the gateway, services nobody calls deny everything.
+        assert_eq!(
+            authz_rules_without("analytics", &["gateway"]),
             [AuthzRule {
                 service: "*".into(),
                 method: None,
@@ -718,6 +944,120 @@ mod tests {
                 )
                 .is_err()
         );
+        let gw = Some(spiffe_id("gateway"));
+        assert!(
+            user.check("/tally.user.v1.UserService/Login", gw.as_deref())
+                .is_ok()
+        );
+        assert!(
+            analytics
+                .check(
+                    "/tally.analytics.v1.AnalyticsService/GetPollResults",
+                    gw.as_deref()
+                )
+                .is_ok()
+        );
+        let polling = tally_proxy::authz::Policy::new(
+            proxy(&plan(), "polling-proxy")
+                .inbound
+                .expect("inbound")
+                .authz,
+        );
+        assert!(
+            polling
+                .check("/tally.poll.v1.PollService/CreatePoll", gw.as_deref())
+                .is_ok()
+        );
+        assert!(
+            polling
+                .check("/tally.events.v1.EventFeedService/Subscribe", gw.as_deref())
+                .is_err()
+        );
+        assert!(
+            polling
+                .check(
+                    "/tally.events.v1.ConsumerAdminService/ListConsumers",
+                    gw.as_deref()
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_gateway_routes_public_apis_to_the_inbound_sidecars() {
+        let plan = plan();
+        let cfg = proxy(&plan, "gateway");
+        assert!(cfg.inbound.is_none() && cfg.outbound.is_none());
+        let id = cfg.identity.as_ref().expect("identity");
+        assert_eq!(
+            (id.namespace.as_str(), id.service.as_str()),
+            (NAMESPACE, "gateway")
+        );
+        assert_eq!(id.cert, PathBuf::from("/tmp/t/mesh/certs/gateway.pem"));
+        let gw = cfg.gateway.as_ref().expect("[gateway]");
+        assert_eq!(gw.listen.to_string(), "127.0.0.1:50079");
+        let auth = gw.auth.as_ref().expect("auth");
+        assert_eq!(auth.jwks_service.as_deref(), Some("user"));
+        assert!(
+            gw.cors
+                .allowed_origins
+                .contains(&"http://localhost:5173".to_string())
+        );
+        let user_inbounds: Vec<String> = ["user-1-proxy", "user-2-proxy"]
+            .iter()
+            .map(|n| proxy(&plan, n).inbound.expect("inbound").listen.to_string())
+            .collect();
+        assert_eq!(cfg.services["user"].endpoints, user_inbounds);
+        assert_eq!(
+            cfg.services.keys().collect::<Vec<_>>(),
+            ["analytics", "billing", "notification", "polling", "user"]
+        );
+        let access = |prefix: &str| {
+            gw.routes
+                .iter()
+                .find(|r| r.prefix == prefix)
+                .map(|r| (r.service.clone(), format!("{:?}", r.access)))
+                .unwrap_or_else(|| panic!("no route {prefix}"))
+        };
+        for m in ["SignUp", "Login", "GetJwks", "RefreshAccessToken"] {
+            assert_eq!(
+                access(&format!("tally.user.v1.UserService/{m}")),
+                ("user".into(), "Public".into())
+            );
+        }
+        assert_eq!(
+            access("tally.user.v1"),
+            ("user".into(), "Authenticated".into())
+        );
+        assert_eq!(
+            access("tally.poll.v1"),
+            ("polling".into(), "Authenticated".into())
+        );
+        assert_eq!(
+            access("tally.billing.v1"),
+            ("billing".into(), "Authenticated".into())
+        );
+        assert_eq!(gw.routes.len(), 9);
+        // Ready on its admin port; started after the services it routes to.
+        let inst = plan
+            .instances
+            .iter()
+            .find(|i| i.name == "gateway")
+            .expect("gw");
+        let probe = inst.probe.as_ref().expect("probe");
+        assert_eq!(probe.kind, ProbeKind::HttpReady);
+        let billing = plan
+            .instances
+            .iter()
+            .find(|i| i.name == "billing")
+            .expect("b");
+        assert!(inst.stage > billing.stage);
+    }
+
+    #[test]
+    fn no_mesh_means_no_gateway() {
+        let p = platform().without_mesh();
+        assert!(p.services.iter().all(|s| s.name != "gateway"));
     }
 
     #[test]
@@ -771,7 +1111,8 @@ mod tests {
 
     #[test]
     fn kubernetes_sidecars_carry_the_same_policy_and_routes() {
-        for spec in platform().services {
+        // deploy/k8s/ has no gateway yet: its grants are left out here.
+        for spec in platform().services.into_iter().filter(|s| !s.mesh_only) {
             let name = spec.name;
             let cfg = tally_proxy::config::Config::parse(name, &k8s_proxy_toml(name))
                 .unwrap_or_else(|e| panic!("deploy/k8s/{name}.yaml: {e}"));
@@ -793,7 +1134,11 @@ mod tests {
                     allow: r.allow.clone(),
                 })
                 .collect();
-            assert_eq!(rules, authz_rules(name), "deploy/k8s/{name}.yaml authz");
+            assert_eq!(
+                rules,
+                authz_rules_without(name, &["gateway"]),
+                "deploy/k8s/{name}.yaml authz"
+            );
             let targets: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
             let mut want: Vec<&str> = spec.outbound.to_vec();
             want.sort();
@@ -818,8 +1163,13 @@ mod tests {
         let lines = policy_lines(&["user", "analytics"]);
         assert_eq!(
             lines[0],
-            "user: UserService/GetJwks,VerifyApiKey <- polling, notification, analytics, billing"
+            "user: UserService/GetJwks,VerifyApiKey <- polling, notification, analytics, billing; \
+             UserService <- gateway"
         );
-        assert_eq!(lines[1], "analytics: no caller through the mesh");
+        assert_eq!(lines[1], "analytics: AnalyticsService <- gateway");
+        assert_eq!(
+            policy_lines(&["payment"])[0],
+            "payment: PaymentService <- billing; Health/Check <- billing"
+        );
     }
 }

@@ -228,10 +228,19 @@ fn address_column(inst: &Instance) -> String {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("  ")
+    } else if let Some(a) = inst.addr {
+        a.to_string()
+    } else if inst.ports.is_empty() {
+        "-".into()
     } else {
-        inst.addr
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".into())
+        // The gateway: its browser entry point first.
+        let mut names: Vec<&&str> = inst.ports.keys().collect();
+        names.sort_by_key(|n| **n != "gateway");
+        names
+            .iter()
+            .map(|n| format!("{n} :{}", inst.ports[**n]))
+            .collect::<Vec<_>>()
+            .join("  ")
     }
 }
 
@@ -334,12 +343,23 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     } else {
         Vec::new()
     };
+    // Every mesh identity: the sidecars' and the gateway's.
+    let identities: Vec<&str> = if platform.sidecar.is_some() {
+        platform
+            .services
+            .iter()
+            .filter(|s| s.sidecar || s.mesh_only)
+            .map(|s| s.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut renewals = Vec::new();
-    if !meshed.is_empty() {
-        let rotators = mesh::issue_certificates(&plan.data_dir, &meshed, args.cert_validity)?;
+    if !identities.is_empty() {
+        let rotators = mesh::issue_certificates(&plan.data_dir, &identities, args.cert_validity)?;
         say(&format!(
             "issued mesh certificates for {} (valid {}, renewed at 70%) in {}",
-            meshed.join(", "),
+            identities.join(", "),
             tally_certs::format_duration(args.cert_validity),
             mesh::certs_dir(&plan.data_dir).display()
         ));
@@ -433,6 +453,15 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         for line in mesh::policy_lines(&meshed) {
             say(&format!("  {line}"));
         }
+    }
+    match plan.instances.iter().find(|i| i.name == "gateway") {
+        Some(gw) => say(&format!(
+            "browsers: gRPC-Web (and gRPC) at http://{}:{} (the gateway; SignUp, Login, \
+             GetJwks, RefreshAccessToken public, the rest needs `authorization: Bearer <token>`)",
+            platform::HOST,
+            gw.ports.get("gateway").copied().unwrap_or_default()
+        )),
+        None => say("no browser gateway: it runs only with the mesh (without --no-mesh)"),
     }
     say(&format!(
         "ready: {} instance{} in {} stage{} SERVING; data in {}; Ctrl-C stops everything",

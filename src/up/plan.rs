@@ -275,7 +275,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         base: opts.base_port,
     };
     let mut slots: Vec<Slot> = Vec::new();
-    for spec in &platform.services {
+    for spec in platform.services.iter().filter(|s| !s.mesh_only) {
         let n = counts.get(spec.name).copied().unwrap_or(1);
         for i in 1..=n {
             slots.push(Slot {
@@ -290,6 +290,16 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         for slot in slots.iter_mut().filter(|s| s.spec.sidecar) {
             slot.sidecar = Some((format!("{}-proxy", slot.name), ports.take(sc.ports)?));
         }
+    }
+    // Mesh-only processes (the gateway) last, so nothing else moves; one
+    // instance each (`--replicas` scales services).
+    for spec in platform.services.iter().filter(|s| s.mesh_only) {
+        slots.push(Slot {
+            name: spec.name.to_string(),
+            spec,
+            ports: ports.take(spec.ports)?,
+            sidecar: None,
+        });
     }
 
     // Where each service can be reached: its sidecars' inbound ports when it
@@ -337,6 +347,11 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             .collect();
         let addr = slot.ports.get("grpc").map(|p| loopback(*p));
         let stage = stage_of.get(spec.name).copied().unwrap_or(0);
+        let targets: BTreeMap<String, Vec<SocketAddr>> = spec
+            .outbound
+            .iter()
+            .filter_map(|t| endpoints.get(*t).map(|e| (t.to_string(), e.clone())))
+            .collect();
         let no_endpoints = BTreeMap::new();
         let state_dir = dir("data").join(&slot.name);
         let ctx = ConfigContext {
@@ -347,7 +362,11 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             data_dir: &opts.data_dir,
             outbound: &outbound,
             app_addr: None,
-            endpoints: &no_endpoints,
+            endpoints: if spec.mesh_only {
+                &targets
+            } else {
+                &no_endpoints
+            },
             log_format: &opts.log_format,
         };
         instances.push(Instance {
@@ -356,11 +375,20 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             binary: spec.binary.to_string(),
             ports: slot.ports.clone(),
             addr,
-            probe: addr.map(|addr| Probe {
-                addr,
-                service: spec.health_service.to_string(),
-                kind: ProbeKind::Grpc,
-            }),
+            // A service is ready when SERVING; a process without a gRPC
+            // port (the gateway) when its admin `/ready` answers.
+            probe: match addr {
+                Some(addr) => Some(Probe {
+                    addr,
+                    service: spec.health_service.to_string(),
+                    kind: ProbeKind::Grpc,
+                }),
+                None => slot.ports.get("admin").map(|p| Probe {
+                    addr: loopback(*p),
+                    service: "/ready".into(),
+                    kind: ProbeKind::HttpReady,
+                }),
+            },
             env_prefix: spec.env_prefix.to_string(),
             config_path: dir("config").join(format!("{}.toml", slot.name)),
             config: header(&slot.name, spec.binary, spec.env_prefix)
@@ -373,11 +401,6 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         });
 
         if let (Some(sc), Some((name, sp))) = (&platform.sidecar, &slot.sidecar) {
-            let targets: BTreeMap<String, Vec<SocketAddr>> = spec
-                .outbound
-                .iter()
-                .filter_map(|t| endpoints.get(*t).map(|e| (t.to_string(), e.clone())))
-                .collect();
             let state_dir = dir("data").join(name);
             let ctx = ConfigContext {
                 service: spec.name,
@@ -522,6 +545,7 @@ mod tests {
             depends_on: deps,
             outbound: deps,
             sidecar: false,
+            mesh_only: false,
             config: standard_config,
         }
     }

@@ -36,6 +36,12 @@ pub struct ServiceSpec {
     /// addresses point at that sidecar's `outbound` port, and peers reach it
     /// through the sidecar's `inbound` port.
     pub sidecar: bool,
+    /// Runs only with the mesh (the browser gateway): it gets a mesh
+    /// identity, its config sees every outbound target's sidecar `inbound`
+    /// endpoints, its ports come after the sidecars' (so theirs do not
+    /// move), and [`Platform::without_mesh`] drops it. Without a `grpc` port
+    /// it is ready when its `admin` port answers `/ready`.
+    pub mesh_only: bool,
     /// Writes the instance's config file.
     pub config: fn(&ConfigContext) -> toml::Table,
 }
@@ -71,6 +77,7 @@ impl Platform {
     /// The same platform without sidecars (`tally up --no-mesh`).
     pub fn without_mesh(mut self) -> Self {
         self.sidecar = None;
+        self.services.retain(|s| !s.mesh_only);
         self
     }
 }
@@ -160,6 +167,7 @@ pub fn platform() -> Platform {
                 depends_on: &[],
                 outbound: &[],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -174,6 +182,7 @@ pub fn platform() -> Platform {
                 depends_on: &["user"],
                 outbound: &["user", "billing"],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -186,6 +195,7 @@ pub fn platform() -> Platform {
                 depends_on: &["user", "polling"],
                 outbound: &["user", "polling"],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -197,6 +207,7 @@ pub fn platform() -> Platform {
                 depends_on: &["user", "polling"],
                 outbound: &["user", "polling"],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -209,6 +220,7 @@ pub fn platform() -> Platform {
                 depends_on: &["user", "payment"],
                 outbound: &["payment", "user"],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -220,8 +232,12 @@ pub fn platform() -> Platform {
                 depends_on: &[],
                 outbound: &[],
                 sidecar: true,
+                mesh_only: false,
                 config: standard_config,
             },
+            // The browser entry point: gRPC-Web and gRPC with edge JWT
+            // checks, routed through the mesh to the public APIs.
+            super::mesh::gateway(),
         ],
         sidecar: Some(super::mesh::sidecar()),
     }
@@ -294,7 +310,11 @@ mod tests {
                     s.name
                 );
             }
-            assert!(s.ports.contains(&"grpc"), "{} needs a grpc port", s.name);
+            assert!(
+                s.ports.contains(&"grpc") || (s.mesh_only && s.ports.contains(&"admin")),
+                "{} needs a grpc port (or, mesh-only, an admin port)",
+                s.name
+            );
             assert!(s.env_prefix.starts_with("TALLY_") && s.env_prefix.ends_with('_'));
         }
     }
