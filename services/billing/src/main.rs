@@ -12,7 +12,7 @@ use tally_billing::orchestrator::{Orchestrator, Tuning};
 use tally_billing::payment::GrpcPayment;
 use tally_billing::records::Records;
 use tally_chassis::auth::{AuthOptions, Authenticator};
-use tally_chassis::{health::HealthHub, outbound, server, shutdown, storage, telemetry};
+use tally_chassis::{bootstrap, health::HealthHub, outbound, server, shutdown, storage};
 
 /// The Tally billing service (plans, subscriptions, the subscription saga).
 #[derive(Parser)]
@@ -25,20 +25,17 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    server::install_crypto_provider();
     let args = Args::parse();
-    let cfg: BillingConfig = match tally_chassis::config::load(args.config.as_deref(), ENV_PREFIX) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tally-billing: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init(
+    let cfg = match bootstrap::start(
+        "tally-billing",
         "billing",
-        cfg.telemetry.log_format,
-        cfg.telemetry.log_level.as_deref(),
-    );
+        args.config.as_deref(),
+        ENV_PREFIX,
+        |cfg: &BillingConfig| &cfg.telemetry,
+    ) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     match run(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,6 +7,7 @@
 //! this in one crate means every service behaves the same to an operator.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod events;
 pub mod health;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tally::api::payment::v1::payment_service_server::PaymentServiceServer;
-use tally_chassis::{health::HealthHub, server, shutdown, storage, telemetry};
+use tally_chassis::{bootstrap, health::HealthHub, server, shutdown, storage};
 use tally_payment::config::{ENV_PREFIX, PaymentConfig};
 use tally_payment::ledger::Ledger;
 use tally_payment::service::PaymentApi;
@@ -21,20 +21,17 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    server::install_crypto_provider();
     let args = Args::parse();
-    let cfg: PaymentConfig = match tally_chassis::config::load(args.config.as_deref(), ENV_PREFIX) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tally-payment: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init(
+    let cfg = match bootstrap::start(
+        "tally-payment",
         "payment",
-        cfg.telemetry.log_format,
-        cfg.telemetry.log_level.as_deref(),
-    );
+        args.config.as_deref(),
+        ENV_PREFIX,
+        |cfg: &PaymentConfig| &cfg.telemetry,
+    ) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     match run(cfg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,20 +14,17 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tally_chassis::server::install_crypto_provider();
     let args = Args::parse();
-    let cfg = match tally_polling::config::load(args.config.as_deref()) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("tally-polling: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tally_chassis::telemetry::init(
+    let cfg = match tally_chassis::bootstrap::start(
+        "tally-polling",
         "polling",
-        cfg.telemetry.log_format,
-        cfg.telemetry.log_level.as_deref(),
-    );
+        args.config.as_deref(),
+        tally_polling::config::ENV_PREFIX,
+        |cfg: &tally_polling::config::Config| &cfg.telemetry,
+    ) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tally_user::config::{Config, ENV_PREFIX};
 
 /// The Tally user service: accounts, sessions, access tokens and API keys.
@@ -15,24 +16,22 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() {
-    tally_chassis::server::install_crypto_provider();
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let config: Config = match tally_chassis::config::load(args.config.as_deref(), ENV_PREFIX) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tally-user: {e}");
-            std::process::exit(2);
-        }
-    };
-    tally_chassis::telemetry::init(
+    let config = match tally_chassis::bootstrap::start(
         "tally-user",
-        config.telemetry.log_format,
-        config.telemetry.log_level.as_deref(),
-    );
+        "tally-user",
+        args.config.as_deref(),
+        ENV_PREFIX,
+        |cfg: &Config| &cfg.telemetry,
+    ) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     if let Err(e) = tally_user::run::run(config, tally_chassis::shutdown::signal()).await {
         tracing::error!(error = %e, "tally-user stopped");
         eprintln!("tally-user: {e}");
         std::process::exit(1);
     }
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,41 @@
+//! The start-up prologue every service binary runs before its own work:
+//! install the TLS crypto provider, load and validate the typed config, and
+//! start logging. Kept in one place so every binary fails the same way on a
+//! bad config (the error on stderr, exit code 2).
+
+use crate::config::{self, TelemetrySettings, Validate};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Exit code of a binary whose configuration does not load or validate.
+pub const CONFIG_ERROR_EXIT: u8 = 2;
+
+/// Installs the crypto provider, loads `C` from `file` and the `env_prefix`
+/// environment overrides, then initialises telemetry as `service` with the
+/// settings `telemetry` picks from the config.
+///
+/// On a config error it prints `<binary>: <error>` to stderr and returns the
+/// exit code the binary should end with (2).
+pub fn start<C>(
+    binary: &str,
+    service: &str,
+    file: Option<&Path>,
+    env_prefix: &str,
+    telemetry: impl FnOnce(&C) -> &TelemetrySettings,
+) -> Result<C, ExitCode>
+where
+    C: DeserializeOwned + Validate,
+{
+    crate::server::install_crypto_provider();
+    let cfg: C = match config::load(file, env_prefix) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            return Err(ExitCode::from(CONFIG_ERROR_EXIT));
+        }
+    };
+    let settings = telemetry(&cfg);
+    crate::telemetry::init(service, settings.log_format, settings.log_level.as_deref());
+    Ok(cfg)
+}
