@@ -330,3 +330,26 @@ async fn usage_errors_and_unreachable_services_exit_non_zero_with_a_message() {
         "UNAVAILABLE",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_operator_commands_reach_the_consumer_admin_service() {
+    let platform = Platform::start().await;
+    let cli = Cli {
+        platform: &platform,
+    };
+    let addr = format!("http://{}", platform.poll_addr);
+    // Polling without a billing source runs no consumer, and says so.
+    let listed = cli.json(&["consumers", "--addr", &addr], None);
+    assert_eq!(listed["consumers"], serde_json::json!([]), "{listed}");
+    // Unknown consumers are NOT_FOUND from the service, not a crash.
+    cli.fails_with(
+        &["dlq", "list", "--addr", &addr, "--consumer", "nope"],
+        None,
+        "NOT_FOUND",
+    );
+    cli.fails_with(
+        &["replay", "nope", "--addr", &addr, "--from", "start"],
+        None,
+        "NOT_FOUND",
+    );
+}

@@ -2,9 +2,8 @@
 //! the event consumers of a service through its `tally.events.v1.ConsumerAdminService`.
 //!
 //! The service is picked by `--service` (its default local port) or by `--addr`.
-//! Wire it into the command tree with `#[command(flatten)] Events(events::EventsCommand)`
-//! (giving top-level `dlq`, `replay` and `consumers`) and call [`run_command`],
-//! or nest [`EventsArgs`] and call [`run`].
+//! The command tree flattens [`EventsCommand`] into top-level `dlq`, `replay`
+//! and `consumers`, and calls [`run_command`].
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -19,14 +18,6 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Redrives retry with backoff on the server, so calls get a generous deadline.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Event consumers: dead letters, replay, lag.
-#[allow(dead_code)] // used when the tree nests `events` instead of flattening it
-#[derive(Debug, Args)]
-pub struct EventsArgs {
-    #[command(subcommand)]
-    pub command: EventsCommand,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -150,12 +141,6 @@ fn failed(status: tonic::Status) -> anyhow::Error {
         tally::sdk::code_name(status.code()),
         status.message()
     )
-}
-
-/// Runs a nested `events` command, printing text.
-#[allow(dead_code)] // used when the tree nests `events` instead of flattening it
-pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
-    run_command(args.command, false).await
 }
 
 /// Runs one command; `json` selects JSON output.

@@ -4,6 +4,7 @@
 //! line naming the gRPC code and message, and a non-zero exit status.
 
 mod certs;
+mod events;
 mod output;
 mod poll;
 mod user;
@@ -78,6 +79,9 @@ pub enum Command {
     Poll(poll::PollCommand),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
+    /// Event consumers: dead letters, replay, lag.
+    #[command(flatten)]
+    Events(events::EventsCommand),
 }
 
 /// A command failure, printed as one line by `main`.
@@ -91,6 +95,8 @@ pub enum CliError {
     Up(#[from] up::UpError),
     #[error("{0:#}")]
     Certs(anyhow::Error),
+    #[error("{0:#}")]
+    Events(anyhow::Error),
 }
 
 impl CliError {
@@ -142,6 +148,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(cmd) => user::run(&cli.global, cmd).await,
         Command::Poll(cmd) => poll::run(&cli.global, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
+        Command::Events(cmd) => events::run_command(cmd, cli.global.json)
+            .await
+            .map_err(CliError::Events),
     }
 }
 
