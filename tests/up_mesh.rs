@@ -514,7 +514,8 @@ async fn a_service_cannot_be_reached_without_a_valid_identity() {
     );
     // And the user service never saw any of these calls: everything its
     // sidecar let in came from the identities in the policy.
-    let allowed = ["polling", "notification", "analytics", "billing"]
+    // (The gateway fetches the JWKS too.)
+    let allowed = ["polling", "notification", "analytics", "billing", "gateway"]
         .map(|s| format!("caller=\"spiffe://tally.local/ns/tally/sa/{s}\""));
     for line in m.0.lines().filter(|l| {
         l.starts_with("tally_proxy_requests_total{") && l.contains(r#"direction="inbound""#)

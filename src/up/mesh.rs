@@ -215,11 +215,20 @@ pub const GATEWAY_TARGETS: &[(&str, &str)] = &[
 /// `ConsumerAdminService` are operator tools: they are on the service's own
 /// port, not on the mesh, except the one health check billing makes.
 pub const POLICY: &[Grant] = &[
-    // Token verification: the JWKS and API-key lookups, nothing else.
+    // Token verification: the JWKS and API-key lookups, nothing else. The
+    // gateway checks tokens too (GetJwks). A method rule is more specific
+    // than the gateway's service-wide grant below, so `VerifyApiKey` stays
+    // closed to it: API keys are resolved by the services.
     Grant {
         target: "user",
         grpc_service: "tally.user.v1.UserService",
-        methods: &["GetJwks", "VerifyApiKey"],
+        methods: &["GetJwks"],
+        callers: &["polling", "notification", "analytics", "billing", "gateway"],
+    },
+    Grant {
+        target: "user",
+        grpc_service: "tally.user.v1.UserService",
+        methods: &["VerifyApiKey"],
         callers: &["polling", "notification", "analytics", "billing"],
     },
     // Polling's event feed: its two consumers.
@@ -862,9 +871,11 @@ mod tests {
         let rules = authz_rules("user");
         assert_eq!(rules.len(), 3);
         assert_eq!(rules[0].method.as_deref(), Some("GetJwks"));
-        assert_eq!(rules[0].allow.len(), 4);
+        assert_eq!(rules[0].allow.len(), 5);
         assert!(!rules[0].allow.contains(&spiffe_id("payment")));
-        assert!(!rules[0].allow.contains(&spiffe_id("gateway")));
+        assert!(rules[0].allow.contains(&spiffe_id("gateway")));
+        assert_eq!(rules[1].method.as_deref(), Some("VerifyApiKey"));
+        assert!(!rules[1].allow.contains(&spiffe_id("gateway")));
         assert_eq!(
             rules[2],
             AuthzRule {
@@ -945,6 +956,12 @@ mod tests {
                 .is_err()
         );
         let gw = Some(spiffe_id("gateway"));
+        // The gateway fetches the keys, but API keys are the services' job.
+        assert!(user.check(jwks, gw.as_deref()).is_ok());
+        assert!(
+            user.check("/tally.user.v1.UserService/VerifyApiKey", gw.as_deref())
+                .is_err()
+        );
         assert!(
             user.check("/tally.user.v1.UserService/Login", gw.as_deref())
                 .is_ok()
@@ -1163,7 +1180,8 @@ mod tests {
         let lines = policy_lines(&["user", "analytics"]);
         assert_eq!(
             lines[0],
-            "user: UserService/GetJwks,VerifyApiKey <- polling, notification, analytics, billing; \
+            "user: UserService/GetJwks <- polling, notification, analytics, billing, gateway; \
+             UserService/VerifyApiKey <- polling, notification, analytics, billing; \
              UserService <- gateway"
         );
         assert_eq!(lines[1], "analytics: AnalyticsService <- gateway");
