@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use tally::api::poll::v1 as pollpb;
 use tally::api::poll::v1::poll_service_client::PollServiceClient;
 use tally::api::user::v1 as userpb;
 use tally::api::user::v1::user_service_client::UserServiceClient;
+use tally_testkit::free_port;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -22,25 +23,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PASSWORD: &str = "correct horse battery staple";
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
 /// `tally-user`, built next to this test binary by `cargo build --workspace --bins`.
 pub fn user_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    for dir in exe.ancestors().skip(1) {
-        let candidate = dir.join(format!("tally-user{}", std::env::consts::EXE_SUFFIX));
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "the tally-user binary was not found next to {} or its parent directories; \
-         run `cargo build --workspace --bins` first",
-        exe.display()
-    );
+    tally_testkit::bin_path("tally-user")
 }
 
 /// One running service process; killed when dropped.
