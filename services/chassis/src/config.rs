@@ -56,6 +56,7 @@ pub trait Validate {
 ///
 /// An override `TALLY_SERVER__LISTEN_ADDR=127.0.0.1:1` sets `server.listen_addr`:
 /// after the prefix, `__` separates nested keys and names are lower-cased.
+/// `<prefix>CONFIG` is left alone: binaries use it for the file's path.
 /// Values are read as TOML scalars when they parse as such, else as strings.
 pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
 where
@@ -95,6 +96,10 @@ where
         let Some(rest) = name.strip_prefix(env_prefix) else {
             continue;
         };
+        // `<PREFIX>CONFIG` names the config file itself, not a key in it.
+        if rest == "CONFIG" {
+            continue;
+        }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|p| p.is_empty()) {
             continue;
@@ -270,5 +275,96 @@ impl OutboundSettings {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        server: ServerSettings,
+        #[serde(default)]
+        outbound: OutboundSettings,
+        #[serde(default)]
+        limit: u32,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Vec<Issue> {
+            let mut out = self.outbound.issues(&["user"]);
+            if self.limit > 10 {
+                out.push(Issue::new(
+                    "limit",
+                    "is above 10",
+                    "set `limit` to 10 or less",
+                ));
+            }
+            out
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_scalars() {
+        let f =
+            file("[server]\nlisten_addr = \"127.0.0.1:1\"\n[outbound]\nuser = \"http://a:1\"\n");
+        let cfg: Sample = load_from(
+            Some(f.path()),
+            "T_",
+            &vars(&[
+                ("T_SERVER__LISTEN_ADDR", "127.0.0.1:2"),
+                ("T_LIMIT", "7"),
+                ("T_CONFIG", "/ignored.toml"),
+                ("OTHER_LIMIT", "99"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(cfg.server.listen_addr.port(), 2);
+        assert_eq!(cfg.limit, 7);
+        assert_eq!(cfg.outbound.address("user"), Some("http://a:1"));
+    }
+
+    #[test]
+    fn validation_errors_name_file_key_and_fix() {
+        let f = file("[server]\nlisten_addr = \"127.0.0.1:1\"\nlimit = 3\n");
+        let err = load_from::<Sample>(Some(f.path()), "T_", &[]).expect_err("unknown key");
+        assert!(err.to_string().contains("limit"), "{err}");
+
+        let f = file(
+            "limit = 11\n[server]\nlisten_addr = \"127.0.0.1:1\"\n[outbound]\nuser = \"http://a:1\"\n",
+        );
+        let err = load_from::<Sample>(Some(f.path()), "T_", &[]).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains(&f.path().display().to_string()), "{text}");
+        assert!(
+            text.contains("key `limit`") && text.contains("fix:"),
+            "{text}"
+        );
+
+        let f = file("[server]\nlisten_addr = \"127.0.0.1:1\"\n[outbound]\nuser = \"a:1\"\n");
+        let err = load_from::<Sample>(Some(f.path()), "T_", &[]).expect_err("bad uri");
+        assert!(err.to_string().contains("outbound.user"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let err = load_from::<Sample>(Some(Path::new("/nonexistent/tally.toml")), "T_", &[])
+            .expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/tally.toml"), "{err}");
     }
 }
