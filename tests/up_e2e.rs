@@ -21,9 +21,10 @@ const SERVICES: [&str; 6] = [
 ];
 
 /// Ports `tally up` takes: one per service instance, then three (inbound,
-/// outbound, admin) per mesh sidecar beside each.
+/// outbound, admin) per mesh sidecar beside each, then the browser
+/// gateway's two (gateway, admin).
 const fn ports(instances: u16) -> u16 {
-    instances * 4
+    instances * 4 + 2
 }
 
 /// A running `tally up` on free ports in a temp data dir.
