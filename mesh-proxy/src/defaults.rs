@@ -31,6 +31,17 @@ pub const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
 /// at any time once the request is complete (an interactive stream is not held up longer).
 pub const RETRY_PEEK_WAIT_MS: u64 = 100;
 
+/// On every route, besides any retry policy: further attempts (each on another endpoint when
+/// there is one) for a call an endpoint refused unprocessed (connect failure, REFUSED_STREAM,
+/// a stream above a GOAWAY's last stream id). Not charged to the retry budget: the app never
+/// saw those calls.
+pub const TRANSPARENT_RETRIES: u32 = 2;
+/// Attempts the inbound hop makes for a call the local app never received (its connection
+/// being replaced, REFUSED_STREAM, GOAWAY, a failed connect).
+pub const LOCAL_APP_ATTEMPTS: u32 = 3;
+/// Pause before reconnecting to the local app after a failed connect (times the attempt).
+pub const LOCAL_APP_RECONNECT_BACKOFF_MS: u64 = 10;
+
 // Per-endpoint circuit breaker.
 pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
 pub const BREAKER_FAILURE_RATE: f64 = 0.5;

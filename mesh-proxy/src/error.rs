@@ -109,6 +109,13 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
     }
 }
 
+/// True when the local app certainly never received the request: the connection could not be
+/// made, the app refused the stream (REFUSED_STREAM), its GOAWAY came before our stream, or
+/// the connection closed before the request was sent. Such a request may always be retried.
+pub fn local_app_never_saw(e: &hyper_util::client::legacy::Error) -> bool {
+    e.is_connect() || (!cancelled_by_us(e) && refused_stream(e))
+}
+
 /// Classifies an error from the HTTP/2 client talking to the local app.
 pub fn from_local_app_error(e: hyper_util::client::legacy::Error) -> ProxyError {
     if cancelled_by_us(&e) {

@@ -1,27 +1,38 @@
 //! Inbound's innermost service: plaintext HTTP/2 to the local app, carrying the caller's
 //! verified identity in `x-tally-peer-spiffe-id` (any value the caller sent is replaced).
+//! A call the app provably never received (its connection was being replaced, it refused the
+//! stream, a failed connect) is sent again, so the mesh does not fail calls because of its own
+//! connection to the app. The body streams through a replay body for that.
 
 use crate::balance::{ClientSettings, HttpClient, http2_client, send};
-use crate::defaults::PEER_ID_HEADER;
+use crate::defaults::{LOCAL_APP_ATTEMPTS, LOCAL_APP_RECONNECT_BACKOFF_MS, PEER_ID_HEADER};
+use crate::error::{from_local_app_error, local_app_never_saw};
+use crate::observe::CallInfo;
+use crate::replay::Replay;
 use crate::transport::plaintext::Plaintext;
 use crate::{BoxFuture, PeerId, ProxyError, Req, Rsp};
 use http::HeaderValue;
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct Forward {
     addr: String,
     client: HttpClient,
+    /// Request bytes kept to send a call again (`max_retry_buffer_bytes`).
+    replay_limit: usize,
 }
 
 impl Forward {
-    pub fn new(local_app: SocketAddr, settings: &ClientSettings) -> Self {
+    pub fn new(local_app: SocketAddr, settings: &ClientSettings, replay_limit: usize) -> Self {
         let addr = local_app.to_string();
         Self {
             client: http2_client(&addr, "", Arc::new(Plaintext), settings),
             addr,
+            replay_limit,
         }
     }
 }
@@ -42,11 +53,33 @@ impl tower::Service<Req> for Forward {
         {
             req.headers_mut().insert(PEER_ID_HEADER, v);
         }
-        let (client, addr) = (self.client.clone(), self.addr.clone());
+        let (client, addr, limit) = (self.client.clone(), self.addr.clone(), self.replay_limit);
         Box::pin(async move {
-            send(&client, &addr, req)
-                .await
-                .map_err(crate::error::from_local_app_error)
+            let (parts, body) = req.into_parts();
+            let replay = Replay::new(body, limit);
+            let mut attempt = 1;
+            loop {
+                let req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
+                let e = match send(&client, &addr, req).await {
+                    Ok(rsp) => return Ok(rsp),
+                    Err(e) => e,
+                };
+                if attempt >= LOCAL_APP_ATTEMPTS
+                    || !local_app_never_saw(&e)
+                    || !replay.is_replayable()
+                {
+                    return Err(from_local_app_error(e));
+                }
+                tracing::debug!(error = %e, detail = ?e, attempt, "local app never received the call; sending it again");
+                if let Some(i) = parts.extensions.get::<CallInfo>() {
+                    i.add_retry();
+                }
+                if e.is_connect() {
+                    let pause = LOCAL_APP_RECONNECT_BACKOFF_MS * u64::from(attempt);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                attempt += 1;
+            }
         })
     }
 }

@@ -3,6 +3,11 @@
 //! a later attempt replays the copy and then continues with the rest of the original stream.
 //! No waiting for the whole request, so interactive streams stay interactive; once the copy
 //! would exceed the limit the body is no longer replayable and retries stop.
+//!
+//! It reports the end of the stream as soon as it is known, so hyper marks the last frame
+//! END_STREAM. Reporting it late makes hyper send an extra empty DATA frame without END_STREAM
+//! per request, and h2 answers the 101st such frame on a connection with GOAWAY
+//! ENHANCE_YOUR_CALM (`too_many_data_frames`), failing every call on the shared connection.
 
 use crate::body::{Body, BodyError};
 use bytes::Bytes;
@@ -11,7 +16,7 @@ use http_body::{Body as HttpBody, Frame};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 struct State {
     /// The caller's body, until it has ended.
@@ -133,6 +138,10 @@ impl ReplayBody {
     }
 }
 
+fn is_empty_data(f: &Frame<Bytes>) -> bool {
+    f.data_ref().is_some_and(Bytes::is_empty)
+}
+
 impl HttpBody for ReplayBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -161,6 +170,11 @@ impl HttpBody for ReplayBody {
         if !overflowed && this.pos < state.copy.len() {
             let chunk = state.copy[this.pos].clone();
             this.pos += 1;
+            // The last kept chunk of a request that has ended without trailers carries the
+            // end of the stream itself (no separate empty DATA frame follows).
+            if this.pos == state.copy.len() && state.rest.is_none() && state.trailers.is_none() {
+                this.done = true;
+            }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(rest) = state.rest.as_mut() else {
@@ -174,42 +188,52 @@ impl HttpBody for ReplayBody {
             return Poll::Ready(None);
         };
         this.live = true;
-        match Pin::new(rest).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                state.rest = None;
-                this.shared.ended.store(true, Ordering::Release);
-                this.shared.completed.notify_waiters();
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                state.rest = None;
-                this.shared.failed.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    if !this.shared.overflowed.load(Ordering::Acquire) {
-                        state.copied += d.len();
-                        if state.copied > this.shared.limit {
-                            this.shared.overflowed.store(true, Ordering::Release);
-                            state.copy.clear();
-                        } else {
-                            state.copy.push(d.clone());
-                        }
-                    }
-                    this.pos = state.copy.len();
-                } else if let Some(t) = frame.trailers_ref() {
-                    state.trailers = Some(t.clone());
+        loop {
+            let polled = ready!(Pin::new(&mut *rest).poll_frame(cx));
+            let ended = rest.is_end_stream();
+            return match polled {
+                None => {
                     state.rest = None;
                     this.shared.ended.store(true, Ordering::Release);
                     this.shared.completed.notify_waiters();
-                    this.trailers_sent = true;
                     this.done = true;
+                    Poll::Ready(None)
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
+                Some(Err(e)) => {
+                    state.rest = None;
+                    this.shared.failed.store(true, Ordering::Release);
+                    Poll::Ready(Some(Err(e)))
+                }
+                // An empty DATA frame (h2 hands over only the one that carries END_STREAM)
+                // has nothing to keep, and is not sent unless it ends the stream.
+                Some(Ok(frame)) if is_empty_data(&frame) && !ended => continue,
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        if !this.shared.overflowed.load(Ordering::Acquire) && !d.is_empty() {
+                            state.copied += d.len();
+                            if state.copied > this.shared.limit {
+                                this.shared.overflowed.store(true, Ordering::Release);
+                                state.copy.clear();
+                            } else {
+                                state.copy.push(d.clone());
+                            }
+                        }
+                        this.pos = state.copy.len();
+                    } else if let Some(t) = frame.trailers_ref() {
+                        state.trailers = Some(t.clone());
+                        this.trailers_sent = true;
+                    }
+                    if ended || frame.is_trailers() {
+                        // The caller's stream is complete: this frame ends it, so hyper marks
+                        // it END_STREAM instead of sending an extra empty DATA frame.
+                        state.rest = None;
+                        this.shared.ended.store(true, Ordering::Release);
+                        this.shared.completed.notify_waiters();
+                        this.done = true;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            };
         }
     }
 
@@ -264,6 +288,32 @@ mod tests {
         assert!(r.is_replayable());
         assert_eq!(collect(r.body()).await, b"abcdef");
         assert_eq!(collect(r.body()).await, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn no_empty_data_frames_and_the_end_is_reported_with_the_last_chunk() {
+        // A caller that ends its stream with an empty DATA frame (tonic, grpc-go).
+        let r = Replay::new(body_of(&[b"ab", b""]), 100);
+        let mut first = r.body();
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"ab"));
+        assert!(first.frame().await.is_none(), "empty DATA frame passed on");
+        drop(first);
+        // A replay knows the whole request: its last chunk ends the stream.
+        let mut second = r.body();
+        let f = second.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"ab"));
+        assert!(second.is_end_stream());
+        assert!(second.frame().await.is_none());
+        // A caller body that knows its end: the end is reported with its last frame.
+        let full = http_body_util::Full::new(Bytes::from_static(b"cd"))
+            .map_err(|n| match n {})
+            .boxed_unsync();
+        let r = Replay::new(full, 100);
+        let mut live = r.body();
+        assert!(live.frame().await.unwrap().unwrap().is_data());
+        assert!(live.is_end_stream());
+        assert!(r.is_complete());
     }
 
     #[tokio::test]

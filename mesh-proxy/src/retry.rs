@@ -1,6 +1,7 @@
-//! Retries, opt-in per route, plus one transparent retry on every route for a call the chosen
-//! endpoint never processed (connect failure, REFUSED_STREAM, GOAWAY). Own implementation
-//! rather than tower-resilience's `Retry` (which needs `Req: Clone`) because it must: read
+//! Retries, opt-in per route, plus transparent retries on every route (outside the policy and
+//! its budget) for a call the chosen endpoint never processed (connect failure, REFUSED_STREAM,
+//! GOAWAY). Own implementation rather than tower-resilience's `Retry` (which needs
+//! `Req: Clone`) because it must: read
 //! `grpc-status` from trailers as well as headers (peeking the first response frame), share a
 //! per-destination budget, honour `grpc-retry-pushback-ms`, never start an attempt past the
 //! call's deadline, and steer the next attempt to another endpoint. Request bodies stream
@@ -11,6 +12,7 @@ use crate::body::{self, Body, Peeked};
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
 use crate::deadline::{Deadline, set_remaining};
+use crate::defaults::TRANSPARENT_RETRIES;
 use crate::grpc::{self, Code};
 use crate::metrics::{Metrics, route as route_labels};
 use crate::observe::CallInfo;
@@ -162,11 +164,9 @@ async fn classify(
                 }
                 _ => None,
             };
-            let retry = if retries_enabled {
-                e.never_reached_app() || (idempotent && policy.retryable(e.code()))
-            } else {
-                endpoint_refused(&e)
-            };
+            // Without a policy, only the transparent retries (in `call`) apply.
+            let retry = retries_enabled
+                && (e.never_reached_app() || (idempotent && policy.retryable(e.code())));
             if retry {
                 Outcome::Retryable {
                     last: Err(e),
@@ -247,9 +247,9 @@ where
             let info = parts.extensions.get::<CallInfo>().cloned();
             let retries_enabled = policy.max_attempts > 1;
             let idempotent = retries_enabled && policy.is_idempotent(parts.uri.path());
-            // Without a retry policy, one more attempt for a call an endpoint refused unprocessed.
-            let max_attempts = policy.max_attempts.max(2);
+            let max_attempts = policy.max_attempts.max(1);
             let mut attempt = 1u32;
+            let mut transparent_left = TRANSPARENT_RETRIES;
             let mut avoid: Option<String> = None;
             loop {
                 let mut req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
@@ -260,6 +260,29 @@ where
                     req.extensions_mut().insert(AvoidEndpoint(a));
                 }
                 let result = inner.clone().oneshot(req).await;
+                // An endpoint refused the call unprocessed (connect failure, REFUSED_STREAM, a
+                // stream above its GOAWAY's last stream id): send it again at once, preferably
+                // elsewhere, on every route and outside the retry budget.
+                if let Err(
+                    e @ (ProxyError::Connect { endpoint, .. }
+                    | ProxyError::Upstream { endpoint, .. }),
+                ) = &result
+                    && endpoint_refused(e)
+                    && transparent_left > 0
+                    && replay.is_replayable()
+                {
+                    tracing::debug!(route = %policy.route, error = %e, "endpoint refused the call unprocessed; sending it again");
+                    transparent_left -= 1;
+                    avoid = Some(endpoint.clone());
+                    metrics
+                        .retries
+                        .get_or_create(&route_labels("outbound", &policy.route))
+                        .inc();
+                    if let Some(i) = &info {
+                        i.add_retry();
+                    }
+                    continue;
+                }
                 let (last, push, endpoint) =
                     match classify(result, &policy, retries_enabled, idempotent, &replay).await {
                         Outcome::Done(r) => return r,

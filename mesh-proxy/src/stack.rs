@@ -104,6 +104,10 @@ pub fn inbound(cfg: &Config, shared: &Shared) -> Option<ListenerService> {
                 "inbound",
                 shared.metrics.clone(),
             ))
-            .service(Forward::new(inb.local_app, &settings)),
+            .service(Forward::new(
+                inb.local_app,
+                &settings,
+                cfg.limits.max_retry_buffer_bytes,
+            )),
     ))
 }

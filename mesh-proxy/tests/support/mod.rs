@@ -352,6 +352,42 @@ impl Client {
         .expect("call finished in time")
     }
 
+    /// Sends each of `frames` as its own DATA frame, then ends the stream with an empty DATA
+    /// frame carrying END_STREAM, as tonic and grpc-go clients do (a body whose end is not
+    /// known in advance). An empty entry sends an empty DATA frame. Reads the whole response.
+    pub async fn call_frames(
+        &self,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        frames: Vec<Bytes>,
+    ) -> CallResult {
+        let stream = futures::stream::iter(
+            frames
+                .into_iter()
+                .map(|f| Ok::<_, Infallible>(Frame::data(f))),
+        );
+        let req = Self::request(authority, path, headers, StreamBody::new(stream).boxed());
+        let mut send = self.send.clone();
+        tokio::time::timeout(PATIENCE, async move {
+            if let Err(e) = send.ready().await {
+                return CallResult {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                };
+            }
+            match send.send_request(req).await {
+                Ok(rsp) => read_response(rsp).await,
+                Err(e) => CallResult {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            }
+        })
+        .await
+        .expect("call finished in time")
+    }
+
     /// Opens a bidi stream: returns the sender of request messages and the response.
     pub async fn open(
         &self,
@@ -645,15 +681,25 @@ pub const PATH: &str = "/test.Echo/Call";
 
 impl Mesh {
     pub async fn start(upstreams: &[&Upstream], route_extra: &str, inbound_extra: &str) -> Mesh {
+        let apps: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+        Self::start_with_apps(&apps, route_extra, inbound_extra).await
+    }
+
+    /// Like `start`, with any local apps (one callee sidecar per address).
+    pub async fn start_with_apps(
+        apps: &[SocketAddr],
+        route_extra: &str,
+        inbound_extra: &str,
+    ) -> Mesh {
         let pki = Pki::new();
         let callee_id = pki.identity("test", SVC);
         let client = pki.identity("test", "client");
         let mut callees = Vec::new();
-        for u in upstreams {
+        for app in apps {
             let cfg = format!(
                 "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[inbound]\nlisten = \"127.0.0.1:0\"\nlocal_app = \"{}\"\n{inbound_extra}\n",
                 callee_id.toml(),
-                u.addr
+                app
             );
             callees.push(Proxy::start(&cfg).await);
         }

@@ -1,0 +1,275 @@
+//! The mesh must not fail calls because of its own connection management: the connections
+//! between sidecars and to the local app are shared by many callers, reused across idle gaps,
+//! and replaced by the app. Every call here must succeed; one failure fails the test.
+
+mod support;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpListener;
+
+const OK: u16 = 0;
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Fires `bursts` bursts of `per_burst` concurrent calls spread over `clients`, with an idle
+/// gap between bursts. Each call sends `body(i)` as separate DATA frames (ending with an empty
+/// END_STREAM frame, as tonic does). Returns every call that did not end OK with its echo.
+async fn bursts(
+    clients: &[Client],
+    bursts: usize,
+    per_burst: usize,
+    gap: Duration,
+    body: impl Fn(usize) -> Vec<Bytes>,
+) -> Vec<(usize, CallResult)> {
+    let mut failed = Vec::new();
+    for b in 0..bursts {
+        let calls = (0..per_burst).map(|k| {
+            let i = b * per_burst + k;
+            let client = clients[i % clients.len()].clone();
+            let frames = body(i);
+            async move {
+                let r = client.call_frames(SVC, PATH, &[], frames).await;
+                (i, r)
+            }
+        });
+        for (i, r) in futures::future::join_all(calls).await {
+            let echoed = r.messages.first().map(|m| m.to_vec());
+            if r.status() != Some(OK)
+                || r.error.is_some()
+                || echoed != Some(format!("m{i}").into_bytes())
+            {
+                failed.push((i, r));
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+    failed
+}
+
+fn message(i: usize) -> Bytes {
+    frame(format!("m{i}").as_bytes())
+}
+
+#[tokio::test]
+async fn bursts_of_calls_with_idle_gaps_all_succeed() {
+    init();
+    let up = Upstream::start("a").await;
+    let mesh = Mesh::start(&[&up], "", "").await;
+    let clients = vec![mesh.client().await, mesh.client().await];
+    // 300 calls share one connection between the sidecars (and one to the app).
+    let failed = bursts(&clients, 6, 50, Duration::from_millis(300), |i| {
+        vec![message(i)]
+    })
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{} of 300 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(up.calls(), 300);
+}
+
+#[tokio::test]
+async fn empty_data_frames_from_callers_do_not_reach_the_shared_connection() {
+    init();
+    let up = Upstream::start("a").await;
+    let mesh = Mesh::start(&[&up], "", "").await;
+    // Empty DATA frames are legal, but HTTP/2 peers bound how many they accept on one
+    // connection. Each caller connection stays under that bound; together they would
+    // exceed it on the one connection the sidecars share.
+    let clients = vec![
+        mesh.client().await,
+        mesh.client().await,
+        mesh.client().await,
+    ];
+    let failed = bursts(&clients, 4, 45, Duration::from_millis(100), |i| {
+        vec![message(i), Bytes::new()]
+    })
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{} of 180 calls failed: {failed:?}",
+        failed.len()
+    );
+}
+
+/// An echo app that refuses the first stream carrying each request message with
+/// REFUSED_STREAM (so it never processes it) and answers the next one. Returns its address and
+/// the number of refused streams.
+async fn app_refusing_each_call_once() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<Vec<u8>>::new(),
+    ));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let r = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (seen, refused) = (seen.clone(), r.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let (seen, refused) = (seen.clone(), refused.clone());
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut msg = Vec::new();
+                        while let Some(Ok(d)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(d.len());
+                            msg.extend_from_slice(&d);
+                        }
+                        if seen.lock().unwrap().insert(msg.clone()) {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let rsp = Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(rsp, false) else {
+                            return;
+                        };
+                        let _ = send.send_data(Bytes::from(msg), false);
+                        let mut t = HeaderMap::new();
+                        t.insert("grpc-status", HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(t);
+                    });
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn streams_the_local_app_refuses_are_retried_transparently() {
+    init();
+    let (app, refused) = app_refusing_each_call_once().await;
+    // No retry policy on the route: a stream the app never processed is always retried.
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let clients = vec![mesh.client().await];
+    let failed = bursts(&clients, 3, 20, Duration::from_millis(50), |i| {
+        vec![message(i)]
+    })
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{} of 60 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 60);
+}
+
+/// An echo app that closes each connection gracefully (GOAWAY) after `per_conn` requests, as
+/// an app with a maximum connection age does, and, with `empty_data`, follows each response
+/// message with an empty DATA frame. Returns its address and the connections it served.
+async fn app_replacing_connections(
+    per_conn: usize,
+    empty_data: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let served = Arc::new(AtomicUsize::new(0));
+                let full = Arc::new(tokio::sync::Notify::new());
+                let (s, f) = (served.clone(), full.clone());
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    if s.fetch_add(1, Ordering::SeqCst) + 1 == per_conn {
+                        f.notify_one();
+                    }
+                    async move {
+                        let msg = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let mut t = HeaderMap::new();
+                        t.insert("grpc-status", HeaderValue::from_static("0"));
+                        let mut frames = vec![Ok::<_, Infallible>(Frame::data(msg))];
+                        if empty_data {
+                            frames.push(Ok(Frame::data(Bytes::new())));
+                        }
+                        frames.push(Ok(Frame::trailers(t)));
+                        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/grpc"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = full.notified() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn an_app_replacing_its_connections_loses_no_call() {
+    init();
+    let (app, conns) = app_replacing_connections(15, false).await;
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let clients = vec![mesh.client().await, mesh.client().await];
+    let failed = bursts(&clients, 6, 40, Duration::from_millis(100), |i| {
+        vec![message(i)]
+    })
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{} of 240 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert!(conns.load(Ordering::SeqCst) > 1);
+}
+
+#[tokio::test]
+async fn empty_data_frames_from_the_app_do_not_reach_the_shared_connection() {
+    init();
+    // Each app connection carries 40 empty DATA frames, under the per-connection bound; the
+    // one connection between the sidecars outlives them and would carry them all.
+    let (app, conns) = app_replacing_connections(40, true).await;
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let clients = vec![mesh.client().await];
+    // Sequential calls: each app connection serves exactly 40 before it is replaced.
+    let failed = bursts(&clients, 200, 1, Duration::ZERO, |i| vec![message(i)]).await;
+    assert!(
+        failed.is_empty(),
+        "{} of 200 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert!(conns.load(Ordering::SeqCst) >= 5);
+}
