@@ -10,10 +10,13 @@ use std::process::ExitCode;
 
 /// Exit code of a binary whose configuration does not load or validate.
 pub const CONFIG_ERROR_EXIT: u8 = 2;
+/// Exit code of a binary whose metrics endpoint cannot start (address in use).
+pub const METRICS_ERROR_EXIT: u8 = 1;
 
 /// Installs the crypto provider, loads `C` from `file` and the `env_prefix`
 /// environment overrides, then initialises telemetry as `service` with the
-/// settings `telemetry` picks from the config.
+/// settings `telemetry` picks from the config, and serves `/metrics` when
+/// `metrics_addr` is set.
 ///
 /// On a config error it prints `<binary>: <error>` to stderr and returns the
 /// exit code the binary should end with (2).
@@ -37,5 +40,14 @@ where
     };
     let settings = telemetry(&cfg);
     crate::telemetry::init(service, settings.log_format, settings.log_level.as_deref());
+    if let Some(addr) = settings.metrics_addr {
+        match crate::metrics::serve(addr) {
+            Ok(bound) => tracing::info!(%bound, "metrics served at http://{bound}/metrics"),
+            Err(e) => {
+                eprintln!("{binary}: {e} (check `[telemetry] metrics_addr`)");
+                return Err(ExitCode::from(METRICS_ERROR_EXIT));
+            }
+        }
+    }
     Ok(cfg)
 }

@@ -241,6 +241,10 @@ pub struct TelemetrySettings {
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `"127.0.0.1:9464"`; no metrics endpoint when unset.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Outbound addresses per target service. Every call to a peer goes to the

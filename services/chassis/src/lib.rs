@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod outbound;
 pub mod request_id;
 pub mod server;

@@ -27,7 +27,9 @@
 //! not pruned yet: budget about 100 bytes per consumed event.
 //!
 //! Lag is `head - offset`, in [`ConsumerStatus`], in health through
-//! [`Consumer::watch_health`], and in `ConsumerAdminService.ListConsumers`.
+//! [`Consumer::watch_health`], in `ConsumerAdminService.ListConsumers`, and
+//! in metrics ([`crate::metrics`], updated whenever the status is computed;
+//! the offset gauge also after each processed event).
 //!
 //! [`dead_letter`]: crate::events::dead_letter
 
@@ -319,6 +321,7 @@ impl Consumer {
                         Ok(Outcome::Stale) => {}
                         Ok(_) => {
                             failures = 0;
+                            crate::metrics::record_consumer_offset(&inner.name, delivery.position);
                             if let Err(e) = inner.source.ack(&inner.name, delivery.position).await {
                                 tracing::warn!(consumer = %inner.name, position = delivery.position, error = %e, "ack failed; the event will be redelivered");
                             }
@@ -564,14 +567,16 @@ impl Consumer {
                 None
             }
         };
-        Ok(ConsumerStatus {
+        let status = ConsumerStatus {
             consumer: inner.name.clone(),
             source: inner.source.describe(),
             offset,
             head,
             lag: head.map(|h| h.saturating_sub(offset)),
             dead_letters: dead_letter::count(inner.store.as_ref(), &inner.name).await?,
-        })
+        };
+        crate::metrics::record_consumer(&status);
+        Ok(status)
     }
 
     /// Reports dependency `events:<consumer>` up while the source's head is
