@@ -132,16 +132,26 @@ impl Listener {
                 }
             });
         }
-        // Drain: wait until every connection task has returned its permit.
-        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, conns.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                listener = dir,
-                "shutdown grace period over with connections still open"
-            );
-        }
+        drain(&conns, self.max_connections, grace, dir).await;
+    }
+}
+
+/// Waits up to `grace` until every connection task has returned its permit
+/// to `conns` (a semaphore of `max_connections` permits), for a listener's shutdown.
+pub(crate) async fn drain(
+    conns: &Semaphore,
+    max_connections: usize,
+    grace: Duration,
+    listener: &str,
+) {
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, conns.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener,
+            "shutdown grace period over with connections still open"
+        );
     }
 }

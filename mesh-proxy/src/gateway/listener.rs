@@ -174,15 +174,6 @@ impl GatewayListener {
                 }
             });
         }
-        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, conns.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                listener = DIRECTION,
-                "shutdown grace period over with connections still open"
-            );
-        }
+        crate::server::drain(&conns, self.max_connections, grace, DIRECTION).await;
     }
 }
