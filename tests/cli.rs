@@ -12,7 +12,7 @@ struct Cli<'a> {
 
 impl Cli<'_> {
     fn run(&self, args: &[&str], token: Option<&str>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
         cmd.args(args)
             .env("TALLY_USER_ADDR", &self.platform.user_addr)
             .env("TALLY_POLL_ADDR", &self.platform.poll_addr)

@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tally::api::events::v1::event_feed_service_client::EventFeedServiceClient;
-use tally::api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
-use tally::api::events::v1::{
+use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
+use tally_api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
+use tally_api::events::v1::{
     EventEnvelope, GetHeadRequest, GetHeadResponse, SubscribeRequest, SubscribeResponse,
 };
-use tally::api::poll::v1::poll_service_client::PollServiceClient;
-use tally::api::poll::v1::poll_service_server::{PollService, PollServiceServer};
-use tally::api::poll::v1::*;
+use tally_api::poll::v1::poll_service_client::PollServiceClient;
+use tally_api::poll::v1::poll_service_server::{PollService, PollServiceServer};
+use tally_api::poll::v1::*;
 use tally_certs::{CertAuthority, SpiffeId};
 use tally_testkit::{Process, bin_path, repo_root};
 use tonic::transport::{Channel, Endpoint};

@@ -2,8 +2,8 @@
 //! whole product flow, the status codes callers see, and concurrent voting.
 
 use std::collections::HashSet;
-use tally::api::poll::v1::PollStatus;
-use tally::sdk::{Client, Credentials, ListFilter};
+use tally_api::poll::v1::PollStatus;
+use tally_sdk::{Client, Credentials, ListFilter};
 use tally_testkit::Platform;
 use tonic::Code;
 
@@ -26,7 +26,7 @@ async fn signed_in(client: &Client, email: &str, name: &str) -> (Client, String)
     )
 }
 
-fn code<T: std::fmt::Debug>(r: Result<T, tally::sdk::Error>) -> Code {
+fn code<T: std::fmt::Debug>(r: Result<T, tally_sdk::Error>) -> Code {
     r.expect_err("expected an error status").code()
 }
 

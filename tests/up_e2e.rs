@@ -2,10 +2,10 @@
 //! binaries, driven with the real grpcurl exactly as the README says, plus
 //! crash restarts, clean shutdown, replicas and bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use tally::sdk::{Client, Credentials};
+use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, bin_path, free_port_range, grpcurl, is_serving, repo_root};
 
 const READY: Duration = Duration::from_secs(240);
@@ -45,7 +45,7 @@ impl Up {
             .tempdir()
             .expect("temp dir");
         let base = free_port_range(ports);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
         cmd.arg("up")
             .arg("--data-dir")
             .arg(data.path())
@@ -257,7 +257,7 @@ async fn readme_walkthrough_works_against_tally_up() {
     assert!(results["results"][1]["votes"].is_null() || results["results"][1]["votes"] == "0");
 
     // The CLI section of the README, against the same platform.
-    let target_dir = Path::new(env!("CARGO_BIN_EXE_tally"))
+    let target_dir = tally_testkit::bin_path("tally")
         .parent()
         .expect("target dir")
         .to_path_buf();
@@ -396,7 +396,7 @@ async fn replicas_run_on_consecutive_ports() {
 }
 
 fn tally_up(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
+    Command::new(tally_testkit::bin_path("tally"))
         .arg("up")
         .args(args)
         .env_remove("CARGO")

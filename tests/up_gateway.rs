@@ -7,8 +7,8 @@ use prost::Message;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
-use tally::api::poll::v1::{CreatePollRequest, CreatePollResponse};
-use tally::api::user::v1::{LoginRequest, LoginResponse, SignUpRequest};
+use tally_api::poll::v1::{CreatePollRequest, CreatePollResponse};
+use tally_api::user::v1::{LoginRequest, LoginResponse, SignUpRequest};
 use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -150,7 +150,7 @@ async fn browsers_reach_the_services_through_the_gateway_with_grpc_web() {
     }
     let data = tempfile::tempdir().expect("tmp");
     let base = free_port_range(PORTS);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    let mut cmd = Command::new(tally_testkit::bin_path("tally"));
     cmd.arg("up")
         .arg("--data-dir")
         .arg(data.path())

@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tally::api::analytics::v1::GetPollResultsRequest;
-use tally::api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
-use tally::api::user::v1::GetJwksRequest;
-use tally::api::user::v1::user_service_client::UserServiceClient;
-use tally::sdk::{Client, Credentials};
+use tally_api::analytics::v1::GetPollResultsRequest;
+use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use tally_api::user::v1::GetJwksRequest;
+use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_certs::{CertAuthority, SpiffeId};
+use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,7 +46,7 @@ impl Up {
             .tempdir()
             .expect("temp dir");
         let base = free_port_range(PORTS);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
         cmd.arg("up")
             .arg("--data-dir")
             .arg(data.path())
@@ -539,7 +539,7 @@ async fn no_mesh_runs_the_services_without_sidecars() {
     }
     let data = tempfile::tempdir().expect("tmp");
     let base = free_port_range(6);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    let mut cmd = Command::new(tally_testkit::bin_path("tally"));
     cmd.arg("up")
         .arg("--data-dir")
         .arg(data.path())
@@ -593,7 +593,7 @@ async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     let data = tempfile::tempdir().expect("tmp");
     let base = free_port_range(PORTS);
     let start = |validity: &str| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
         cmd.arg("up")
             .arg("--data-dir")
             .arg(data.path())

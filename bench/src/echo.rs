@@ -7,13 +7,13 @@
 use crate::error::BenchError;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use tally::api::events::v1::event_envelope::Payload;
-use tally::api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
-use tally::api::events::v1::{
+use tally_api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
+use tally_api::events::v1::{
     EventEnvelope, GetHeadRequest, GetHeadResponse, PollVoted, SubscribeRequest, SubscribeResponse,
 };
-use tally::api::poll::v1::poll_service_server::{PollService, PollServiceServer};
-use tally::api::poll::v1::{
+use tally_api::poll::v1::poll_service_server::{PollService, PollServiceServer};
+use tally_api::poll::v1::{
     CastVoteRequest, CastVoteResponse, ClosePollRequest, ClosePollResponse, CreatePollRequest,
     CreatePollResponse, GetPollRequest, GetPollResponse, GetResultsRequest, GetResultsResponse,
     ListPollsRequest, ListPollsResponse, Poll, PollOption, PollStatus,

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tally::api::events::v1::SubscribeRequest;
-use tally::api::events::v1::event_feed_service_client::EventFeedServiceClient;
-use tally::api::poll::v1::GetPollRequest;
-use tally::api::poll::v1::poll_service_client::PollServiceClient;
+use tally_api::events::v1::SubscribeRequest;
+use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
+use tally_api::poll::v1::GetPollRequest;
+use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Highest latency the histograms track (60 s, in microseconds).

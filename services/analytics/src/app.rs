@@ -9,7 +9,7 @@ use crate::projector::Projector;
 use crate::queries::Queries;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::analytics::v1::analytics_service_server::AnalyticsServiceServer;
+use tally_api::analytics::v1::analytics_service_server::AnalyticsServiceServer;
 use tally_chassis::auth::Authenticator;
 use tally_chassis::events::{Consumer, ConsumerAdmin, transport};
 use tally_chassis::health::HealthHub;

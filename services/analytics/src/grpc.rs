@@ -4,8 +4,8 @@
 
 use crate::domain::{DomainError, Millis, timestamp};
 use crate::queries::{Queries, QueryError};
-use tally::api::analytics::v1 as pb;
-use tally::api::analytics::v1::analytics_service_server::AnalyticsService;
+use tally_api::analytics::v1 as pb;
+use tally_api::analytics::v1::analytics_service_server::AnalyticsService;
 use tally_chassis::auth::{Authenticator, Caller, SCOPE_POLLS_READ};
 use tonic::{Request, Response, Status};
 
@@ -65,7 +65,7 @@ fn status(e: QueryError) -> Status {
     }
 }
 
-fn page(p: Option<&tally::api::common::v1::PageRequest>) -> (u32, &str) {
+fn page(p: Option<&tally_api::common::v1::PageRequest>) -> (u32, &str) {
     p.map(|p| (p.page_size, p.page_token.as_str()))
         .unwrap_or((0, ""))
 }

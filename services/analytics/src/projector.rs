@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
-use tally::api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::event_envelope::Payload;
 use tally_chassis::events::consumer::clear_partition;
 use tally_chassis::events::{Delivery, Handler, HandlerError};
 use tally_chassis::storage::{Store, StoreError, WriteBatch, decode, encode};

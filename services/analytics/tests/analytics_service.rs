@@ -5,10 +5,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use support::*;
-use tally::api::analytics::v1 as pb;
-use tally::api::common::v1::PageRequest;
-use tally::api::events::v1 as evpb;
-use tally::api::poll::v1 as pollpb;
+use tally_api::analytics::v1 as pb;
+use tally_api::common::v1::PageRequest;
+use tally_api::events::v1 as evpb;
+use tally_api::poll::v1 as pollpb;
 use tonic::Code;
 
 /// Polling's results for `poll_id` as (option id, text, votes), total, closed.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use support::*;
-use tally::api::analytics::v1 as pb;
-use tally::api::notification::v1 as npb;
+use tally_api::analytics::v1 as pb;
+use tally_api::notification::v1 as npb;
 use tonic::Code;
 
 const POLLS: usize = 6;

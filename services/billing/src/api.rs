@@ -5,8 +5,8 @@ use crate::domain::plans::{PLANS, PlanId};
 use crate::domain::saga::SubscriptionState;
 use crate::orchestrator::Orchestrator;
 use crate::records::SubscriptionRecord;
-use tally::api::billing::v1 as pb;
-use tally::api::billing::v1::billing_service_server::BillingService;
+use tally_api::billing::v1 as pb;
+use tally_api::billing::v1::billing_service_server::BillingService;
 use tally_chassis::auth::{Authenticator, Caller};
 use tonic::{Request, Response, Status};
 

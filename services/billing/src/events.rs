@@ -4,8 +4,8 @@
 use crate::domain::plans::PlanId;
 use crate::domain::saga::Notice;
 use prost::Message;
-use tally::api::events::v1 as ev;
-use tally::api::events::v1::event_envelope::Payload;
+use tally_api::events::v1 as ev;
+use tally_api::events::v1::event_envelope::Payload;
 use tally_chassis::storage::OutboxEvent;
 
 /// The producer name in every envelope.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::billing::v1::billing_service_server::BillingServiceServer;
+use tally_api::billing::v1::billing_service_server::BillingServiceServer;
 use tally_billing::api::BillingApi;
 use tally_billing::config::{BillingConfig, ENV_PREFIX};
 use tally_billing::orchestrator::{Orchestrator, Tuning};

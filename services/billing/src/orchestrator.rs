@@ -25,7 +25,7 @@ use crate::records::{self, Entitlement, Records, StepLog, SubscriptionRecord};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tally::api::payment::v1 as paypb;
+use tally_api::payment::v1 as paypb;
 use tally_chassis::storage::{StoreError, WriteBatch};
 use tonic::{Code, Status};
 

@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use std::time::Duration;
-use tally::api::payment::v1 as pb;
-use tally::api::payment::v1::payment_service_client::PaymentServiceClient;
+use tally_api::payment::v1 as pb;
+use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
 use tonic::Status;
 use tonic::transport::Channel;
 

@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
-use tally::api::billing::v1 as bpb;
-use tally::api::billing::v1::billing_service_client::BillingServiceClient;
-use tally::api::payment::v1 as ppb;
-use tally::api::payment::v1::payment_service_client::PaymentServiceClient;
-use tally::api::user::v1 as upb;
-use tally::api::user::v1::user_service_client::UserServiceClient;
+use tally_api::billing::v1 as bpb;
+use tally_api::billing::v1::billing_service_client::BillingServiceClient;
+use tally_api::payment::v1 as ppb;
+use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
+use tally_api::user::v1 as upb;
+use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::{Process, READY_TIMEOUT, bin_path, free_port};
 use tonic::transport::Channel;
 

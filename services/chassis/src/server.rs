@@ -101,7 +101,7 @@ where
     > as NamedService>::NAME;
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         let builder = builder
-            .register_encoded_file_descriptor_set(tally::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tally_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(health_name);
         names

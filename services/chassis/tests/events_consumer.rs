@@ -10,10 +10,10 @@ use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tally::api::events::v1::EventEnvelope;
-use tally::api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
-use tally::api::events::v1::event_envelope::Payload;
-use tally::api::events::v1::{
+use tally_api::events::v1::EventEnvelope;
+use tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
+use tally_api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::{
     GetDeadLetterRequest, ListConsumersRequest, ListDeadLettersRequest, PollVoted,
     RedriveDeadLetterRequest, ReplayRequest,
 };

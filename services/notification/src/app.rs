@@ -10,7 +10,7 @@ use crate::projector::Projector;
 use crate::watch::Watches;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::notification::v1::notification_service_server::NotificationServiceServer;
+use tally_api::notification::v1::notification_service_server::NotificationServiceServer;
 use tally_chassis::auth::Authenticator;
 use tally_chassis::events::{Consumer, ConsumerAdmin, transport};
 use tally_chassis::health::HealthHub;

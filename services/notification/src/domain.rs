@@ -2,7 +2,7 @@
 //! resuming a watch and trimming the per-poll update log. Pure: no I/O.
 
 use serde::{Deserialize, Serialize};
-use tally::api::events::v1::PollCreated;
+use tally_api::events::v1::PollCreated;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;

@@ -3,8 +3,8 @@
 //! built by [`Watches`] to tonic.
 
 use crate::watch::{WatchStream, Watches};
-use tally::api::notification::v1 as pb;
-use tally::api::notification::v1::notification_service_server::NotificationService;
+use tally_api::notification::v1 as pb;
+use tally_api::notification::v1::notification_service_server::NotificationService;
 use tally_chassis::auth::{Authenticator, SCOPE_POLLS_READ};
 use tonic::{Request, Response, Status};
 

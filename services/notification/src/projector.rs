@@ -14,7 +14,7 @@ use crate::domain::{Inconsistent, Millis, PollState, Update};
 use crate::hub::{Hub, Published};
 use async_trait::async_trait;
 use std::sync::Mutex;
-use tally::api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::event_envelope::Payload;
 use tally_chassis::events::consumer::clear_partition;
 use tally_chassis::events::{Delivery, Handler, HandlerError};
 use tally_chassis::storage::{Store, StoreError, WriteBatch, decode, encode};

@@ -16,7 +16,7 @@ use crate::hub::{Hub, Published};
 use crate::projector::{load_state, owned_polls, read_log};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tally::api::notification::v1 as pb;
+use tally_api::notification::v1 as pb;
 use tally_chassis::storage::{Store, StoreError};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 use support::*;
-use tally::api::notification::v1 as pb;
+use tally_api::notification::v1 as pb;
 use tonic::{Code, Status, Streaming};
 
 /// Hang guard for one message (never an assertion about speed).

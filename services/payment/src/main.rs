@@ -4,7 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tally::api::payment::v1::payment_service_server::PaymentServiceServer;
+use tally_api::payment::v1::payment_service_server::PaymentServiceServer;
 use tally_chassis::{bootstrap, health::HealthHub, server, shutdown, storage};
 use tally_payment::config::{ENV_PREFIX, PaymentConfig};
 use tally_payment::ledger::Ledger;

@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Mutex;
 use std::time::Duration;
-use tally::api::payment::v1 as pb;
-use tally::api::payment::v1::payment_service_server::PaymentService;
+use tally_api::payment::v1 as pb;
+use tally_api::payment::v1::payment_service_server::PaymentService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tally::api::payment::v1 as pb;
-use tally::api::payment::v1::payment_service_client::PaymentServiceClient;
+use tally_api::payment::v1 as pb;
+use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
 use tally_testkit::{Process, READY_TIMEOUT, bin_path, free_port};
 use tonic::Code;
 use tonic::transport::Channel;

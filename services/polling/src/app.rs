@@ -9,7 +9,7 @@ use crate::grpc::PollApi;
 use crate::repository::PollRepository;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::poll::v1::poll_service_server::PollServiceServer;
+use tally_api::poll::v1::poll_service_server::PollServiceServer;
 use tally_chassis::auth::Authenticator;
 use tally_chassis::health::HealthHub;
 

@@ -16,7 +16,7 @@
 use crate::domain::limits::{self, PlanLimits};
 use async_trait::async_trait;
 use std::sync::Arc;
-use tally::api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::event_envelope::Payload;
 use tally_chassis::events::consumer::clear_partition;
 use tally_chassis::events::{Delivery, Handler, HandlerError};
 use tally_chassis::storage::{Store, StoreError, WriteBatch, decode, encode};
@@ -137,7 +137,7 @@ impl Entitlements {
 mod tests {
     use super::*;
     use futures::stream;
-    use tally::api::events::v1 as ev;
+    use tally_api::events::v1 as ev;
     use tally_chassis::events::consumer::Outcome;
     use tally_chassis::events::{
         BusError, Consumer, DeliveryStream, EventSource, RetryPolicy, Subscription,

@@ -6,7 +6,7 @@ use crate::domain::Millis;
 use crate::domain::poll::Poll;
 use crate::domain::vote::VoteRecord;
 use prost::Message;
-use tally::api::events::v1 as ev;
+use tally_api::events::v1 as ev;
 use tally_chassis::storage::OutboxEvent;
 
 /// The `producer` of every polling event.

@@ -10,8 +10,8 @@ use crate::domain::{DomainError, Millis};
 use crate::entitlements::Entitlements;
 use crate::events::timestamp;
 use crate::repository::{ListFilter, PollRepository, PollingError};
-use tally::api::poll::v1 as pb;
-use tally::api::poll::v1::poll_service_server::PollService;
+use tally_api::poll::v1 as pb;
+use tally_api::poll::v1::poll_service_server::PollService;
 use tally_chassis::auth::{
     Authenticator, Caller, SCOPE_POLLS_READ, SCOPE_POLLS_WRITE, SCOPE_VOTES_WRITE,
 };

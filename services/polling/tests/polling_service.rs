@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{Stack, api_key, bearer, create_req, expect_code};
-use tally::api::poll::v1 as pb;
-use tally::api::poll::v1::poll_service_client::PollServiceClient;
+use tally_api::poll::v1 as pb;
+use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tally_polling::repository::PollRepository;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -532,7 +532,7 @@ async fn credentials_and_scopes() {
     let mut users = stack.users().await;
     users
         .revoke_api_key(bearer(
-            tally::api::user::v1::RevokeApiKeyRequest { key_id: full_id },
+            tally_api::user::v1::RevokeApiKeyRequest { key_id: full_id },
             &alice,
         ))
         .await
@@ -567,7 +567,7 @@ async fn pagination_is_stable_and_complete() {
         bearer(
             pb::ListPollsRequest {
                 filter: Some(filter),
-                page: Some(tally::api::common::v1::PageRequest {
+                page: Some(tally_api::common::v1::PageRequest {
                     page_size: size,
                     page_token: token,
                 }),
@@ -793,7 +793,7 @@ async fn concurrent_votes_are_exact_and_survive_restart() {
             .filter(|e| e.event.aggregate_id == poll_id)
             .map(|e| {
                 use prost::Message;
-                tally::api::events::v1::EventEnvelope::decode(e.event.payload.as_slice())
+                tally_api::events::v1::EventEnvelope::decode(e.event.payload.as_slice())
                     .expect("envelope")
                     .sequence
             })

@@ -19,7 +19,7 @@ use crate::ports::{
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::events::v1::{EventEnvelope, UserRegistered, event_envelope};
+use tally_api::events::v1::{EventEnvelope, UserRegistered, event_envelope};
 use tally_chassis::session::{Session, SessionError, SessionStore};
 use tally_chassis::storage::OutboxEvent;
 

@@ -6,8 +6,8 @@ use crate::app::{AppError, UserApp};
 use crate::domain::token::{AccessClaims, jwks_json};
 use crate::domain::user::{ApiKeyRecord, UserRecord};
 use std::sync::Arc;
-use tally::api::user::v1 as pb;
-use tally::api::user::v1::user_service_server::UserService;
+use tally_api::user::v1 as pb;
+use tally_api::user::v1::user_service_server::UserService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 

@@ -6,7 +6,7 @@ mod support;
 
 use sha2::{Digest, Sha256};
 use support::{RedisServer, ServingStatus, UserProcess};
-use tally::api::user::v1 as pb;
+use tally_api::user::v1 as pb;
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery";
@@ -38,7 +38,7 @@ async fn sessions_live_in_redis_and_health_follows_redis() {
     })
     .await
     .expect("sign up");
-    let login = |mut c: tally::api::user::v1::user_service_client::UserServiceClient<_>| async move {
+    let login = |mut c: tally_api::user::v1::user_service_client::UserServiceClient<_>| async move {
         c.login(pb::LoginRequest {
             email: "redis@example.com".into(),
             password: PASSWORD.into(),

@@ -2,13 +2,13 @@
 //! its own data directory and drive it with the generated gRPC client.
 
 use std::time::Duration;
-use tally::api::user::v1 as pb;
+use tally_api::user::v1 as pb;
 use tonic::{Code, Request};
 
 mod support;
 
 use support::UserProcess;
-use tally::api::user::v1::user_service_client::UserServiceClient;
+use tally_api::user::v1::user_service_client::UserServiceClient;
 use tonic::transport::Channel;
 
 type Client = UserServiceClient<Channel>;
@@ -710,7 +710,7 @@ async fn data_tokens_and_keys_survive_a_restart() {
 #[tokio::test]
 async fn signup_commits_a_user_registered_event_to_the_outbox() {
     use prost::Message;
-    use tally::api::events::v1::{EventEnvelope, event_envelope};
+    use tally_api::events::v1::{EventEnvelope, event_envelope};
     use tally_chassis::storage::Store;
 
     let dir = tempfile::tempdir().expect("tempdir");

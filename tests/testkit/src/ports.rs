@@ -4,12 +4,14 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A port that was free a moment ago (the OS picked it).
+/// A port for a child process to listen on: free right now and outside the
+/// kernel's ephemeral range (see [`free_port_range`]).
+///
+/// A port the OS picked with `:0` and released would be in the ephemeral
+/// range, where any outgoing connection may take it before the child binds
+/// it; a port below that range can only be taken by another explicit bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind an ephemeral port on 127.0.0.1")
+    free_port_range(1)
 }
 
 /// The first of `n` consecutive ports that are all free right now, for

@@ -9,7 +9,7 @@
 pub mod paging;
 
 use serde::{Deserialize, Serialize};
-use tally::api::events::v1::PollCreated;
+use tally_api::events::v1::PollCreated;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;

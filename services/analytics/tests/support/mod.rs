@@ -9,12 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tally::api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
-use tally::api::events::v1 as evpb;
-use tally::api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
-use tally::api::events::v1::event_feed_service_client::EventFeedServiceClient;
-use tally::api::notification::v1::notification_service_client::NotificationServiceClient;
-use tally::sdk::{Client, Credentials};
+use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use tally_api::events::v1 as evpb;
+use tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
+use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
+use tally_api::notification::v1::notification_service_client::NotificationServiceClient;
+use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, READY_TIMEOUT, RedisServer, bin_path, free_port};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};

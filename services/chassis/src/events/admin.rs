@@ -7,10 +7,10 @@
 use crate::events::consumer::Consumer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tally::api::events::v1::consumer_admin_service_server::{
+use tally_api::events::v1::consumer_admin_service_server::{
     ConsumerAdminService, ConsumerAdminServiceServer,
 };
-use tally::api::events::v1::{
+use tally_api::events::v1::{
     GetDeadLetterRequest, GetDeadLetterResponse, ListConsumersRequest, ListConsumersResponse,
     ListDeadLettersRequest, ListDeadLettersResponse, RedriveDeadLetterRequest,
     RedriveDeadLetterResponse, ReplayRequest, ReplayResponse,

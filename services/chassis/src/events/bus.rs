@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use tally::api::events::v1::EventEnvelope;
+use tally_api::events::v1::EventEnvelope;
 
 /// One event as delivered: its position in the producer's log and the envelope.
 #[derive(Debug, Clone, PartialEq)]

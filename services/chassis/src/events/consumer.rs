@@ -189,8 +189,8 @@ pub struct ConsumerStatus {
 
 impl ConsumerStatus {
     /// The wire form (unknown head and lag as 0).
-    pub fn to_proto(&self) -> tally::api::events::v1::ConsumerStatus {
-        tally::api::events::v1::ConsumerStatus {
+    pub fn to_proto(&self) -> tally_api::events::v1::ConsumerStatus {
+        tally_api::events::v1::ConsumerStatus {
             consumer: self.consumer.clone(),
             source: self.source.clone(),
             offset: self.offset,

@@ -7,7 +7,7 @@ use crate::events::bus::Delivery;
 use crate::storage::{Store, StoreError, decode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use tally::api::events::v1::{DeadLetter, EventEnvelope};
+use tally_api::events::v1::{DeadLetter, EventEnvelope};
 
 /// The DLQ table in a consumer's store.
 pub const TABLE: &str = "__consumer_dlq";

@@ -3,8 +3,8 @@
 
 use crate::storage::OutboxEvent;
 use prost::Message;
-use tally::api::events::v1::EventEnvelope;
-use tally::api::events::v1::event_envelope::Payload;
+use tally_api::events::v1::EventEnvelope;
+use tally_api::events::v1::event_envelope::Payload;
 
 /// The schema version this build writes (and fully understands).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -62,7 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<EventEnvelope, prost::DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally::api::events::v1::PollVoted;
+    use tally_api::events::v1::PollVoted;
 
     #[test]
     fn round_trips_through_the_outbox_row() {

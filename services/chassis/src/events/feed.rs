@@ -23,8 +23,8 @@ use crate::storage::{OutboxEntry, Store, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-use tally::api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
-use tally::api::events::v1::{
+use tally_api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
+use tally_api::events::v1::{
     EventEnvelope, GetHeadRequest, GetHeadResponse, SubscribeRequest, SubscribeResponse,
 };
 use tokio::sync::{Notify, mpsc, watch};

@@ -11,8 +11,8 @@ use crate::events::bus::{BusError, Delivery, DeliveryStream, EventSource, Subscr
 use crate::outbound::{self, OutboundError};
 use async_trait::async_trait;
 use std::time::Duration;
-use tally::api::events::v1::event_feed_service_client::EventFeedServiceClient;
-use tally::api::events::v1::{GetHeadRequest, SubscribeRequest};
+use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
+use tally_api::events::v1::{GetHeadRequest, SubscribeRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::api::events::v1::EventEnvelope;
+use tally_api::events::v1::EventEnvelope;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tally::api::user::v1::user_service_client::UserServiceClient;
+use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::free_port;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;

@@ -4,8 +4,8 @@ use super::output::{self, Out};
 use super::{CliError, GlobalArgs};
 use clap::Subcommand;
 use std::time::{Duration, SystemTime};
-use tally::api::poll::v1 as pb;
-use tally::sdk::{Client, ListFilter};
+use tally_api::poll::v1 as pb;
+use tally_sdk::{Client, ListFilter};
 
 #[derive(Debug, Subcommand)]
 pub enum PollCommand {

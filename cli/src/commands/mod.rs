@@ -11,8 +11,8 @@ mod user;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
-use tally::sdk::{self, Client, Credentials};
 use tally::up;
+use tally_sdk::{self as sdk, Client, Credentials};
 
 /// Tally: polls as gRPC microservices.
 #[derive(Debug, Parser)]

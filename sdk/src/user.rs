@@ -1,7 +1,7 @@
 //! Typed calls to `tally.user.v1.UserService`.
 
 use super::{Client, Error};
-use crate::api::user::v1 as pb;
+use tally_api::user::v1 as pb;
 
 impl Client {
     /// Creates an account.

@@ -1,8 +1,8 @@
 //! Typed calls to `tally.poll.v1.PollService`.
 
 use super::{Client, Error};
-use crate::api::common::v1::PageRequest;
-use crate::api::poll::v1 as pb;
+use tally_api::common::v1::PageRequest;
+use tally_api::poll::v1 as pb;
 
 /// Which polls [`Client::list_polls`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]

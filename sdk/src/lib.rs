@@ -3,8 +3,8 @@
 //! and hands back the generated message types.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tally::sdk::Error> {
-//! use tally::sdk::{Client, Credentials};
+//! # async fn demo() -> Result<(), tally_sdk::Error> {
+//! use tally_sdk::{Client, Credentials};
 //! let client = Client::connect("http://127.0.0.1:50051", "http://127.0.0.1:50052").await?;
 //! let login = client.login("ada@example.com", "correct horse battery").await?;
 //! let me = client.with_credentials(Credentials::Bearer(login.access_token));
@@ -23,8 +23,8 @@ use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::api::poll::v1::poll_service_client::PollServiceClient;
-use crate::api::user::v1::user_service_client::UserServiceClient;
+use tally_api::poll::v1::poll_service_client::PollServiceClient;
+use tally_api::user::v1::user_service_client::UserServiceClient;
 
 /// The deadline every call gets unless [`Client::with_timeout`] changes it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tally::api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
-use tally::api::events::v1::{
+use tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
+use tally_api::events::v1::{
     ConsumerStatus, DeadLetter, EventEnvelope, GetDeadLetterRequest, ListConsumersRequest,
     ListDeadLettersRequest, RedriveDeadLetterRequest, ReplayRequest,
 };
@@ -138,7 +138,7 @@ impl Target {
 fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "{}: {}",
-        tally::sdk::code_name(status.code()),
+        tally_sdk::code_name(status.code()),
         status.message()
     )
 }

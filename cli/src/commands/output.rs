@@ -4,8 +4,8 @@
 //! counts are numbers.
 
 use serde_json::{Value, json};
-use tally::api::poll::v1 as poll;
-use tally::api::user::v1 as user;
+use tally_api::poll::v1 as poll;
+use tally_api::user::v1 as user;
 
 /// Prints either the JSON or the text form of a result.
 pub struct Out {

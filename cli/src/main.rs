@@ -1,6 +1,6 @@
 //! The `tally` executable: parses the command line and runs the command.
 
-mod cli;
+mod commands;
 
 use clap::Parser;
 use std::io::Write;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Usage errors print clap's message and exit 2; --help/--version exit 0.
-    let cli = cli::Cli::parse();
+    let cli = commands::Cli::parse();
     let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut err = std::io::stderr().lock();
