@@ -1,5 +1,6 @@
 //! The `tally` CLI against the real services: readable output, `--json` that
-//! parses, gRPC codes on failures with a non-zero exit, and clear usage errors.
+//! parses, gRPC codes on failures with a non-zero exit, clear usage errors,
+//! and help that lists only the flags each command reads.
 
 use std::process::{Command, Output};
 use tally_testkit::{Platform, free_port};
@@ -256,14 +257,14 @@ async fn cli_commands_against_running_services() {
         tok,
     );
     let secret = key["secret"].as_str().expect("secret").to_string();
-    let read = cli.json(&["--api-key", &secret, "poll", "get", &poll_id], None);
+    let read = cli.json(&["poll", "--api-key", &secret, "get", &poll_id], None);
     assert_eq!(read["poll_id"], poll_id.as_str());
     cli.fails_with(
         &[
-            "--api-key",
-            &secret,
             "poll",
             "create",
+            "--api-key",
+            &secret,
             "--question",
             "Q?",
             "--option",
@@ -292,7 +293,7 @@ async fn usage_errors_and_unreachable_services_exit_non_zero_with_a_message() {
     let out = cli.run(&["poll", "create", "--bogus"], Some("t"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--bogus'"));
-    let out = cli.run(&["--timeout", "0", "user", "profile"], Some("t"));
+    let out = cli.run(&["user", "--timeout", "0", "profile"], Some("t"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"));
     let out = cli.run(
@@ -325,7 +326,7 @@ async fn usage_errors_and_unreachable_services_exit_non_zero_with_a_message() {
     // Nothing listening: UNAVAILABLE.
     let dead = format!("127.0.0.1:{}", free_port());
     cli.fails_with(
-        &["--poll-addr", &dead, "poll", "get", "p1"],
+        &["poll", "get", "p1", "--poll-addr", &dead],
         Some("t"),
         "UNAVAILABLE",
     );
@@ -352,4 +353,114 @@ async fn event_operator_commands_reach_the_consumer_admin_service() {
         None,
         "NOT_FOUND",
     );
+}
+
+/// The connection and credential flags, and who reads them.
+const CONNECTION_FLAGS: [&str; 5] = [
+    "--user-addr",
+    "--poll-addr",
+    "--token",
+    "--api-key",
+    "--timeout",
+];
+
+/// `tally <path> --help`: the flags its Options section defines, and its
+/// subcommands.
+fn help(path: &[&str]) -> (Vec<String>, Vec<String>) {
+    let out = Command::new(tally_testkit::bin_path("tally"))
+        .args(path)
+        .arg("--help")
+        .env_remove("TALLY_TOKEN")
+        .env_remove("TALLY_API_KEY")
+        .output()
+        .expect("run tally");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(out.status.success(), "tally {path:?} --help: {text}");
+    let mut section = "";
+    let (mut flags, mut commands) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            section = line.trim_end_matches(':');
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match (section, words.first()) {
+            ("Options", Some(first)) if first.starts_with('-') => {
+                // `-h, --help  Print help` or `--user-addr <USER_ADDR>  ...`
+                for w in words.iter().take(2) {
+                    let w = w.trim_end_matches(',');
+                    if w.starts_with("--") {
+                        flags.push(w.to_string());
+                    }
+                }
+            }
+            ("Commands", Some(name)) if *name != "help" => commands.push(name.to_string()),
+            _ => {}
+        }
+    }
+    (flags, commands)
+}
+
+/// The connection flags a command reads; every command is listed, so a new
+/// one fails here until its flags are decided.
+fn reads(path: &[&str]) -> &'static [&'static str] {
+    const USER: &[&str] = &["--user-addr", "--timeout"];
+    const USER_AS_CALLER: &[&str] = &["--user-addr", "--timeout", "--token", "--api-key"];
+    const POLL: &[&str] = &["--poll-addr", "--timeout", "--token", "--api-key"];
+    const POLL_AND_USER: &[&str] = &[
+        "--poll-addr",
+        "--user-addr",
+        "--timeout",
+        "--token",
+        "--api-key",
+    ];
+    match path {
+        ["up"] | ["certs", ..] | ["dlq", ..] | ["replay"] | ["consumers"] => &[],
+        ["user", "signup" | "login" | "logout"] => USER,
+        ["user", "profile"] | ["user", "api-key", ..] => USER_AS_CALLER,
+        ["poll", "list"] => POLL_AND_USER,
+        ["poll", "create" | "get" | "close" | "vote" | "results"] => POLL,
+        other => panic!("tally {other:?}: decide which connection flags it reads"),
+    }
+}
+
+#[test]
+fn each_command_shows_only_the_flags_it_reads() {
+    let (top, _) = help(&[]);
+    for f in CONNECTION_FLAGS {
+        assert!(!top.contains(&f.to_string()), "tally --help lists {f}");
+    }
+    assert!(top.contains(&"--json".to_string()), "{top:?}");
+    // Walk the command tree down to every command that runs something.
+    let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+    let mut leaves = 0;
+    while let Some(path) = todo.pop() {
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        let (flags, commands) = help(&p);
+        if !commands.is_empty() {
+            for c in commands {
+                let mut next = path.clone();
+                next.push(c);
+                todo.push(next);
+            }
+            continue;
+        }
+        leaves += 1;
+        let want = reads(&p);
+        for f in CONNECTION_FLAGS {
+            assert_eq!(
+                flags.contains(&f.to_string()),
+                want.contains(&f),
+                "tally {} --help: {f} (shown: {flags:?})",
+                p.join(" ")
+            );
+        }
+        assert!(
+            flags.contains(&"--json".to_string()),
+            "tally {} --help: --json",
+            p.join(" ")
+        );
+    }
+    // up; certs x4; user x4 + api-key x3; poll x6; dlq x3, replay, consumers.
+    assert_eq!(leaves, 23);
 }

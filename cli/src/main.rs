@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Usage errors print clap's message and exit 2; --help/--version exit 0.
     let cli = commands::Cli::parse();
-    let json = cli.global.json;
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,6 +2,8 @@
 # Creates the mesh CA (once) and one workload certificate per service with
 # `tally certs`, and stores each as the Secret <service>-mesh-cert in
 # namespace tally (keys: bundle.pem, <service>.pem, <service>-key.pem).
+# Also creates, once, the Secret tally-proxy-admin-token (key admin-token): a
+# random bearer token every sidecar's admin API requires for changes.
 #
 #   deploy/k8s/certs.sh [DIR] [VALIDITY]     # default DIR .tally-k8s-ca, VALIDITY 720h
 #
@@ -24,3 +26,11 @@ for s in "${services[@]}"; do
     --from-file="$s-key.pem"="$dir/issued/$s-key.pem" \
     --dry-run=client -o yaml | kubectl apply -f -
 done
+
+# The sidecars' admin token: created once, kept across runs (delete the Secret
+# and run again to rotate it, then restart the pods).
+if ! kubectl -n tally get secret tally-proxy-admin-token >/dev/null 2>&1; then
+  token="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+  kubectl -n tally create secret generic tally-proxy-admin-token \
+    --from-literal=admin-token="$token"
+fi

@@ -1,12 +1,18 @@
-//! The proxy's one configuration file (TOML): typed, defaulted from `defaults`, and
-//! validated at start so a bad file fails fast with the key and the fix.
+//! The proxy's one configuration file (TOML): the typed sections, each defaulted from
+//! `defaults`. Reading the file and environment overrides are in [`load`], the checks that
+//! make a bad file fail fast with the key and the fix in [`validate`]. Every section's
+//! struct is defined here, in file order, so a new key is one field in this file.
+
+mod load;
+mod validate;
+
+pub use validate::check_faults;
 
 use crate::defaults as d;
-use crate::grpc::Code;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A configuration problem, naming the file, the key and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +58,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// File holding the bearer token that admin mutations (`PUT /faults`) must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +80,7 @@ pub struct InboundConfig {
     pub authz: Vec<AuthzRule>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzRule {
     /// Fully qualified gRPC service, e.g. `tally.user.v1.UserService`, or `*`.
@@ -312,276 +321,59 @@ fn stream_idle_timeout() -> u64 {
     d::STREAM_IDLE_TIMEOUT_MS
 }
 
+impl AdminConfig {
+    /// An admin listener on `listen` with every other key at its default.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            token_file: None,
+        }
+    }
+}
+
+impl InboundConfig {
+    /// An inbound listener in front of `local_app` with every other key at its default.
+    pub fn new(listen: SocketAddr, local_app: SocketAddr) -> Self {
+        Self {
+            listen,
+            local_app,
+            max_connections: max_connections(),
+            bulkhead: BulkheadConfig::default(),
+            faults: FaultConfig::default(),
+            authz: Vec::new(),
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// An outbound listener with every other key at its default.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_connections: max_connections(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// A target at `endpoints` with every other key at its default.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            identity: None,
+            timeout_ms: route_timeout(),
+            stream_idle_timeout_ms: stream_idle_timeout(),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            bulkhead: BulkheadConfig::default(),
+            outlier: OutlierConfig::default(),
+            load_balancer: LoadBalancerConfig::default(),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
 impl Config {
-    /// Reads, applies environment overrides, and validates.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let mut cfg = Self::parse(&file, &text)?;
-        cfg.apply_env(&file)?;
-        cfg.validate(&file)?;
-        Ok(cfg)
-    }
-
-    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_string(),
-            message: e.to_string(),
-        })
-    }
-
-    /// `TALLY_PROXY_ADMIN_LISTEN`, `TALLY_PROXY_INBOUND_LISTEN`, `TALLY_PROXY_OUTBOUND_LISTEN`, `TALLY_PROXY_LOCAL_APP`,
-    /// `TALLY_PROXY_GATEWAY_LISTEN`.
-    fn apply_env(&mut self, file: &str) -> Result<(), ConfigError> {
-        let addr = |var: &str, key: &str| -> Result<Option<SocketAddr>, ConfigError> {
-            match std::env::var(var) {
-                Ok(v) => v.parse().map(Some).map_err(|_| ConfigError::Invalid {
-                    file: file.to_string(),
-                    key: format!("{key} (env {var})"),
-                    problem: format!("`{v}` is not a socket address"),
-                    fix: "use host:port, e.g. 127.0.0.1:4140".into(),
-                }),
-                Err(_) => Ok(None),
-            }
-        };
-        if let Some(a) = addr("TALLY_PROXY_ADMIN_LISTEN", "admin.listen")? {
-            self.admin.listen = a;
-        }
-        if let Some(a) = addr("TALLY_PROXY_OUTBOUND_LISTEN", "outbound.listen")?
-            && let Some(o) = self.outbound.as_mut()
-        {
-            o.listen = a;
-        }
-        if let Some(a) = addr("TALLY_PROXY_GATEWAY_LISTEN", "gateway.listen")?
-            && let Some(g) = self.gateway.as_mut()
-        {
-            g.listen = a;
-        }
-        if let Some(a) = addr("TALLY_PROXY_INBOUND_LISTEN", "inbound.listen")?
-            && let Some(i) = self.inbound.as_mut()
-        {
-            i.listen = a;
-        }
-        if let Some(a) = addr("TALLY_PROXY_LOCAL_APP", "inbound.local_app")?
-            && let Some(i) = self.inbound.as_mut()
-        {
-            i.local_app = a;
-        }
-        Ok(())
-    }
-
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |key: String, problem: String, fix: &str| ConfigError::Invalid {
-            file: file.to_string(),
-            key,
-            problem,
-            fix: fix.to_string(),
-        };
-        if self.inbound.is_none() && self.outbound.is_none() && self.gateway.is_none() {
-            return Err(bad(
-                "inbound / outbound / gateway".into(),
-                "no listener is configured".into(),
-                "add an [inbound], [outbound] and/or [gateway] section",
-            ));
-        }
-        if let Some(g) = &self.gateway {
-            g.validate(file, &self.services)?;
-        }
-        if let Some(i) = &self.inbound {
-            if i.max_connections == 0 || i.max_connections > MAX_LIMIT {
-                return Err(bad(
-                    "inbound.max_connections".into(),
-                    format!("{} is out of range", i.max_connections),
-                    "use a number from 1 to 1000000, or remove the key",
-                ));
-            }
-            check_bulkhead(&i.bulkhead, "inbound.bulkhead", &bad)?;
-            check_faults(&i.faults, "inbound.faults", &bad)?;
-            for (n, rule) in i.authz.iter().enumerate() {
-                let key = format!("inbound.authz[{n}]");
-                if rule.service.is_empty() {
-                    return Err(bad(
-                        format!("{key}.service"),
-                        "is empty".into(),
-                        "name a gRPC service such as tally.user.v1.UserService, or `*`",
-                    ));
-                }
-                for id in &rule.allow {
-                    if id != "*" && !id.starts_with("spiffe://") {
-                        return Err(bad(
-                            format!("{key}.allow"),
-                            format!("`{id}` is not a SPIFFE id"),
-                            "use spiffe://tally.local/ns/<namespace>/sa/<service> or `*`",
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(o) = &self.outbound
-            && (o.max_connections == 0 || o.max_connections > MAX_LIMIT)
-        {
-            return Err(bad(
-                "outbound.max_connections".into(),
-                format!("{} is out of range", o.max_connections),
-                "use a number from 1 to 1000000, or remove the key",
-            ));
-        }
-        if let Some(id) = &self.identity {
-            for (k, v) in [("namespace", &id.namespace), ("service", &id.service)] {
-                if v.is_empty() || v.contains('/') {
-                    return Err(bad(
-                        format!("identity.{k}"),
-                        format!("`{v}` is empty or contains `/`"),
-                        "use a plain name such as `tally` or `user`",
-                    ));
-                }
-            }
-        }
-        let l = &self.limits;
-        if l.max_header_list_size < 1024 {
-            return Err(bad(
-                "limits.max_header_list_size".into(),
-                format!("{} is too small for gRPC", l.max_header_list_size),
-                "use at least 1024 (default 16384)",
-            ));
-        }
-        if l.http2_max_concurrent_streams == 0 {
-            return Err(bad(
-                "limits.http2_max_concurrent_streams".into(),
-                "is 0".into(),
-                "use a positive number",
-            ));
-        }
-        if l.http2_initial_stream_window_size < 65_535
-            || l.http2_initial_connection_window_size < 65_535
-        {
-            return Err(bad(
-                "limits.http2_initial_*_window_size".into(),
-                "below the HTTP/2 minimum of 65535".into(),
-                "use at least 65535",
-            ));
-        }
-        if l.connect_timeout_ms == 0 || l.tls_handshake_timeout_ms == 0 {
-            return Err(bad(
-                "limits.connect_timeout_ms / limits.tls_handshake_timeout_ms".into(),
-                "is 0".into(),
-                "use a positive number of milliseconds",
-            ));
-        }
-        for (name, s) in &self.services {
-            let key = format!("services.{name}");
-            if name.is_empty() || name.contains(['/', ':', ' ']) {
-                return Err(bad(
-                    key,
-                    "service names must be plain hostnames".into(),
-                    "use the name the app dials, e.g. `user`",
-                ));
-            }
-            if s.endpoints.is_empty() {
-                return Err(bad(
-                    format!("{key}.endpoints"),
-                    "lists no address".into(),
-                    "list the target's inbound sidecars, e.g. [\"127.0.0.1:4143\"]",
-                ));
-            }
-            for ep in &s.endpoints {
-                if ep.parse::<SocketAddr>().is_err() && !looks_like_host_port(ep) {
-                    return Err(bad(
-                        format!("{key}.endpoints"),
-                        format!("`{ep}` is not host:port"),
-                        "write endpoints as host:port",
-                    ));
-                }
-            }
-            if let Some(id) = &s.identity
-                && !id.starts_with("spiffe://")
-            {
-                return Err(bad(
-                    format!("{key}.identity"),
-                    format!("`{id}` is not a SPIFFE id"),
-                    "use spiffe://tally.local/ns/<namespace>/sa/<service>",
-                ));
-            }
-            let r = &s.retry;
-            if r.max_attempts == 0 {
-                return Err(bad(
-                    format!("{key}.retry.max_attempts"),
-                    "is 0".into(),
-                    "use 1 for no retries, or more",
-                ));
-            }
-            for st in &r.retryable_statuses {
-                if Code::from_name(st).is_none() {
-                    return Err(bad(
-                        format!("{key}.retry.retryable_statuses"),
-                        format!("`{st}` is not a gRPC status name"),
-                        "use names such as UNAVAILABLE, RESOURCE_EXHAUSTED",
-                    ));
-                }
-            }
-            if !(0.0..=10.0).contains(&r.budget_ratio) {
-                return Err(bad(
-                    format!("{key}.retry.budget_ratio"),
-                    format!("{} is out of range", r.budget_ratio),
-                    "use a fraction such as 0.2",
-                ));
-            }
-            if r.budget_window_ms < 1000 {
-                return Err(bad(
-                    format!("{key}.retry.budget_window_ms"),
-                    "is under one second".into(),
-                    "use at least 1000",
-                ));
-            }
-            if r.backoff_base_ms > r.backoff_max_ms {
-                return Err(bad(
-                    format!("{key}.retry.backoff_base_ms"),
-                    "is above backoff_max_ms".into(),
-                    "make backoff_base_ms <= backoff_max_ms",
-                ));
-            }
-            let b = &s.breaker;
-            if b.consecutive_failures == 0 || b.window == 0 || b.open_ms == 0 {
-                return Err(bad(
-                    format!("{key}.breaker"),
-                    "consecutive_failures, window and open_ms must be positive".into(),
-                    "set positive values or remove the section for defaults",
-                ));
-            }
-            if !(0.0..=1.0).contains(&b.failure_rate) || b.failure_rate == 0.0 {
-                return Err(bad(
-                    format!("{key}.breaker.failure_rate"),
-                    format!("{} is not in (0, 1]", b.failure_rate),
-                    "use a fraction such as 0.5",
-                ));
-            }
-            check_bulkhead(&s.bulkhead, &format!("{key}.bulkhead"), &bad)?;
-            let o = &s.outlier;
-            if o.consecutive_5xx == 0
-                || o.base_ejection_time_ms == 0
-                || o.max_ejection_percent > 100
-            {
-                return Err(bad(
-                    format!("{key}.outlier"),
-                    "consecutive_5xx and base_ejection_time_ms must be positive, max_ejection_percent <= 100".into(),
-                    "use Envoy's defaults: 5, 30000, 10",
-                ));
-            }
-            if s.load_balancer.decay_ms == 0 {
-                return Err(bad(
-                    format!("{key}.load_balancer.decay_ms"),
-                    "is 0".into(),
-                    "use a positive number of milliseconds (default 10000)",
-                ));
-            }
-            check_faults(&s.faults, &format!("{key}.faults"), &bad)?;
-        }
-        Ok(())
-    }
-
     /// The SPIFFE id expected of a target service's sidecars.
     pub fn target_identity(&self, name: &str) -> String {
         let configured = self.services.get(name).and_then(|s| s.identity.clone());
@@ -596,117 +388,47 @@ impl Config {
     }
 }
 
-/// Upper bound for connection and concurrency limits.
-const MAX_LIMIT: usize = 1_000_000;
-
-fn looks_like_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
-        None => false,
-    }
-}
-
-fn check_bulkhead(
-    b: &BulkheadConfig,
-    key: &str,
-    bad: &dyn Fn(String, String, &str) -> ConfigError,
-) -> Result<(), ConfigError> {
-    if b.max_concurrent == 0 || b.max_concurrent > MAX_LIMIT || b.max_queue > MAX_LIMIT {
-        return Err(bad(
-            format!("{key}.max_concurrent / {key}.max_queue"),
-            format!("{} / {} is out of range", b.max_concurrent, b.max_queue),
-            "use max_concurrent from 1 and both at most 1000000",
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a fault setting; shared with the admin API.
-pub fn check_faults(
-    f: &FaultConfig,
-    key: &str,
-    bad: &dyn Fn(String, String, &str) -> ConfigError,
-) -> Result<(), ConfigError> {
-    for (k, v) in [
-        ("delay_percent", f.delay_percent),
-        ("abort_percent", f.abort_percent),
-        ("reset_percent", f.reset_percent),
-        ("header_max_percent", f.header_max_percent),
-    ] {
-        if !(0.0..=100.0).contains(&v) {
-            return Err(bad(
-                format!("{key}.{k}"),
-                format!("{v} is not a percentage"),
-                "use a number from 0 to 100",
-            ));
-        }
-    }
-    if f.abort_grpc_status == 0 || f.abort_grpc_status > 16 {
-        return Err(bad(
-            format!("{key}.abort_grpc_status"),
-            format!("{} is not an error status code", f.abort_grpc_status),
-            "use a gRPC code from 1 to 16, e.g. 14 (UNAVAILABLE)",
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The constructors give what a file that names only the required keys gives.
+    #[test]
+    fn constructors_match_the_serde_defaults() {
+        let parsed = Config::parse(
+            "t.toml",
+            r#"
 [admin]
 listen = "127.0.0.1:9901"
+[inbound]
+listen = "127.0.0.1:4143"
+local_app = "127.0.0.1:50051"
 [outbound]
 listen = "127.0.0.1:4140"
 [services.user]
-endpoints = ["127.0.0.1:4143"]
-"#;
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = Config::parse("t.toml", MINIMAL).unwrap();
-        c.validate("t.toml").unwrap();
-        let u = &c.services["user"];
-        assert_eq!(u.retry.max_attempts, 1);
-        assert_eq!(u.outlier.consecutive_5xx, 5);
-        assert_eq!(u.outlier.base_ejection_time_ms, 30_000);
-        assert_eq!(u.outlier.max_ejection_percent, 10);
-        assert_eq!(u.retry.budget_ratio, 0.2);
+endpoints = ["127.0.0.1:4243"]
+"#,
+        )
+        .unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let built = Config {
+            admin: AdminConfig::new(addr("127.0.0.1:9901")),
+            inbound: Some(InboundConfig::new(
+                addr("127.0.0.1:4143"),
+                addr("127.0.0.1:50051"),
+            )),
+            outbound: Some(OutboundConfig::new(addr("127.0.0.1:4140"))),
+            gateway: None,
+            identity: None,
+            limits: LimitsConfig::default(),
+            services: BTreeMap::from([(
+                "user".to_string(),
+                ServiceConfig::new(vec!["127.0.0.1:4243".into()]),
+            )]),
+        };
         assert_eq!(
-            c.target_identity("user"),
-            "spiffe://tally.local/ns/default/sa/user"
+            toml::to_string(&built).unwrap(),
+            toml::to_string(&parsed).unwrap()
         );
-    }
-
-    #[test]
-    fn example_config_is_valid() {
-        let c = Config::parse("proxy.toml", include_str!("../examples/proxy.toml")).unwrap();
-        c.validate("proxy.toml").unwrap();
-        assert_eq!(c.services["user"].retry.max_attempts, 3);
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let e = Config::parse("t.toml", &format!("{MINIMAL}\nbogus = 1\n")).unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
-    }
-
-    #[test]
-    fn bad_status_names_key_and_fix() {
-        let text = format!("{MINIMAL}[services.user.retry]\nretryable_statuses = [\"NOPE\"]\n");
-        let c = Config::parse("t.toml", &text).unwrap();
-        let e = c.validate("t.toml").unwrap_err().to_string();
-        assert!(e.contains("services.user.retry.retryable_statuses"), "{e}");
-        assert!(e.contains("fix:"), "{e}");
-    }
-
-    #[test]
-    fn empty_endpoints_rejected() {
-        let text = MINIMAL.replace("[\"127.0.0.1:4143\"]", "[]");
-        let c = Config::parse("t.toml", &text).unwrap();
-        let e = c.validate("t.toml").unwrap_err().to_string();
-        assert!(e.contains("services.user.endpoints"), "{e}");
     }
 }

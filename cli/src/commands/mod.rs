@@ -1,70 +1,30 @@
-//! The `tally` command line: global flags, the command tree, and dispatch.
+//! The `tally` command line: the one flag every command reads (`--json`),
+//! the command tree, and dispatch. Connection and credential flags belong to
+//! the commands that read them ([`connect`]).
 //!
 //! Commands talk to the services through the SDK; every failure ends as one
 //! line naming the gRPC code and message, and a non-zero exit status.
 
 mod certs;
+mod connect;
 mod events;
 mod output;
 mod poll;
 mod user;
 
 use clap::{Parser, Subcommand};
-use std::time::Duration;
 use tally::up;
-use tally_sdk::{self as sdk, Client, Credentials};
+use tally_sdk as sdk;
 
 /// Tally: polls as gRPC microservices.
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about, propagate_version = true)]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Flags every command accepts.
-#[derive(Debug, clap::Args)]
-pub struct GlobalArgs {
-    /// Address of the user service.
-    #[arg(
-        long,
-        global = true,
-        env = "TALLY_USER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub user_addr: String,
-    /// Address of the poll service.
-    #[arg(
-        long,
-        global = true,
-        env = "TALLY_POLL_ADDR",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    pub poll_addr: String,
-    /// Access token from `tally user login` (sent as `authorization: Bearer`).
-    #[arg(long, global = true, env = "TALLY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// API key secret (sent as `x-api-key`); wins over --token when both are set.
-    #[arg(long, global = true, env = "TALLY_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (results and errors).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Deadline for each call, in seconds.
-    #[arg(long, global = true, default_value_t = 10.0, value_parser = parse_timeout)]
-    pub timeout: f64,
-}
-
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(v > 0.0 && v <= 3600.0) {
-        return Err(format!("`{s}` must be between 0 and 3600 seconds"));
-    }
-    Ok(v)
+    #[command(subcommand)]
+    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,11 +32,9 @@ pub enum Command {
     /// Run the whole platform on this machine.
     Up(up::UpArgs),
     /// Accounts, logins and API keys.
-    #[command(subcommand)]
-    User(user::UserCommand),
+    User(user::UserArgs),
     /// Polls and votes.
-    #[command(subcommand)]
-    Poll(poll::PollCommand),
+    Poll(poll::PollArgs),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
     /// Event consumers: dead letters, replay, lag.
@@ -117,38 +75,14 @@ impl CliError {
     }
 }
 
-impl GlobalArgs {
-    fn client(&self) -> Result<Client, CliError> {
-        let client = Client::connect_lazy(&self.user_addr, &self.poll_addr)?
-            .with_timeout(Duration::from_secs_f64(self.timeout));
-        Ok(match (&self.api_key, &self.token) {
-            (Some(k), _) => client.with_credentials(Credentials::ApiKey(k.trim().to_string())),
-            (None, Some(t)) => client.with_credentials(Credentials::Bearer(t.trim().to_string())),
-            (None, None) => client,
-        })
-    }
-
-    fn require_credentials(&self) -> Result<(), CliError> {
-        if self.token.is_none() && self.api_key.is_none() {
-            return Err(CliError::Usage(
-                "this command needs credentials: pass --token (or set TALLY_TOKEN, e.g. \
-                 `export TALLY_TOKEN=$(tally user login --email .. --password .. --token-only)`) \
-                 or --api-key"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Up(args) => Ok(up::run(args).await?),
-        Command::User(cmd) => user::run(&cli.global, cmd).await,
-        Command::Poll(cmd) => poll::run(&cli.global, cmd).await,
+        Command::User(args) => user::run(cli.json, args).await,
+        Command::Poll(args) => poll::run(cli.json, args).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
-        Command::Events(cmd) => events::run_command(cmd, cli.global.json)
+        Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),
     }
@@ -165,33 +99,70 @@ mod tests {
     }
 
     #[test]
-    fn global_flags_work_after_the_subcommand() {
+    fn connection_flags_work_before_and_after_the_subcommand() {
         let cli = Cli::try_parse_from([
             "tally",
             "poll",
+            "--poll-addr",
+            "127.0.0.1:8",
             "get",
             "p1",
             "--json",
-            "--poll-addr",
-            "127.0.0.1:9",
+            "--timeout",
+            "3",
         ])
         .expect("parses");
-        assert!(cli.global.json);
-        assert_eq!(cli.global.poll_addr, "127.0.0.1:9");
+        assert!(cli.json);
+        let Command::Poll(args) = cli.command else {
+            panic!("poll")
+        };
+        assert_eq!(args.poll.poll_addr, "127.0.0.1:8");
+        assert_eq!(args.deadline.timeout, 3.0);
+        let cli = Cli::try_parse_from(["tally", "poll", "get", "p1", "--poll-addr", "127.0.0.1:9"])
+            .expect("parses");
+        let Command::Poll(args) = cli.command else {
+            panic!("poll")
+        };
+        assert_eq!(args.poll.poll_addr, "127.0.0.1:9");
     }
 
-    #[tokio::test]
-    async fn an_api_key_wins_over_a_token() {
-        let cli =
-            Cli::try_parse_from(["tally", "--token", "a", "--api-key", "b", "user", "profile"])
-                .expect("parses");
-        let client = cli.global.client().expect("client");
-        assert_eq!(client.credentials(), Some(&Credentials::ApiKey("b".into())));
+    #[test]
+    fn commands_refuse_flags_they_do_not_read() {
+        for args in [
+            &["tally", "certs", "inspect", "f.pem", "--token", "t"][..],
+            &[
+                "tally",
+                "user",
+                "login",
+                "--email",
+                "a",
+                "--password",
+                "p",
+                "--api-key",
+                "k",
+            ],
+            &["tally", "poll", "get", "p1", "--user-addr", "x"],
+            &[
+                "tally",
+                "consumers",
+                "--service",
+                "billing",
+                "--timeout",
+                "3",
+            ],
+            &["tally", "--user-addr", "x", "user", "profile"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["tally", "poll", "list", "--mine", "--user-addr", "x"]).is_ok(),
+            "poll list --mine looks the caller up in the user service"
+        );
     }
 
     #[test]
     fn timeout_must_be_positive() {
-        assert!(Cli::try_parse_from(["tally", "--timeout", "0", "user", "profile"]).is_err());
-        assert!(Cli::try_parse_from(["tally", "--timeout", "x", "user", "profile"]).is_err());
+        assert!(Cli::try_parse_from(["tally", "user", "--timeout", "0", "profile"]).is_err());
+        assert!(Cli::try_parse_from(["tally", "user", "profile", "--timeout", "x"]).is_err());
     }
 }

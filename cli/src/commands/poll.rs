@@ -1,11 +1,25 @@
 //! `tally poll ...`: create, read, list, close, vote and count.
 
+use super::CliError;
+use super::connect::{self, CredentialArgs, Deadline, PollAddr, UserAddr};
 use super::output::{self, Out};
-use super::{CliError, GlobalArgs};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::time::{Duration, SystemTime};
 use tally_api::poll::v1 as pb;
 use tally_sdk::{Client, ListFilter};
+
+/// `tally poll`: every subcommand calls the poll service with credentials.
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    #[command(flatten)]
+    pub poll: PollAddr,
+    #[command(flatten)]
+    pub deadline: Deadline,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(subcommand)]
+    pub command: PollCommand,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PollCommand {
@@ -39,6 +53,9 @@ pub enum PollCommand {
         /// Token printed by the previous page.
         #[arg(long, default_value = "")]
         page_token: String,
+        /// `--mine` asks the user service who you are.
+        #[command(flatten)]
+        user: UserAddr,
     },
     /// Close a poll you own.
     Close { poll_id: String },
@@ -119,11 +136,15 @@ async fn option_id(client: &Client, poll_id: &str, wanted: &str) -> Result<Strin
     }
 }
 
-pub async fn run(global: &GlobalArgs, cmd: PollCommand) -> Result<(), CliError> {
-    global.require_credentials()?;
-    let client = global.client()?;
-    let out = Out::new(global.json);
-    match cmd {
+pub async fn run(json: bool, args: PollArgs) -> Result<(), CliError> {
+    let credentials = args.credentials.required()?;
+    let user = match &args.command {
+        PollCommand::List { user, .. } => Some(user),
+        _ => None,
+    };
+    let client = connect::client(user, Some(&args.poll), &args.deadline, Some(credentials))?;
+    let out = Out::new(json);
+    match args.command {
         PollCommand::Create {
             question,
             options,
@@ -144,6 +165,7 @@ pub async fn run(global: &GlobalArgs, cmd: PollCommand) -> Result<(), CliError> 
             mine,
             page_size,
             page_token,
+            user: _,
         } => {
             let filter = match (owner, mine) {
                 (Some(o), _) => ListFilter::Owner(o),

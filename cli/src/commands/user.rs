@@ -1,8 +1,20 @@
 //! `tally user ...`: sign up, log in, show the profile, manage API keys.
 
+use super::CliError;
+use super::connect::{self, CredentialArgs, Deadline, UserAddr};
 use super::output::{self, Out};
-use super::{CliError, GlobalArgs};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// `tally user`: every subcommand calls the user service.
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub user: UserAddr,
+    #[command(flatten)]
+    pub deadline: Deadline,
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -27,7 +39,10 @@ pub enum UserCommand {
         token_only: bool,
     },
     /// Show the logged-in user's profile (needs --token).
-    Profile,
+    Profile {
+        #[command(flatten)]
+        credentials: CredentialArgs,
+    },
     /// Revoke a session.
     Logout {
         /// The session token printed by `tally user login`.
@@ -35,8 +50,16 @@ pub enum UserCommand {
         session_token: String,
     },
     /// Manage API keys (needs --token).
+    ApiKey(ApiKeyArgs),
+}
+
+/// `tally user api-key`: every subcommand acts as the logged-in user.
+#[derive(Debug, Args)]
+pub struct ApiKeyArgs {
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     #[command(subcommand)]
-    ApiKey(ApiKeyCommand),
+    pub command: ApiKeyCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,17 +78,16 @@ pub enum ApiKeyCommand {
     Revoke { key_id: String },
 }
 
-pub async fn run(global: &GlobalArgs, cmd: UserCommand) -> Result<(), CliError> {
-    let client = global.client()?;
-    let out = Out::new(global.json);
-    match cmd {
+pub async fn run(json: bool, args: UserArgs) -> Result<(), CliError> {
+    let client = |credentials| connect::client(Some(&args.user), None, &args.deadline, credentials);
+    let out = Out::new(json);
+    match args.command {
         UserCommand::Signup {
             email,
             password,
             display_name,
         } => {
-            let user = client
-                .anonymous()
+            let user = client(None)?
                 .sign_up(&email, &password, &display_name)
                 .await?;
             out.print(
@@ -82,7 +104,7 @@ pub async fn run(global: &GlobalArgs, cmd: UserCommand) -> Result<(), CliError> 
             password,
             token_only,
         } => {
-            let login = client.anonymous().login(&email, &password).await?;
+            let login = client(None)?.login(&email, &password).await?;
             if token_only {
                 use std::io::Write;
                 let _ = writeln!(std::io::stdout().lock(), "{}", login.access_token);
@@ -90,18 +112,20 @@ pub async fn run(global: &GlobalArgs, cmd: UserCommand) -> Result<(), CliError> 
                 out.print(output::login_json(&login), output::login_text(&login));
             }
         }
-        UserCommand::Profile => {
-            global.require_credentials()?;
-            let user = client.profile().await?;
+        UserCommand::Profile { credentials } => {
+            let user = client(Some(credentials.required()?))?.profile().await?;
             out.print(output::user_json(&user), output::user_text(&user));
         }
         UserCommand::Logout { session_token } => {
-            client.logout(&session_token).await?;
+            client(None)?.logout(&session_token).await?;
             out.print(serde_json::json!({"logged_out": true}), "logged out".into());
         }
-        UserCommand::ApiKey(cmd) => {
-            global.require_credentials()?;
-            match cmd {
+        UserCommand::ApiKey(ApiKeyArgs {
+            credentials,
+            command,
+        }) => {
+            let client = client(Some(credentials.required()?))?;
+            match command {
                 ApiKeyCommand::Create { name, scopes } => {
                     let res = client.create_api_key(&name, scopes).await?;
                     let key = res.api_key.unwrap_or_default();

@@ -283,6 +283,8 @@ fn print_table(handles: &[supervisor::Handle]) {
 }
 
 fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
+    // Keys, tokens and every store live below it: only the owner may enter.
+    mesh::admin_token::private_dir(&plan.data_dir)?;
     for d in plan::directories(&plan.data_dir) {
         std::fs::create_dir_all(&d).map_err(io(format!("cannot create {}", d.display())))?;
     }
@@ -356,6 +358,12 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     };
     let mut renewals = Vec::new();
     if !identities.is_empty() {
+        let token = mesh::admin_token::generate(&plan.data_dir)?;
+        say(&format!(
+            "admin token of the sidecars' and the gateway's admin APIs (changes such as \
+             PUT /faults need `authorization: Bearer <token>`): {} (0600)",
+            token.display()
+        ));
         let rotators = mesh::issue_certificates(&plan.data_dir, &identities, args.cert_validity)?;
         say(&format!(
             "issued mesh certificates for {} (valid {}, renewed at 70%) in {}",

@@ -13,6 +13,9 @@ pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// First port handed out when `--base-port` is not given.
 pub const DEFAULT_BASE_PORT: u16 = 50051;
 
+/// Writes one instance's config as a TOML table, or says why it cannot.
+pub type ConfigFn = fn(&ConfigContext) -> Result<toml::Table, String>;
+
 /// One service of the platform.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -43,7 +46,7 @@ pub struct ServiceSpec {
     /// it is ready when its `admin` port answers `/ready`.
     pub mesh_only: bool,
     /// Writes the instance's config file.
-    pub config: fn(&ConfigContext) -> toml::Table,
+    pub config: ConfigFn,
 }
 
 /// The sidecar that runs beside every service with `sidecar: true`.
@@ -57,7 +60,7 @@ pub struct SidecarSpec {
     /// required; others such as `admin` are free to add.
     pub ports: &'static [&'static str],
     /// Writes the sidecar's config file for one service instance.
-    pub config: fn(&ConfigContext) -> toml::Table,
+    pub config: ConfigFn,
     /// Environment variables the sidecar gets (settings it does not read
     /// from its file, such as the log format).
     pub env: fn(&ConfigContext) -> Vec<(String, String)>,
@@ -118,7 +121,7 @@ impl ConfigContext<'_> {
 /// `[server]`, `[storage]` (embedded, in the instance's own directory),
 /// `[telemetry]` and, when it calls anyone, `[outbound]`. Service-specific
 /// sections are left out so the binary's defaults apply.
-pub fn standard_config(ctx: &ConfigContext) -> toml::Table {
+pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
     let mut root = toml::Table::new();
     let mut server = toml::Table::new();
     if let Some(addr) = ctx.addr("grpc") {
@@ -150,7 +153,7 @@ pub fn standard_config(ctx: &ConfigContext) -> toml::Table {
             .collect();
         root.insert("outbound".into(), outbound.into());
     }
-    root
+    Ok(root)
 }
 
 /// Tally as `tally up` runs it: every service with a `tally-proxy` sidecar
@@ -262,7 +265,7 @@ mod tests {
             endpoints: &BTreeMap::new(),
             log_format: "json",
         };
-        let text = toml::to_string(&standard_config(&ctx)).expect("serialises");
+        let text = toml::to_string(&standard_config(&ctx).expect("config")).expect("serialises");
         let back: toml::Table = text.parse().expect("parses");
         assert_eq!(
             back["server"]["listen_addr"].as_str(),
@@ -295,7 +298,11 @@ mod tests {
             endpoints: &BTreeMap::new(),
             log_format: "pretty",
         };
-        assert!(!standard_config(&ctx).contains_key("outbound"));
+        assert!(
+            !standard_config(&ctx)
+                .expect("config")
+                .contains_key("outbound")
+        );
     }
 
     #[test]

@@ -2,48 +2,28 @@
 //! base port, data directory) into the concrete list of processes to run:
 //! instance names, ports, config text, file paths and start order.
 //!
-//! Pure: no I/O, so every rule here is unit-tested.
+//! Pure: no I/O, so every rule here is unit-tested. This module holds the
+//! plan's types and [`build`], which puts the parts together: [`replicas`]
+//! (how many of each), [`stages`] (start order), [`slots`] (ports) and
+//! [`files`] (config text and directories).
+
+mod files;
+mod replicas;
+mod slots;
+mod stages;
+
+pub use files::directories;
+pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
 
 use super::UpError;
-use super::platform::{ConfigContext, HOST, Platform, ServiceSpec};
-use std::collections::{BTreeMap, BTreeSet};
+use super::platform::{ConfigContext, Platform};
+use files::{header, render, sidecar_header};
+use replicas::replica_counts;
+use slots::loopback;
+use stages::stages;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
-/// Most instances of one service `--replicas` may ask for.
-pub const MAX_REPLICAS: u32 = 16;
-
-/// One `--replicas` value: `N` for every service or `name=N` for one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaArg {
-    All(u32),
-    One(String, u32),
-}
-
-/// Parses `--replicas 2` and `--replicas polling=2`.
-pub fn parse_replicas(s: &str) -> Result<ReplicaArg, String> {
-    let count = |n: &str| -> Result<u32, String> {
-        let v: u32 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{n}` is not a whole number of instances"))?;
-        if v == 0 || v > MAX_REPLICAS {
-            return Err(format!(
-                "replicas must be between 1 and {MAX_REPLICAS}, got {v}"
-            ));
-        }
-        Ok(v)
-    };
-    match s.split_once('=') {
-        Some((name, n)) if !name.trim().is_empty() => {
-            Ok(ReplicaArg::One(name.trim().to_string(), count(n)?))
-        }
-        Some(_) => Err(format!(
-            "`{s}`: expected `N` or `SERVICE=N`, e.g. `polling=2`"
-        )),
-        None => Ok(ReplicaArg::All(count(s)?)),
-    }
-}
+use std::path::PathBuf;
 
 /// A health probe: the address and the gRPC service name to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,120 +120,6 @@ pub struct Options {
     pub log_format: String,
 }
 
-/// Start stage per service: 0 for no dependencies, else one more than the
-/// latest dependency. Unknown names and cycles are errors.
-fn stages(services: &[ServiceSpec]) -> Result<BTreeMap<&'static str, usize>, UpError> {
-    let names: BTreeSet<&str> = services.iter().map(|s| s.name).collect();
-    for s in services {
-        for d in s.depends_on.iter().chain(s.outbound) {
-            if !names.contains(d) {
-                return Err(UpError::Platform(format!(
-                    "service `{}` refers to `{d}`, which the platform does not define",
-                    s.name
-                )));
-            }
-        }
-    }
-    let mut stage: BTreeMap<&'static str, usize> = BTreeMap::new();
-    while stage.len() < services.len() {
-        let before = stage.len();
-        for s in services {
-            if stage.contains_key(s.name) {
-                continue;
-            }
-            if s.depends_on.iter().all(|d| stage.contains_key(d)) {
-                let st = s
-                    .depends_on
-                    .iter()
-                    .filter_map(|d| stage.get(d))
-                    .map(|x| x + 1)
-                    .max()
-                    .unwrap_or(0);
-                stage.insert(s.name, st);
-            }
-        }
-        if stage.len() == before {
-            let stuck: Vec<&str> = services
-                .iter()
-                .map(|s| s.name)
-                .filter(|n| !stage.contains_key(n))
-                .collect();
-            return Err(UpError::Platform(format!(
-                "dependency cycle among services: {}",
-                stuck.join(", ")
-            )));
-        }
-    }
-    Ok(stage)
-}
-
-fn replica_counts(
-    platform: &Platform,
-    args: &[ReplicaArg],
-) -> Result<BTreeMap<&'static str, u32>, UpError> {
-    let mut counts: BTreeMap<&'static str, u32> =
-        platform.services.iter().map(|s| (s.name, 1)).collect();
-    for a in args {
-        match a {
-            ReplicaArg::All(n) => counts.values_mut().for_each(|c| *c = *n),
-            ReplicaArg::One(name, n) => {
-                let Some(c) = counts.get_mut(name.as_str()) else {
-                    let known: Vec<&str> = platform.services.iter().map(|s| s.name).collect();
-                    return Err(UpError::Usage(format!(
-                        "--replicas {name}={n}: there is no service `{name}`; services: {}",
-                        known.join(", ")
-                    )));
-                };
-                *c = *n;
-            }
-        }
-    }
-    Ok(counts)
-}
-
-fn instance_name(service: &str, index: u32, count: u32) -> String {
-    if count == 1 {
-        service.to_string()
-    } else {
-        format!("{service}-{index}")
-    }
-}
-
-/// A service instance with its allocated ports, before configs are written.
-struct Slot<'p> {
-    name: String,
-    spec: &'p ServiceSpec,
-    ports: BTreeMap<&'static str, u16>,
-    /// The sidecar's name and ports, when it has one.
-    sidecar: Option<(String, BTreeMap<&'static str, u16>)>,
-}
-
-struct Ports {
-    next: u32,
-    base: u16,
-}
-
-impl Ports {
-    fn take(&mut self, names: &[&'static str]) -> Result<BTreeMap<&'static str, u16>, UpError> {
-        let mut out = BTreeMap::new();
-        for p in names {
-            let port = u16::try_from(self.next).map_err(|_| {
-                UpError::Usage(format!(
-                    "--base-port {} leaves too few ports below 65536 for every instance; pick a lower one",
-                    self.base
-                ))
-            })?;
-            out.insert(*p, port);
-            self.next += 1;
-        }
-        Ok(out)
-    }
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::new(HOST, port)
-}
-
 /// Builds the plan.
 pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
     let stage_of = stages(&platform.services)?;
@@ -266,67 +132,9 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         ));
     }
 
-    // Service ports first, consecutively in platform order: with defaults
-    // user gets the base port (50051) and polling the next (50052). Sidecar
-    // ports come after all of them, so service addresses do not move when
-    // the mesh is on.
-    let mut ports = Ports {
-        next: u32::from(opts.base_port),
-        base: opts.base_port,
-    };
-    let mut slots: Vec<Slot> = Vec::new();
-    for spec in platform.services.iter().filter(|s| !s.mesh_only) {
-        let n = counts.get(spec.name).copied().unwrap_or(1);
-        for i in 1..=n {
-            slots.push(Slot {
-                name: instance_name(spec.name, i, n),
-                spec,
-                ports: ports.take(spec.ports)?,
-                sidecar: None,
-            });
-        }
-    }
-    if let Some(sc) = &platform.sidecar {
-        for slot in slots.iter_mut().filter(|s| s.spec.sidecar) {
-            slot.sidecar = Some((format!("{}-proxy", slot.name), ports.take(sc.ports)?));
-        }
-    }
-    // Mesh-only processes (the gateway) last, so nothing else moves; one
-    // instance each (`--replicas` scales services).
-    for spec in platform.services.iter().filter(|s| s.mesh_only) {
-        slots.push(Slot {
-            name: spec.name.to_string(),
-            spec,
-            ports: ports.take(spec.ports)?,
-            sidecar: None,
-        });
-    }
-
-    // Where each service can be reached: its sidecars' inbound ports when it
-    // has them, else its own gRPC ports.
-    let mut endpoints: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-    for slot in &slots {
-        let port = match &slot.sidecar {
-            Some((_, sp)) => sp.get("inbound"),
-            None => slot.ports.get("grpc"),
-        };
-        if let Some(p) = port {
-            endpoints
-                .entry(slot.spec.name.to_string())
-                .or_default()
-                .push(loopback(*p));
-        }
-    }
-    // Without a mesh a caller's outbound address is the target's first
-    // instance (no load balancing); with one it is the local sidecar.
-    let direct: BTreeMap<&str, String> = slots
-        .iter()
-        .filter_map(|s| s.ports.get("grpc").map(|p| (s.spec.name, *p)))
-        .fold(BTreeMap::new(), |mut m, (name, port)| {
-            m.entry(name)
-                .or_insert_with(|| format!("http://{}", loopback(port)));
-            m
-        });
+    let slots = slots::allocate(platform, &counts, opts.base_port)?;
+    let endpoints = slots::endpoints(&slots);
+    let direct = slots::direct_addresses(&slots);
 
     let dir = |sub: &str| opts.data_dir.join(sub);
     let mut instances = Vec::new();
@@ -447,34 +255,11 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
     })
 }
 
-fn render(name: &str, table: toml::Table) -> Result<String, UpError> {
-    toml::to_string_pretty(&table)
-        .map_err(|e| UpError::Platform(format!("config for {name} does not serialise: {e}")))
-}
-
-fn header(name: &str, binary: &str, env_prefix: &str) -> String {
-    format!(
-        "# Written by `tally up` for {name} ({binary}); regenerated on every start.\n\
-         # Environment variables {env_prefix}<SECTION>__<KEY> override values here.\n\n"
-    )
-}
-
-fn sidecar_header(name: &str, binary: &str, env_prefix: &str) -> String {
-    format!(
-        "# Written by `tally up` for {name} ({binary}); regenerated on every start.\n\
-         # Schema: mesh-proxy/README.md; {env_prefix}* variables override the listen addresses.\n\n"
-    )
-}
-
-/// The directories the plan writes into.
-pub fn directories(data_dir: &Path) -> [PathBuf; 4] {
-    ["config", "logs", "run", "data"].map(|d| data_dir.join(d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::up::platform::{platform, standard_config};
+    use crate::up::platform::platform;
+    use std::collections::BTreeSet;
 
     /// User and polling only, so these rules do not shift as services join.
     fn two() -> Platform {
@@ -532,21 +317,6 @@ mod tests {
             base_port: 50051,
             replicas,
             log_format: "pretty".into(),
-        }
-    }
-
-    fn spec(name: &'static str, deps: &'static [&'static str]) -> ServiceSpec {
-        ServiceSpec {
-            name,
-            binary: "x",
-            health_service: "x.X",
-            ports: &["grpc"],
-            env_prefix: "TALLY_X_",
-            depends_on: deps,
-            outbound: deps,
-            sidecar: false,
-            mesh_only: false,
-            config: standard_config,
         }
     }
 
@@ -618,65 +388,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unknown_replica_service_is_a_usage_error() {
-        let err =
-            build(&two(), &opts(vec![ReplicaArg::One("pollnig".into(), 2)])).expect_err("unknown");
-        let msg = err.to_string();
-        assert!(
-            msg.contains("pollnig") && msg.contains("user, polling"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn ports_past_65535_are_refused() {
-        let mut o = opts(vec![]);
-        o.base_port = 65535;
-        let err = build(&two(), &o).expect_err("overflow");
-        assert!(err.to_string().contains("--base-port"), "{err}");
-    }
-
-    #[test]
-    fn cycles_and_unknown_dependencies_are_reported() {
-        let p = Platform {
-            services: vec![spec("a", &["b"]), spec("b", &["a"])],
-            sidecar: None,
-        };
-        assert!(
-            build(&p, &opts(vec![]))
-                .expect_err("cycle")
-                .to_string()
-                .contains("cycle")
-        );
-        let p = Platform {
-            services: vec![spec("a", &["zzz"])],
-            sidecar: None,
-        };
-        assert!(
-            build(&p, &opts(vec![]))
-                .expect_err("unknown")
-                .to_string()
-                .contains("zzz")
-        );
-    }
-
-    #[test]
-    fn stages_follow_the_longest_dependency_chain() {
-        let p = Platform {
-            services: vec![spec("c", &["a", "b"]), spec("b", &["a"]), spec("a", &[])],
-            sidecar: None,
-        };
-        let plan = build(&p, &opts(vec![])).expect("plan");
-        let order: Vec<(&str, usize)> = plan
-            .instances
-            .iter()
-            .map(|i| (i.name.as_str(), i.stage))
-            .collect();
-        assert_eq!(order, [("a", 0), ("b", 1), ("c", 2)]);
-    }
-
-    fn sidecar_config(ctx: &ConfigContext) -> toml::Table {
+    fn sidecar_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
         let mut t = toml::Table::new();
         t.insert(
             "inbound".into(),
@@ -703,7 +415,7 @@ mod tests {
             })
             .collect();
         t.insert("routes".into(), routes.into());
-        t
+        Ok(t)
     }
 
     #[test]
@@ -764,19 +476,5 @@ mod tests {
             .collect();
         assert_eq!(routes, ["127.0.0.1:50054", "127.0.0.1:50056"]);
         assert!(polling_proxy.probe.is_none() && polling_proxy.binary == "tally-proxy");
-    }
-
-    #[test]
-    fn replica_flags_parse() {
-        assert_eq!(parse_replicas("2"), Ok(ReplicaArg::All(2)));
-        assert_eq!(
-            parse_replicas("polling=3"),
-            Ok(ReplicaArg::One("polling".into(), 3))
-        );
-        assert!(parse_replicas("0").is_err());
-        assert!(parse_replicas("polling=0").is_err());
-        assert!(parse_replicas("=2").is_err());
-        assert!(parse_replicas("two").is_err());
-        assert!(parse_replicas("99").is_err());
     }
 }
