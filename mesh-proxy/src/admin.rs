@@ -1,7 +1,10 @@
 //! Admin HTTP listener: `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (effective
 //! config as JSON) and `/faults` (GET the current fault settings, PUT one route's settings).
+//! It is a control plane: reads are open to loopback callers, every mutation needs the bearer
+//! token from `admin.token_file`, and requests naming a foreign `Host` or carrying any `Origin`
+//! are refused, so a web page cannot reach it through DNS rebinding.
 
-use crate::config::{ConfigError, FaultConfig, check_faults};
+use crate::config::{AdminConfig, ConfigError, FaultConfig, check_faults};
 use crate::faults::FaultStore;
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -11,6 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,6 +25,87 @@ use tokio::sync::watch;
 /// Largest admin request body accepted.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
+/// Why the admin token could not be loaded; the proxy refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("admin.token_file {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "admin.token_file {path}: mode {mode:o} lets other users read the admin token; fix: chmod 600 {path}"
+    )]
+    Mode { path: PathBuf, mode: u32 },
+    #[error("admin.token_file {path}: is empty; fix: write a random token into it")]
+    Empty { path: PathBuf },
+}
+
+/// Who may do what on the admin listener.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAuth {
+    /// Bearer token for mutations; `None` refuses every mutation.
+    token: Option<String>,
+    /// Extra `Host` values allowed besides loopback with the admin port (lowercase).
+    allowed_hosts: Vec<String>,
+}
+
+impl AdminAuth {
+    /// Reads `admin.token_file` (owner-only permissions required) and `admin.allowed_hosts`.
+    pub fn load(cfg: &AdminConfig) -> Result<Self, AdminTokenError> {
+        let token = match &cfg.token_file {
+            Some(p) => Some(read_token(p)?),
+            None => {
+                tracing::warn!(
+                    "no admin.token_file configured: admin mutations (PUT /faults) are refused"
+                );
+                None
+            }
+        };
+        Ok(Self {
+            token,
+            allowed_hosts: cfg
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, AdminTokenError> {
+    let read = |source| AdminTokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(AdminTokenError::Mode {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(read)?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(AdminTokenError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token)
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
@@ -28,6 +114,7 @@ pub struct AdminState {
     pub routes: Arc<BTreeSet<String>>,
     pub config_json: Arc<String>,
     pub ready: Arc<AtomicBool>,
+    pub auth: Arc<AdminAuth>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +144,103 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> 
     }
 }
 
-async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Full<Bytes>> {
+/// Refuses DNS-rebinding and cross-site requests: any `Origin`, or a `Host` other than
+/// loopback with the admin port (or a configured name).
+fn check_origin(
+    auth: &AdminAuth,
+    local: SocketAddr,
+    req: &http::Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    if req.headers().contains_key(http::header::ORIGIN) {
+        return Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "requests with an Origin header are refused\n",
+        ));
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.trim().to_ascii_lowercase());
+    let Some(host) = host else {
+        return Some(reply(StatusCode::FORBIDDEN, "text/plain", "missing Host\n"));
+    };
+    let port = local.port();
+    let mut allowed = vec![
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    if !local.ip().is_unspecified() {
+        allowed.push(local.to_string());
+    }
+    if allowed.contains(&host) || auth.allowed_hosts.contains(&host) {
+        return None;
+    }
+    Some(reply(
+        StatusCode::FORBIDDEN,
+        "text/plain",
+        format!(
+            "Host `{host}` is not this admin listener; allowed: loopback with port {port} or admin.allowed_hosts\n"
+        ),
+    ))
+}
+
+/// Every method but GET/HEAD changes something and needs the bearer token.
+fn check_mutation(
+    auth: &AdminAuth,
+    req: &http::Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let Some(token) = &auth.token else {
+        return Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "admin mutations are disabled: no admin.token_file is configured\n",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "this change needs Authorization: Bearer <admin token>\n",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Some(r)
+        }
+        Some(p) if same_secret(p.as_bytes(), token.as_bytes()) => None,
+        Some(_) => Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "wrong admin token\n",
+        )),
+    }
+}
+
+async fn handle(
+    state: AdminState,
+    local: SocketAddr,
+    req: http::Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let refused =
+        check_origin(&state.auth, local, &req).or_else(|| check_mutation(&state.auth, &req));
+    if let Some(refused) = refused {
+        tracing::warn!(method = %req.method(), path = req.uri().path(), status = refused.status().as_u16(), "admin request refused");
+        return refused;
+    }
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
         (Method::GET, "/ready") => {
@@ -123,8 +306,15 @@ async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Ful
             if let Err(e) = check_faults(&update.faults, "faults", &bad) {
                 return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"));
             }
-            tracing::warn!(route = %update.route, faults = ?update.faults, "fault settings changed through admin API");
-            state.faults.set(&update.route, update.faults);
+            // The delay cap is the config file's to set: a change keeps the route's cap, and a
+            // longer delay is clamped to it.
+            let mut faults = update.faults;
+            if let Some(current) = state.faults.get(&update.route) {
+                faults.max_delay_ms = current.max_delay_ms;
+            }
+            faults.delay_ms = faults.delay_ms.min(faults.max_delay_ms);
+            tracing::warn!(route = %update.route, faults = ?faults, "fault settings changed through admin API");
+            state.faults.set(&update.route, faults);
             json(StatusCode::OK, &state.faults.snapshot())
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -133,6 +323,10 @@ async fn handle(state: AdminState, req: http::Request<Incoming>) -> Response<Ful
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let Ok(local) = listener.local_addr() else {
+        tracing::error!("admin listener has no local address; admin API not served");
+        return;
+    };
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -146,7 +340,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(state, local, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -3,7 +3,7 @@
 //! logged with the caller's identity and counted.
 
 use crate::config::AuthzRule;
-use crate::metrics::{DenyLabels, Metrics};
+use crate::metrics::{DenyLabels, Metrics, OTHER};
 use crate::{BoxFuture, PeerId, ProxyError, Req, Rsp, grpc};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,13 +101,18 @@ where
         if let Err(e) = self.layer.policy.check(&path, caller.as_deref()) {
             let caller = caller.unwrap_or_else(|| "anonymous".into());
             tracing::warn!(caller = %caller, path = %path, reason = e.reason(), "inbound call denied");
+            // Labels from the configured sets only: a caller choosing paths adds no series.
+            let labels = &self.layer.metrics.labels;
+            let route = grpc::split_path(&path)
+                .map_or_else(|| OTHER.to_string(), |(s, _)| labels.inbound.get(s));
+            let caller = match caller.as_str() {
+                "anonymous" => caller,
+                id => labels.callers.get(id),
+            };
             self.layer
                 .metrics
                 .authz_denied
-                .get_or_create(&DenyLabels {
-                    route: path,
-                    caller,
-                })
+                .get_or_create(&DenyLabels { route, caller })
                 .inc();
             return Box::pin(async move { Err(e) });
         }

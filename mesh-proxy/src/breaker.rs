@@ -213,4 +213,97 @@ mod tests {
         }
         assert_eq!(b.state(), State::Open);
     }
+    #[tokio::test(start_paused = true)]
+    async fn neutral_outcomes_count_neither_way() {
+        let b = breaker(2);
+        b.record(Admission::Normal, Some(true));
+        for _ in 0..10 {
+            b.record(Admission::Normal, None);
+        }
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "neutral calls do not add failures"
+        );
+        b.record(Admission::Normal, Some(true));
+        assert_eq!(b.state(), State::Open, "nor do they reset the streak");
+        // A neutral probe result frees the probe slot without deciding anything.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(b.try_acquire(), Some(Admission::Probe));
+        b.record(Admission::Probe, None);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(b.available());
+        assert_eq!(b.try_acquire(), Some(Admission::Probe));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_consecutive_count() {
+        let b = breaker(3);
+        for f in [true, true, false, true, true] {
+            b.record(Admission::Normal, Some(f));
+        }
+        assert_eq!(b.state(), State::Closed);
+        b.record(Admission::Normal, Some(true));
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_time_is_exact_and_late_results_are_ignored() {
+        let b = breaker(1);
+        b.record(Admission::Normal, Some(true));
+        assert_eq!(b.state(), State::Open);
+        assert!(!b.available());
+        // Results of calls admitted before the breaker opened change nothing.
+        b.record(Admission::Normal, Some(false));
+        assert_eq!(b.state(), State::Open);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!b.available());
+        assert!(b.try_acquire().is_none());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(b.available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gauge_and_open_count_follow_the_state() {
+        let cfg = BreakerConfig {
+            consecutive_failures: 1,
+            failure_rate: 1.0,
+            window: 10,
+            min_calls: 10,
+            open_ms: 1000,
+        };
+        let (gauge, opens) = (Gauge::default(), Counter::default());
+        let b = Breaker::new(cfg, gauge.clone(), opens.clone(), "t".into());
+        assert_eq!(gauge.get(), 0);
+        b.record(Admission::Normal, Some(true));
+        assert_eq!((gauge.get(), opens.get()), (1, 1));
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert_eq!(b.try_acquire(), Some(Admission::Probe));
+        assert_eq!(gauge.get(), 2);
+        b.record(Admission::Probe, Some(true));
+        assert_eq!((gauge.get(), opens.get()), (1, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_needs_min_calls_and_rolls_over_the_window() {
+        let cfg = BreakerConfig {
+            consecutive_failures: 100,
+            failure_rate: 0.75,
+            window: 4,
+            min_calls: 4,
+            open_ms: 1000,
+        };
+        let b = Breaker::new(cfg, Gauge::default(), Counter::default(), "t".into());
+        for f in [true, true, false] {
+            b.record(Admission::Normal, Some(f));
+        }
+        assert_eq!(b.state(), State::Closed, "2/3 failed, but under min_calls");
+        // The early failures roll out of the four-call window, so they never add up to 3/4.
+        for f in [false, false, false, true, true] {
+            b.record(Admission::Normal, Some(f));
+            assert_eq!(b.state(), State::Closed);
+        }
+        b.record(Admission::Normal, Some(true));
+        assert_eq!(b.state(), State::Open, "3 of the last 4 failed");
+    }
 }

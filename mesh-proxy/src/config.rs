@@ -58,9 +58,13 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// File holding the bearer token that admin mutations (`PUT /faults`) must carry.
+    /// File holding the bearer token that admin mutations (`PUT /faults`) must carry; must be
+    /// mode 0600. Absent: every mutation is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Extra `Host` values (`name:port`) the admin API answers besides loopback with its port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,8 @@ pub struct LimitsConfig {
     pub http2_keepalive_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub tls_handshake_timeout_ms: u64,
+    /// Time a mesh connection gets, after its handshake, to send the HTTP/2 preface.
+    pub http2_preface_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -139,6 +145,7 @@ impl Default for LimitsConfig {
             http2_keepalive_timeout_ms: d::HTTP2_KEEPALIVE_TIMEOUT_MS,
             connect_timeout_ms: d::CONNECT_TIMEOUT_MS,
             tls_handshake_timeout_ms: d::TLS_HANDSHAKE_TIMEOUT_MS,
+            http2_preface_timeout_ms: ms(d::HTTP2_PREFACE_TIMEOUT),
         }
     }
 }
@@ -169,6 +176,9 @@ pub struct ServiceConfig {
     pub load_balancer: LoadBalancerConfig,
     #[serde(default)]
     pub faults: FaultConfig,
+    /// Which outcomes count as endpoint failures (breaker, outlier ejection, EWMA penalty).
+    #[serde(default)]
+    pub failure: crate::classify::FailureConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +305,8 @@ pub struct FaultConfig {
     pub allow_header_faults: bool,
     /// Cap on percentages requested by headers.
     pub header_max_percent: f64,
+    /// Cap on any injected delay (config, admin API or header); longer delays are clamped.
+    pub max_delay_ms: u64,
 }
 
 impl Default for FaultConfig {
@@ -307,8 +319,14 @@ impl Default for FaultConfig {
             reset_percent: 0.0,
             allow_header_faults: false,
             header_max_percent: d::HEADER_FAULT_MAX_PERCENT,
+            max_delay_ms: ms(d::FAULT_MAX_DELAY),
         }
     }
+}
+
+/// A default duration as the milliseconds the config file speaks.
+fn ms(t: std::time::Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn max_connections() -> usize {
@@ -327,6 +345,7 @@ impl AdminConfig {
         Self {
             listen,
             token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -369,6 +388,7 @@ impl ServiceConfig {
             outlier: OutlierConfig::default(),
             load_balancer: LoadBalancerConfig::default(),
             faults: FaultConfig::default(),
+            failure: crate::classify::FailureConfig::default(),
         }
     }
 }

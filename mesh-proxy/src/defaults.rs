@@ -1,6 +1,8 @@
 //! Every default the proxy uses, named in one place so operators and reviewers can
 //! see the whole policy at a glance. Names follow Envoy where the idea is the same.
 
+use std::time::Duration;
+
 /// Maximum accepted connections per listener.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
@@ -12,6 +14,9 @@ pub const STREAM_IDLE_TIMEOUT_MS: u64 = 0;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Time allowed for a TLS handshake on either side.
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Time a mesh connection gets after its handshake to send the HTTP/2 client preface
+/// (`limits.http2_preface_timeout_ms`); a peer that handshakes and then idles is closed.
+pub const HTTP2_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight calls may drain after SIGTERM.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
@@ -76,6 +81,9 @@ pub const EWMA_FAILURE_PENALTY_MS: u64 = 1_000;
 pub const HEADER_FAULT_MAX_PERCENT: f64 = 100.0;
 /// Status used by abort faults unless configured.
 pub const FAULT_ABORT_GRPC_STATUS: u16 = 14;
+/// Longest delay a fault may inject (`faults.max_delay_ms`); longer requests from the config,
+/// the admin API or `x-envoy-fault-delay-request` are clamped to it.
+pub const FAULT_MAX_DELAY: Duration = Duration::from_secs(10);
 
 // Limits.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;

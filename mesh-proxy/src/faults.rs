@@ -109,6 +109,11 @@ pub fn header_faults(h: &HeaderMap, cap: f64) -> HeaderFaults {
     }
 }
 
+/// An injected delay clamped to the route's `max_delay_ms`, however it was requested.
+pub fn capped_delay(d: Duration, cfg: &FaultConfig) -> Duration {
+    d.min(Duration::from_millis(cfg.max_delay_ms))
+}
+
 fn roll(percent: f64) -> bool {
     percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent
 }
@@ -203,7 +208,8 @@ where
             Some(Duration::from_millis(cfg.delay_ms))
         } else {
             None
-        };
+        }
+        .map(|d| capped_delay(d, &cfg));
         let abort = if let Some(c) = hf.abort.filter(|_| roll(hf.abort_percent)) {
             Some(c)
         } else if roll(cfg.abort_percent) {
@@ -257,6 +263,19 @@ mod tests {
         let f = header_faults(&h(&[(H_ABORT_HTTP, "503")]), 100.0);
         assert_eq!(f.abort, Some(Code::Unavailable));
         assert_eq!(f.abort_percent, 100.0);
+    }
+
+    #[test]
+    fn delays_are_clamped_to_the_cap() {
+        let cfg = FaultConfig::default();
+        let cap = crate::defaults::FAULT_MAX_DELAY;
+        assert_eq!(capped_delay(Duration::from_secs(3600), &cfg), cap);
+        assert_eq!(
+            capped_delay(Duration::from_millis(5), &cfg),
+            Duration::from_millis(5)
+        );
+        let f = header_faults(&h(&[(H_DELAY, "99999999")]), 100.0);
+        assert_eq!(capped_delay(f.delay.unwrap(), &cfg), cap);
     }
 
     #[test]

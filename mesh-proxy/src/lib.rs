@@ -10,6 +10,7 @@ pub mod body;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+pub mod classify;
 pub mod config;
 pub mod deadline;
 pub mod defaults;

@@ -1,4 +1,6 @@
 //! Prometheus metrics of the proxy, one registry, encoded as text by the admin listener.
+//! Every label value comes from a bounded set: route labels are configured service names (or
+//! `other`), so no request can add a series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -6,7 +8,104 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+/// The label value for anything not in the configured set.
+pub const OTHER: &str = "other";
+/// Inbound gRPC service names learned from traffic when no authz rule names any (first come);
+/// later names are `other`.
+pub const MAX_LEARNED_ROUTE_LABELS: usize = 16;
+/// Caller identities learned from traffic besides those the authz rules name; later ones
+/// are `other`. Callers are certificate holders, so this only guards against a noisy CA.
+pub const MAX_LEARNED_CALLER_LABELS: usize = 64;
+
+/// A bounded set of label values: the configured ones, plus up to `learn` values seen first.
+#[derive(Debug, Default)]
+pub struct LabelSet {
+    fixed: BTreeSet<String>,
+    learned: Mutex<BTreeSet<String>>,
+    learn: usize,
+}
+
+impl LabelSet {
+    pub fn new(fixed: impl IntoIterator<Item = String>, learn: usize) -> Self {
+        Self {
+            fixed: fixed.into_iter().collect(),
+            learned: Mutex::new(BTreeSet::new()),
+            learn,
+        }
+    }
+
+    /// `value` itself when known (or learnable), else [`OTHER`].
+    pub fn get(&self, value: &str) -> String {
+        if self.fixed.contains(value) {
+            return value.to_string();
+        }
+        if self.learn == 0 {
+            return OTHER.to_string();
+        }
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if learned.contains(value) {
+            return value.to_string();
+        }
+        if learned.len() < self.learn {
+            learned.insert(value.to_string());
+            return value.to_string();
+        }
+        OTHER.to_string()
+    }
+}
+
+/// Where route and caller label values may come from, fixed at start from the config.
+#[derive(Debug, Default)]
+pub struct LabelPolicy {
+    /// Outbound: configured target service names.
+    pub outbound: LabelSet,
+    /// Inbound: gRPC services the authz rules name.
+    pub inbound: LabelSet,
+    /// Inbound callers: identities the authz rules name.
+    pub callers: LabelSet,
+}
+
+impl LabelPolicy {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let rules = cfg.inbound.as_ref().map_or(&[][..], |i| &i.authz[..]);
+        let services: BTreeSet<String> = rules
+            .iter()
+            .filter(|r| r.service != "*")
+            .map(|r| r.service.clone())
+            .collect();
+        let learn_routes = if services.is_empty() {
+            MAX_LEARNED_ROUTE_LABELS
+        } else {
+            0
+        };
+        let callers = rules
+            .iter()
+            .flat_map(|r| r.allow.iter())
+            .filter(|a| *a != "*")
+            .cloned();
+        Self {
+            outbound: LabelSet::new(cfg.services.keys().map(|k| k.to_ascii_lowercase()), 0),
+            inbound: LabelSet::new(services, learn_routes),
+            callers: LabelSet::new(callers, MAX_LEARNED_CALLER_LABELS),
+        }
+    }
+
+    /// The outbound route label for a target host, resolved as the router does
+    /// (`user`, `user.tally.svc` → `user`).
+    pub fn outbound_route(&self, host: &str) -> String {
+        let first = host.split('.').next().unwrap_or(host);
+        for candidate in [host, first] {
+            let v = self.outbound.get(candidate);
+            if v != OTHER {
+                return v;
+            }
+        }
+        OTHER.to_string()
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -68,6 +167,8 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    /// Where route and caller label values may come from.
+    pub labels: LabelPolicy,
     pub requests: Family<CallLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<RouteLabels, Counter>,
@@ -79,6 +180,8 @@ pub struct Metrics {
     pub outlier_ejection_floor: Family<RouteLabels, Counter>,
     pub tls_handshake_failures: Family<DirectionLabels, Counter>,
     pub connections_rejected: Family<DirectionLabels, Counter>,
+    pub preface_timeouts: Family<DirectionLabels, Counter>,
+    pub panics: Family<DirectionLabels, Counter>,
     pub cert_expiry: Gauge,
     pub authz_denied: Family<DenyLabels, Counter>,
     pub faults: Family<FaultLabels, Counter>,
@@ -88,7 +191,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics whose route labels come from `cfg`'s services and authz rules.
+    pub fn for_config(cfg: &crate::config::Config) -> Arc<Self> {
+        Self::with_labels(LabelPolicy::from_config(cfg))
+    }
+
+    /// Metrics with no configured route names (every route label is `other`).
     pub fn new() -> Arc<Self> {
+        Self::with_labels(LabelPolicy::default())
+    }
+
+    fn with_labels(labels: LabelPolicy) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tally_proxy");
         let requests = Family::<CallLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -104,6 +217,18 @@ impl Metrics {
         let tls_handshake_failures = Family::<DirectionLabels, Counter>::default();
         let connections_rejected = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::default();
+        let preface_timeouts = Family::<DirectionLabels, Counter>::default();
+        let panics = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "http2_preface_timeouts",
+            "Connections closed for not sending the HTTP/2 preface in time after the handshake",
+            preface_timeouts.clone(),
+        );
+        registry.register(
+            "panics",
+            "Panics caught in connection tasks and call handlers (the task ends, the proxy keeps serving)",
+            panics.clone(),
+        );
         let authz_denied = Family::<DenyLabels, Counter>::default();
         let faults = Family::<FaultLabels, Counter>::default();
         registry.register(
@@ -188,6 +313,7 @@ impl Metrics {
         );
         Arc::new(Self {
             registry,
+            labels,
             requests,
             latency,
             retries,
@@ -199,6 +325,8 @@ impl Metrics {
             outlier_ejection_floor,
             tls_handshake_failures,
             connections_rejected,
+            preface_timeouts,
+            panics,
             cert_expiry,
             authz_denied,
             faults,
@@ -228,5 +356,33 @@ pub fn endpoint(route: &str, endpoint: &str) -> EndpointLabels {
     EndpointLabels {
         route: route.to_string(),
         endpoint: endpoint.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let s = LabelSet::new(["a".to_string()], 2);
+        assert_eq!(s.get("a"), "a");
+        assert_eq!(s.get("x"), "x");
+        assert_eq!(s.get("y"), "y");
+        assert_eq!(s.get("z"), OTHER);
+        assert_eq!(s.get("x"), "x");
+        let fixed = LabelSet::new(["a".to_string()], 0);
+        assert_eq!(fixed.get("b"), OTHER);
+    }
+
+    #[test]
+    fn outbound_routes_resolve_like_the_router() {
+        let p = LabelPolicy {
+            outbound: LabelSet::new(["user".to_string()], 0),
+            ..LabelPolicy::default()
+        };
+        assert_eq!(p.outbound_route("user"), "user");
+        assert_eq!(p.outbound_route("user.tally.svc"), "user");
+        assert_eq!(p.outbound_route("junk123"), OTHER);
     }
 }

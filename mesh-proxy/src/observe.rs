@@ -3,7 +3,7 @@
 
 use crate::body::{self, End};
 use crate::errors::ResetStream;
-use crate::metrics::{CallLabels, Metrics, route as route_labels};
+use crate::metrics::{CallLabels, Metrics, OTHER, route as route_labels};
 use crate::{BoxFuture, PeerId, Req, Rsp, grpc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -81,13 +81,15 @@ pub struct Observe<S> {
     metrics: Arc<Metrics>,
 }
 
-/// The route label of a call: the target service outbound, the gRPC service inbound.
-pub fn route_of(direction: Direction, req: &Req) -> String {
+/// The route label of a call: the configured target service outbound, the gRPC service
+/// inbound when the config names it; anything else is `other` (labels stay bounded).
+pub fn route_of(direction: Direction, req: &Req, metrics: &Metrics) -> String {
+    let labels = &metrics.labels;
     match direction {
-        Direction::Outbound => crate::route::service_name(req).unwrap_or_else(|| "unknown".into()),
+        Direction::Outbound => crate::route::service_name(req)
+            .map_or_else(|| OTHER.to_string(), |h| labels.outbound_route(&h)),
         Direction::Inbound => grpc::split_path(req.uri().path())
-            .map(|(s, _)| s.to_string())
-            .unwrap_or_else(|| "unknown".into()),
+            .map_or_else(|| OTHER.to_string(), |(s, _)| labels.inbound.get(s)),
     }
 }
 
@@ -108,10 +110,10 @@ where
         let start = Instant::now();
         let direction = self.direction;
         let metrics = self.metrics.clone();
-        let route = route_of(direction, &req);
+        let route = route_of(direction, &req, &metrics);
         let caller = match (direction, req.extensions().get::<PeerId>()) {
             (Direction::Outbound, _) => "local".to_string(),
-            (Direction::Inbound, Some(PeerId(Some(id)))) => id.clone(),
+            (Direction::Inbound, Some(PeerId(Some(id)))) => metrics.labels.callers.get(id),
             (Direction::Inbound, _) => "anonymous".to_string(),
         };
         let path = req.uri().path().to_string();

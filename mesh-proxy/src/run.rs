@@ -30,6 +30,8 @@ pub enum RunError {
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     #[error(transparent)]
+    AdminToken(#[from] admin::AdminTokenError),
+    #[error(transparent)]
     GatewayTls(#[from] crate::gateway::listener::GatewayTlsError),
 }
 
@@ -54,7 +56,8 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 }
 
 pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Result<(), RunError> {
-    let metrics = Metrics::new();
+    let admin_auth = Arc::new(admin::AdminAuth::load(&cfg.admin)?);
+    let metrics = Metrics::for_config(&cfg);
     let transports = transport::build(&cfg)?;
     if let Some(expiry) = transports.cert_not_after.clone() {
         // Keep the expiry gauge current across certificate reloads.
@@ -131,6 +134,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         routes: Arc::new(routes),
         config_json: Arc::new(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
         ready: ready.clone(),
+        auth: admin_auth,
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin::serve(admin_l, admin_state, rx.clone()));

@@ -1,20 +1,30 @@
 //! Listeners: accept with a connection limit, run the transport handshake (counting failures),
 //! then serve HTTP/2 with deliberate limits (header list size, concurrent streams, the
-//! rapid-reset guard). On shutdown, connections get a GOAWAY and in-flight calls may finish.
+//! rapid-reset guard, a preface timeout after the handshake). On shutdown, connections get a
+//! GOAWAY and in-flight calls may finish. A panic in a connection task or a call handler is
+//! caught, logged and counted (`tally_proxy_panics_total`); the proxy keeps serving.
 
 use crate::body;
 use crate::config::LimitsConfig;
+use crate::defaults::PROXY_ERROR_HEADER;
+use crate::grpc::{self, Code};
 use crate::metrics::{DirectionLabels, Metrics};
 use crate::observe::Direction;
 use crate::transport::ServerTransport;
 use crate::{ListenerService, PeerId};
+use futures::FutureExt;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt;
 
 pub struct Listener {
     pub direction: Direction,
@@ -24,6 +34,92 @@ pub struct Listener {
     pub max_connections: usize,
     pub limits: LimitsConfig,
     pub metrics: Arc<Metrics>,
+}
+
+/// Length of the HTTP/2 client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const PREFACE_LEN: usize = 24;
+
+/// A stream that counts the bytes read from it, so the preface timer can tell whether the
+/// peer has started speaking HTTP/2.
+struct CountingIo<IO> {
+    io: IO,
+    read: Arc<AtomicUsize>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.read.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for CountingIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Runs `fut`; if it panics, logs the panic and counts it for `listener` instead of letting
+/// it vanish with the task. Returns `None` after a panic.
+pub async fn guard_panics<T>(
+    fut: impl Future<Output = T>,
+    metrics: &Metrics,
+    listener: &str,
+    what: &str,
+) -> Option<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            metrics
+                .panics
+                .get_or_create(&DirectionLabels {
+                    direction: listener.into(),
+                })
+                .inc();
+            tracing::error!(listener, task = what, panic = %message, "panic caught; the task ended, the proxy keeps serving");
+            None
+        }
+    }
+}
+
+/// What a caller sees when its call handler panicked.
+fn panic_response() -> crate::Rsp {
+    let mut rsp = grpc::trailers_only(Code::Internal, "internal proxy error");
+    rsp.headers_mut()
+        .insert(PROXY_ERROR_HEADER, http::HeaderValue::from_static("panic"));
+    rsp
 }
 
 fn h2_builder(l: &LimitsConfig) -> http2::Builder<TokioExecutor> {
@@ -43,8 +139,16 @@ impl Listener {
     /// Serves until `shutdown` turns true, then waits up to `grace` for connections to drain.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let conns = Arc::new(Semaphore::new(self.max_connections));
-        let builder = Arc::new(h2_builder(&self.limits));
         let dir = self.direction.as_str();
+        let ctx = ConnCtx {
+            dir,
+            transport: self.transport.clone(),
+            service: self.service.clone(),
+            metrics: self.metrics.clone(),
+            builder: Arc::new(h2_builder(&self.limits)),
+            first_bytes_timeout: Duration::from_millis(self.limits.tls_handshake_timeout_ms),
+            preface_timeout: Duration::from_millis(self.limits.http2_preface_timeout_ms),
+        };
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -70,69 +174,121 @@ impl Listener {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let transport = self.transport.clone();
-            let service = self.service.clone();
-            let metrics = self.metrics.clone();
-            let builder = builder.clone();
-            let mut shutdown = shutdown.clone();
-            let _ = &mut shutdown;
-            let first_bytes_timeout = Duration::from_millis(self.limits.tls_handshake_timeout_ms);
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                // A connection that never sends a byte would hold a slot forever.
-                let mut probe = [0u8; 1];
-                if !matches!(tokio::time::timeout(first_bytes_timeout, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
-                {
-                    tracing::debug!(listener = dir, %remote, "connection closed: nothing sent");
-                    return;
-                }
-                let handshake =
-                    match tokio::time::timeout(first_bytes_timeout, transport.accept(tcp)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(crate::transport::TransportError::Timeout),
-                    };
-                let (io, peer) = match handshake {
-                    Ok(x) => x,
-                    Err(e) => {
-                        metrics
-                            .tls_handshake_failures
-                            .get_or_create(&DirectionLabels {
-                                direction: dir.into(),
-                            })
-                            .inc();
-                        tracing::warn!(listener = dir, %remote, error = %e, "handshake failed");
-                        return;
-                    }
-                };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let service = service.clone();
-                        let peer = peer.clone();
-                        async move {
-                            let mut req = req.map(body::incoming);
-                            req.extensions_mut().insert(PeerId(peer));
-                            service.oneshot(req).await
-                        }
-                    });
-                let conn = builder.serve_connection(TokioIo::new(io), svc);
-                tokio::pin!(conn);
-                let stop = async move {
-                    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-                };
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(listener = dir, %remote, error = %e, "connection ended with error");
-                        }
-                    }
-                    _ = stop => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                let metrics = ctx.metrics.clone();
+                let conn = serve_one(ctx, tcp, remote, shutdown);
+                guard_panics(conn, &metrics, dir, "connection").await;
             });
         }
         drain(&conns, self.max_connections, grace, dir).await;
+    }
+}
+
+/// What every connection of one listener shares.
+#[derive(Clone)]
+struct ConnCtx {
+    dir: &'static str,
+    transport: Arc<dyn ServerTransport>,
+    service: ListenerService,
+    metrics: Arc<Metrics>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
+    first_bytes_timeout: Duration,
+    preface_timeout: Duration,
+}
+
+/// One accepted connection: first bytes, handshake, HTTP/2 preface, then calls until the peer
+/// leaves or shutdown.
+async fn serve_one(
+    ctx: ConnCtx,
+    tcp: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ConnCtx {
+        dir,
+        transport,
+        service,
+        metrics,
+        builder,
+        first_bytes_timeout,
+        preface_timeout,
+    } = ctx;
+    let label = || DirectionLabels {
+        direction: dir.into(),
+    };
+    // A connection that never sends a byte would hold a slot forever.
+    let mut probe = [0u8; 1];
+    if !matches!(tokio::time::timeout(first_bytes_timeout, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
+    {
+        tracing::debug!(listener = dir, %remote, "connection closed: nothing sent");
+        return;
+    }
+    let handshake = match tokio::time::timeout(first_bytes_timeout, transport.accept(tcp)).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::transport::TransportError::Timeout),
+    };
+    let (io, peer) = match handshake {
+        Ok(x) => x,
+        Err(e) => {
+            metrics.tls_handshake_failures.get_or_create(&label()).inc();
+            tracing::warn!(listener = dir, %remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let read = Arc::new(AtomicUsize::new(0));
+    let io = CountingIo {
+        io,
+        read: read.clone(),
+    };
+    let call_metrics = metrics.clone();
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let service = service.clone();
+        let peer = peer.clone();
+        let metrics = call_metrics.clone();
+        async move {
+            let mut req = req.map(body::incoming);
+            req.extensions_mut().insert(PeerId(peer));
+            use tower::ServiceExt;
+            match guard_panics(service.oneshot(req), &metrics, dir, "call").await {
+                Some(r) => r,
+                None => Ok(panic_response()),
+            }
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let preface_timer = tokio::time::sleep(preface_timeout);
+    tokio::pin!(preface_timer);
+    let mut preface_pending = true;
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener = dir, %remote, error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = &mut preface_timer, if preface_pending => {
+                preface_pending = false;
+                if read.load(Ordering::Relaxed) < PREFACE_LEN {
+                    metrics.preface_timeouts.get_or_create(&label()).inc();
+                    tracing::warn!(listener = dir, %remote, timeout_ms = preface_timeout.as_millis() as u64, "connection closed: no HTTP/2 preface after the handshake");
+                    return;
+                }
+            }
+            _ = &mut stop => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+        }
     }
 }
 
@@ -153,5 +309,46 @@ pub(crate) async fn drain(
             listener,
             "shutdown grace period over with connections still open"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_are_caught_counted_and_named() {
+        let metrics = Metrics::new();
+        let out = guard_panics(async { 7 }, &metrics, "inbound", "call").await;
+        assert_eq!(out, Some(7));
+        let out: Option<()> =
+            guard_panics(async { panic!("boom") }, &metrics, "inbound", "call").await;
+        assert_eq!(out, None);
+        let label = DirectionLabels {
+            direction: "inbound".into(),
+        };
+        assert_eq!(metrics.panics.get_or_create(&label).get(), 1);
+        assert!(
+            metrics
+                .encode()
+                .contains("tally_proxy_panics_total{direction=\"inbound\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn counting_io_counts_reads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut a, b) = tokio::io::duplex(64);
+        let read = Arc::new(AtomicUsize::new(0));
+        let mut io = CountingIo {
+            io: b,
+            read: read.clone(),
+        };
+        a.write_all(&[0u8; 30]).await.unwrap();
+        let mut buf = [0u8; 30];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(read.load(Ordering::Relaxed), 30);
+        io.write_all(b"x").await.unwrap();
+        assert_eq!(read.load(Ordering::Relaxed), 30);
     }
 }

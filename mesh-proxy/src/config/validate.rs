@@ -143,9 +143,10 @@ fn check_limits(l: &LimitsConfig, bad: Bad) -> Result<(), ConfigError> {
             "use at least 65535",
         ));
     }
-    if l.connect_timeout_ms == 0 || l.tls_handshake_timeout_ms == 0 {
+    if l.connect_timeout_ms == 0 || l.tls_handshake_timeout_ms == 0 || l.http2_preface_timeout_ms == 0
+    {
         return Err(bad(
-            "limits.connect_timeout_ms / limits.tls_handshake_timeout_ms".into(),
+            "limits.connect_timeout_ms / limits.tls_handshake_timeout_ms / limits.http2_preface_timeout_ms".into(),
             "is 0".into(),
             "use a positive number of milliseconds",
         ));
@@ -164,6 +165,13 @@ fn check_service(name: &str, s: &ServiceConfig, bad: Bad) -> Result<(), ConfigEr
         ));
     }
     check_endpoints(&s.endpoints, &key, bad)?;
+    if let Err(e) = s.failure.validate() {
+        return Err(bad(
+            format!("{key}.failure.{}", e.key),
+            e.problem,
+            "see the failure classification defaults in mesh-proxy/README.md",
+        ));
+    }
     if let Some(id) = &s.identity
         && !id.starts_with("spiffe://")
     {
@@ -193,6 +201,13 @@ fn check_endpoints(endpoints: &[String], key: &str, bad: Bad) -> Result<(), Conf
             format!("{key}.endpoints"),
             "lists no address".into(),
             "list the target's inbound sidecars, e.g. [\"127.0.0.1:4143\"]",
+        ));
+    }
+    if let Some(dup) = crate::balance::duplicate_endpoint(endpoints) {
+        return Err(bad(
+            format!("{key}.endpoints"),
+            format!("`{dup}` is listed twice"),
+            "list each endpoint once",
         ));
     }
     for ep in endpoints {

@@ -471,20 +471,49 @@ pub async fn next_message(body: &mut Incoming, buf: &mut BytesMut) -> Option<Byt
 
 // ---------------------------------------------------------------- admin
 
-/// A plain HTTP/1.1 request to an admin port.
+/// Admin tokens of the proxies started by [`Proxy::start`], by admin address.
+static ADMIN_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// The admin token a started proxy was given, if any.
+pub fn admin_token(addr: SocketAddr) -> Option<String> {
+    let tokens = ADMIN_TOKENS.lock().unwrap();
+    tokens
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, t)| t.clone())
+}
+
+/// A plain HTTP/1.1 request to an admin port, as an operator on the host makes it: loopback
+/// `Host`, and the proxy's admin token when the harness gave it one.
 pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut headers = vec![("host".to_string(), addr.to_string())];
+    if let Some(t) = admin_token(addr) {
+        headers.push(("authorization".to_string(), format!("Bearer {t}")));
+    }
+    admin_with(addr, method, path, body, &headers).await
+}
+
+/// An HTTP/1.1 request to an admin port with exactly `headers` (plus `content-type`).
+pub async fn admin_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(String, String)],
+) -> (u16, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "admin")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let rsp = tokio::time::timeout(PATIENCE, send.send_request(req))
         .await
         .unwrap()
@@ -595,6 +624,22 @@ impl Proxy {
     pub async fn start_logging(config: &str, log_file: Option<&Path>) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.toml");
+        // Like `tally up`: an owner-only admin token file, unless the test configures one.
+        let mut token = None;
+        let config = if config.contains("[admin]\n") && !config.contains("token_file") {
+            let t = format!("test-token-{}", rand_token());
+            let file = dir.path().join("admin.token");
+            write_secret(&file, &t);
+            token = Some(t);
+            config.replacen(
+                "[admin]\n",
+                &format!("[admin]\ntoken_file = {:?}\n", file),
+                1,
+            )
+        } else {
+            config.to_string()
+        };
+        let config = config.as_str();
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-proxy"));
         cmd.arg("--config").arg(&path).env(
@@ -622,6 +667,9 @@ impl Proxy {
         let bound: Bound = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
             panic!("proxy did not start ({e}); stdout: {line:?}; config:\n{config}")
         });
+        if let Some(t) = token {
+            ADMIN_TOKENS.lock().unwrap().push((bound.admin, t));
+        }
         let p = Proxy {
             child,
             admin: bound.admin,
@@ -644,6 +692,32 @@ impl Proxy {
     pub fn config_path(dir: &Path) -> PathBuf {
         dir.join("proxy.toml")
     }
+}
+
+/// A token no other test shares.
+pub fn rand_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// Writes `text` to `path` with mode 0600.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
 }
 
 pub async fn wait_ready(admin_addr: SocketAddr) {

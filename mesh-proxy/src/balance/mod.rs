@@ -1,0 +1,325 @@
+//! Load balancing over a service's endpoints: power of two choices (`p2c`) over a peak-EWMA
+//! latency estimate (`ewma`) times in-flight calls, with a circuit breaker per endpoint and
+//! outlier ejection (`outlier`), all moved by one failure classification (`classify`).
+//! Own implementation rather than tower's `p2c` + tower-resilience's outlier detector because
+//! all three must share one view of each endpoint: a breaker-open or ejected endpoint is never
+//! picked, failures inflate the load estimate, and the ejection floor needs the whole set.
+
+pub mod client;
+pub mod ewma;
+pub mod outlier;
+pub mod p2c;
+
+pub use client::{ClientSettings, HttpClient, http2_client, send};
+
+use crate::body::{self, End};
+use crate::breaker::{Admission, Breaker};
+use crate::classify::{Classifier, Signal, Verdict};
+use crate::config::ServiceConfig;
+use crate::error::from_client_error;
+use crate::metrics::{Metrics, endpoint as endpoint_labels, route as route_labels};
+use crate::transport::ClientTransport;
+use crate::{BoxFuture, ProxyError, Req, Rsp, grpc};
+use ewma::PeakEwma;
+use outlier::{Availability, Outliers, Recorded};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Request extension: an endpoint the next attempt should avoid if it can.
+#[derive(Clone, Debug)]
+pub struct AvoidEndpoint(pub String);
+
+/// Response extension: the endpoint that answered.
+#[derive(Clone, Debug)]
+pub struct ServedBy(pub String);
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The first endpoint listed twice, if any (config validation refuses such lists).
+pub fn duplicate_endpoint(endpoints: &[String]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    endpoints
+        .iter()
+        .find(|e| !seen.insert(e.trim().to_ascii_lowercase()))
+        .map(String::as_str)
+}
+
+pub struct Endpoint {
+    pub addr: String,
+    index: usize,
+    client: HttpClient,
+    breaker: Breaker,
+    ewma: PeakEwma,
+    in_flight: AtomicUsize,
+}
+
+impl Endpoint {
+    fn cost(&self) -> f64 {
+        self.ewma.cost(self.in_flight.load(Ordering::Relaxed))
+    }
+}
+
+/// All endpoints of one target service.
+pub struct Pool {
+    pub route: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    outliers: Outliers,
+    classifier: Classifier,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub fn new(
+        route: &str,
+        svc: &ServiceConfig,
+        expected_id: &str,
+        transport: Arc<dyn ClientTransport>,
+        settings: &ClientSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let endpoints = svc
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let labels = endpoint_labels(route, a);
+                Arc::new(Endpoint {
+                    addr: a.clone(),
+                    index,
+                    client: http2_client(a, expected_id, transport.clone(), settings),
+                    breaker: Breaker::new(
+                        svc.breaker.clone(),
+                        metrics.breaker_state.get_or_create(&labels).clone(),
+                        metrics.breaker_opens.get_or_create(&labels).clone(),
+                        format!("{route}/{a}"),
+                    ),
+                    ewma: PeakEwma::from_config(&svc.load_balancer),
+                    in_flight: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let route_timeout = (svc.timeout_ms > 0).then(|| Duration::from_millis(svc.timeout_ms));
+        Arc::new(Self {
+            route: route.to_string(),
+            outliers: Outliers::new(&svc.outlier, svc.endpoints.len()),
+            classifier: Classifier::new(&svc.failure, route_timeout),
+            endpoints,
+            metrics,
+        })
+    }
+
+    /// P2C over the endpoints neither ejected nor breaker-open; then claim the winner's breaker.
+    fn pick(&self, avoid: Option<&str>) -> Result<(Arc<Endpoint>, Admission), ProxyError> {
+        let now = Instant::now();
+        let mut healthy = 0;
+        let mut candidates: Vec<&Arc<Endpoint>> = Vec::with_capacity(self.endpoints.len());
+        for e in &self.endpoints {
+            match self.outliers.availability(e.index, now) {
+                Availability::Ejected => continue,
+                Availability::Returned => {
+                    tracing::info!(route = %self.route, endpoint = %e.addr, "outlier returned to the load balancer");
+                }
+                Availability::Available => {}
+            }
+            healthy += 1;
+            if e.breaker.available() {
+                candidates.push(e);
+            }
+        }
+        if let Some(a) = avoid {
+            p2c::avoiding(&mut candidates, |e| e.addr == a);
+        }
+        let pair = p2c::two(&mut rand::rng(), candidates.len());
+        let Some((i, j)) = pair else {
+            return Err(if healthy == 0 {
+                ProxyError::NoEndpoints(self.route.clone())
+            } else {
+                ProxyError::BreakerOpen(self.route.clone())
+            });
+        };
+        let (best, other) = p2c::cheaper(i, j, |k| candidates[k].cost());
+        for ep in [candidates[best], candidates[other]] {
+            if let Some(adm) = ep.breaker.try_acquire() {
+                return Ok((ep.clone(), adm));
+            }
+        }
+        Err(ProxyError::BreakerOpen(self.route.clone()))
+    }
+
+    /// Accounts for one finished call: in-flight count, then breaker, outlier detector and
+    /// load estimate, all from the one classification of `signal`.
+    fn finish(&self, ep: &Endpoint, adm: Admission, signal: Signal) {
+        ep.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let verdict = self.classifier.classify(signal);
+        ep.breaker.record(adm, verdict.as_failed());
+        if verdict == Verdict::Failure {
+            tracing::debug!(route = %self.route, endpoint = %ep.addr, ?signal, "endpoint failure");
+            ep.ewma.observe_failure();
+        }
+        let Some(failed) = verdict.as_failed() else {
+            return;
+        };
+        match self.outliers.record(ep.index, failed, Instant::now()) {
+            Recorded::Nothing => {}
+            Recorded::Ejected(time) => {
+                tracing::warn!(route = %self.route, endpoint = %ep.addr, ejection_ms = time.as_millis() as u64, "outlier ejected");
+                self.metrics
+                    .outlier_ejections
+                    .get_or_create(&endpoint_labels(&self.route, &ep.addr))
+                    .inc();
+            }
+            Recorded::FloorReached { ejected, limit } => {
+                tracing::warn!(route = %self.route, endpoint = %ep.addr, ejected, limit, "outlier not ejected: ejection floor reached");
+                self.metrics
+                    .outlier_ejection_floor
+                    .get_or_create(&route_labels("outbound", &self.route))
+                    .inc();
+            }
+        }
+    }
+}
+
+/// The signal of a call whose client request failed before any response.
+fn error_signal(err: &ProxyError) -> Signal {
+    match err {
+        ProxyError::Cancelled => Signal::Neutral,
+        ProxyError::Connect { .. } => Signal::ConnectFailure,
+        ProxyError::Upstream { refused: true, .. } => Signal::RefusedStream,
+        _ => Signal::Reset,
+    }
+}
+
+/// The signal of a call from how its response ended; `http` is set for a non-gRPC answer.
+fn end_signal(http: Option<u16>, end: End) -> Signal {
+    if let Some(s) = http {
+        return Signal::Http(s);
+    }
+    match end {
+        End::Status(c) => Signal::Grpc(c),
+        End::Error => Signal::ResetDuringResponse,
+        End::NoStatus | End::Dropped => Signal::Neutral,
+    }
+}
+
+/// Finishes a call whose future was dropped before the endpoint answered: a response-header
+/// timeout when the route's own timeout had passed, otherwise the caller's choice (neutral).
+struct FinishGuard {
+    pool: Arc<Pool>,
+    ep: Arc<Endpoint>,
+    adm: Admission,
+    start: Instant,
+    armed: bool,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let timed_out = self
+                .pool
+                .classifier
+                .route_timeout()
+                .is_some_and(|t| self.start.elapsed() >= t);
+            let signal = if timed_out {
+                Signal::Timeout
+            } else {
+                Signal::Neutral
+            };
+            self.pool.finish(&self.ep, self.adm, signal);
+        }
+    }
+}
+
+/// The balancer as a service.
+#[derive(Clone)]
+pub struct Balance {
+    pool: Arc<Pool>,
+}
+
+impl Balance {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self { pool }
+    }
+}
+
+impl tower::Service<Req> for Balance {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Rsp, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0.clone());
+            let (ep, adm) = pool.pick(avoid.as_deref())?;
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            // If the caller goes away while we wait, the call still has to be accounted for
+            // (in-flight count, and a half-open probe slot must not stay taken).
+            let start = Instant::now();
+            let mut guard = FinishGuard {
+                pool: pool.clone(),
+                ep: ep.clone(),
+                adm,
+                start,
+                armed: true,
+            };
+            let result = send(&ep.client, &ep.addr, req).await;
+            guard.armed = false;
+            match result {
+                Err(e) => {
+                    let err = from_client_error(&ep.addr, e);
+                    pool.finish(&ep, adm, error_signal(&err));
+                    Err(err)
+                }
+                Ok(mut rsp) => {
+                    ep.ewma.observe(start.elapsed());
+                    rsp.extensions_mut().insert(ServedBy(ep.addr.clone()));
+                    let http = (grpc::status_of(rsp.headers()).is_none()
+                        && rsp.status() != http::StatusCode::OK)
+                        .then(|| rsp.status().as_u16());
+                    let (pool2, ep2) = (pool.clone(), ep.clone());
+                    Ok(body::on_end(rsp, move |end| {
+                        pool2.finish(&ep2, adm, end_signal(http, end))
+                    }))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::Code;
+
+    #[test]
+    fn duplicates_are_found() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1"])), None);
+        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1", "A:1"])), Some("A:1"));
+    }
+
+    #[test]
+    fn signals_from_ends() {
+        assert_eq!(
+            end_signal(Some(503), End::Status(Code::Unavailable)),
+            Signal::Http(503)
+        );
+        assert_eq!(
+            end_signal(None, End::Status(Code::InvalidArgument)),
+            Signal::Grpc(Code::InvalidArgument)
+        );
+        assert_eq!(end_signal(None, End::Error), Signal::ResetDuringResponse);
+        assert_eq!(end_signal(None, End::Dropped), Signal::Neutral);
+        assert_eq!(error_signal(&ProxyError::Cancelled), Signal::Neutral);
+    }
+}
