@@ -210,7 +210,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     // A connection that never sends a byte.
     let mut tcp = TcpStream::connect(f.gateway.addr).await.unwrap();
     let waited = closed_by_server(&mut tcp).await;
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
     // An HTTP/2 connection, idle after one call: GOAWAY, then closed.
     let tcp = TcpStream::connect(f.gateway.addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -275,7 +275,7 @@ async fn a_slow_loris_request_head_is_cut_off() {
     .expect("the gateway cut the slow request head off");
     let waited = start.elapsed();
     drip.abort();
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 }
 
@@ -334,7 +334,8 @@ async fn an_oversize_grpc_web_body_is_refused_while_it_streams_in() {
     )
     .await;
     let auth = f.bearer("alice");
-    // Text, chunked, no length: 120 KiB once decoded, and the body never ends.
+    // Text, chunked, no length: 22 chunks of 3 KiB decoded cross the 64 KiB cap within the
+    // last one (so little is left unread when the gateway answers), and the body never ends.
     let (tx, answer) = streaming_web_request(
         f.gateway.addr,
         &[
@@ -345,7 +346,7 @@ async fn an_oversize_grpc_web_body_is_refused_while_it_streams_in() {
     )
     .await;
     let chunk = Bytes::from("QUJD".repeat(1024)); // 4 KiB of base64, 3 KiB decoded
-    for _ in 0..40 {
+    for _ in 0..22 {
         if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
             break;
         }
