@@ -8,6 +8,24 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Largest gRPC-Web request body, counted after base64 decoding (gRPC's own default
+/// receive limit). Enforced while the body arrives, before any of it goes upstream.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Time a client has to send a complete HTTP/1.1 request head, from its first byte.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration =
+    Duration::from_millis(d::GATEWAY_HEADER_READ_TIMEOUT_MS);
+/// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY first).
+/// Covers connections that never send a byte, and HTTP/2 connections that never finish a
+/// request head.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a gRPC-Web request body has to arrive in full (browsers send whole requests), on
+/// every route, including routes whose `timeout_ms` is 0.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Plain gRPC request bodies (which may be client streams) end with an error when no frame
+/// arrives for this long (Envoy's `stream_idle_timeout` default).
+pub const DEFAULT_REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,9 +34,22 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     #[serde(default = "max_connections")]
     pub max_connections: usize,
-    /// Largest `-text` request body (base64 is decoded whole before it is forwarded).
-    #[serde(default = "max_text_request_bytes")]
-    pub max_text_request_bytes: usize,
+    /// Largest gRPC-Web request body after base64 decoding, enforced as it streams in.
+    /// (`max_text_request_bytes` is the older name.)
+    #[serde(default = "max_request_bytes", alias = "max_text_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Time allowed for an HTTP/1.1 request head, from its first byte.
+    #[serde(default = "header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Close a connection with no request in flight for this long.
+    #[serde(default = "idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Time allowed for a whole gRPC-Web request body.
+    #[serde(default = "request_body_timeout")]
+    pub request_body_timeout_ms: u64,
+    /// Longest gap between two frames of a plain gRPC request body.
+    #[serde(default = "request_body_idle_timeout")]
+    pub request_body_idle_timeout_ms: u64,
     /// Absent: plaintext (keep the listener on loopback behind a TLS terminator).
     #[serde(default)]
     pub tls: Option<GatewayTls>,
@@ -118,7 +149,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Tokens per second for each client (JWT `sub`, else client IP); 0 = no per-client limit.
+    /// Tokens per second for each client (its authenticated principal, else its IP); 0 = no
+    /// per-client limit.
     pub per_client_per_second: f64,
     pub per_client_burst: u32,
     /// Tokens per second for the whole gateway; 0 = no global limit.
@@ -128,7 +160,8 @@ pub struct RateLimitConfig {
     /// this share one overflow bucket.
     pub max_clients: usize,
     /// Load balancers whose `x-forwarded-for` names the client: when the TCP peer is one of
-    /// these, the client IP is the last address in that header not in this list.
+    /// these, the client IP is the last address in that header not in this list. Only these
+    /// peers may also hand in an `x-request-id` and a trace context (`traceparent`).
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -148,8 +181,23 @@ impl Default for RateLimitConfig {
 fn max_connections() -> usize {
     d::MAX_CONNECTIONS
 }
-fn max_text_request_bytes() -> usize {
-    d::GATEWAY_MAX_TEXT_REQUEST_BYTES
+fn max_request_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+fn header_read_timeout() -> u64 {
+    millis(DEFAULT_HEADER_READ_TIMEOUT)
+}
+fn idle_timeout() -> u64 {
+    millis(DEFAULT_IDLE_TIMEOUT)
+}
+fn request_body_timeout() -> u64 {
+    millis(DEFAULT_REQUEST_BODY_TIMEOUT)
+}
+fn request_body_idle_timeout() -> u64 {
+    millis(DEFAULT_REQUEST_BODY_IDLE_TIMEOUT)
 }
 fn authenticated() -> Access {
     Access::Authenticated
@@ -170,6 +218,28 @@ fn jwks_min_refetch() -> u64 {
     d::GATEWAY_JWKS_MIN_REFETCH_MS
 }
 
+/// The gateway's time and size bounds, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_request_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub request_body_idle_timeout: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            request_body_idle_timeout: DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// True when `prefix` is a dotted gRPC name, optionally followed by `/Method`.
 fn is_route_prefix(prefix: &str) -> bool {
     let (name, method) = match prefix.split_once('/') {
@@ -181,6 +251,17 @@ fn is_route_prefix(prefix: &str) -> bool {
 }
 
 impl GatewayConfig {
+    /// The configured bounds as typed values.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_request_bytes: self.max_request_bytes,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            request_body_timeout: Duration::from_millis(self.request_body_timeout_ms),
+            request_body_idle_timeout: Duration::from_millis(self.request_body_idle_timeout_ms),
+        }
+    }
+
     pub fn validate(
         &self,
         file: &str,
@@ -199,12 +280,45 @@ impl GatewayConfig {
                 "use a number from 1 to 1000000, or remove the key",
             ));
         }
-        if self.max_text_request_bytes < 1024 {
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_request_bytes) {
             return Err(bad(
-                "max_text_request_bytes",
-                format!("{} is too small", self.max_text_request_bytes),
-                "use at least 1024 (default 4194304)",
+                "max_request_bytes",
+                format!("{} is out of range", self.max_request_bytes),
+                "use 1024 to 1073741824 bytes (default 4194304)",
             ));
+        }
+        for (key, ms, default) in [
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                DEFAULT_IDLE_TIMEOUT,
+            ),
+            (
+                "request_body_timeout_ms",
+                self.request_body_timeout_ms,
+                DEFAULT_REQUEST_BODY_TIMEOUT,
+            ),
+            (
+                "request_body_idle_timeout_ms",
+                self.request_body_idle_timeout_ms,
+                DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(bad(
+                    key,
+                    "is 0, which would leave the gateway without this bound".into(),
+                    &format!(
+                        "use a positive number of milliseconds (default {})",
+                        millis(default)
+                    ),
+                ));
+            }
         }
         if self.routes.is_empty() {
             return Err(bad(
@@ -338,88 +452,4 @@ impl GatewayConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    const GATEWAY: &str = r#"
-[admin]
-listen = "127.0.0.1:9901"
-
-[gateway]
-listen = "127.0.0.1:8080"
-
-[gateway.cors]
-allowed_origins = ["https://app.tally.example"]
-
-[gateway.auth]
-jwks_service = "user"
-
-[[gateway.routes]]
-prefix = "tally.poll.v1"
-service = "polling"
-
-[[gateway.routes]]
-prefix = "tally.user.v1.UserService/Login"
-service = "user"
-access = "public"
-
-[services.polling]
-endpoints = ["127.0.0.1:4243"]
-
-[services.user]
-endpoints = ["127.0.0.1:4343"]
-"#;
-
-    fn check(text: &str) -> Result<Config, String> {
-        let c = Config::parse("gw.toml", text).map_err(|e| e.to_string())?;
-        c.validate("gw.toml").map_err(|e| e.to_string())?;
-        Ok(c)
-    }
-
-    #[test]
-    fn gateway_only_config_is_valid_with_defaults() {
-        let c = check(GATEWAY).unwrap();
-        let g = c.gateway.unwrap();
-        assert_eq!(g.routes[0].access, Access::Authenticated);
-        assert_eq!(g.rate_limit.per_client_burst, d::GATEWAY_PER_CLIENT_BURST);
-        assert_eq!(g.auth.unwrap().issuer, "tally-user");
-        assert!(g.cors.allow_headers.iter().any(|h| h == "x-grpc-web"));
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let e = check(&GATEWAY.replace("service = \"polling\"", "service = \"nope\"")).unwrap_err();
-        assert!(e.contains("gateway.routes[0].service"), "{e}");
-        let e = check(&GATEWAY.replace("jwks_service = \"user\"", "")).unwrap_err();
-        assert!(e.contains("gateway.auth") && e.contains("fix:"), "{e}");
-        let e = check(&GATEWAY.replace(
-            "jwks_service = \"user\"",
-            "jwks_service = \"user\"\njwks_file = \"k.json\"",
-        ))
-        .unwrap_err();
-        assert!(e.contains("exactly one"), "{e}");
-        let e = check(&GATEWAY.replace("prefix = \"tally.poll.v1\"", "prefix = \"/tally\""))
-            .unwrap_err();
-        assert!(e.contains("gateway.routes[0].prefix"), "{e}");
-        let e =
-            check(&GATEWAY.replace("https://app.tally.example", "app.tally.example")).unwrap_err();
-        assert!(e.contains("gateway.cors.allowed_origins"), "{e}");
-        let e = check(&format!(
-            "{GATEWAY}\n[gateway.rate_limit]\nper_client_burst = 0\n"
-        ))
-        .unwrap_err();
-        assert!(e.contains("gateway.rate_limit.per_client_burst"), "{e}");
-    }
-
-    #[test]
-    fn prefixes() {
-        assert!(is_route_prefix("tally.poll.v1"));
-        assert!(is_route_prefix("tally.poll.v1.PollService"));
-        assert!(is_route_prefix("tally.user.v1.UserService/Login"));
-        assert!(!is_route_prefix(""));
-        assert!(!is_route_prefix("tally..v1"));
-        assert!(!is_route_prefix("/tally.v1"));
-        assert!(!is_route_prefix("a/b/c"));
-    }
-}
+mod tests;

@@ -2,14 +2,16 @@
 //! Envoy work unchanged.
 //!
 //! Request: the four gRPC-Web content types become `application/grpc` with `te: trailers`
-//! and no `content-length`; `-text` bodies are base64 and are decoded (bad base64 is an HTTP
-//! 400). Response: message frames pass through; the trailers become one last frame with flag
+//! and no `content-length`; `-text` bodies are base64 and are decoded as they arrive (bad
+//! base64 is an HTTP 400). Response: message frames pass through; the trailers become one last frame with flag
 //! `0x80` holding `key:value\r\n` lines. When the caller's `accept` asks for
 //! `application/grpc-web-text` (Envoy's rule), the response body is base64, encoded as it
 //! streams, one padded base64 segment per complete gRPC frame (as Envoy does): however the
 //! upstream splits its bytes into chunks, each message reaches the browser as soon as it is
 //! complete and decodes on its own, so server streaming stays incremental.
 
+use super::config::Bounds;
+use super::request_body;
 use crate::body::{self, Body, BodyError};
 use crate::grpc::{self, Code};
 use base64::Engine as _;
@@ -17,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -97,22 +99,31 @@ pub fn classify(headers: &HeaderMap) -> Option<Protocol> {
 pub enum RequestError {
     #[error("invalid base64 in the grpc-web-text request body")]
     BadBase64,
-    #[error("grpc-web-text request body larger than {0} bytes")]
+    #[error("grpc-web request body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("grpc-web request body not received within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error("request body failed: {0}")]
     Body(String),
 }
 
-/// Rewrites a gRPC-Web request into a gRPC one (headers, and the body for `-text`).
+/// Rewrites a gRPC-Web request into a gRPC one (headers, and the body for `-text`), and
+/// bounds the request body (see `request_body`).
 pub async fn to_grpc_request(
     req: http::Request<Body>,
     protocol: Protocol,
-    max_text_bytes: usize,
+    bounds: &Bounds,
 ) -> Result<http::Request<Body>, RequestError> {
-    let Protocol::Web { text_request, .. } = protocol else {
-        return Ok(req);
-    };
     let (mut parts, body) = req.into_parts();
+    let Protocol::Web { text_request, .. } = protocol else {
+        let body = request_body::idle_bounded(body, bounds.request_body_idle_timeout);
+        return Ok(http::Request::from_parts(parts, body));
+    };
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let h = &mut parts.headers;
     h.remove(header::CONTENT_LENGTH);
     h.insert(
@@ -121,50 +132,15 @@ pub async fn to_grpc_request(
     );
     h.insert(header::TE, HeaderValue::from_static("trailers"));
     h.insert(header::ACCEPT, HeaderValue::from_static("application/grpc"));
-    let body = if text_request {
-        // Browsers send whole requests (no client streaming over gRPC-Web), so decoding the
-        // body before forwarding costs nothing and lets bad base64 get a clean 400.
-        let collected = Limited::new(body, max_text_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    RequestError::TooLarge(max_text_bytes)
-                } else {
-                    RequestError::Body(e.to_string())
-                }
-            })?
-            .to_bytes();
-        body::full(decode_text(&collected)?)
-    } else {
-        body
-    };
-    Ok(http::Request::from_parts(parts, body))
-}
-
-/// Decodes a base64 body. Padding may end each chunk a client encoded separately, so the
-/// text is decoded as a run of padded segments (as Envoy accepts it).
-pub fn decode_text(input: &[u8]) -> Result<Bytes, RequestError> {
-    if !input.len().is_multiple_of(4) {
-        return Err(RequestError::BadBase64);
-    }
-    let mut out = Vec::with_capacity(input.len() / 4 * 3);
-    let mut start = 0;
-    for (i, quad) in input.chunks(4).enumerate() {
-        if quad.contains(&b'=') {
-            let end = (i + 1) * 4;
-            STANDARD
-                .decode_vec(&input[start..end], &mut out)
-                .map_err(|_| RequestError::BadBase64)?;
-            start = end;
-        }
-    }
-    STANDARD
-        .decode_vec(&input[start..], &mut out)
-        .map_err(|_| RequestError::BadBase64)?;
-    Ok(out.into())
+    let whole = request_body::read_web_body(
+        body,
+        content_length,
+        text_request,
+        bounds.max_request_bytes,
+        bounds.request_body_timeout,
+    )
+    .await?;
+    Ok(http::Request::from_parts(parts, body::full(whole)))
 }
 
 /// The gRPC-Web trailer frame: `0x80`, big-endian length, `key:value\r\n` lines.
@@ -183,30 +159,69 @@ pub fn trailer_frame(trailers: &HeaderMap) -> Bytes {
     out.freeze()
 }
 
+/// Largest part of a non-gRPC upstream body kept as its `grpc-message` (Envoy's
+/// `MAX_BUFFERED_PLAINTEXT_LENGTH`).
+const MAX_NON_GRPC_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// A gRPC answer: trailers-only (`grpc-status` in headers that end the stream), or HTTP 200
+/// with a gRPC content type (Envoy's `isGrpcResponseHeaders`).
+fn is_grpc_answer(parts: &http::response::Parts, end_stream: bool) -> bool {
+    if end_stream {
+        return parts.headers.contains_key("grpc-status");
+    }
+    parts.status == http::StatusCode::OK
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(media_type)
+            .is_some_and(|c| c == "application/grpc" || c.starts_with("application/grpc+"))
+}
+
+/// Already gRPC-Web in binary: HTTP 200 with `application/grpc-web(+proto)`.
+fn is_web_answer(parts: &http::response::Parts) -> bool {
+    parts.status == http::StatusCode::OK
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(media_type)
+            .is_some_and(|c| c == GRPC_WEB || c == GRPC_WEB_PROTO)
+}
+
+/// `grpc-message` text as Envoy writes it: bytes outside `' '..'~'` (exclusive) and `%` as `%XX`.
+fn envoy_percent_encode(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw {
+        if (b' '..b'~').contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Rewrites a gRPC response into gRPC-Web: content type, no length, trailers in the body.
-/// A trailers-only response keeps its status in the headers, as Envoy leaves it.
-pub fn to_web_response(rsp: http::Response<Body>, protocol: Protocol) -> http::Response<Body> {
+/// A trailers-only response keeps its status in the headers, as Envoy leaves it. An answer
+/// that is not gRPC at all is handled as Envoy's `grpc_web` filter does (see `non_grpc`).
+pub async fn to_web_response(
+    rsp: http::Response<Body>,
+    protocol: Protocol,
+) -> http::Response<Body> {
     if !protocol.is_web() {
         return rsp;
     }
     let (mut parts, body) = rsp.into_parts();
-    if parts.status != http::StatusCode::OK && grpc::status_of(&parts.headers).is_none() {
-        // Not a gRPC answer at all (Envoy does the same): the HTTP status becomes a gRPC one.
-        let code = Code::from_http(parts.status.as_u16());
-        let message = format!("upstream answered HTTP {}", parts.status.as_u16());
-        let mut rsp = grpc::trailers_only(code, &message);
-        rsp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(protocol.response_content_type()),
-        );
-        return rsp;
-    }
-    let trailers_only = grpc::status_of(&parts.headers).is_some();
-    parts.headers.remove(header::CONTENT_LENGTH);
+    let end_stream = body.is_end_stream();
+    let needs_transformation = !is_grpc_answer(&parts, end_stream) && !is_web_answer(&parts);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(protocol.response_content_type()),
     );
+    if needs_transformation && !end_stream {
+        return non_grpc(parts, body).await;
+    }
+    let trailers_only = grpc::status_of(&parts.headers).is_some() || end_stream;
+    parts.headers.remove(header::CONTENT_LENGTH);
     let body = if trailers_only {
         body
     } else {
@@ -219,6 +234,28 @@ pub fn to_web_response(rsp: http::Response<Body>, protocol: Protocol) -> http::R
         .boxed_unsync()
     };
     http::Response::from_parts(parts, body)
+}
+
+/// An upstream answer that is not gRPC (an HTTP error page, a proxy's 503, ...), as Envoy's
+/// `grpc_web` filter answers it: the HTTP status stays, `grpc-status` is mapped from it, the
+/// body (its first 16 KiB) becomes the percent-encoded `grpc-message`, and the body is empty.
+async fn non_grpc(mut parts: http::response::Parts, mut body: Body) -> http::Response<Body> {
+    let mut kept = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            let room = MAX_NON_GRPC_MESSAGE_BYTES.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    let code = Code::from_http(parts.status.as_u16());
+    let h = &mut parts.headers;
+    h.insert("grpc-status", HeaderValue::from(code.as_u16()));
+    if let Ok(v) = HeaderValue::from_str(&envoy_percent_encode(&kept)) {
+        h.insert("grpc-message", v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u32));
+    http::Response::from_parts(parts, body::empty())
 }
 
 /// Streams a gRPC response body as a gRPC-Web body.
@@ -357,17 +394,6 @@ mod tests {
     }
 
     #[test]
-    fn decodes_padded_segments_and_rejects_garbage() {
-        let a = STANDARD.encode(b"ab");
-        let b = STANDARD.encode(b"cdef");
-        let joined = format!("{a}{b}");
-        assert_eq!(&decode_text(joined.as_bytes()).unwrap()[..], b"abcdef");
-        assert!(decode_text(b"abc").is_err());
-        assert!(decode_text(b"!!!!").is_err());
-        assert!(decode_text(b"").unwrap().is_empty());
-    }
-
-    #[test]
     fn trailer_frame_layout() {
         let t = trailer_frame(&headers(&[("grpc-status", "0"), ("x-a", "b")]));
         assert_eq!(t[0], 0x80);
@@ -388,7 +414,7 @@ mod tests {
             text_request: false,
             text_response: text,
         };
-        let out = to_web_response(rsp, protocol);
+        let out = to_web_response(rsp, protocol).await;
         assert_eq!(
             out.headers()["content-type"],
             protocol.response_content_type()
@@ -396,18 +422,42 @@ mod tests {
         out.into_body().collect().await.unwrap().to_bytes().to_vec()
     }
 
-    #[test]
-    fn non_grpc_http_error_becomes_a_status() {
-        let mut rsp = http::Response::new(body::full(Bytes::from_static(b"<html>")));
-        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    #[tokio::test]
+    async fn non_grpc_answers_keep_their_http_status_as_in_envoy() {
         let web = Protocol::Web {
             text_request: false,
-            text_response: false,
+            text_response: true,
         };
-        let out = to_web_response(rsp, web);
-        assert_eq!(out.status(), http::StatusCode::OK);
+        let mut rsp = http::Response::new(body::full(Bytes::from_static(b"down 100%\n")));
+        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let out = to_web_response(rsp, web).await;
+        assert_eq!(out.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(out.headers()["grpc-status"], "14");
-        assert_eq!(out.headers()["content-type"], GRPC_WEB_PROTO);
+        assert_eq!(out.headers()["grpc-message"], "down 100%25%0A");
+        assert_eq!(out.headers()["content-length"], "0");
+        assert_eq!(out.headers()["content-type"], GRPC_WEB_TEXT_PROTO);
+        assert!(
+            out.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+        // HTTP 200 that is not gRPC: UNKNOWN, message from the body.
+        let mut rsp = http::Response::new(body::full(Bytes::from_static(b"<html>")));
+        rsp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("text/html"));
+        let out = to_web_response(rsp, web).await;
+        assert_eq!(out.status(), http::StatusCode::OK);
+        assert_eq!(out.headers()["grpc-status"], "2");
+        assert_eq!(out.headers()["grpc-message"], "<html>");
+        // Headers that end the stream are left as they are (no status is invented).
+        let mut rsp = http::Response::new(body::empty());
+        *rsp.status_mut() = http::StatusCode::NOT_FOUND;
+        let out = to_web_response(rsp, web).await;
+        assert_eq!(out.status(), http::StatusCode::NOT_FOUND);
+        assert!(!out.headers().contains_key("grpc-status"));
     }
 
     fn grpc_frame(msg: &[u8]) -> Vec<u8> {

@@ -2,25 +2,106 @@
 //! gRPC-Web; gRPC clients use HTTP/2), or TLS with a server certificate (ALPN h2 and
 //! http/1.1). Same connection limit, handshake timeout and HTTP/2 limits as the mesh
 //! listeners; on shutdown connections are closed gracefully and in-flight calls may finish.
+//!
+//! Connections are bounded in time: an HTTP/1.1 request head must arrive within
+//! `header_read_timeout` (hyper's timer), and a connection with no request in flight for
+//! `idle_timeout` is closed (HTTP/2: GOAWAY first). hyper has no idle timeout of its own for
+//! HTTP/2 or for a connection that has not sent enough bytes to pick a protocol, so the
+//! listener counts each connection's requests in flight and watches for idleness itself.
 
-use super::config::GatewayTls;
+use super::config::{Bounds, GatewayTls};
 use super::service::Gateway;
-use crate::body;
+use crate::body::{self, Body, BodyError};
 use crate::config::LimitsConfig;
-use crate::defaults as d;
 use crate::metrics::{DirectionLabels, Metrics};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 /// Metric label of this listener.
 const DIRECTION: &str = "gateway";
+/// Once an idle connection has been asked to close, it is dropped when it has stayed idle
+/// this much longer (a request that raced the GOAWAY may still finish).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Requests in flight on one connection. Every change (a request starting or ending) wakes
+/// the idle watch, so a short request in between restarts the idle period.
+#[derive(Clone)]
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+
+    fn start(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let mut rx = self.0.subscribe();
+        loop {
+            if rx.wait_for(|n| *n == 0).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => return,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One request in flight, until its response body is finished or dropped.
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlightGuard,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayTlsError {
@@ -67,11 +148,11 @@ pub struct GatewayListener {
     pub metrics: Arc<Metrics>,
 }
 
-fn builder(l: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+fn builder(l: &LimitsConfig, bounds: &Bounds) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(d::GATEWAY_HEADER_READ_TIMEOUT_MS));
+        .header_read_timeout(bounds.header_read_timeout);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(l.max_header_list_size)
@@ -94,7 +175,8 @@ impl GatewayListener {
             tracing::warn!(%addr, "gateway listens in PLAINTEXT on a non-loopback address: put a TLS terminator in front or set [gateway.tls]");
         }
         let conns = Arc::new(Semaphore::new(self.max_connections));
-        let builder = Arc::new(builder(&self.limits));
+        let bounds = self.gateway.bounds();
+        let builder = Arc::new(builder(&self.limits, &bounds));
         let label = DirectionLabels {
             direction: DIRECTION.into(),
         };
@@ -147,13 +229,18 @@ impl GatewayListener {
                     }
                 };
                 let client = remote.ip();
+                let in_flight = InFlight::new();
+                let counter = in_flight.clone();
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
+                        let guard = counter.start();
                         async move {
-                            Ok::<_, Infallible>(
-                                gateway.handle(req.map(body::incoming), client).await,
-                            )
+                            let rsp = gateway.handle(req.map(body::incoming), client).await;
+                            Ok::<_, Infallible>(rsp.map(|inner| Tracked {
+                                inner,
+                                _in_flight: guard,
+                            }))
                         }
                     });
                 let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -171,9 +258,41 @@ impl GatewayListener {
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
+                    _ = in_flight.idle_for(bounds.idle_timeout) => {
+                        tracing::debug!(listener = DIRECTION, %remote, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = in_flight.idle_for(IDLE_CLOSE_GRACE) => {}
+                        }
+                    }
                 }
             });
         }
         crate::server::drain(&conns, self.max_connections, grace, DIRECTION).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_no_request_in_flight_for_the_whole_period() {
+        let in_flight = InFlight::new();
+        let start = tokio::time::Instant::now();
+        let watch = in_flight.clone();
+        let idle = tokio::spawn(async move {
+            watch.idle_for(Duration::from_secs(10)).await;
+            start.elapsed()
+        });
+        // A request from 4 s to 30 s, then a short one at 35 s: idle from 35 s on.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let long = in_flight.start();
+        tokio::time::sleep(Duration::from_secs(26)).await;
+        drop(long);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(in_flight.start());
+        assert_eq!(idle.await.unwrap(), Duration::from_secs(45));
     }
 }

@@ -1,6 +1,8 @@
-//! Token buckets at the edge: one per client (the access token's `sub`, else the client IP)
-//! and one for the whole gateway. A refused call learns how long until its next token, sent
-//! as `grpc-retry-pushback-ms`.
+//! Token buckets at the edge: one per client (its authenticated principal, else its IP) and
+//! one for the whole gateway, checked in that order (`check`): a client beyond its own limit
+//! is refused by its bucket and spends nothing of the global one, so one client cannot starve
+//! the others. A refused call learns how long until its next token, sent as
+//! `grpc-retry-pushback-ms`.
 //!
 //! Written here rather than taken from tower-resilience: its rate limiter is one shared
 //! limiter per layer (no keys), and it reports no wait time for pushback. Memory stays
@@ -51,6 +53,11 @@ impl Bucket {
         }
         let wait = (1.0 - self.tokens) / rate.per_second;
         Err(Duration::from_secs_f64(wait.clamp(0.001, 3600.0)))
+    }
+
+    /// Gives back a token taken for a call that another limit then refused.
+    fn refund(&mut self, rate: Rate) {
+        self.tokens = (self.tokens + 1.0).min(rate.burst);
     }
 
     fn is_full(&self, rate: Rate, now: Instant) -> bool {
@@ -117,6 +124,27 @@ impl RateLimiter {
                 overflow: None,
                 last_sweep: None,
             }),
+        }
+    }
+
+    /// Admits one call of `client`: its own bucket first, then the global one. When the global
+    /// bucket refuses, the client's token is given back (the call was not served).
+    pub fn check(&self, client: &str, now: Instant) -> Result<(), Limited> {
+        self.check_client(client, now)?;
+        self.check_global(now)
+            .inspect_err(|_| self.refund_client(client))
+    }
+
+    fn refund_client(&self, key: &str) {
+        let Some(rate) = self.per_client else { return };
+        let mut c = lock(&self.clients);
+        match c.buckets.get_mut(key) {
+            Some(b) => b.refund(rate),
+            None => {
+                if let Some(b) = c.overflow.as_mut() {
+                    b.refund(rate);
+                }
+            }
         }
     }
 
@@ -236,5 +264,48 @@ mod tests {
         assert!(l.check_global(t0).is_ok());
         assert_eq!(l.check_global(t0).unwrap_err().scope, Scope::Global);
         assert!(l.check_client("anyone", t0).is_ok());
+    }
+
+    #[test]
+    fn a_client_beyond_its_limit_spends_nothing_of_the_global_bucket() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            per_client_per_second: 0.001,
+            per_client_burst: 3,
+            global_per_second: 0.001,
+            global_burst: 6,
+            max_clients: 10,
+            trusted_proxies: Vec::new(),
+        });
+        let t0 = Instant::now();
+        let refused: Vec<Scope> = (0..100)
+            .filter_map(|_| l.check("user:mallory", t0).err().map(|e| e.scope))
+            .collect();
+        assert_eq!(refused.len(), 97);
+        assert!(refused.iter().all(|s| *s == Scope::Client));
+        // Another client still gets its whole burst.
+        for _ in 0..3 {
+            assert!(l.check("user:alice", t0).is_ok());
+        }
+        assert_eq!(l.check("user:alice", t0).unwrap_err().scope, Scope::Client);
+    }
+
+    #[test]
+    fn a_global_refusal_gives_the_client_token_back() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            per_client_per_second: 0.001,
+            per_client_burst: 2,
+            global_per_second: 0.001,
+            global_burst: 1,
+            max_clients: 10,
+            trusted_proxies: Vec::new(),
+        });
+        let t0 = Instant::now();
+        assert!(l.check("a", t0).is_ok());
+        // The global bucket is empty: b is refused by it, and keeps both its own tokens.
+        assert_eq!(l.check("b", t0).unwrap_err().scope, Scope::Global);
+        assert_eq!(l.check("b", t0).unwrap_err().scope, Scope::Global);
+        assert!(l.check_client("b", t0).is_ok());
+        assert!(l.check_client("b", t0).is_ok());
+        assert!(l.check_client("b", t0).is_err());
     }
 }

@@ -1,11 +1,15 @@
-//! One gateway call, top to bottom: CORS preflight → classify (gRPC-Web or gRPC) → route by
-//! gRPC name → global rate limit → edge authentication → per-client rate limit → translate the
-//! request → the outbound stack (retries, breakers, balancing, mTLS) → translate the response
-//! → CORS headers. Each step lives in its own module; this file only puts them in order.
+//! One gateway call, top to bottom: CORS preflight → edge header policy (internal headers
+//! dropped, request id, new trace) → classify (gRPC-Web or gRPC) → route by gRPC name → edge
+//! authentication → rate limits (the principal's or the IP's bucket, then the global one) →
+//! translate and bound the request body → the outbound stack (retries, breakers, balancing,
+//! mTLS) → translate the response → CORS headers. Each step lives in its own module; this
+//! file only puts them in order.
 
 use super::auth::{self, AuthError, Verifier};
 use super::config::Access;
+use super::config::Bounds;
 use super::cors::Cors;
+use super::edge::{self, REQUEST_ID_HEADER};
 use super::errors::GatewayError;
 use super::grpc_web::{self, Protocol, RequestError};
 use super::ratelimit::RateLimiter;
@@ -41,8 +45,23 @@ pub(super) struct Inner {
     pub limiter: RateLimiter,
     pub cors: Cors,
     pub metrics: Arc<Metrics>,
-    pub max_text_bytes: usize,
+    pub bounds: Bounds,
     pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// The principal a call is rate limited as. Today that is the subject of a verified access
+/// token (API keys are not verified at the edge yet, so their calls count per IP); when
+/// `auth` hands over an authenticated principal (user or API key id), derive it here.
+fn principal_of(verified_subject: Option<String>) -> Option<String> {
+    verified_subject.map(|sub| format!("user:{sub}"))
+}
+
+/// The rate-limit bucket of a call: its principal's, else its IP's.
+fn bucket_key(principal: Option<&str>, ip: IpAddr) -> String {
+    match principal {
+        Some(p) => format!("principal:{p}"),
+        None => format!("ip:{ip}"),
+    }
 }
 
 /// The caller's IP: the TCP peer, or, when the peer is a trusted proxy, the last
@@ -71,14 +90,23 @@ impl Gateway {
         }
     }
 
-    /// Serves one request from `client`.
-    pub async fn handle(&self, req: Req, client: IpAddr) -> Rsp {
+    /// The connection and body bounds this gateway was configured with.
+    pub fn bounds(&self) -> Bounds {
+        self.inner.bounds
+    }
+
+    /// Serves one request from `client` (the TCP peer).
+    pub async fn handle(&self, mut req: Req, client: IpAddr) -> Rsp {
         if Cors::is_preflight(req.method(), req.headers()) {
             return self.inner.cors.preflight(req.headers());
         }
+        let trusted = self.inner.trusted_proxies.contains(&client);
+        let request_id = edge::sanitize(req.headers_mut(), trusted);
+        req.extensions_mut().insert(request_id.clone());
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut rsp = self.serve(req, client).await;
         self.inner.cors.decorate(origin.as_ref(), &mut rsp);
+        rsp.headers_mut().insert(REQUEST_ID_HEADER, request_id.0);
         rsp
     }
 
@@ -121,7 +149,7 @@ impl Gateway {
                 })
                 .inc();
         });
-        grpc_web::to_web_response(rsp, protocol)
+        grpc_web::to_web_response(rsp, protocol).await
     }
 
     /// Runs the edge checks and returns the request ready for the outbound stack.
@@ -136,34 +164,38 @@ impl Gateway {
         let Some(route) = route else {
             return Err(GatewayError::NoRoute(req.uri().path().to_string()));
         };
-        self.limited(inner.limiter.check_global(Instant::now()))?;
-        let subject = match route.access {
+        let ip = client_ip(req.headers(), client, &inner.trusted_proxies);
+        let principal = match route.access {
             Access::Public => None,
-            Access::Authenticated => self.authenticate(req.headers()).await.inspect_err(|e| {
-                if let GatewayError::Auth(a) = e {
-                    inner
-                        .metrics
-                        .gateway_auth_failures
-                        .get_or_create(&ReasonLabels {
-                            reason: a.reason().into(),
-                        })
-                        .inc();
+            Access::Authenticated => match self.authenticate(req.headers()).await {
+                Ok(subject) => principal_of(subject),
+                Err(e) => {
+                    if let GatewayError::Auth(a) = &e {
+                        inner
+                            .metrics
+                            .gateway_auth_failures
+                            .get_or_create(&ReasonLabels {
+                                reason: a.reason().into(),
+                            })
+                            .inc();
+                    }
+                    // Failed attempts spend the caller's IP bucket, so guessing is limited too.
+                    let key = bucket_key(None, ip);
+                    self.limited(inner.limiter.check_client(&key, Instant::now()))?;
+                    return Err(e);
                 }
-            })?,
+            },
         };
-        let key = match &subject {
-            Some(sub) => format!("sub:{sub}"),
-            None => format!(
-                "ip:{}",
-                client_ip(req.headers(), client, &inner.trusted_proxies)
-            ),
-        };
-        self.limited(inner.limiter.check_client(&key, Instant::now()))?;
-        let mut req = grpc_web::to_grpc_request(req, protocol, inner.max_text_bytes)
+        let key = bucket_key(principal.as_deref(), ip);
+        self.limited(inner.limiter.check(&key, Instant::now()))?;
+        let mut req = grpc_web::to_grpc_request(req, protocol, &inner.bounds)
             .await
             .map_err(|e| match e {
                 RequestError::TooLarge(_) => GatewayError::TooLarge(e.to_string()),
-                _ => GatewayError::BadRequest(e.to_string()),
+                RequestError::TimedOut(_) => GatewayError::Proxy(ProxyError::DeadlineExceeded),
+                RequestError::BadBase64 | RequestError::Body(_) => {
+                    GatewayError::BadRequest(e.to_string())
+                }
             })?;
         let pq = req
             .uri()
@@ -178,8 +210,7 @@ impl Gateway {
         for name in HOP_BY_HOP {
             h.remove(name);
         }
-        // The mesh sets the caller identity; never let a browser choose it.
-        h.remove(crate::defaults::PEER_ID_HEADER);
+        // Internal headers (caller identity, faults, overrides) went in `edge::sanitize`.
         Ok(req)
     }
 
@@ -259,5 +290,19 @@ mod tests {
         assert_eq!(client_ip(&h, other, &[lb]), other);
         // No header: the peer.
         assert_eq!(client_ip(&http::HeaderMap::new(), lb, &[lb]), lb);
+    }
+
+    #[test]
+    fn principals_and_ips_never_share_a_bucket() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let alice = principal_of(Some("alice".into()));
+        assert_eq!(bucket_key(alice.as_deref(), ip), "principal:user:alice");
+        assert_eq!(
+            bucket_key(principal_of(None).as_deref(), ip),
+            "ip:203.0.113.7"
+        );
+        // A subject that looks like an IP is still a principal.
+        let odd = principal_of(Some("203.0.113.7".into()));
+        assert_ne!(bucket_key(odd.as_deref(), ip), bucket_key(None, ip));
     }
 }
