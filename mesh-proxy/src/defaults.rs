@@ -105,8 +105,6 @@ pub const PEER_ID_HEADER: &str = "x-tally-peer-spiffe-id";
 pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";
 
 // Gateway (browser-facing listener).
-/// Largest `-text` (base64) request body; it is decoded whole so bad base64 can get a 400.
-pub const GATEWAY_MAX_TEXT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Request headers a browser may send (CORS `access-control-allow-headers`).
 pub const GATEWAY_CORS_ALLOW_HEADERS: &[&str] = &[
     "content-type",

@@ -143,7 +143,9 @@ fn check_limits(l: &LimitsConfig, bad: Bad) -> Result<(), ConfigError> {
             "use at least 65535",
         ));
     }
-    if l.connect_timeout_ms == 0 || l.tls_handshake_timeout_ms == 0 || l.http2_preface_timeout_ms == 0
+    if l.connect_timeout_ms == 0
+        || l.tls_handshake_timeout_ms == 0
+        || l.http2_preface_timeout_ms == 0
     {
         return Err(bad(
             "limits.connect_timeout_ms / limits.tls_handshake_timeout_ms / limits.http2_preface_timeout_ms".into(),

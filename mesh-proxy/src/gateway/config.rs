@@ -64,6 +64,27 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
 }
 
+impl GatewayConfig {
+    /// A gateway on `listen` with no routes, auth or CORS origins and every bound at its
+    /// default: the same values a config file that names only `listen` gets.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_connections: max_connections(),
+            max_request_bytes: max_request_bytes(),
+            header_read_timeout_ms: header_read_timeout(),
+            idle_timeout_ms: idle_timeout(),
+            request_body_timeout_ms: request_body_timeout(),
+            request_body_idle_timeout_ms: request_body_idle_timeout(),
+            tls: None,
+            cors: CorsConfig::default(),
+            auth: None,
+            rate_limit: RateLimitConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayTls {

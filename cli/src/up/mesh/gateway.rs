@@ -7,9 +7,7 @@ use super::sidecar::{admin, identity, port};
 use super::{routes, to_table};
 use tally_proxy::config::Config;
 use tally_proxy::defaults as d;
-use tally_proxy::gateway::config::{
-    Access, AuthConfig, CorsConfig, GatewayConfig, RateLimitConfig, RouteConfig,
-};
+use tally_proxy::gateway::config::{Access, AuthConfig, CorsConfig, GatewayConfig, RouteConfig};
 
 /// The gateway's place in the platform.
 pub fn gateway() -> ServiceSpec {
@@ -98,17 +96,13 @@ fn auth() -> AuthConfig {
 /// The gateway's config: routes to the targets' inbound sidecars.
 fn gateway_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
     let gateway = GatewayConfig {
-        listen: port(ctx, "gateway")?,
-        max_connections: d::MAX_CONNECTIONS,
-        max_text_request_bytes: d::GATEWAY_MAX_TEXT_REQUEST_BYTES,
-        tls: None,
         cors: CorsConfig {
             allowed_origins: GATEWAY_DEV_ORIGINS.iter().map(|o| (*o).into()).collect(),
             ..CorsConfig::default()
         },
         auth: Some(auth()),
-        rate_limit: RateLimitConfig::default(),
         routes: gateway_routes(),
+        ..GatewayConfig::new(port(ctx, "gateway")?)
     };
     let cfg = Config {
         admin: admin(ctx)?,
