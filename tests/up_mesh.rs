@@ -538,6 +538,7 @@ async fn no_mesh_runs_the_services_without_sidecars() {
         bin_path(&b);
     }
     let data = tempfile::tempdir().expect("tmp");
+    open_to_others(data.path());
     let base = free_port_range(6);
     let mut cmd = Command::new(tally_testkit::bin_path("tally"));
     cmd.arg("up")
@@ -558,6 +559,11 @@ async fn no_mesh_runs_the_services_without_sidecars() {
         !data.path().join("mesh").exists(),
         "no certificates without a mesh"
     );
+    assert!(
+        !data.path().join("admin-token").exists(),
+        "no proxies, no admin token"
+    );
+    assert_eq!(mode(data.path()), 0o700, "the data directory is private");
     let polling: toml::Table = std::fs::read_to_string(data.path().join("config/polling.toml"))
         .expect("config")
         .parse()
@@ -588,9 +594,63 @@ async fn no_mesh_runs_the_services_without_sidecars() {
         .expect("polling verifies the token with user directly");
 }
 
+/// Makes a data directory readable by others, as a careless one might be,
+/// so that `tally up` making it private is seen.
+fn open_to_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+/// Checks the admin token of a running `tally up` (printed, private, named
+/// by every proxy's config) and returns it.
+fn admin_token(data: &Path, out: &str) -> String {
+    let path = data.join("admin-token");
+    assert!(
+        out.contains(&path.display().to_string()),
+        "tally up says where the admin token is: {out}"
+    );
+    assert_eq!(mode(&path), 0o600, "only the owner reads the token");
+    assert_eq!(
+        mode(data),
+        0o700,
+        "only the owner enters the data directory"
+    );
+    let token = std::fs::read_to_string(&path).expect("token");
+    assert!(token.len() >= 32, "{token}");
+    let mut proxies = 0;
+    for entry in std::fs::read_dir(data.join("config")).expect("configs") {
+        let file = entry.expect("entry").path();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !(name.ends_with("-proxy.toml") || name == "gateway.toml") {
+            continue;
+        }
+        let cfg: toml::Table = std::fs::read_to_string(&file)
+            .expect("config")
+            .parse()
+            .expect("toml");
+        assert_eq!(
+            cfg["admin"]["token_file"].as_str(),
+            Some(path.display().to_string().as_str()),
+            "{name}"
+        );
+        proxies += 1;
+    }
+    assert_eq!(proxies, 7, "six sidecars and the gateway");
+    token
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     let data = tempfile::tempdir().expect("tmp");
+    open_to_others(data.path());
     let base = free_port_range(PORTS);
     let start = |validity: &str| {
         let mut cmd = Command::new(tally_testkit::bin_path("tally"));
@@ -607,7 +667,8 @@ async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     };
     // One minute, the shortest: renewed at 70%, i.e. after about 42 s.
     let mut first = start("1m");
-    first.wait_for_stdout("tally up: ready", READY).await;
+    let out = first.wait_for_stdout("tally up: ready", READY).await;
+    let token = admin_token(data.path(), &out);
     let ca_pem = std::fs::read_to_string(data.path().join("mesh/ca/ca.pem")).expect("CA");
     let cert_path = data.path().join("mesh/certs/user.pem");
     let summary = |p: &Path| {
@@ -678,6 +739,11 @@ async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     let mut second = start("24h");
     let out = second.wait_for_stdout("tally up: ready", READY).await;
     assert!(!out.contains("creating the mesh CA"), "{out}");
+    assert_ne!(
+        admin_token(data.path(), &out),
+        token,
+        "a new token each start"
+    );
     assert_eq!(
         std::fs::read_to_string(data.path().join("mesh/ca/ca.pem")).expect("CA"),
         ca_pem
