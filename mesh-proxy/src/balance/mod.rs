@@ -297,29 +297,4 @@ impl tower::Service<Req> for Balance {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::grpc::Code;
-
-    #[test]
-    fn duplicates_are_found() {
-        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1"])), None);
-        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1", "A:1"])), Some("A:1"));
-    }
-
-    #[test]
-    fn signals_from_ends() {
-        assert_eq!(
-            end_signal(Some(503), End::Status(Code::Unavailable)),
-            Signal::Http(503)
-        );
-        assert_eq!(
-            end_signal(None, End::Status(Code::InvalidArgument)),
-            Signal::Grpc(Code::InvalidArgument)
-        );
-        assert_eq!(end_signal(None, End::Error), Signal::ResetDuringResponse);
-        assert_eq!(end_signal(None, End::Dropped), Signal::Neutral);
-        assert_eq!(error_signal(&ProxyError::Cancelled), Signal::Neutral);
-    }
-}
+mod tests;
