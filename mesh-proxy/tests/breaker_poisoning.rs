@@ -156,6 +156,20 @@ async fn request_statuses_do_not_open_the_breaker_but_unavailable_does() {
     assert_eq!(up.calls(), served + 3, "the open breaker fails fast");
     let m = metrics(mesh.caller.admin).await;
     assert_eq!(breaker_opens(&m, SVC), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "tally_proxy_endpoint_failures_total",
+            &["kind=\"grpc-UNAVAILABLE\""]
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tally_proxy_endpoint_failures_total", &[]),
+        3.0,
+        "nothing else counted: {m}"
+    );
 }
 
 #[tokio::test]
@@ -187,4 +201,12 @@ async fn a_dead_endpoint_still_opens_the_breaker() {
     assert!(reasons.iter().any(|r| r == "connect-failed"), "{reasons:?}");
     let m = metrics(mesh.caller.admin).await;
     assert!(breaker_opens(&m, SVC) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "tally_proxy_endpoint_failures_total",
+            &["kind=\"connect-failure\""]
+        ) >= 3.0,
+        "{m}"
+    );
 }

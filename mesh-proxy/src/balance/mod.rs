@@ -17,7 +17,7 @@ use crate::breaker::{Admission, Breaker};
 use crate::classify::{Classifier, Signal, Verdict};
 use crate::config::ServiceConfig;
 use crate::error::from_client_error;
-use crate::metrics::{Metrics, endpoint as endpoint_labels, route as route_labels};
+use crate::metrics::{FailureLabels, Metrics, endpoint as endpoint_labels, route as route_labels};
 use crate::transport::ClientTransport;
 use crate::{BoxFuture, ProxyError, Req, Rsp, grpc};
 use ewma::PeakEwma;
@@ -161,6 +161,14 @@ impl Pool {
         if verdict == Verdict::Failure {
             tracing::debug!(route = %self.route, endpoint = %ep.addr, ?signal, "endpoint failure");
             ep.ewma.observe_failure();
+            self.metrics
+                .endpoint_failures
+                .get_or_create(&FailureLabels {
+                    route: self.route.clone(),
+                    endpoint: ep.addr.clone(),
+                    kind: signal.kind(),
+                })
+                .inc();
         }
         let Some(failed) = verdict.as_failed() else {
             return;
