@@ -145,7 +145,8 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> 
 }
 
 /// Refuses DNS-rebinding and cross-site requests: any `Origin`, or a `Host` other than
-/// loopback with the admin port (or a configured name).
+/// loopback with the admin port, the address the connection was made to (what a probe or
+/// scraper dialling the pod IP sends), or a configured name. A rebound name never matches.
 fn check_origin(
     auth: &AdminAuth,
     local: SocketAddr,
@@ -172,9 +173,7 @@ fn check_origin(
         format!("127.0.0.1:{port}"),
         format!("[::1]:{port}"),
     ];
-    if !local.ip().is_unspecified() {
-        allowed.push(local.to_string());
-    }
+    allowed.push(local.to_string());
     if allowed.contains(&host) || auth.allowed_hosts.contains(&host) {
         return None;
     }
@@ -323,7 +322,7 @@ async fn handle(
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
-    let Ok(local) = listener.local_addr() else {
+    let Ok(listen) = listener.local_addr() else {
         tracing::error!("admin listener has no local address; admin API not served");
         return;
     };
@@ -336,6 +335,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // The address this connection reached (the listener's, or the pod IP behind 0.0.0.0).
+        let local = tcp.local_addr().unwrap_or(listen);
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

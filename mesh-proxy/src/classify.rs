@@ -155,6 +155,23 @@ pub enum Signal {
     Neutral,
 }
 
+impl Signal {
+    /// A bounded name for metrics and logs.
+    pub fn kind(self) -> String {
+        match self {
+            Signal::ConnectFailure => CONNECT_FAILURE.into(),
+            Signal::Reset => RESET.into(),
+            Signal::RefusedStream => REFUSED_STREAM.into(),
+            Signal::Timeout => TIMEOUT.into(),
+            Signal::ResetDuringResponse => RESET_DURING_RESPONSE.into(),
+            Signal::Http(s) if (100..=599).contains(&s) => format!("http-{s}"),
+            Signal::Http(_) => "http-other".into(),
+            Signal::Grpc(c) => format!("grpc-{}", c.name()),
+            Signal::Neutral => "neutral".into(),
+        }
+    }
+}
+
 /// The classifier's answer for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

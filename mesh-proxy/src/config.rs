@@ -62,7 +62,8 @@ pub struct AdminConfig {
     /// mode 0600. Absent: every mutation is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    /// Extra `Host` values (`name:port`) the admin API answers besides loopback with its port.
+    /// Extra `Host` values (`name:port`) the admin API answers besides loopback with its port
+    /// and the literal address a connection was made to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
 }

@@ -128,6 +128,14 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub route: String,
+    pub endpoint: String,
+    /// A failure kind name (`connect-failure`, `reset`, ...) or `grpc-<STATUS>` / `http-<code>`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: String,
 }
@@ -178,6 +186,7 @@ pub struct Metrics {
     pub bulkhead_rejections: Family<RouteLabels, Counter>,
     pub outlier_ejections: Family<EndpointLabels, Counter>,
     pub outlier_ejection_floor: Family<RouteLabels, Counter>,
+    pub endpoint_failures: Family<FailureLabels, Counter>,
     pub tls_handshake_failures: Family<DirectionLabels, Counter>,
     pub connections_rejected: Family<DirectionLabels, Counter>,
     pub preface_timeouts: Family<DirectionLabels, Counter>,
@@ -217,6 +226,12 @@ impl Metrics {
         let tls_handshake_failures = Family::<DirectionLabels, Counter>::default();
         let connections_rejected = Family::<DirectionLabels, Counter>::default();
         let cert_expiry = Gauge::default();
+        let endpoint_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "endpoint_failures",
+            "Call outcomes classified as endpoint failures (they move breaker, ejection and EWMA), by kind",
+            endpoint_failures.clone(),
+        );
         let preface_timeouts = Family::<DirectionLabels, Counter>::default();
         let panics = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -323,6 +338,7 @@ impl Metrics {
             bulkhead_rejections,
             outlier_ejections,
             outlier_ejection_floor,
+            endpoint_failures,
             tls_handshake_failures,
             connections_rejected,
             preface_timeouts,

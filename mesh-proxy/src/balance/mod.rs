@@ -17,7 +17,7 @@ use crate::breaker::{Admission, Breaker};
 use crate::classify::{Classifier, Signal, Verdict};
 use crate::config::ServiceConfig;
 use crate::error::from_client_error;
-use crate::metrics::{Metrics, endpoint as endpoint_labels, route as route_labels};
+use crate::metrics::{FailureLabels, Metrics, endpoint as endpoint_labels, route as route_labels};
 use crate::transport::ClientTransport;
 use crate::{BoxFuture, ProxyError, Req, Rsp, grpc};
 use ewma::PeakEwma;
@@ -161,6 +161,14 @@ impl Pool {
         if verdict == Verdict::Failure {
             tracing::debug!(route = %self.route, endpoint = %ep.addr, ?signal, "endpoint failure");
             ep.ewma.observe_failure();
+            self.metrics
+                .endpoint_failures
+                .get_or_create(&FailureLabels {
+                    route: self.route.clone(),
+                    endpoint: ep.addr.clone(),
+                    kind: signal.kind(),
+                })
+                .inc();
         }
         let Some(failed) = verdict.as_failed() else {
             return;
@@ -297,29 +305,4 @@ impl tower::Service<Req> for Balance {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::grpc::Code;
-
-    #[test]
-    fn duplicates_are_found() {
-        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1"])), None);
-        assert_eq!(duplicate_endpoint(&v(&["a:1", "b:1", "A:1"])), Some("A:1"));
-    }
-
-    #[test]
-    fn signals_from_ends() {
-        assert_eq!(
-            end_signal(Some(503), End::Status(Code::Unavailable)),
-            Signal::Http(503)
-        );
-        assert_eq!(
-            end_signal(None, End::Status(Code::InvalidArgument)),
-            Signal::Grpc(Code::InvalidArgument)
-        );
-        assert_eq!(end_signal(None, End::Error), Signal::ResetDuringResponse);
-        assert_eq!(end_signal(None, End::Dropped), Signal::Neutral);
-        assert_eq!(error_signal(&ProxyError::Cancelled), Signal::Neutral);
-    }
-}
+mod tests;
