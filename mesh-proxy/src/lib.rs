@@ -1,7 +1,8 @@
 //! Tally's sidecar mesh proxy: an outbound listener that routes the local app's gRPC calls to
 //! healthy endpoints of the target service, and an inbound listener that checks callers and
-//! forwards to the local app. Each concern is one tower layer; `stack` composes them. In
-//! gateway mode (`gateway`) it also serves browsers (gRPC-Web) in front of the outbound stack.
+//! forwards to the local app. Each concern is one layer (written as `layer` describes); `stack`
+//! composes them. In gateway mode (`gateway`) it also serves browsers (gRPC-Web) in front of the
+//! outbound stack.
 
 pub mod admin;
 pub mod authz;
