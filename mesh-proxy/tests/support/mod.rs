@@ -632,6 +632,7 @@ struct Bound {
     admin: SocketAddr,
     inbound: Option<SocketAddr>,
     outbound: Option<SocketAddr>,
+    gateway: Option<SocketAddr>,
 }
 
 pub struct Proxy {
@@ -639,6 +640,7 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    pub gateway: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -691,6 +693,7 @@ impl Proxy {
             admin: bound.admin,
             inbound: bound.inbound,
             outbound: bound.outbound,
+            gateway: bound.gateway,
             _dir: dir,
         };
         wait_ready(p.admin).await;
