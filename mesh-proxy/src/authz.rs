@@ -3,11 +3,10 @@
 //! logged with the caller's identity and counted.
 
 use crate::config::AuthzRule;
+use crate::layer::{Layer, Next};
 use crate::metrics::{DenyLabels, Metrics, OTHER};
-use crate::{BoxFuture, PeerId, ProxyError, Req, Rsp, grpc};
+use crate::{PeerId, ProxyError, Req, Rsp, grpc};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Layer, Service, ServiceExt};
 
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -51,72 +50,44 @@ impl Policy {
     }
 }
 
-#[derive(Clone)]
 pub struct AuthzLayer {
-    policy: Arc<Policy>,
+    policy: Policy,
     metrics: Arc<Metrics>,
 }
 
 impl AuthzLayer {
     pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Self {
-        Self {
-            policy: Arc::new(policy),
-            metrics,
-        }
+        Self { policy, metrics }
     }
 }
 
-impl<S> Layer<S> for AuthzLayer {
-    type Service = Authz<S>;
-    fn layer(&self, inner: S) -> Authz<S> {
-        Authz {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Authz<S> {
-    inner: S,
-    layer: AuthzLayer,
-}
-
-impl<S> Service<Req> for Authz<S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
+impl<N: Next<Error = ProxyError>> Layer<N> for AuthzLayer {
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Rsp, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let caller = req.extensions().get::<PeerId>().and_then(|p| p.0.clone());
-        let path = req.uri().path().to_string();
-        if let Err(e) = self.layer.policy.check(&path, caller.as_deref()) {
-            let caller = caller.unwrap_or_else(|| "anonymous".into());
+    async fn handle(&self, req: Req, next: &N) -> Result<Rsp, ProxyError> {
+        let caller = req
+            .extensions()
+            .get::<PeerId>()
+            .and_then(|p| p.0.as_deref());
+        let path = req.uri().path();
+        if let Err(e) = self.policy.check(path, caller) {
+            let caller = caller.unwrap_or("anonymous").to_string();
             tracing::warn!(caller = %caller, path = %path, reason = e.reason(), "inbound call denied");
             // Labels from the configured sets only: a caller choosing paths adds no series.
-            let labels = &self.layer.metrics.labels;
-            let route = grpc::split_path(&path)
+            let labels = &self.metrics.labels;
+            let route = grpc::split_path(path)
                 .map_or_else(|| OTHER.to_string(), |(s, _)| labels.inbound.get(s));
             let caller = match caller.as_str() {
                 "anonymous" => caller,
                 id => labels.callers.get(id),
             };
-            self.layer
-                .metrics
+            self.metrics
                 .authz_denied
                 .get_or_create(&DenyLabels { route, caller })
                 .inc();
-            return Box::pin(async move { Err(e) });
+            return Err(e);
         }
-        Box::pin(self.inner.clone().oneshot(req))
+        next.call(req).await
     }
 }
 

@@ -1,6 +1,8 @@
 //! The one body type every layer speaks, plus the body wrappers that let layers act at the
 //! end of a stream (gRPC reports its status in trailers, after the response future resolved).
 
+use crate::ProxyError;
+use crate::error::respond;
 use crate::grpc::{self, Code};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -311,20 +313,6 @@ struct TimedBody {
     idle: Option<(std::time::Duration, Activity, Pin<Box<Sleep>>)>,
 }
 
-fn limit_trailers(reason: &'static str, message: &'static str) -> HeaderMap {
-    let mut t = HeaderMap::new();
-    t.insert(
-        "grpc-status",
-        http::HeaderValue::from(Code::DeadlineExceeded.as_u16()),
-    );
-    t.insert("grpc-message", http::HeaderValue::from_static(message));
-    t.insert(
-        crate::defaults::PROXY_ERROR_HEADER,
-        http::HeaderValue::from_static(reason),
-    );
-    t
-}
-
 impl HttpBody for TimedBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -348,7 +336,7 @@ impl HttpBody for TimedBody {
             && d.as_mut().poll(cx).is_ready()
         {
             self.inner = None;
-            let t = limit_trailers("deadline-exceeded", "deadline exceeded in proxy");
+            let t = respond::trailers(&ProxyError::DeadlineExceeded);
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
         if let Some((idle, activity, sleep)) = self.idle.as_mut() {
@@ -356,7 +344,7 @@ impl HttpBody for TimedBody {
                 let due = activity.last() + *idle;
                 if Instant::now() >= due {
                     self.inner = None;
-                    let t = limit_trailers("stream-idle-timeout", "stream idle timeout in proxy");
+                    let t = respond::trailers(&ProxyError::StreamIdleTimeout);
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
                 sleep.as_mut().reset(due);

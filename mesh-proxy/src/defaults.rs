@@ -1,40 +1,56 @@
 //! Every default the proxy uses, named in one place so operators and reviewers can
-//! see the whole policy at a glance. Names follow Envoy where the idea is the same.
+//! see the whole policy at a glance. Names follow Envoy where the idea is the same. Times are
+//! typed `Duration`s; a `_MS`/`_S` twin exists only where a config key holds the number.
 
 use std::time::Duration;
+
+/// Whole milliseconds of a default, for config keys kept in milliseconds.
+const fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 /// Maximum accepted connections per listener.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
-/// Route timeout when a call carries no `grpc-timeout`: none, so long streams are never cut silently.
-pub const ROUTE_TIMEOUT_MS: u64 = 0;
-/// Stream idle timeout: none by default, for the same reason.
-pub const STREAM_IDLE_TIMEOUT_MS: u64 = 0;
+/// Route timeout when a call carries no `grpc-timeout`: none (zero), so long streams are
+/// never cut silently.
+pub const ROUTE_TIMEOUT: Duration = Duration::ZERO;
+pub const ROUTE_TIMEOUT_MS: u64 = ms(ROUTE_TIMEOUT);
+/// Stream idle timeout: none (zero) by default, for the same reason.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::ZERO;
+pub const STREAM_IDLE_TIMEOUT_MS: u64 = ms(STREAM_IDLE_TIMEOUT);
 /// Time allowed to open a TCP connection to an endpoint.
-pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const CONNECT_TIMEOUT_MS: u64 = ms(CONNECT_TIMEOUT);
 /// Time allowed for a TLS handshake on either side.
-pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = ms(TLS_HANDSHAKE_TIMEOUT);
 /// Time a mesh connection gets after its handshake to send the HTTP/2 client preface
 /// (`limits.http2_preface_timeout_ms`); a peer that handshakes and then idles is closed.
 pub const HTTP2_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight calls may drain after SIGTERM.
-pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the certificate-expiry gauge is brought up to date.
+pub const CERT_EXPIRY_REFRESH: Duration = Duration::from_secs(1);
 
 // Retries (opt-in per route: one attempt means no retries).
 pub const RETRY_MAX_ATTEMPTS: u32 = 1;
 /// gRPC status names retried by default.
 pub const RETRY_STATUSES: &[&str] = &["UNAVAILABLE"];
-pub const RETRY_BACKOFF_BASE_MS: u64 = 25;
-pub const RETRY_BACKOFF_MAX_MS: u64 = 250;
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const RETRY_BACKOFF_BASE_MS: u64 = ms(RETRY_BACKOFF_BASE);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub const RETRY_BACKOFF_MAX_MS: u64 = ms(RETRY_BACKOFF_MAX);
 /// Retries may add at most this fraction on top of requests (Envoy / Linkerd: 20 %).
 pub const RETRY_BUDGET_RATIO: f64 = 0.2;
 /// Retries always allowed per second regardless of the ratio (Envoy's `min_retry_concurrency` 3).
 pub const RETRY_BUDGET_MIN_PER_SECOND: u32 = 3;
 /// Window over which the budget counts requests and retries.
-pub const RETRY_BUDGET_WINDOW_MS: u64 = 10_000;
+pub const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+pub const RETRY_BUDGET_WINDOW_MS: u64 = ms(RETRY_BUDGET_WINDOW);
 /// To see a status sent in trailers, retry reads the first response frame: within this wait, or
 /// at any time once the request is complete (an interactive stream is not held up longer).
-pub const RETRY_PEEK_WAIT_MS: u64 = 100;
+pub const RETRY_PEEK_WAIT: Duration = Duration::from_millis(100);
 
 /// On every route, besides any retry policy: further attempts (each on another endpoint when
 /// there is one) for a call an endpoint refused unprocessed (connect failure, REFUSED_STREAM,
@@ -45,7 +61,7 @@ pub const TRANSPARENT_RETRIES: u32 = 2;
 /// being replaced, REFUSED_STREAM, GOAWAY, a failed connect).
 pub const LOCAL_APP_ATTEMPTS: u32 = 3;
 /// Pause before reconnecting to the local app after a failed connect (times the attempt).
-pub const LOCAL_APP_RECONNECT_BACKOFF_MS: u64 = 10;
+pub const LOCAL_APP_RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
 // Per-endpoint circuit breaker.
 pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
@@ -54,7 +70,8 @@ pub const BREAKER_FAILURE_RATE: f64 = 0.5;
 pub const BREAKER_WINDOW: u32 = 20;
 /// The failure rate is only considered once the window holds this many calls.
 pub const BREAKER_MIN_CALLS: u32 = 10;
-pub const BREAKER_OPEN_MS: u64 = 5_000;
+pub const BREAKER_OPEN: Duration = Duration::from_secs(5);
+pub const BREAKER_OPEN_MS: u64 = ms(BREAKER_OPEN);
 
 // Per-route bulkhead.
 pub const BULKHEAD_MAX_CONCURRENT: usize = 1_000;
@@ -62,19 +79,25 @@ pub const BULKHEAD_MAX_QUEUE: usize = 1_000;
 
 // Outlier ejection (Envoy's names and defaults).
 pub const OUTLIER_CONSECUTIVE_5XX: u32 = 5;
-pub const OUTLIER_INTERVAL_MS: u64 = 10_000;
-pub const OUTLIER_BASE_EJECTION_TIME_MS: u64 = 30_000;
+pub const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+pub const OUTLIER_INTERVAL_MS: u64 = ms(OUTLIER_INTERVAL);
+pub const OUTLIER_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+pub const OUTLIER_BASE_EJECTION_TIME_MS: u64 = ms(OUTLIER_BASE_EJECTION_TIME);
 pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
 /// Upper bound on an ejection, however often the endpoint was ejected before (Envoy's `max_ejection_time`).
-pub const OUTLIER_MAX_EJECTION_TIME_MS: u64 = 300_000;
+pub const OUTLIER_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+pub const OUTLIER_MAX_EJECTION_TIME_MS: u64 = ms(OUTLIER_MAX_EJECTION_TIME);
 
 // Peak-EWMA load estimate.
 /// Estimated round trip of an endpoint that has not answered yet (Linkerd uses 30 ms).
-pub const EWMA_DEFAULT_RTT_MS: u64 = 30;
+pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
+pub const EWMA_DEFAULT_RTT_MS: u64 = ms(EWMA_DEFAULT_RTT);
 /// Decay time constant of the estimate.
-pub const EWMA_DECAY_MS: u64 = 10_000;
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+pub const EWMA_DECAY_MS: u64 = ms(EWMA_DECAY);
 /// A failed call counts as at least this slow, so a fast-failing endpoint never looks cheap.
-pub const EWMA_FAILURE_PENALTY_MS: u64 = 1_000;
+pub const EWMA_FAILURE_PENALTY: Duration = Duration::from_secs(1);
+pub const EWMA_FAILURE_PENALTY_MS: u64 = ms(EWMA_FAILURE_PENALTY);
 
 // Faults.
 /// Header-requested fault percentages are capped by this unless the route says otherwise.
@@ -94,8 +117,10 @@ pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1_000;
 pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 200;
 pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: u32 = 1024 * 1024;
 pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 4 * 1024 * 1024;
-pub const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
-pub const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = ms(HTTP2_KEEPALIVE_INTERVAL);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = ms(HTTP2_KEEPALIVE_TIMEOUT);
 
 /// SPIFFE trust domain of the mesh.
 pub const TRUST_DOMAIN: &str = "tally.local";
@@ -103,6 +128,10 @@ pub const TRUST_DOMAIN: &str = "tally.local";
 pub const PEER_ID_HEADER: &str = "x-tally-peer-spiffe-id";
 /// Header naming why the proxy itself failed a call.
 pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";
+/// Header carrying a call's request id, shown to browsers in proxy errors.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id the gateway keeps from a request; longer or odd ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
 
 // Gateway (browser-facing listener).
 /// Request headers a browser may send (CORS `access-control-allow-headers`).
@@ -123,16 +152,21 @@ pub const GATEWAY_CORS_EXPOSE_HEADERS: &[&str] = &[
     "tally-proxy-error",
 ];
 /// How long a browser may cache a preflight answer.
-pub const GATEWAY_CORS_MAX_AGE_S: u64 = 86_400;
+pub const GATEWAY_CORS_MAX_AGE: Duration = Duration::from_secs(86_400);
+pub const GATEWAY_CORS_MAX_AGE_S: u64 = GATEWAY_CORS_MAX_AGE.as_secs();
 /// Access-token checks, matching the user service's issuer and audience.
 pub const GATEWAY_JWT_ISSUER: &str = "tally-user";
 pub const GATEWAY_JWT_AUDIENCE: &str = "tally";
-pub const GATEWAY_JWT_LEEWAY_S: u64 = 30;
+pub const GATEWAY_JWT_LEEWAY: Duration = Duration::from_secs(30);
+pub const GATEWAY_JWT_LEEWAY_S: u64 = GATEWAY_JWT_LEEWAY.as_secs();
 /// Periodic JWKS refresh, and the least time between refetches caused by unknown `kid`s.
-pub const GATEWAY_JWKS_REFRESH_MS: u64 = 300_000;
-pub const GATEWAY_JWKS_MIN_REFETCH_MS: u64 = 5_000;
+pub const GATEWAY_JWKS_REFRESH: Duration = Duration::from_secs(300);
+pub const GATEWAY_JWKS_REFRESH_MS: u64 = ms(GATEWAY_JWKS_REFRESH);
+pub const GATEWAY_JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
+pub const GATEWAY_JWKS_MIN_REFETCH_MS: u64 = ms(GATEWAY_JWKS_MIN_REFETCH);
 /// Deadline of one JWKS fetch.
-pub const GATEWAY_JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+pub const GATEWAY_JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const GATEWAY_JWKS_FETCH_TIMEOUT_MS: u64 = ms(GATEWAY_JWKS_FETCH_TIMEOUT);
 /// Token bucket per client (JWT `sub`, else client IP) and for the whole gateway.
 pub const GATEWAY_PER_CLIENT_PER_SECOND: f64 = 20.0;
 pub const GATEWAY_PER_CLIENT_BURST: u32 = 40;
@@ -141,4 +175,5 @@ pub const GATEWAY_GLOBAL_BURST: u32 = 10_000;
 /// Client buckets kept in memory at most.
 pub const GATEWAY_MAX_CLIENTS: usize = 100_000;
 /// Time allowed to read an HTTP/1.1 request head.
-pub const GATEWAY_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const GATEWAY_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const GATEWAY_HEADER_READ_TIMEOUT_MS: u64 = ms(GATEWAY_HEADER_READ_TIMEOUT);

@@ -1,5 +1,8 @@
-//! Every failure the proxy itself produces, as one typed error. The `errors` layer turns
-//! these into gRPC statuses in one place; nothing else writes error responses.
+//! Every failure the proxy itself produces, as one typed error, and the classification of
+//! HTTP/2 client errors into it. `respond` turns these into gRPC responses and trailers; nothing
+//! else writes error responses.
+
+pub mod respond;
 
 use crate::body::BoxError;
 use crate::grpc::Code;
@@ -14,8 +17,10 @@ pub enum ProxyError {
     BreakerOpen(String),
     #[error("bulkhead full for `{0}`")]
     BulkheadFull(String),
-    #[error("deadline exceeded")]
+    #[error("deadline exceeded in proxy")]
     DeadlineExceeded,
+    #[error("stream idle timeout in proxy")]
+    StreamIdleTimeout,
     #[error("caller `{caller}` may not call `{path}`")]
     Denied { caller: String, path: String },
     #[error("caller has no verified identity and `{0}` requires one")]
@@ -51,7 +56,7 @@ impl ProxyError {
             | ProxyError::LocalApp(_)
             | ProxyError::FaultReset => Code::Unavailable,
             ProxyError::BulkheadFull(_) => Code::ResourceExhausted,
-            ProxyError::DeadlineExceeded => Code::DeadlineExceeded,
+            ProxyError::DeadlineExceeded | ProxyError::StreamIdleTimeout => Code::DeadlineExceeded,
             ProxyError::Denied { .. } => Code::PermissionDenied,
             ProxyError::Unauthenticated(_) => Code::Unauthenticated,
             ProxyError::FaultAbort(c) => *c,
@@ -67,6 +72,7 @@ impl ProxyError {
             ProxyError::BreakerOpen(_) => "breaker-open",
             ProxyError::BulkheadFull(_) => "bulkhead-full",
             ProxyError::DeadlineExceeded => "deadline-exceeded",
+            ProxyError::StreamIdleTimeout => "stream-idle-timeout",
             ProxyError::Denied { .. } => "unauthorized",
             ProxyError::Unauthenticated(_) => "unauthenticated",
             ProxyError::Connect { .. } => "connect-failed",

@@ -5,15 +5,14 @@
 
 use crate::config::FaultConfig;
 use crate::grpc::Code;
+use crate::layer::{Layer, Next};
 use crate::metrics::{FaultLabels, Metrics};
-use crate::{BoxFuture, ProxyError, Req, Rsp};
+use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::{Layer, Service, ServiceExt};
 
 /// Route name for the inbound listener's faults.
 pub const INBOUND_ROUTE: &str = "inbound";
@@ -118,11 +117,10 @@ fn roll(percent: f64) -> bool {
     percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent
 }
 
-#[derive(Clone)]
 pub struct FaultLayer {
     store: FaultStore,
     route: String,
-    direction: &'static str,
+    direction: Direction,
     metrics: Arc<Metrics>,
 }
 
@@ -130,7 +128,7 @@ impl FaultLayer {
     pub fn new(
         store: FaultStore,
         route: &str,
-        direction: &'static str,
+        direction: Direction,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -140,40 +138,24 @@ impl FaultLayer {
             metrics,
         }
     }
-}
 
-impl<S> Layer<S> for FaultLayer {
-    type Service = Faults<S>;
-    fn layer(&self, inner: S) -> Faults<S> {
-        Faults {
-            inner,
-            layer: self.clone(),
-        }
+    fn count(&self, kind: &str) {
+        self.metrics
+            .faults
+            .get_or_create(&FaultLabels {
+                direction: self.direction.as_str().into(),
+                route: self.route.clone(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 }
 
-#[derive(Clone)]
-pub struct Faults<S> {
-    inner: S,
-    layer: FaultLayer,
-}
-
-impl<S> Service<Req> for Faults<S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
+impl<N: Next<Error = ProxyError>> Layer<N> for FaultLayer {
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Rsp, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let inner = self.inner.clone();
-        let cfg = self.layer.store.get(&self.layer.route).unwrap_or_default();
+    async fn handle(&self, mut req: Req, next: &N) -> Result<Rsp, ProxyError> {
+        let cfg = self.store.get(&self.route).unwrap_or_default();
         let hf = if cfg.allow_header_faults {
             let hf = header_faults(req.headers(), cfg.header_max_percent);
             for h in [
@@ -188,18 +170,6 @@ where
             hf
         } else {
             HeaderFaults::default()
-        };
-        let layer = self.layer.clone();
-        let count = move |kind: &str| {
-            layer
-                .metrics
-                .faults
-                .get_or_create(&FaultLabels {
-                    direction: layer.direction.into(),
-                    route: layer.route.clone(),
-                    kind: kind.into(),
-                })
-                .inc();
         };
         // Decide everything before awaiting: the RNG is not Send.
         let delay = if let Some(d) = hf.delay.filter(|_| roll(hf.delay_percent)) {
@@ -218,21 +188,19 @@ where
             None
         };
         let reset = roll(cfg.reset_percent);
-        Box::pin(async move {
-            if let Some(d) = delay {
-                count("delay");
-                tokio::time::sleep(d).await;
-            }
-            if let Some(code) = abort {
-                count("abort");
-                return Err(ProxyError::FaultAbort(code));
-            }
-            if reset {
-                count("reset");
-                return Err(ProxyError::FaultReset);
-            }
-            inner.oneshot(req).await
-        })
+        if let Some(d) = delay {
+            self.count("delay");
+            tokio::time::sleep(d).await;
+        }
+        if let Some(code) = abort {
+            self.count("abort");
+            return Err(ProxyError::FaultAbort(code));
+        }
+        if reset {
+            self.count("reset");
+            return Err(ProxyError::FaultReset);
+        }
+        next.call(req).await
     }
 }
 

@@ -5,20 +5,18 @@
 //! connection to the app. The body streams through a replay body for that.
 
 use crate::balance::{ClientSettings, HttpClient, http2_client, send};
-use crate::defaults::{LOCAL_APP_ATTEMPTS, LOCAL_APP_RECONNECT_BACKOFF_MS, PEER_ID_HEADER};
+use crate::defaults::{LOCAL_APP_ATTEMPTS, LOCAL_APP_RECONNECT_BACKOFF, PEER_ID_HEADER};
 use crate::error::{from_local_app_error, local_app_never_saw};
+use crate::layer::Next;
 use crate::observe::CallInfo;
 use crate::replay::Replay;
 use crate::transport::plaintext::Plaintext;
-use crate::{BoxFuture, PeerId, ProxyError, Req, Rsp};
+use crate::{PeerId, ProxyError, Req, Rsp};
 use http::HeaderValue;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-#[derive(Clone)]
 pub struct Forward {
     addr: String,
     client: HttpClient,
@@ -37,49 +35,37 @@ impl Forward {
     }
 }
 
-impl tower::Service<Req> for Forward {
-    type Response = Rsp;
+impl Next for Forward {
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Rsp, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    async fn call(&self, mut req: Req) -> Result<Rsp, ProxyError> {
         req.headers_mut().remove(PEER_ID_HEADER);
         if let Some(PeerId(Some(id))) = req.extensions().get::<PeerId>()
             && let Ok(v) = HeaderValue::from_str(id)
         {
             req.headers_mut().insert(PEER_ID_HEADER, v);
         }
-        let (client, addr, limit) = (self.client.clone(), self.addr.clone(), self.replay_limit);
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let replay = Replay::new(body, limit);
-            let mut attempt = 1;
-            loop {
-                let req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
-                let e = match send(&client, &addr, req).await {
-                    Ok(rsp) => return Ok(rsp),
-                    Err(e) => e,
-                };
-                if attempt >= LOCAL_APP_ATTEMPTS
-                    || !local_app_never_saw(&e)
-                    || !replay.is_replayable()
-                {
-                    return Err(from_local_app_error(e));
-                }
-                tracing::debug!(error = %e, detail = ?e, attempt, "local app never received the call; sending it again");
-                if let Some(i) = parts.extensions.get::<CallInfo>() {
-                    i.add_retry();
-                }
-                if e.is_connect() {
-                    let pause = LOCAL_APP_RECONNECT_BACKOFF_MS * u64::from(attempt);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-                attempt += 1;
+        let (parts, body) = req.into_parts();
+        let replay = Replay::new(body, self.replay_limit);
+        let mut attempt = 1;
+        loop {
+            let req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
+            let e = match send(&self.client, &self.addr, req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(e) => e,
+            };
+            if attempt >= LOCAL_APP_ATTEMPTS || !local_app_never_saw(&e) || !replay.is_replayable()
+            {
+                return Err(from_local_app_error(e));
             }
-        })
+            tracing::debug!(error = %e, detail = ?e, attempt, "local app never received the call; sending it again");
+            if let Some(i) = parts.extensions.get::<CallInfo>() {
+                i.add_retry();
+            }
+            if e.is_connect() {
+                tokio::time::sleep(LOCAL_APP_RECONNECT_BACKOFF * attempt).await;
+            }
+            attempt += 1;
+        }
     }
 }

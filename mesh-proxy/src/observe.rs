@@ -2,14 +2,15 @@
 //! recorded when the response stream ends (the gRPC status is in the trailers).
 
 use crate::body::{self, End};
-use crate::errors::ResetStream;
+use crate::error::respond::ResetStream;
+use crate::layer::{Layer, Next};
 use crate::metrics::{CallLabels, Metrics, OTHER, route as route_labels};
-use crate::{BoxFuture, PeerId, Req, Rsp, grpc};
+use crate::{PeerId, Req, Rsp, grpc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+
+pub use crate::Direction;
 
 /// Per-call facts other layers add to (the retry layer counts its retries here).
 #[derive(Clone, Default)]
@@ -36,21 +37,6 @@ impl Drop for RecordGuard {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct ObserveLayer {
     direction: Direction,
@@ -61,24 +47,6 @@ impl ObserveLayer {
     pub fn new(direction: Direction, metrics: Arc<Metrics>) -> Self {
         Self { direction, metrics }
     }
-}
-
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            direction: self.direction,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    direction: Direction,
-    metrics: Arc<Metrics>,
 }
 
 /// The route label of a call: the configured target service outbound, the gRPC service
@@ -93,20 +61,10 @@ pub fn route_of(direction: Direction, req: &Req, metrics: &Metrics) -> String {
     }
 }
 
-impl<S> Service<Req> for Observe<S>
-where
-    S: Service<Req, Response = Rsp, Error = ResetStream> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
+impl<N: Next<Error = ResetStream>> Layer<N> for ObserveLayer {
     type Error = ResetStream;
-    type Future = BoxFuture<Result<Rsp, ResetStream>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ResetStream>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    async fn handle(&self, mut req: Req, next: &N) -> Result<Rsp, ResetStream> {
         let start = Instant::now();
         let direction = self.direction;
         let metrics = self.metrics.clone();
@@ -119,59 +77,56 @@ where
         let path = req.uri().path().to_string();
         let info = CallInfo::default();
         req.extensions_mut().insert(info.clone());
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let record = move |status: &str, proxy_error: Option<String>| {
-                let elapsed = start.elapsed();
-                let retries = info.retries.load(Ordering::Relaxed);
-                metrics
-                    .requests
-                    .get_or_create(&CallLabels {
-                        direction: direction.as_str().into(),
-                        route: route.clone(),
-                        caller: caller.clone(),
-                        grpc_status: status.to_string(),
-                    })
-                    .inc();
-                metrics
-                    .latency
-                    .get_or_create(&route_labels(direction.as_str(), &route))
-                    .observe(elapsed.as_secs_f64());
-                tracing::info!(
-                    target: "tally_proxy::access",
-                    direction = direction.as_str(),
-                    caller = %caller,
-                    route = %route,
-                    path = %path,
-                    grpc_status = status,
-                    proxy_error = proxy_error.as_deref().unwrap_or(""),
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    retries,
-                    "call"
-                );
-            };
-            // Calls the caller abandons before any response are logged and counted too.
-            let mut guard = RecordGuard(Some(Box::new(record)));
-            let result = inner.oneshot(req).await;
-            let Some(record) = guard.0.take() else {
-                return result;
-            };
-            match result {
-                Ok(rsp) => {
-                    let proxy_error = rsp
-                        .headers()
-                        .get(crate::defaults::PROXY_ERROR_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    Ok(body::on_end(rsp, move |end: End| {
-                        record(end.code().name(), proxy_error);
-                    }))
-                }
-                Err(e) => {
-                    record("RESET", Some("fault-reset".into()));
-                    Err(e)
-                }
+        let record = move |status: &str, proxy_error: Option<String>| {
+            let elapsed = start.elapsed();
+            let retries = info.retries.load(Ordering::Relaxed);
+            metrics
+                .requests
+                .get_or_create(&CallLabels {
+                    direction: direction.as_str().into(),
+                    route: route.clone(),
+                    caller: caller.clone(),
+                    grpc_status: status.to_string(),
+                })
+                .inc();
+            metrics
+                .latency
+                .get_or_create(&route_labels(direction.as_str(), &route))
+                .observe(elapsed.as_secs_f64());
+            tracing::info!(
+                target: "tally_proxy::access",
+                direction = direction.as_str(),
+                caller = %caller,
+                route = %route,
+                path = %path,
+                grpc_status = status,
+                proxy_error = proxy_error.as_deref().unwrap_or(""),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                retries,
+                "call"
+            );
+        };
+        // Calls the caller abandons before any response are logged and counted too.
+        let mut guard = RecordGuard(Some(Box::new(record)));
+        let result = next.call(req).await;
+        let Some(record) = guard.0.take() else {
+            return result;
+        };
+        match result {
+            Ok(rsp) => {
+                let proxy_error = rsp
+                    .headers()
+                    .get(crate::defaults::PROXY_ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Ok(body::on_end(rsp, move |end: End| {
+                    record(end.code().name(), proxy_error);
+                }))
             }
-        })
+            Err(e) => {
+                record("RESET", Some("fault-reset".into()));
+                Err(e)
+            }
+        }
     }
 }

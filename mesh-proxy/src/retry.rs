@@ -12,20 +12,19 @@ use crate::body::{self, Body, Peeked};
 use crate::budget::RetryBudget;
 use crate::config::RetryConfig;
 use crate::deadline::{Deadline, set_remaining};
-use crate::defaults::TRANSPARENT_RETRIES;
+use crate::defaults::{RETRY_PEEK_WAIT, TRANSPARENT_RETRIES};
 use crate::grpc::{self, Code};
-use crate::metrics::{Metrics, route as route_labels};
+use crate::layer::{Layer, Next};
+use crate::metrics::{Metrics, RouteLabels, route as route_labels};
 use crate::observe::CallInfo;
 use crate::replay::Replay;
-use crate::{BoxFuture, ProxyError, Req, Rsp};
+use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use rand::Rng;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
 
 pub struct Policy {
     pub route: String,
@@ -98,37 +97,29 @@ pub fn pushback(map: &HeaderMap) -> Option<Option<Duration>> {
     )
 }
 
-#[derive(Clone)]
 pub struct RetryLayer {
-    policy: Arc<Policy>,
+    policy: Policy,
     metrics: Arc<Metrics>,
+    /// Metric labels of this route (retries are an outbound concern).
+    labels: RouteLabels,
 }
 
 impl RetryLayer {
     pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Self {
+        let labels = route_labels(Direction::Outbound.as_str(), &policy.route);
         Self {
-            policy: Arc::new(policy),
+            policy,
             metrics,
+            labels,
         }
     }
-}
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
-            inner,
-            policy: self.policy.clone(),
-            metrics: self.metrics.clone(),
+    fn count_retry(&self, info: Option<&CallInfo>) {
+        self.metrics.retries.get_or_create(&self.labels).inc();
+        if let Some(i) = info {
+            i.add_retry();
         }
     }
-}
-
-#[derive(Clone)]
-pub struct Retry<S> {
-    inner: S,
-    policy: Arc<Policy>,
-    metrics: Arc<Metrics>,
 }
 
 /// One attempt's outcome, reduced to what the retry decision needs.
@@ -211,7 +202,7 @@ async fn classify(
 /// whose caller may wait for the response before sending more, is not held up longer than the
 /// wait; `None` means "not peeked".
 async fn peek_first(mut b: Body, replay: &Replay) -> (Option<Peeked>, Body) {
-    let wait = tokio::time::sleep(Duration::from_millis(crate::defaults::RETRY_PEEK_WAIT_MS));
+    let wait = tokio::time::sleep(RETRY_PEEK_WAIT);
     tokio::pin!(wait);
     let first = tokio::select! {
         f = b.frame() => f,
@@ -222,108 +213,81 @@ async fn peek_first(mut b: Body, replay: &Replay) -> (Option<Peeked>, Body) {
     (Some(peeked), b)
 }
 
-impl<S> Service<Req> for Retry<S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
+impl<N: Next<Error = ProxyError>> Layer<N> for RetryLayer {
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Rsp, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let inner = self.inner.clone();
-        let policy = self.policy.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let (parts, b) = req.into_parts();
-            let replay = Replay::new(b, policy.buffer_limit);
-            policy.budget.deposit();
-            let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
-            let info = parts.extensions.get::<CallInfo>().cloned();
-            let retries_enabled = policy.max_attempts > 1;
-            let idempotent = retries_enabled && policy.is_idempotent(parts.uri.path());
-            let max_attempts = policy.max_attempts.max(1);
-            let mut attempt = 1u32;
-            let mut transparent_left = TRANSPARENT_RETRIES;
-            let mut avoid: Option<String> = None;
-            loop {
-                let mut req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
-                if let Some(d) = deadline {
-                    set_remaining(&mut req, d)?;
-                }
-                if let Some(a) = avoid.take() {
-                    req.extensions_mut().insert(AvoidEndpoint(a));
-                }
-                let result = inner.clone().oneshot(req).await;
-                // An endpoint refused the call unprocessed (connect failure, REFUSED_STREAM, a
-                // stream above its GOAWAY's last stream id): send it again at once, preferably
-                // elsewhere, on every route and outside the retry budget.
-                if let Err(
-                    e @ (ProxyError::Connect { endpoint, .. }
-                    | ProxyError::Upstream { endpoint, .. }),
-                ) = &result
-                    && endpoint_refused(e)
-                    && transparent_left > 0
-                    && replay.is_replayable()
-                {
-                    tracing::debug!(route = %policy.route, error = %e, "endpoint refused the call unprocessed; sending it again");
-                    transparent_left -= 1;
-                    avoid = Some(endpoint.clone());
-                    metrics
-                        .retries
-                        .get_or_create(&route_labels("outbound", &policy.route))
-                        .inc();
-                    if let Some(i) = &info {
-                        i.add_retry();
-                    }
-                    continue;
-                }
-                let (last, push, endpoint) =
-                    match classify(result, &policy, retries_enabled, idempotent, &replay).await {
-                        Outcome::Done(r) => return r,
-                        Outcome::Retryable {
-                            last,
-                            pushback,
-                            endpoint,
-                        } => (last, pushback, endpoint),
-                    };
-                if attempt >= max_attempts || !replay.is_replayable() {
-                    return last;
-                }
-                let delay = match push {
-                    Some(None) => return last,
-                    Some(Some(d)) => d,
-                    None => policy.backoff(attempt),
-                };
-                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                    return last;
-                }
-                if !policy.budget.withdraw() {
-                    metrics
-                        .retry_budget_exhausted
-                        .get_or_create(&route_labels("outbound", &policy.route))
-                        .inc();
-                    tracing::debug!(route = %policy.route, "retry budget exhausted");
-                    return last;
-                }
-                metrics
-                    .retries
-                    .get_or_create(&route_labels("outbound", &policy.route))
-                    .inc();
-                if let Some(i) = &info {
-                    i.add_retry();
-                }
-                drop(last);
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-                avoid = endpoint;
+    async fn handle(&self, req: Req, next: &N) -> Result<Rsp, ProxyError> {
+        let policy = &self.policy;
+        let (parts, b) = req.into_parts();
+        let replay = Replay::new(b, policy.buffer_limit);
+        policy.budget.deposit();
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        let info = parts.extensions.get::<CallInfo>().cloned();
+        let retries_enabled = policy.max_attempts > 1;
+        let idempotent = retries_enabled && policy.is_idempotent(parts.uri.path());
+        let max_attempts = policy.max_attempts.max(1);
+        let mut attempt = 1u32;
+        let mut transparent_left = TRANSPARENT_RETRIES;
+        let mut avoid: Option<String> = None;
+        loop {
+            let mut req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
+            if let Some(d) = deadline {
+                set_remaining(&mut req, d)?;
             }
-        })
+            if let Some(a) = avoid.take() {
+                req.extensions_mut().insert(AvoidEndpoint(a));
+            }
+            let result = next.call(req).await;
+            // An endpoint refused the call unprocessed (connect failure, REFUSED_STREAM, a
+            // stream above its GOAWAY's last stream id): send it again at once, preferably
+            // elsewhere, on every route and outside the retry budget.
+            if let Err(
+                e @ (ProxyError::Connect { endpoint, .. } | ProxyError::Upstream { endpoint, .. }),
+            ) = &result
+                && endpoint_refused(e)
+                && transparent_left > 0
+                && replay.is_replayable()
+            {
+                tracing::debug!(route = %policy.route, error = %e, "endpoint refused the call unprocessed; sending it again");
+                transparent_left -= 1;
+                avoid = Some(endpoint.clone());
+                self.count_retry(info.as_ref());
+                continue;
+            }
+            let (last, push, endpoint) =
+                match classify(result, policy, retries_enabled, idempotent, &replay).await {
+                    Outcome::Done(r) => return r,
+                    Outcome::Retryable {
+                        last,
+                        pushback,
+                        endpoint,
+                    } => (last, pushback, endpoint),
+                };
+            if attempt >= max_attempts || !replay.is_replayable() {
+                return last;
+            }
+            let delay = match push {
+                Some(None) => return last,
+                Some(Some(d)) => d,
+                None => policy.backoff(attempt),
+            };
+            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                return last;
+            }
+            if !policy.budget.withdraw() {
+                self.metrics
+                    .retry_budget_exhausted
+                    .get_or_create(&self.labels)
+                    .inc();
+                tracing::debug!(route = %policy.route, "retry budget exhausted");
+                return last;
+            }
+            self.count_retry(info.as_ref());
+            drop(last);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            avoid = endpoint;
+        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! Outbound routing: the app dials the target by name (`http://user`, `user:80`), so the
 //! `:authority` host picks the per-service stack.
 
-use crate::{BoxFuture, BoxService, ProxyError, Req, Rsp};
+use crate::layer::Next;
+use crate::{BoxService, ProxyError, Req, Rsp};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Service, ServiceExt};
 
 /// The target service name of a request: the host of `:authority` (or `Host`), without port.
 pub fn service_name(req: &Req) -> Option<String> {
@@ -32,42 +30,34 @@ pub fn host_of(authority: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-#[derive(Clone)]
+/// Innermost service of the outbound listener: picks the target service's stack.
 pub struct Router {
-    routes: Arc<HashMap<String, BoxService>>,
+    routes: HashMap<String, BoxService>,
 }
 
 impl Router {
     pub fn new(routes: HashMap<String, BoxService>) -> Self {
-        Self {
-            routes: Arc::new(routes),
-        }
+        Self { routes }
     }
 
-    fn lookup(&self, host: &str) -> Option<BoxService> {
+    fn lookup(&self, host: &str) -> Option<&BoxService> {
         if let Some(s) = self.routes.get(host) {
-            return Some(s.clone());
+            return Some(s);
         }
         // `user.tally.svc` → `user`
         let first = host.split('.').next()?;
-        self.routes.get(first).cloned()
+        self.routes.get(first)
     }
 }
 
-impl Service<Req> for Router {
-    type Response = Rsp;
+impl Next for Router {
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Rsp, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
+    async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
         let name = service_name(&req).unwrap_or_default();
         match self.lookup(&name) {
-            Some(svc) => Box::pin(svc.oneshot(req)),
-            None => Box::pin(async move { Err(ProxyError::NoRoute(name)) }),
+            Some(route) => route.call(req).await,
+            None => Err(ProxyError::NoRoute(name)),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Starting and stopping the proxy: bind listeners, build stacks, announce addresses, serve
 //! until the shutdown signal, then drain.
 
+use crate::Direction;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::defaults as d;
 use crate::faults::{FaultStore, INBOUND_ROUTE};
 use crate::metrics::Metrics;
-use crate::observe::Direction;
 use crate::server::Listener;
 use crate::stack::{self, Shared};
 use crate::transport;
@@ -15,7 +15,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -64,7 +63,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         let gauge = metrics.cert_expiry.clone();
         gauge.set(expiry());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(d::CERT_EXPIRY_REFRESH);
             loop {
                 tick.tick().await;
                 gauge.set(expiry());
@@ -126,7 +125,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
     tracing::info!(?bound, "tally-proxy listening");
 
     let (tx, rx) = watch::channel(false);
-    let grace = Duration::from_millis(d::SHUTDOWN_GRACE_MS);
+    let grace = d::SHUTDOWN_GRACE;
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         metrics: metrics.clone(),

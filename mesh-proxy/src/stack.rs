@@ -1,23 +1,24 @@
 //! The two stacks, composed in one readable place. Read each top to bottom as the path a call
-//! takes; every line is one concern.
+//! takes; every line is one concern (each layer is written as `layer` describes).
 
 use crate::authz::{AuthzLayer, Policy as AuthzPolicy};
 use crate::balance::{Balance, ClientSettings, Pool};
 use crate::bulkhead::BulkheadLayer;
 use crate::config::Config;
 use crate::deadline::DeadlineLayer;
-use crate::errors::ErrorsLayer;
+use crate::error::respond::ErrorsLayer;
 use crate::faults::{FaultLayer, FaultStore, INBOUND_ROUTE};
 use crate::forward::Forward;
+use crate::layer::{self, Layers, Tower};
 use crate::metrics::Metrics;
-use crate::observe::{Direction, ObserveLayer};
+use crate::observe::ObserveLayer;
 use crate::retry::{Policy as RetryPolicy, RetryLayer};
 use crate::route::Router;
 use crate::transport::ClientTransport;
-use crate::{BoxService, ListenerService};
+use crate::{BoxService, Direction, ListenerService};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tower::ServiceBuilder;
+use std::time::Duration;
 
 /// What the stacks share with the rest of the process.
 #[derive(Clone)]
@@ -27,9 +28,16 @@ pub struct Shared {
     pub client_transport: Arc<dyn ClientTransport>,
 }
 
+/// A config time in milliseconds where 0 means "none".
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 /// Local app → proxy → the target service's inbound sidecars.
 pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
+    use Direction::Outbound;
     let settings = ClientSettings::from_limits(&cfg.limits);
+    let metrics = &shared.metrics;
     let mut routes: HashMap<String, BoxService> = HashMap::new();
     for (name, svc) in &cfg.services {
         let pool = Pool::new(
@@ -38,76 +46,70 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
             &cfg.target_identity(name),
             shared.client_transport.clone(),
             &settings,
-            shared.metrics.clone(),
+            metrics.clone(),
         );
-        let route = ServiceBuilder::new()
-            .layer(DeadlineLayer::new(
-                svc.timeout_ms,
-                svc.stream_idle_timeout_ms,
+        let retry = RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes);
+        let (limit, queue) = (svc.bulkhead.max_concurrent, svc.bulkhead.max_queue);
+        let route = Layers::new()
+            .push(DeadlineLayer::new(
+                millis(svc.timeout_ms),
+                millis(svc.stream_idle_timeout_ms),
             ))
-            .layer(RetryLayer::new(
-                RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes),
-                shared.metrics.clone(),
-            ))
-            .layer(FaultLayer::new(
+            .push(RetryLayer::new(retry, metrics.clone()))
+            .push(FaultLayer::new(
                 shared.faults.clone(),
                 name,
-                "outbound",
-                shared.metrics.clone(),
+                Outbound,
+                metrics.clone(),
             ))
-            .layer(BulkheadLayer::new(
-                svc.bulkhead.max_concurrent,
-                svc.bulkhead.max_queue,
+            .push(BulkheadLayer::new(
+                limit,
+                queue,
                 name,
-                "outbound",
-                shared.metrics.clone(),
+                Outbound,
+                metrics.clone(),
             ))
-            .service(Balance::new(pool));
+            .over(Tower(Balance::new(pool)));
         routes.insert(name.to_ascii_lowercase(), BoxService::new(route));
     }
-    ListenerService::new(
-        ServiceBuilder::new()
-            .layer(ObserveLayer::new(
-                Direction::Outbound,
-                shared.metrics.clone(),
-            ))
-            .layer(ErrorsLayer)
-            .service(Router::new(routes)),
-    )
+    let stack = Layers::new()
+        .push(ObserveLayer::new(Outbound, metrics.clone()))
+        .push(ErrorsLayer::new(Outbound))
+        .over(Router::new(routes));
+    ListenerService::new(layer::Service::new(stack))
 }
 
 /// Another sidecar (mTLS, identity already verified by the listener) → proxy → local app.
 pub fn inbound(cfg: &Config, shared: &Shared) -> Option<ListenerService> {
+    use Direction::Inbound;
     let inb = cfg.inbound.as_ref()?;
     let settings = ClientSettings::from_limits(&cfg.limits);
-    Some(ListenerService::new(
-        ServiceBuilder::new()
-            .layer(ObserveLayer::new(
-                Direction::Inbound,
-                shared.metrics.clone(),
-            ))
-            .layer(ErrorsLayer)
-            .layer(AuthzLayer::new(
-                AuthzPolicy::new(inb.authz.clone()),
-                shared.metrics.clone(),
-            ))
-            .layer(BulkheadLayer::new(
-                inb.bulkhead.max_concurrent,
-                inb.bulkhead.max_queue,
-                INBOUND_ROUTE,
-                "inbound",
-                shared.metrics.clone(),
-            ))
-            .layer(FaultLayer::new(
-                shared.faults.clone(),
-                INBOUND_ROUTE,
-                "inbound",
-                shared.metrics.clone(),
-            ))
-            .service(Forward::new(
-                inb.local_app,
-                &settings,
-                cfg.limits.max_retry_buffer_bytes,
-            )),
-    ))
+    let metrics = &shared.metrics;
+    let (limit, queue) = (inb.bulkhead.max_concurrent, inb.bulkhead.max_queue);
+    let stack = Layers::new()
+        .push(ObserveLayer::new(Inbound, metrics.clone()))
+        .push(ErrorsLayer::new(Inbound))
+        .push(AuthzLayer::new(
+            AuthzPolicy::new(inb.authz.clone()),
+            metrics.clone(),
+        ))
+        .push(BulkheadLayer::new(
+            limit,
+            queue,
+            INBOUND_ROUTE,
+            Inbound,
+            metrics.clone(),
+        ))
+        .push(FaultLayer::new(
+            shared.faults.clone(),
+            INBOUND_ROUTE,
+            Inbound,
+            metrics.clone(),
+        ))
+        .over(Forward::new(
+            inb.local_app,
+            &settings,
+            cfg.limits.max_retry_buffer_bytes,
+        ));
+    Some(ListenerService::new(layer::Service::new(stack)))
 }

@@ -17,12 +17,6 @@ use std::time::Duration;
 use support::*;
 use tokio::net::TcpListener;
 
-const OK: u16 = 0;
-
-fn init() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Fires `bursts` bursts of `per_burst` concurrent calls spread over `clients`, with an idle
 /// gap between bursts. Each call sends `body(i)` as separate DATA frames (ending with an empty
 /// END_STREAM frame, as tonic does). Returns every call that did not end OK with its echo.

@@ -1,15 +1,15 @@
-//! Every failure the gateway itself produces, turned into a response in one place: for
-//! gRPC-Web an HTTP 200 whose body is just the trailer frame (`grpc-status`, `grpc-message`,
-//! `grpc-retry-pushback-ms`); for gRPC a trailers-only response; plain HTTP errors only where
-//! the request is not a usable gRPC call at all (bad base64 → 400, not gRPC → 415). Each
-//! also names its reason in `tally-proxy-error`.
+//! Every failure the gateway itself produces, as one typed error with its status and reason.
+//! The answer is built by `error::respond` (trailers-only gRPC, or a plain HTTP error where the
+//! request is not a usable gRPC call at all: bad base64 → 400, not gRPC → 415); for gRPC-Web
+//! this module moves the status into the trailer frame of the body. Messages never name
+//! identities or endpoint addresses: those go to the logs.
 
 use super::auth::AuthError;
 use super::grpc_web::{Protocol, trailer_frame};
 use super::ratelimit::Limited;
 use crate::body;
-use crate::defaults::PROXY_ERROR_HEADER;
-use crate::grpc::{self, Code};
+use crate::error::respond;
+use crate::grpc::Code;
 use crate::{ProxyError, Rsp};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -61,20 +61,29 @@ impl GatewayError {
         }
     }
 
+    /// The message a browser sees: proxy failures (whose detail may name SPIFFE ids and
+    /// endpoint addresses) and key-fetch failures get their short public text.
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::Proxy(p) => respond::public_message(p.reason()).to_string(),
+            GatewayError::Auth(a @ AuthError::KeysUnavailable(_)) => {
+                tracing::warn!(error = %a, "access token not checked: signing keys unavailable");
+                "cannot check the access token now".to_string()
+            }
+            _ => self.to_string(),
+        }
+    }
+
     pub fn to_response(&self, protocol: Option<Protocol>) -> Rsp {
+        let message = self.public_message();
         let Some(code) = self.code() else {
-            let mut rsp = Rsp::new(body::full(format!("{self}\n").into()));
-            *rsp.status_mut() = match self {
+            let status = match self {
                 GatewayError::NotGrpc(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            rsp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            rsp.headers_mut()
-                .insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
-            return rsp;
+            return respond::http_error(status, &message, self.reason());
         };
-        let mut rsp = grpc::trailers_only(code, &self.to_string());
+        let mut rsp = respond::grpc_response(code, &message, self.reason());
         if let GatewayError::RateLimited(l) = self {
             let ms = u64::try_from(l.retry_after.as_millis()).unwrap_or(u64::MAX);
             rsp.headers_mut()
@@ -102,8 +111,6 @@ impl GatewayError {
             );
             rsp = Rsp::from_parts(parts, body::full(body));
         }
-        rsp.headers_mut()
-            .insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.reason()));
         rsp
     }
 }

@@ -15,6 +15,7 @@ use super::grpc_web::{self, Protocol, RequestError};
 use super::ratelimit::RateLimiter;
 use super::routes::{Route, RouteTable};
 use crate::body::{self, End};
+use crate::error::respond;
 use crate::metrics::{GatewayLabels, Metrics, ReasonLabels, ScopeLabels};
 use crate::{ListenerService, ProxyError, Req, Rsp};
 use http::header;
@@ -124,12 +125,13 @@ impl Gateway {
         let label = route
             .as_ref()
             .map_or_else(|| "unknown".to_string(), |r| r.prefix.clone());
-        let req = match self.admit(req, protocol, route, client).await {
+        let mut req = match self.admit(req, protocol, route, client).await {
             Ok(r) => r,
             Err(e) => return self.fail(e, Some(protocol), &label),
         };
+        let request_id = respond::request_id(&mut req);
         let rsp = match self.inner.outbound.clone().oneshot(req).await {
-            Ok(r) => r,
+            Ok(r) => respond::for_browser(r, &request_id),
             // A reset cannot reach an HTTP/1.1 caller; answer with the status instead.
             Err(_reset) => {
                 return self.fail(

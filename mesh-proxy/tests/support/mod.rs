@@ -26,6 +26,29 @@ pub type TestBody = BoxBody<Bytes, Infallible>;
 /// Generous bound for anything a test waits on.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+// gRPC status codes the tests expect.
+pub const OK: u16 = 0;
+pub const CANCELLED: u16 = 1;
+pub const DEADLINE_EXCEEDED: u16 = 4;
+pub const NOT_FOUND: u16 = 5;
+pub const PERMISSION_DENIED: u16 = 7;
+pub const RESOURCE_EXHAUSTED: u16 = 8;
+pub const UNAVAILABLE: u16 = 14;
+
+/// A route that retries idempotent `Call`s on UNAVAILABLE, up to three attempts.
+pub const RETRY: &str = r#"
+[services.echo.retry]
+max_attempts = 3
+idempotent_methods = ["Call"]
+backoff_base_ms = 5
+backoff_max_ms = 20
+"#;
+
+/// Selects the TLS crypto provider once per test process.
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn frame(msg: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(msg.len() + 5);
     b.put_u8(0);
@@ -62,6 +85,8 @@ fn hv(h: &HeaderMap, name: &str) -> Option<String> {
 ///   `grpc-retry-pushback-ms`); `x-test-status-in-trailers`: same status but in real trailers;
 /// - `x-test-fail-times` + `x-test-key`: the first N calls with that key fail UNAVAILABLE;
 /// - `x-test-repeat`: answer each request message N times (server streaming);
+/// - `x-test-fail-on`: echo request messages until one equals this value, then fail the
+///   response stream (the server resets it);
 /// - otherwise echo every request message as it arrives (bidi), then OK trailers with
 ///   `x-trailer-echo` = the request's `x-meta`.
 ///
@@ -103,7 +128,14 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (c, f, k, n) = (c.clone(), f.clone(), k.clone(), n.clone());
-                        async move { Ok::<_, Infallible>(handle(req, c, f, k, n).await) }
+                        async move {
+                            if let Some(on) = hv(req.headers(), "x-test-fail-on") {
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return Ok::<_, Infallible>(echo_then_fail(req, on));
+                            }
+                            let rsp = handle(req, c, f, k, n).await;
+                            Ok::<_, Infallible>(rsp.map(|b| b.map_err(|n| match n {}).boxed()))
+                        }
                     });
                     // Like a tonic server configured deliberately for a sidecar that multiplexes
                     // many callers: a burst of cancellations must not GOAWAY the connection.
@@ -127,6 +159,38 @@ impl Upstream {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+}
+
+/// A response body of the upstream that may fail.
+pub type FallibleBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Echoes request messages until one equals `on`, then fails the response stream.
+fn echo_then_fail(req: Request<Incoming>, on: String) -> Response<FallibleBody> {
+    type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (tx, rx) = mpsc::channel::<Item>(16);
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while let Some(Ok(f)) = body.frame().await {
+            let Ok(d) = f.into_data() else { continue };
+            buf.extend_from_slice(&d);
+            for m in deframe(&mut buf) {
+                let item: Item = if m == on.as_bytes() {
+                    Err("upstream failed midway".into())
+                } else {
+                    Ok(Frame::data(frame(&m)))
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    r
 }
 
 fn trailers_only(code: u16, extra: &[(&str, String)]) -> Response<TestBody> {
@@ -597,6 +661,7 @@ struct Bound {
     admin: SocketAddr,
     inbound: Option<SocketAddr>,
     outbound: Option<SocketAddr>,
+    gateway: Option<SocketAddr>,
 }
 
 pub struct Proxy {
@@ -604,6 +669,7 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    pub gateway: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -675,6 +741,7 @@ impl Proxy {
             admin: bound.admin,
             inbound: bound.inbound,
             outbound: bound.outbound,
+            gateway: bound.gateway,
             _dir: dir,
         };
         wait_ready(p.admin).await;
