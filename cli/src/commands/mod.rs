@@ -5,6 +5,7 @@
 
 mod certs;
 mod events;
+mod keys;
 mod output;
 mod poll;
 mod user;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Polls and votes.
     #[command(subcommand)]
     Poll(poll::PollCommand),
+    /// Access-token signing keys (needs the user service's admin token).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
     /// Event consumers: dead letters, replay, lag.
@@ -147,6 +151,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Up(args) => Ok(up::run(args).await?),
         Command::User(cmd) => user::run(&cli.global, cmd).await,
         Command::Poll(cmd) => poll::run(&cli.global, cmd).await,
+        Command::Keys(cmd) => keys::run(&cli.global, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
         Command::Events(cmd) => events::run_command(cmd, cli.global.json)
             .await
