@@ -64,8 +64,23 @@ impl KeyRotation {
 
     /// Makes a new key active; the replaced one stays published for the overlap.
     pub async fn rotate(&self) -> Result<Rotated, AppError> {
+        self.rotate_when(|_| true)
+            .await?
+            .ok_or_else(|| AppError::Internal("an unconditional rotation did not happen".into()))
+    }
+
+    /// Rotates if `due` holds for the stored ring, re-checked on the fresh
+    /// ring after a conflict, so replicas due at once rotate only once.
+    async fn rotate_when(
+        &self,
+        due: impl Fn(&crate::ports::KeyRing) -> bool,
+    ) -> Result<Option<Rotated>, AppError> {
         for _ in 0..ROTATE_ATTEMPTS {
             let current = self.load().await?;
+            if !due(&current.ring) {
+                self.signer.install(&current.ring)?;
+                return Ok(None);
+            }
             let now = now_unix();
             let next = current
                 .ring
@@ -79,12 +94,12 @@ impl KeyRotation {
                     previous_kid = %current.ring.active.kid,
                     "access-token signing key rotated"
                 );
-                return Ok(Rotated {
+                return Ok(Some(Rotated {
                     active_kid: next.active.kid.clone(),
                     previous_kid: current.ring.active.kid.clone(),
                     previous_retires_at: previous.map_or(now, |p| p.retire_at),
                     published: next.published(now).iter().map(|k| k.kid.clone()).collect(),
-                });
+                }));
             }
         }
         Err(AppError::Unavailable(
@@ -102,7 +117,8 @@ impl KeyRotation {
         if let Some(every) = self.every
             && current.ring.rotation_due(now_unix(), every.as_secs())
         {
-            self.rotate().await?;
+            self.rotate_when(|ring| ring.rotation_due(now_unix(), every.as_secs()))
+                .await?;
         }
         Ok(())
     }
@@ -195,5 +211,25 @@ mod tests {
             .collect();
         assert_eq!(kids.len(), 2);
         assert!(kids.contains(&old.kid));
+    }
+
+    #[tokio::test]
+    async fn replicas_due_at_once_rotate_only_once() {
+        let (_dir, repo) = repo().await;
+        let old = signing::generate(now_unix() - 600).unwrap();
+        repo.load_or_insert(old.clone()).await.unwrap();
+        let every = Some(Duration::from_secs(300));
+        let minute = Duration::from_secs(60);
+        let a = KeyRotation::start(repo.clone(), minute, every)
+            .await
+            .unwrap();
+        let b = KeyRotation::start(repo.clone(), minute, every)
+            .await
+            .unwrap();
+        // Both saw a due ring at start; the second refresh finds it rotated.
+        a.refresh().await.unwrap();
+        b.refresh().await.unwrap();
+        assert_eq!(a.signer().active_kid(), b.signer().active_kid());
+        assert_eq!(b.signer().ring().retiring.len(), 1, "one rotation, not two");
     }
 }
