@@ -8,6 +8,7 @@
 mod certs;
 mod connect;
 mod events;
+mod keys;
 mod output;
 mod poll;
 mod user;
@@ -35,6 +36,8 @@ pub enum Command {
     User(user::UserArgs),
     /// Polls and votes.
     Poll(poll::PollArgs),
+    /// Access-token signing keys (needs the user service's admin token).
+    Keys(keys::KeysArgs),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
     /// Event consumers: dead letters, replay, lag.
@@ -81,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Up(args) => Ok(up::run(args).await?),
         Command::User(args) => user::run(cli.json, args).await,
         Command::Poll(args) => poll::run(cli.json, args).await,
+        Command::Keys(cmd) => keys::run(cli.json, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await

@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod plan;
 pub mod platform;
 mod ports;
+mod private_fs;
 mod supervisor;
 
 use plan::{Instance, ReplicaArg};
@@ -283,16 +284,24 @@ fn print_table(handles: &[supervisor::Handle]) {
 }
 
 fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
-    // Keys, tokens and every store live below it: only the owner may enter.
-    mesh::admin_token::private_dir(&plan.data_dir)?;
-    for d in plan::directories(&plan.data_dir) {
-        std::fs::create_dir_all(&d).map_err(io(format!("cannot create {}", d.display())))?;
+    // The data directory may be the user's choice of an existing directory:
+    // it is created 0700 when missing but never re-moded; what `tally up`
+    // owns inside it is made 0700 / 0600 even when it existed before.
+    private_fs::new_private_dir(&plan.data_dir)
+        .map_err(io(format!("cannot create {}", plan.data_dir.display())))?;
+    let mut dirs = plan::directories(&plan.data_dir).to_vec();
+    // The mesh CA key and workload keys are written below `mesh/` (0600 each).
+    dirs.push(plan.data_dir.join("mesh"));
+    dirs.extend(
+        plan.instances
+            .iter()
+            .map(|inst| plan.data_dir.join("data").join(&inst.name)),
+    );
+    for d in &dirs {
+        private_fs::private_dir(d).map_err(io(format!("cannot create {}", d.display())))?;
     }
     for inst in &plan.instances {
-        let state = plan.data_dir.join("data").join(&inst.name);
-        std::fs::create_dir_all(&state)
-            .map_err(io(format!("cannot create {}", state.display())))?;
-        std::fs::write(&inst.config_path, &inst.config)
+        private_fs::private_file(&inst.config_path, &inst.config)
             .map_err(io(format!("cannot write {}", inst.config_path.display())))?;
     }
     Ok(())

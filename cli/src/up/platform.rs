@@ -156,6 +156,23 @@ pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
     Ok(root)
 }
 
+/// File (in the user instance's state directory) holding the admin token
+/// `tally keys rotate` needs; the user service creates it 0600.
+pub const USER_ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// [`standard_config`] plus the user service's admin token file.
+pub fn user_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+    let mut root = standard_config(ctx)?;
+    let mut user = toml::Table::new();
+    let token = ctx.state_dir.join(USER_ADMIN_TOKEN_FILE);
+    user.insert(
+        "admin_token_file".into(),
+        token.display().to_string().into(),
+    );
+    root.insert("user".into(), user.into());
+    Ok(root)
+}
+
 /// Tally as `tally up` runs it: every service with a `tally-proxy` sidecar
 /// ([`super::mesh`]); [`Platform::without_mesh`] drops the sidecars.
 pub fn platform() -> Platform {
@@ -171,7 +188,7 @@ pub fn platform() -> Platform {
                 outbound: &[],
                 sidecar: true,
                 mesh_only: false,
-                config: standard_config,
+                config: user_config,
             },
             ServiceSpec {
                 name: "polling",

@@ -6,6 +6,7 @@
 use crate::domain::ValidationError;
 use crate::domain::api_key::{self, NewSecret};
 use crate::domain::email::Email;
+use crate::domain::login_throttle::{LoginThrottle, Outcome, ThrottlePolicy};
 use crate::domain::password;
 use crate::domain::profile::DisplayName;
 use crate::domain::scope::{self, Scope};
@@ -17,8 +18,9 @@ use crate::ports::{
     UserRepository,
 };
 use prost::Message;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tally_api::events::v1::{EventEnvelope, UserRegistered, event_envelope};
 use tally_chassis::session::{Session, SessionError, SessionStore};
 use tally_chassis::storage::OutboxEvent;
@@ -44,6 +46,11 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Too many failed logins: try again after the duration.
+    #[error("too many failed logins for this account; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -116,6 +123,7 @@ pub struct UserApp {
     hasher: Arc<dyn PasswordHasher>,
     signer: Arc<dyn TokenSigner>,
     lifetimes: Lifetimes,
+    throttle: Mutex<LoginThrottle>,
 }
 
 fn now_unix() -> i64 {
@@ -143,6 +151,7 @@ impl UserApp {
         hasher: Arc<dyn PasswordHasher>,
         signer: Arc<dyn TokenSigner>,
         lifetimes: Lifetimes,
+        throttle: ThrottlePolicy,
     ) -> Self {
         Self {
             users,
@@ -151,6 +160,7 @@ impl UserApp {
             hasher,
             signer,
             lifetimes,
+            throttle: Mutex::new(LoginThrottle::new(throttle)),
         }
     }
 
@@ -186,24 +196,33 @@ impl UserApp {
         }
     }
 
-    /// Checks credentials and opens a session.
-    pub async fn login(&self, email: &str, password: &str) -> Result<LoginGrant, AppError> {
-        let failed = || AppError::Unauthenticated(LOGIN_FAILED.into());
-        let user = match Email::parse(email) {
-            Ok(e) => self.users.find_by_email(e.as_str()).await?,
-            Err(_) => None,
+    /// Checks credentials from `client` and opens a session; failed logins
+    /// are throttled per account and address (see `domain::login_throttle`).
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<LoginGrant, AppError> {
+        let email = Email::parse(email).ok();
+        // Unparseable emails cannot match an account: nothing to throttle.
+        let attempt = match &email {
+            Some(e) => Some(
+                self.with_throttle(|t| t.begin(e.as_str(), client, Instant::now()))
+                    .map_err(|t| AppError::Throttled(t.retry_after))?,
+            ),
+            None => None,
         };
-        if !password::plausible_login_password(password) {
-            return Err(failed());
+        let checked = self.check_credentials(email.as_ref(), password).await;
+        if let Some(attempt) = attempt {
+            let outcome = match &checked {
+                Ok(_) => Outcome::Succeeded,
+                Err(AppError::Unauthenticated(_)) => Outcome::Failed,
+                Err(_) => Outcome::NotJudged,
+            };
+            self.with_throttle(|t| t.finish(attempt, outcome, Instant::now()));
         }
-        let Some(user) = user else {
-            // Same work as a real check, so timing does not reveal unknown emails.
-            self.hasher.verify_dummy(password).await;
-            return Err(failed());
-        };
-        if !self.hasher.verify(password, &user.password_hash).await? {
-            return Err(failed());
-        }
+        let user = checked?;
         let token = session::token_from_random(random::<{ session::TOKEN_BYTES }>());
         let session_id = session::session_id_of(&token)
             .ok_or_else(|| AppError::Internal("generated session token is malformed".into()))?;
@@ -375,6 +394,38 @@ impl UserApp {
             user_id: key.user_id,
             key_id: key.key_id,
         })
+    }
+
+    /// The user whose password this is, or the one login-failed error.
+    async fn check_credentials(
+        &self,
+        email: Option<&Email>,
+        password: &str,
+    ) -> Result<UserRecord, AppError> {
+        let failed = || AppError::Unauthenticated(LOGIN_FAILED.into());
+        let user = match email {
+            Some(e) => self.users.find_by_email(e.as_str()).await?,
+            None => None,
+        };
+        if !password::plausible_login_password(password) {
+            return Err(failed());
+        }
+        let Some(user) = user else {
+            // Same work as a real check, so timing does not reveal unknown emails.
+            self.hasher.verify_dummy(password).await;
+            return Err(failed());
+        };
+        if !self.hasher.verify(password, &user.password_hash).await? {
+            return Err(failed());
+        }
+        Ok(user)
+    }
+
+    fn with_throttle<T>(&self, f: impl FnOnce(&mut LoginThrottle) -> T) -> T {
+        match self.throttle.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     fn issue(&self, user_id: &str, session_id: &str, now: i64) -> Result<IssuedToken, AppError> {

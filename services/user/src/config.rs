@@ -3,8 +3,11 @@
 //! anything starts. Every section has defaults, so the binary runs with no
 //! file at all (listening on 127.0.0.1:50051, data in `.tally/user/user.redb`).
 
+use crate::domain::login_throttle::{self as throttle, ThrottlePolicy};
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tally_chassis::config::{
     Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings, Validate,
 };
@@ -20,6 +23,10 @@ const MIN_SESSION_TTL: u64 = 60;
 const MAX_SESSION_TTL: u64 = 90 * 24 * 3600;
 const MIN_ACCESS_TTL: u64 = 30;
 const MAX_ACCESS_TTL: u64 = 24 * 3600;
+/// Added to the access-token lifetime for the default signing-key overlap:
+/// covers the verifiers' clock leeway (30 s) with room to spare.
+pub const DEFAULT_OVERLAP_MARGIN: Duration = Duration::from_secs(60);
+const MAX_TRACKED_KEYS: usize = 10_000_000;
 
 /// Everything `tally-user` reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +65,22 @@ pub struct UserSettings {
     /// Access-token lifetime, seconds (default 15 min).
     #[serde(default = "default_access_ttl")]
     pub access_token_ttl_secs: u64,
+    /// Rotate the signing key automatically when the active one is this old,
+    /// seconds; 0 (default) rotates only on `tally keys rotate`.
+    #[serde(default)]
+    pub signing_key_rotation_secs: u64,
+    /// How long a replaced signing key stays in the JWKS, seconds; at least
+    /// the access-token lifetime (default: that lifetime plus 60 s).
+    #[serde(default)]
+    pub signing_key_overlap_secs: Option<u64>,
+    /// File holding the token operator calls (`UserAdminService`) need,
+    /// created (mode 0600) with a random token when missing. Unset: those
+    /// calls are refused.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Throttling of failed logins (see `domain::login_throttle`).
+    #[serde(default)]
+    pub login_throttle: LoginThrottleSettings,
 }
 
 impl Default for UserSettings {
@@ -66,6 +89,113 @@ impl Default for UserSettings {
             redis_url: None,
             session_ttl_secs: default_session_ttl(),
             access_token_ttl_secs: default_access_ttl(),
+            signing_key_rotation_secs: 0,
+            signing_key_overlap_secs: None,
+            admin_token_file: None,
+            login_throttle: LoginThrottleSettings::default(),
+        }
+    }
+}
+
+impl UserSettings {
+    /// How long a replaced signing key stays published.
+    pub fn signing_key_overlap(&self) -> Duration {
+        match self.signing_key_overlap_secs {
+            Some(s) => Duration::from_secs(s),
+            None => Duration::from_secs(self.access_token_ttl_secs) + DEFAULT_OVERLAP_MARGIN,
+        }
+    }
+}
+
+/// The `[user.login_throttle]` section; defaults in `domain::login_throttle`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginThrottleSettings {
+    /// Failures per (account, client address) before that pair is delayed.
+    pub client_free_failures: u32,
+    /// Failures per account from addresses it does not know before those are delayed.
+    pub account_free_failures: u32,
+    /// Failures are forgotten after this many quiet seconds.
+    pub window_secs: u64,
+    /// First delay past a budget, milliseconds; doubled per further failure.
+    pub base_delay_ms: u64,
+    /// Longest delay, seconds.
+    pub max_delay_secs: u64,
+    /// How long an address that logged in stays exempt from the account-wide delay, seconds.
+    pub trusted_client_secs: u64,
+    /// Most keys tracked per table.
+    pub max_tracked_keys: usize,
+    /// Peers (e.g. the local sidecar or a load balancer) whose `x-forwarded-for`
+    /// names the client. Empty (default): the TCP peer is the client.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for LoginThrottleSettings {
+    fn default() -> Self {
+        let p = ThrottlePolicy::default();
+        Self {
+            client_free_failures: p.client_free_failures,
+            account_free_failures: p.account_free_failures,
+            window_secs: p.window.as_secs(),
+            base_delay_ms: u64::try_from(p.base_delay.as_millis()).unwrap_or(u64::MAX),
+            max_delay_secs: p.max_delay.as_secs(),
+            trusted_client_secs: p.trusted_for.as_secs(),
+            max_tracked_keys: throttle::DEFAULT_MAX_TRACKED,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl LoginThrottleSettings {
+    pub fn policy(&self) -> ThrottlePolicy {
+        ThrottlePolicy {
+            client_free_failures: self.client_free_failures,
+            account_free_failures: self.account_free_failures,
+            window: Duration::from_secs(self.window_secs),
+            base_delay: Duration::from_millis(self.base_delay_ms),
+            max_delay: Duration::from_secs(self.max_delay_secs),
+            trusted_for: Duration::from_secs(self.trusted_client_secs),
+            max_tracked: self.max_tracked_keys,
+        }
+    }
+
+    fn issues(&self, out: &mut Vec<Issue>) {
+        let key = |k: &str| format!("user.login_throttle.{k}");
+        if self.client_free_failures == 0 {
+            out.push(Issue::new(
+                key("client_free_failures"),
+                "is 0",
+                "use 1 or more (default 5)",
+            ));
+        }
+        if self.account_free_failures < self.client_free_failures {
+            out.push(Issue::new(
+                key("account_free_failures"),
+                "is less than client_free_failures",
+                "the account-wide budget must be at least the per-address one (default 20)",
+            ));
+        }
+        if self.base_delay_ms == 0 || self.max_delay_secs.saturating_mul(1000) < self.base_delay_ms
+        {
+            out.push(Issue::new(
+                key("base_delay_ms"),
+                "is 0 or longer than max_delay_secs",
+                "use 1 ms up to max_delay_secs (defaults 2000 ms and 300 s)",
+            ));
+        }
+        if self.window_secs == 0 {
+            out.push(Issue::new(
+                key("window_secs"),
+                "is 0",
+                "use 1 or more (default 900)",
+            ));
+        }
+        if !(1..=MAX_TRACKED_KEYS).contains(&self.max_tracked_keys) {
+            out.push(Issue::new(
+                key("max_tracked_keys"),
+                format!("{} is out of range", self.max_tracked_keys),
+                format!("use 1 to {MAX_TRACKED_KEYS} (default 100000)"),
+            ));
         }
     }
 }
@@ -132,6 +262,35 @@ impl Validate for Config {
                 "make access tokens shorter-lived than sessions",
             ));
         }
+        let overlap = u.signing_key_overlap().as_secs();
+        if overlap < u.access_token_ttl_secs {
+            out.push(Issue::new(
+                "user.signing_key_overlap_secs",
+                format!("{overlap} is shorter than user.access_token_ttl_secs"),
+                "keep a replaced key published at least as long as the tokens it signed live",
+            ));
+        }
+        if u.signing_key_rotation_secs != 0 && u.signing_key_rotation_secs < overlap {
+            out.push(Issue::new(
+                "user.signing_key_rotation_secs",
+                format!(
+                    "{} is shorter than the overlap ({overlap} s)",
+                    u.signing_key_rotation_secs
+                ),
+                "rotate no more often than the overlap, or use 0 to rotate only on demand",
+            ));
+        }
+        if u.admin_token_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            out.push(Issue::new(
+                "user.admin_token_file",
+                "is empty",
+                "name a file (created 0600 when missing) or remove the key",
+            ));
+        }
+        u.login_throttle.issues(&mut out);
         out
     }
 }
@@ -166,6 +325,8 @@ mod tests {
         assert_eq!(c.user, UserSettings::default());
         assert_eq!(c.user.session_ttl_secs, 86_400);
         assert_eq!(c.user.access_token_ttl_secs, 900);
+        assert_eq!(c.user.signing_key_overlap(), Duration::from_secs(960));
+        assert_eq!(c.user.login_throttle.policy(), ThrottlePolicy::default());
         assert!(matches!(
             c.events,
             tally_chassis::events::EventBusSettings::Embedded
@@ -227,6 +388,22 @@ mod tests {
             (
                 "[storage]\nbackend = \"embedded\"\npath = \"\"",
                 "storage.path",
+            ),
+            (
+                "[user]\naccess_token_ttl_secs = 600\nsigning_key_overlap_secs = 60",
+                "user.signing_key_overlap_secs",
+            ),
+            (
+                "[user]\nsigning_key_rotation_secs = 100",
+                "user.signing_key_rotation_secs",
+            ),
+            (
+                "[user.login_throttle]\nclient_free_failures = 0",
+                "user.login_throttle.client_free_failures",
+            ),
+            (
+                "[user.login_throttle]\nmax_tracked_keys = 0",
+                "user.login_throttle.max_tracked_keys",
             ),
             (
                 "[server]\nlisten_addr = \"127.0.0.1:1\"\ndrain_timeout_secs = 1000",

@@ -5,6 +5,7 @@
 use crate::app::{AppError, UserApp};
 use crate::domain::token::{AccessClaims, jwks_json};
 use crate::domain::user::{ApiKeyRecord, UserRecord};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use tally_api::user::v1 as pb;
 use tally_api::user::v1::user_service_server::UserService;
@@ -15,11 +16,29 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct UserGrpc {
     app: Arc<UserApp>,
+    trusted_proxies: Arc<[IpAddr]>,
 }
 
 impl UserGrpc {
-    pub fn new(app: Arc<UserApp>) -> Self {
-        Self { app }
+    /// `trusted_proxies`: peers whose `x-forwarded-for` names the client.
+    pub fn new(app: Arc<UserApp>, trusted_proxies: Vec<IpAddr>) -> Self {
+        Self {
+            app,
+            trusted_proxies: trusted_proxies.into(),
+        }
+    }
+
+    /// The address the login throttle counts the call against.
+    fn client_ip<T>(&self, req: &Request<T>) -> IpAddr {
+        let peer = req
+            .remote_addr()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip());
+        let forwarded = req
+            .metadata()
+            .get_all(crate::domain::client_ip::FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        crate::domain::client_ip::client_ip(forwarded, peer, &self.trusted_proxies)
     }
 
     pub fn into_server(self) -> pb::user_service_server::UserServiceServer<Self> {
@@ -40,6 +59,8 @@ pub fn status(e: AppError) -> Status {
         AppError::Unauthenticated(m) => Status::unauthenticated(m),
         AppError::NotFound(m) => Status::not_found(m),
         AppError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        e @ AppError::Throttled(wait) => crate::retry_info::resource_exhausted(e.to_string(), wait),
+        AppError::PermissionDenied(m) => Status::permission_denied(m),
         AppError::Unavailable(m) => Status::unavailable(m),
         AppError::Internal(m) => {
             tracing::error!(error = %m, "internal error");
@@ -116,10 +137,11 @@ impl UserService for UserGrpc {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = self.client_ip(&req);
         let r = req.into_inner();
         let g = self
             .app
-            .login(&r.email, &r.password)
+            .login(&r.email, &r.password, client)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::LoginResponse {
@@ -307,6 +329,14 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (AppError::Unavailable("x".into()), Code::Unavailable),
+            (
+                AppError::Throttled(std::time::Duration::from_secs(3)),
+                Code::ResourceExhausted,
+            ),
+            (
+                AppError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
             (AppError::Internal("secret detail".into()), Code::Internal),
         ];
         for (e, code) in cases {

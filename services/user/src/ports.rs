@@ -62,24 +62,38 @@ pub trait ApiKeyRepository: Send + Sync + 'static {
     async fn revoke(&self, user_id: &str, key_id: &str) -> Result<RevokeOutcome, PortError>;
 }
 
-/// Stored private signing key material (PKCS#8 DER).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredSigningKey {
-    pub kid: String,
-    /// base64 (standard) of the PKCS#8 v2 DER document.
-    pub pkcs8_der_b64: String,
-    pub created_at: i64,
+pub use crate::domain::key_ring::{KeyRing, StoredSigningKey};
+
+/// A key ring as read from storage, with what a conditional replace needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedRing {
+    pub ring: KeyRing,
+    /// The stored bytes the ring was read from (the compare-and-set guard).
+    pub version: Vec<u8>,
 }
 
-/// Where the signing key lives between restarts.
+/// Result of [`SigningKeyRepository::replace_ring`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    Replaced,
+    /// Another instance changed the ring since it was read.
+    Conflict,
+}
+
+/// Where the signing-key ring lives between restarts, shared by replicas.
 #[async_trait]
 pub trait SigningKeyRepository: Send + Sync + 'static {
-    /// The stored key; when none exists yet, stores `candidate` and returns it.
-    /// With several instances starting at once, all end up with the same key.
-    async fn load_or_insert(
+    /// The stored ring; when none exists yet, stores one whose active key is
+    /// `candidate` (or the key an older version stored alone) and returns it.
+    /// With several instances starting at once, all end up with the same ring.
+    async fn load_or_insert(&self, candidate: StoredSigningKey)
+    -> Result<VersionedRing, PortError>;
+    /// Replaces `current` by `next` unless the stored ring changed meanwhile.
+    async fn replace_ring(
         &self,
-        candidate: StoredSigningKey,
-    ) -> Result<StoredSigningKey, PortError>;
+        current: &VersionedRing,
+        next: &KeyRing,
+    ) -> Result<ReplaceOutcome, PortError>;
 }
 
 /// Password hashing (argon2id in production).

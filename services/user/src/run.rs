@@ -1,16 +1,16 @@
 //! Starting the service: open the store and session store, load or create
-//! the signing key, wire the application, register health checks, serve
-//! UserService and the outbox as `EventFeedService` (plus the Redis relay when
-//! `[events] transport = "redis"`).
+//! the signing-key ring (and keep it refreshed), wire the application,
+//! register health checks, serve UserService, UserAdminService and the outbox
+//! as `EventFeedService` (plus the Redis relay when `[events] transport =
+//! "redis"`).
 
 use crate::adapters::password::Argon2Hasher;
 use crate::adapters::sessions::TimeLimitedSessions;
-use crate::adapters::signing::{self, Ed25519Signer};
 use crate::adapters::store::StoreRepository;
 use crate::app::{Lifetimes, UserApp};
 use crate::config::Config;
 use crate::grpc::UserGrpc;
-use crate::ports::SigningKeyRepository;
+use crate::keys::KeyRotation;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_chassis::health::HealthHub;
@@ -36,6 +36,10 @@ pub enum RunError {
     Serve(#[from] tally_chassis::server::ServeError),
     #[error("events: {0}")]
     Events(#[from] tally_chassis::events::BusError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] crate::app::AppError),
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::AdminTokenError),
 }
 
 /// Runs the service until `shutdown` resolves.
@@ -47,13 +51,19 @@ pub async fn run(
     let sessions = open_sessions(&config, store.clone()).await?;
     let repo = Arc::new(StoreRepository::new(store.clone()));
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let stored = repo.load_or_insert(signing::generate(now)?).await?;
-    let signer = Ed25519Signer::from_stored(&stored)?;
-    tracing::info!(kid = signer.kid(), "access-token signing key loaded");
+    let admin_token = match &config.user.admin_token_file {
+        Some(path) => Some(crate::admin::load_or_create_token(path)?),
+        None => None,
+    };
+    let every = match config.user.signing_key_rotation_secs {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let keys =
+        Arc::new(KeyRotation::start(repo.clone(), config.user.signing_key_overlap(), every).await?);
+    let signer = keys.signer();
+    tracing::info!(kid = signer.active_kid(), "access-token signing key loaded");
+    let refresher = keys.clone().spawn_refresher();
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let hasher = Argon2Hasher::new(cores * 2).await?;
@@ -62,11 +72,12 @@ pub async fn run(
         repo,
         sessions.clone(),
         Arc::new(hasher),
-        Arc::new(signer),
+        signer,
         Lifetimes {
             session: Duration::from_secs(config.user.session_ttl_secs),
             access_token: Duration::from_secs(config.user.access_token_ttl_secs),
         },
+        config.user.login_throttle.policy(),
     ));
 
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
@@ -94,9 +105,14 @@ pub async fn run(
     .await?;
 
     let mut routes = tally_chassis::server::Routes::new();
-    routes.add(UserGrpc::new(app).into_server());
+    let proxies = config.user.login_throttle.trusted_proxies.clone();
+    routes.add(UserGrpc::new(app, proxies).into_server());
+    routes.add(crate::admin::UserAdminGrpc::new(keys, admin_token).into_server());
     routes.add(feed.server());
-    tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await?;
+    let served =
+        tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await;
+    refresher.abort();
+    served?;
     Ok(())
 }
 

@@ -5,6 +5,11 @@
 //! in its file format, and actively maintained. Its single-writer model gives
 //! the batch conditions of the storage port serialisable semantics for free.
 //! The API is synchronous, so every call runs on the blocking pool.
+//!
+//! The file holds secrets (the user service keeps password hashes and its
+//! signing key in it), so a new file is created 0600 in directories created
+//! 0700, and an existing file that group or others can read is refused at
+//! open with the `chmod` that fixes it.
 
 use super::{OutboxEntry, OutboxEvent, Row, Store, StoreError, Write, WriteBatch};
 use async_trait::async_trait;
@@ -31,15 +36,17 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database at `path`, creating parent directories.
+    /// Opens (or creates) the database at `path`, creating parent directories
+    /// (0700) and the file (0600); refuses a file others can read.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
+                private::create_dirs(parent).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
                 })?;
             }
+            private::create_or_check_file(&path)?;
             let db = Database::create(&path).map_err(|e| {
                 StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
             })?;
@@ -285,6 +292,74 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Owner-only permissions for the database file and its directories.
+mod private {
+    use super::StoreError;
+    use std::path::Path;
+
+    /// Mode of a new database file: read and write for the owner only.
+    pub const FILE_MODE: u32 = 0o600;
+    /// Mode of directories created for a database.
+    pub const DIR_MODE: u32 = 0o700;
+    /// Permission bits that must be clear on an existing file.
+    const OPEN_TO_OTHERS: u32 = 0o077;
+
+    #[cfg(unix)]
+    pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+    }
+
+    #[cfg(not(unix))]
+    pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    /// Creates an empty 0600 file (redb initialises an empty file), or checks
+    /// that the existing one is closed to group and others.
+    #[cfg(unix)]
+    pub fn create_or_check_file(path: &Path) -> Result<(), StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(path);
+        match created {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let mode = std::fs::metadata(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & OPEN_TO_OTHERS != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "{} holds secrets but has mode {:04o}, open to other users; \
+                 fix it with `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub fn create_or_check_file(_path: &Path) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +483,41 @@ mod tests {
             assert!(decode_event(&row[..cut]).is_err(), "cut at {cut}");
         }
         assert!(decode_event(&row).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn new_files_are_0600_in_0700_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/t.redb");
+        let _s = EmbeddedStore::open(&path).await.expect("open");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_file_open_to_others_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.redb");
+        drop(EmbeddedStore::open(&path).await.expect("open"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let Err(e) = EmbeddedStore::open(&path).await else {
+            panic!("a 0644 store file was opened");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("chmod 600 {}", path.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("0644"), "{msg}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        EmbeddedStore::open(&path)
+            .await
+            .expect("open after the fix");
     }
 }

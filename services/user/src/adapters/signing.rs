@@ -1,14 +1,19 @@
 //! Ed25519 access-token signing with jsonwebtoken (RustCrypto backend).
 //!
-//! The key pair is generated with rcgen (ring) on first start and kept in the
-//! store as PKCS#8 DER, so tokens stay valid across restarts and every replica
-//! signs with the same key. The public half is published as a JWK.
+//! Key pairs are generated with rcgen (ring) and kept in the store as PKCS#8
+//! DER in a [`KeyRing`], so tokens stay valid across restarts and every
+//! replica signs with the same key. [`KeyRingSigner`] signs with the ring's
+//! active key and verifies and publishes (as JWKs) every key the ring still
+//! publishes, selected by `kid`; [`KeyRingSigner::install`] swaps in a
+//! rotated ring while calls go on.
 
 use crate::domain::token::{ALG, AUDIENCE, AccessClaims, ISSUER, PublicJwk, kid_for};
-use crate::ports::{PortError, StoredSigningKey, TokenRejected, TokenSigner};
+use crate::ports::{KeyRing, PortError, StoredSigningKey, TokenRejected, TokenSigner};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// Allowed clock difference when checking `exp` and `iat`, in seconds.
 const LEEWAY_SECS: u64 = 30;
@@ -110,6 +115,117 @@ impl TokenSigner for Ed25519Signer {
     }
 }
 
+/// Signs with a ring's active key; verifies with any key it publishes.
+pub struct KeyRingSigner {
+    current: RwLock<Arc<Loaded>>,
+}
+
+/// A ring with its keys parsed.
+struct Loaded {
+    ring: KeyRing,
+    active: Arc<Ed25519Signer>,
+    by_kid: HashMap<String, Arc<Ed25519Signer>>,
+}
+
+impl std::fmt::Debug for KeyRingSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRingSigner")
+            .field("active", &self.active_kid())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn load(ring: &KeyRing) -> Result<Loaded, PortError> {
+    let active = Arc::new(Ed25519Signer::from_stored(&ring.active)?);
+    let mut by_kid = HashMap::new();
+    by_kid.insert(active.kid().to_string(), active.clone());
+    for r in &ring.retiring {
+        let s = Arc::new(Ed25519Signer::from_stored(&r.key)?);
+        by_kid.insert(s.kid().to_string(), s);
+    }
+    Ok(Loaded {
+        ring: ring.clone(),
+        active,
+        by_kid,
+    })
+}
+
+impl KeyRingSigner {
+    pub fn new(ring: &KeyRing) -> Result<Self, PortError> {
+        Ok(Self {
+            current: RwLock::new(Arc::new(load(ring)?)),
+        })
+    }
+
+    /// Switches to `ring` (a rotation here or by another replica). Returns
+    /// whether it differed from the one in use.
+    pub fn install(&self, ring: &KeyRing) -> Result<bool, PortError> {
+        if self.loaded().ring == *ring {
+            return Ok(false);
+        }
+        let next = Arc::new(load(ring)?);
+        match self.current.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(true)
+    }
+
+    /// The ring in use.
+    pub fn ring(&self) -> KeyRing {
+        self.loaded().ring.clone()
+    }
+
+    pub fn active_kid(&self) -> String {
+        self.loaded().active.kid().to_string()
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl TokenSigner for KeyRingSigner {
+    fn sign(&self, claims: &AccessClaims) -> Result<String, PortError> {
+        self.loaded().active.sign(claims)
+    }
+
+    fn verify(&self, token: &str) -> Result<AccessClaims, TokenRejected> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenRejected("access token is malformed".into()))?;
+        let loaded = self.loaded();
+        let published = loaded.ring.published(now_unix());
+        let key = header
+            .kid
+            .as_deref()
+            .filter(|kid| published.iter().any(|k| k.kid == *kid))
+            .and_then(|kid| loaded.by_kid.get(kid))
+            .ok_or_else(|| TokenRejected("access token was signed by an unknown key".into()))?;
+        key.verify(token)
+    }
+
+    fn public_keys(&self) -> Vec<PublicJwk> {
+        let loaded = self.loaded();
+        loaded
+            .ring
+            .published(now_unix())
+            .iter()
+            .filter_map(|k| loaded.by_kid.get(&k.kid))
+            .flat_map(|s| s.public_keys())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +293,36 @@ mod tests {
         assert!(Ed25519Signer::from_stored(&k).is_err());
         k.pkcs8_der_b64 = "***".into();
         assert!(Ed25519Signer::from_stored(&k).is_err());
+    }
+
+    #[test]
+    fn ring_signs_with_the_new_key_and_verifies_old_tokens_until_retired() {
+        let first = generate(now()).unwrap();
+        let signer = KeyRingSigner::new(&KeyRing::new(first.clone())).unwrap();
+        let old = signer
+            .sign(&AccessClaims::new("u", "s", now(), 60))
+            .unwrap();
+        let rotated = KeyRing::new(first.clone())
+            .rotate(generate(now()).unwrap(), now(), 3600)
+            .unwrap();
+        assert!(signer.install(&rotated).unwrap());
+        assert!(!signer.install(&rotated).unwrap(), "same ring: no change");
+        let new = signer
+            .sign(&AccessClaims::new("u", "s", now(), 60))
+            .unwrap();
+        let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+        assert_eq!(kid(&old), first.kid);
+        assert_eq!(kid(&new), rotated.active.kid);
+        assert!(signer.verify(&old).is_ok());
+        assert!(signer.verify(&new).is_ok());
+        let kids: Vec<String> = signer.public_keys().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, [rotated.active.kid.clone(), first.kid.clone()]);
+        // Past the overlap the old key is neither published nor accepted.
+        let mut retired = rotated.clone();
+        retired.retiring[0].retire_at = now() - 1;
+        signer.install(&retired).unwrap();
+        assert_eq!(signer.public_keys().len(), 1);
+        assert!(signer.verify(&old).unwrap_err().0.contains("unknown key"));
+        assert!(signer.verify(&new).is_ok());
     }
 }

@@ -7,12 +7,13 @@
 //! | `user_emails`      | email      | `user_id` | the user id           |
 //! | `api_keys`         | key id     | `key`     | [`ApiKeyRecord`]      |
 //! | `api_keys_by_user` | user id    | key id    | [`ApiKeyRecord`]      |
-//! | `signing_keys`     | `active`   | `ed25519` | [`StoredSigningKey`]  |
+//! | `signing_keys`     | `ring`     | `ed25519` | [`KeyRing`]           |
+//! | `signing_keys`     | `active`   | `ed25519` | [`StoredSigningKey`] (written by versions before rotation; read once to seed the ring) |
 
 use crate::domain::user::{ApiKeyRecord, UserRecord};
 use crate::ports::{
-    ApiKeyRepository, CreateOutcome, PortError, RevokeOutcome, SigningKeyRepository,
-    StoredSigningKey, UserRepository,
+    ApiKeyRepository, CreateOutcome, KeyRing, PortError, ReplaceOutcome, RevokeOutcome,
+    SigningKeyRepository, StoredSigningKey, UserRepository, VersionedRing,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ const API_KEYS: &str = "api_keys";
 const API_KEY_KEY: &str = "key";
 const API_KEYS_BY_USER: &str = "api_keys_by_user";
 const SIGNING_KEYS: &str = "signing_keys";
-const SIGNING_PARTITION: &str = "active";
+const LEGACY_SIGNING_PARTITION: &str = "active";
+const RING_PARTITION: &str = "ring";
 const SIGNING_KEY: &str = "ed25519";
 
 /// Most API keys listed per user (a scan page; creation is capped to match).
@@ -178,40 +180,75 @@ impl ApiKeyRepository for StoreRepository {
     }
 }
 
+impl StoreRepository {
+    async fn read_ring(&self) -> Result<Option<VersionedRing>, PortError> {
+        let Some(version) = self
+            .store
+            .get(SIGNING_KEYS, RING_PARTITION, SIGNING_KEY)
+            .await
+            .map_err(port)?
+        else {
+            return Ok(None);
+        };
+        let ring = decode::<KeyRing>(&version).map_err(port)?;
+        Ok(Some(VersionedRing { ring, version }))
+    }
+}
+
 #[async_trait]
 impl SigningKeyRepository for StoreRepository {
     async fn load_or_insert(
         &self,
         candidate: StoredSigningKey,
-    ) -> Result<StoredSigningKey, PortError> {
-        let read = |bytes: Vec<u8>| decode::<StoredSigningKey>(&bytes).map_err(port);
-        if let Some(bytes) = self
+    ) -> Result<VersionedRing, PortError> {
+        if let Some(ring) = self.read_ring().await? {
+            return Ok(ring);
+        }
+        // Keep the key an older version stored, so its tokens stay valid.
+        let active = match self
             .store
-            .get(SIGNING_KEYS, SIGNING_PARTITION, SIGNING_KEY)
+            .get(SIGNING_KEYS, LEGACY_SIGNING_PARTITION, SIGNING_KEY)
             .await
             .map_err(port)?
         {
-            return read(bytes);
-        }
+            Some(bytes) => decode::<StoredSigningKey>(&bytes).map_err(port)?,
+            None => candidate,
+        };
+        let version = encode(&KeyRing::new(active)).map_err(port)?;
         let mut batch = WriteBatch::new();
-        batch.insert_if_absent(
-            SIGNING_KEYS,
-            SIGNING_PARTITION,
-            SIGNING_KEY,
-            encode(&candidate).map_err(port)?,
-        );
+        batch.insert_if_absent(SIGNING_KEYS, RING_PARTITION, SIGNING_KEY, version);
         match self.store.commit(batch).await {
-            Ok(()) => Ok(candidate),
-            // Another instance stored its key first: use that one.
-            Err(StoreError::ConditionFailed { .. }) => {
-                let bytes = self
-                    .store
-                    .get(SIGNING_KEYS, SIGNING_PARTITION, SIGNING_KEY)
-                    .await
-                    .map_err(port)?
-                    .ok_or_else(|| PortError::Internal("signing key vanished".into()))?;
-                read(bytes)
-            }
+            // Another instance stored its ring first: use that one.
+            Ok(()) | Err(StoreError::ConditionFailed { .. }) => self
+                .read_ring()
+                .await?
+                .ok_or_else(|| PortError::Internal("signing-key ring vanished".into())),
+            Err(e) => Err(port(e)),
+        }
+    }
+
+    async fn replace_ring(
+        &self,
+        current: &VersionedRing,
+        next: &KeyRing,
+    ) -> Result<ReplaceOutcome, PortError> {
+        let mut batch = WriteBatch::new();
+        batch
+            .expect(
+                SIGNING_KEYS,
+                RING_PARTITION,
+                SIGNING_KEY,
+                Some(current.version.clone()),
+            )
+            .put(
+                SIGNING_KEYS,
+                RING_PARTITION,
+                SIGNING_KEY,
+                encode(next).map_err(port)?,
+            );
+        match self.store.commit(batch).await {
+            Ok(()) => Ok(ReplaceOutcome::Replaced),
+            Err(StoreError::ConditionFailed { .. }) => Ok(ReplaceOutcome::Conflict),
             Err(e) => Err(port(e)),
         }
     }

@@ -1,11 +1,15 @@
 //! The user service's rules, free of I/O: what a valid email, password,
-//! display name, scope, API key or access token looks like.
+//! display name, scope, API key or access token looks like, when logins are
+//! throttled, and how the signing-key ring rotates.
 //!
 //! Everything here is deterministic given its inputs (randomness and the
 //! clock are passed in), so every rule is unit-tested directly.
 
 pub mod api_key;
+pub mod client_ip;
 pub mod email;
+pub mod key_ring;
+pub mod login_throttle;
 pub mod password;
 pub mod profile;
 pub mod scope;
