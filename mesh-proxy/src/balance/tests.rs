@@ -105,8 +105,8 @@ async fn open_breakers_everywhere_fail_fast_then_probe() {
     ));
     tokio::time::advance(Duration::from_millis(crate::defaults::BREAKER_OPEN_MS)).await;
     // Half-open: one probe each; successes close them.
-    call(&p, None, Signal::Grpc(Code::Ok)).unwrap();
-    call(&p, None, Signal::Grpc(Code::Ok)).unwrap();
+    assert_eq!(call(&p, Some(b), Signal::Grpc(Code::Ok)).unwrap(), a);
+    assert_eq!(call(&p, Some(a), Signal::Grpc(Code::Ok)).unwrap(), b);
     for e in &p.endpoints {
         assert_eq!(e.breaker.state(), crate::breaker::State::Closed);
     }

@@ -675,6 +675,10 @@ pub struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Forget the token before the port is free for another proxy to take.
+        if let Ok(mut tokens) = ADMIN_TOKENS.lock() {
+            tokens.retain(|(a, _)| *a != self.admin);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -734,7 +738,10 @@ impl Proxy {
             panic!("proxy did not start ({e}); stdout: {line:?}; config:\n{config}")
         });
         if let Some(t) = token {
-            ADMIN_TOKENS.lock().unwrap().push((bound.admin, t));
+            // An earlier proxy may have had this admin port: the newest registration wins.
+            let mut tokens = ADMIN_TOKENS.lock().unwrap();
+            tokens.retain(|(a, _)| *a != bound.admin);
+            tokens.push((bound.admin, t));
         }
         let p = Proxy {
             child,
