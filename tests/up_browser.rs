@@ -18,8 +18,8 @@ use tally_testkit::{Process, bin_path, free_port_range, repo_root};
 const READY: Duration = Duration::from_secs(240);
 /// Code generation and bundling (buf, protoc-gen-es, esbuild).
 const BUILD: Duration = Duration::from_secs(180);
-/// The browser scenario; drive.mjs gives up by itself after 150 s.
-const DRIVE: Duration = Duration::from_secs(200);
+/// The browser scenario; drive.mjs gives up by itself after 240 s.
+const DRIVE: Duration = Duration::from_secs(300);
 /// Six services, three ports per sidecar, the gateway's listener and admin.
 const PORTS: u16 = 6 + 6 * 3 + 2;
 /// The page's allowed origin: one of `tally up`'s dev origins for the gateway.
@@ -134,6 +134,7 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
     }
 
     // The page: code generated from proto/ and bundled.
+    let started = std::time::Instant::now();
     let work = tempfile::tempdir().expect("tmp");
     run_node(
         &node,
@@ -143,6 +144,7 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
         ],
         BUILD,
     );
+    eprintln!("page built in {:?}", started.elapsed());
     let site = work.path().join("site");
     assert!(site.join("app.js").is_file(), "build.mjs made no app.js");
 
@@ -158,6 +160,7 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
         .env_remove("CARGO");
     let mut up = Process::spawn_command(cmd);
     up.wait_for_stdout("tally up: ready", READY).await;
+    eprintln!("tally up ready after {:?}", started.elapsed());
     let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/gateway.toml"))
         .expect("gateway config")
         .parse()
@@ -194,6 +197,13 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
     );
     let v: Value = serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("drive.mjs printed no JSON ({e}):\n{out}"));
+    eprintln!(
+        "browser scenario done after {:?}; launch {} ms, pages {} ms, calls (ms): {}",
+        started.elapsed(),
+        v["launchMs"],
+        v["pagesLoadMs"],
+        v["timingsMs"]
+    );
     check(&v, &origins);
     drop(up);
 }

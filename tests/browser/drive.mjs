@@ -19,9 +19,11 @@ import { extname, join, normalize } from "node:path";
 import puppeteer from "puppeteer-core";
 
 /** The whole run's bound; the Rust test has its own, longer one. */
-const RUN_TIMEOUT_MS = 150_000;
+const RUN_TIMEOUT_MS = 240_000;
+/** How long Chromium may take to start (slow on a loaded 2-core machine). */
+const LAUNCH_TIMEOUT_MS = 120_000;
 /** How long the page may take to load and start its module. */
-const PAGE_READY_MS = 30_000;
+const PAGE_READY_MS = 90_000;
 const PASSWORD = "correct horse battery";
 
 function args() {
@@ -101,11 +103,20 @@ async function scenario(a, browser, staticBase) {
   const alice = `alice-${stamp}@example.com`;
   const bob = `bob-${stamp}@example.com`;
 
+  const loadStart = Date.now();
   const foreign = await openPage(browser, "foreign");
   out.foreignOrigin = await load(foreign.page, `${staticBase}/`);
   const app = await openPage(browser, "app");
   out.appOrigin = await load(app.page, `${a.allowedOrigin}/`);
-  const call = (p, fn, ...xs) => p.page.evaluate((fn, xs) => window.tally[fn](...xs), fn, xs);
+  out.pagesLoadMs = Date.now() - loadStart;
+  // Each call's duration, so a slow step shows in the output.
+  out.timingsMs = [];
+  const call = async (p, fn, ...xs) => {
+    const t = Date.now();
+    const r = await p.page.evaluate((fn, xs) => window.tally[fn](...xs), fn, xs);
+    out.timingsMs.push([fn, Date.now() - t]);
+    return r;
+  };
 
   // The foreign page tries first, with the credentials the app uses next:
   // the browser must refuse both calls, and the sign-up must have had no
@@ -157,6 +168,7 @@ async function main() {
   const server = await serve(a.site, a.allowedOrigin);
   const staticBase = `http://127.0.0.1:${server.address().port}`;
   console.error(`drive.mjs: static server ${staticBase}; also proxy for ${a.allowedOrigin}`);
+  const launchedAt = Date.now();
   const browser = await puppeteer.launch({
     executablePath: a.chromium,
     headless: true,
@@ -174,9 +186,12 @@ async function main() {
       "--proxy-bypass-list=<-loopback>;127.0.0.1",
     ],
     protocolTimeout: RUN_TIMEOUT_MS,
+    timeout: LAUNCH_TIMEOUT_MS,
   });
   try {
+    const launchMs = Date.now() - launchedAt;
     const out = await scenario(a, browser, staticBase);
+    out.launchMs = launchMs;
     out.browserVersion = await browser.version();
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {

@@ -12,9 +12,9 @@ import { PollService } from "@gen/tally/poll/v1/poll_pb.js";
 import { NotificationService } from "@gen/tally/notification/v1/notification_pb.js";
 
 /** Longest any single call may take; the library turns it into `grpc-timeout`. */
-const CALL_TIMEOUT_MS = 20_000;
+const CALL_TIMEOUT_MS = 30_000;
 /** How long a watch waits for the update it expects. */
-const WATCH_WAIT_MS = 30_000;
+const WATCH_WAIT_MS = 60_000;
 /** Pause between WatchPoll attempts while notification has not seen the poll yet. */
 const WATCH_RETRY_MS = 200;
 
