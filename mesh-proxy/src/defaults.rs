@@ -119,9 +119,9 @@ pub const GATEWAY_CORS_EXPOSE_HEADERS: &[&str] = &[
 /// How long a browser may cache a preflight answer.
 pub const GATEWAY_CORS_MAX_AGE_S: u64 = 86_400;
 /// Access-token checks, matching the user service's issuer and audience.
-pub const GATEWAY_JWT_ISSUER: &str = "tally-user";
-pub const GATEWAY_JWT_AUDIENCE: &str = "tally";
-pub const GATEWAY_JWT_LEEWAY_S: u64 = 30;
+pub const GATEWAY_JWT_ISSUER: &str = tally_authn::ISSUER;
+pub const GATEWAY_JWT_AUDIENCE: &str = tally_authn::AUDIENCE;
+pub const GATEWAY_JWT_LEEWAY_S: u64 = tally_authn::LEEWAY.as_secs();
 /// Periodic JWKS refresh, and the least time between refetches caused by unknown `kid`s.
 pub const GATEWAY_JWKS_REFRESH_MS: u64 = 300_000;
 pub const GATEWAY_JWKS_MIN_REFETCH_MS: u64 = 5_000;

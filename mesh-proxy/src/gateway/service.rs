@@ -3,7 +3,7 @@
 //! request → the outbound stack (retries, breakers, balancing, mTLS) → translate the response
 //! → CORS headers. Each step lives in its own module; this file only puts them in order.
 
-use super::auth::{self, AuthError, Verifier};
+use super::auth::{AuthError, AuthenticatedPrincipal, EdgeAuth};
 use super::config::Access;
 use super::cors::Cors;
 use super::errors::GatewayError;
@@ -37,7 +37,7 @@ pub struct Gateway {
 pub(super) struct Inner {
     pub outbound: ListenerService,
     pub routes: RouteTable,
-    pub verifier: Option<Verifier>,
+    pub auth: EdgeAuth,
     pub limiter: RateLimiter,
     pub cors: Cors,
     pub metrics: Arc<Metrics>,
@@ -137,22 +137,12 @@ impl Gateway {
             return Err(GatewayError::NoRoute(req.uri().path().to_string()));
         };
         self.limited(inner.limiter.check_global(Instant::now()))?;
-        let subject = match route.access {
+        let principal = match route.access {
             Access::Public => None,
-            Access::Authenticated => self.authenticate(req.headers()).await.inspect_err(|e| {
-                if let GatewayError::Auth(a) = e {
-                    inner
-                        .metrics
-                        .gateway_auth_failures
-                        .get_or_create(&ReasonLabels {
-                            reason: a.reason().into(),
-                        })
-                        .inc();
-                }
-            })?,
+            Access::Authenticated => Some(self.authenticate(req.headers()).await?),
         };
-        let key = match &subject {
-            Some(sub) => format!("sub:{sub}"),
+        let key = match &principal {
+            Some(p) => p.rate_limit_key(),
             None => format!(
                 "ip:{}",
                 client_ip(req.headers(), client, &inner.trusted_proxies)
@@ -180,32 +170,31 @@ impl Gateway {
         }
         // The mesh sets the caller identity; never let a browser choose it.
         h.remove(crate::defaults::PEER_ID_HEADER);
+        if let Some(p) = principal {
+            req.extensions_mut().insert(p);
+        }
         Ok(req)
     }
 
-    /// `Some(subject)` for a valid access token; `None` when an API key goes on to the service.
-    async fn authenticate(&self, h: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
-        let Some(value) = h.get(header::AUTHORIZATION) else {
-            if h.contains_key(auth::API_KEY_HEADER) {
-                return Ok(None);
-            }
-            return Err(GatewayError::Auth(AuthError::Missing));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(auth::bearer_token)
-            .ok_or(GatewayError::Auth(AuthError::Malformed))?;
-        let Some(verifier) = &self.inner.verifier else {
-            return Err(GatewayError::Auth(AuthError::KeysUnavailable(
-                "no [gateway.auth] configured".into(),
-            )));
-        };
-        verifier
-            .verify(token)
+    /// The caller's principal (access token or API key, both verified), counting failures.
+    async fn authenticate(
+        &self,
+        h: &http::HeaderMap,
+    ) -> Result<AuthenticatedPrincipal, GatewayError> {
+        self.inner
+            .auth
+            .authenticate(h)
             .await
-            .map(Some)
-            .map_err(GatewayError::Auth)
+            .map_err(|e: AuthError| {
+                self.inner
+                    .metrics
+                    .gateway_auth_failures
+                    .get_or_create(&ReasonLabels {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                GatewayError::Auth(e)
+            })
     }
 
     fn limited(&self, r: Result<(), super::ratelimit::Limited>) -> Result<(), GatewayError> {
