@@ -155,9 +155,9 @@ pub const GATEWAY_CORS_EXPOSE_HEADERS: &[&str] = &[
 pub const GATEWAY_CORS_MAX_AGE: Duration = Duration::from_secs(86_400);
 pub const GATEWAY_CORS_MAX_AGE_S: u64 = GATEWAY_CORS_MAX_AGE.as_secs();
 /// Access-token checks, matching the user service's issuer and audience.
-pub const GATEWAY_JWT_ISSUER: &str = "tally-user";
-pub const GATEWAY_JWT_AUDIENCE: &str = "tally";
-pub const GATEWAY_JWT_LEEWAY: Duration = Duration::from_secs(30);
+pub const GATEWAY_JWT_ISSUER: &str = tally_authn::ISSUER;
+pub const GATEWAY_JWT_AUDIENCE: &str = tally_authn::AUDIENCE;
+pub const GATEWAY_JWT_LEEWAY: Duration = tally_authn::LEEWAY;
 pub const GATEWAY_JWT_LEEWAY_S: u64 = GATEWAY_JWT_LEEWAY.as_secs();
 /// Periodic JWKS refresh, and the least time between refetches caused by unknown `kid`s.
 pub const GATEWAY_JWKS_REFRESH: Duration = Duration::from_secs(300);

@@ -60,18 +60,29 @@ async fn grpc_web_unary_binary_and_text_with_jwt_passed_through() {
                 .contains("grpc-status")
         );
     }
-    // An API key is not checked at the edge: it passes to the service, which verifies it.
+    // An API key the user service confirms is served, and passes on to the service (which
+    // checks its scopes); a made-up one is refused at the edge.
     let r = web_call(
         f.gateway.addr,
         ECHO,
-        &[("x-api-key", "tk_test_secret")],
+        &[("x-api-key", TEST_API_KEY)],
         &[b"with key"],
         Mode::Binary,
     )
     .await;
     assert_eq!(r.status(), Some(0), "{r:?}");
-    assert_eq!(r.header("x-seen-api-key"), Some("tk_test_secret"));
+    assert_eq!(r.header("x-seen-api-key"), Some(TEST_API_KEY));
     assert_eq!(r.header("x-seen-authorization"), Some("none"));
+    let r = web_call(
+        f.gateway.addr,
+        ECHO,
+        &[("x-api-key", "tk_made_up")],
+        &[b"with key"],
+        Mode::Binary,
+    )
+    .await;
+    assert_eq!(r.status(), Some(16), "{r:?}");
+    assert!(r.messages.is_empty());
     // A public method needs no credentials.
     let r = web_call(
         f.gateway.addr,
@@ -721,4 +732,101 @@ async fn tls_listener_with_keys_from_a_jwks_file() {
         reply
     };
     assert_eq!(r.status(), Some(16), "{r:?}");
+}
+
+/// The real `tally-user` behind its sidecar: the gateway fetches its keys and verifies API
+/// keys with it through the mesh. A key created through the user service is served; a
+/// made-up key gets UNAUTHENTICATED at the edge and never reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_verified_at_the_edge_with_the_real_user_service() {
+    use tally_api::user::v1 as pb;
+    use tally_api::user::v1::user_service_client::UserServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let (_user, user_addr) = tally_testkit::start_user(dir.path(), "").await;
+    let app = start_app(Bytes::new()).await;
+    let f = Fixture::start_with_user(
+        signing_key("unused"),
+        app,
+        &user_addr,
+        NO_LIMITS,
+        "[gateway.auth]\njwks_service = \"user\"\n",
+    )
+    .await;
+
+    // An account, a session and an API key, made directly with the user service.
+    let mut user = UserServiceClient::connect(format!("http://{user_addr}"))
+        .await
+        .unwrap();
+    let email = "edge-keys@example.test";
+    let password = "correct horse battery staple";
+    user.sign_up(pb::SignUpRequest {
+        email: email.into(),
+        password: password.into(),
+        display_name: "Edge".into(),
+    })
+    .await
+    .unwrap();
+    let login = user
+        .login(pb::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut create = tonic::Request::new(pb::CreateApiKeyRequest {
+        name: "edge".into(),
+        scopes: vec!["polls:read".into()],
+    });
+    create.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", login.access_token).parse().unwrap(),
+    );
+    let secret = user
+        .create_api_key(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+
+    for mode in [Mode::Binary, Mode::Text] {
+        // The real key is served and reaches the service unchanged.
+        let r = web_call(
+            f.gateway.addr,
+            ECHO,
+            &[("x-api-key", &secret)],
+            &[b"k"],
+            mode,
+        )
+        .await;
+        assert_eq!(r.status(), Some(0), "{mode:?}: {r:?}");
+        assert_eq!(r.header("x-seen-api-key"), Some(secret.as_str()));
+        // A made-up key in the same format is refused at the edge.
+        let fake = format!("{}x", &secret[..secret.len() - 1]);
+        let r = web_call(f.gateway.addr, ECHO, &[("x-api-key", &fake)], &[b"k"], mode).await;
+        assert_eq!(r.status(), Some(16), "{mode:?}: {r:?}");
+        assert!(r.messages.is_empty());
+        let r = web_call(f.gateway.addr, ECHO, &[("x-api-key", "x")], &[b"k"], mode).await;
+        assert_eq!(r.status(), Some(16), "{mode:?}: {r:?}");
+        // The user's access token checks out against the real service's keys, over the mesh.
+        let bearer = format!("Bearer {}", login.access_token);
+        let r = web_call(
+            f.gateway.addr,
+            ECHO,
+            &[("authorization", &bearer)],
+            &[b"t"],
+            mode,
+        )
+        .await;
+        assert_eq!(r.status(), Some(0), "{mode:?}: {r:?}");
+    }
+    let m = metrics(f.gateway.admin).await;
+    assert!(
+        metric(
+            &m,
+            "tally_proxy_gateway_auth_failures_total",
+            &["reason=\"invalid-api-key\""]
+        ) >= 4.0,
+        "{m}"
+    );
 }

@@ -1,62 +1,54 @@
-//! Edge authentication: checks `authorization: Bearer <jwt>` (EdDSA access tokens from the
-//! user service) before a call leaves the gateway. The token itself goes on to the service
-//! unchanged, which checks it again with its own rules; API keys are not checked here
-//! (resolving them needs the user service's database), they pass through.
+//! Edge authentication: decides who a browser call is before it leaves the gateway, and hands
+//! the answer on as an [`AuthenticatedPrincipal`] (the rate limiter keys on it).
 //!
-//! Keys: the proxy must stay light, so it does not link the services' chassis. It copies only
-//! the small verification step (jsonwebtoken, `rust_crypto`, Ed25519 only), and gets the keys
-//! the same way services do: `tally.user.v1.UserService/GetJwks`, sent through the gateway's
-//! own outbound route to the user service (so mTLS, retries and breakers apply, and key
-//! rotation needs no redeploy). The response is decoded by hand (a dozen lines) rather than
-//! with generated code. A JWKS file is the other source, for setups without a user service.
-//! Unknown `kid`s trigger a refetch, at most once per `jwks_min_refetch_ms`.
+//! `authorization: Bearer <jwt>` is verified by `tally-authn` (EdDSA, `kid`, iss/aud/exp/nbf),
+//! with keys from `tally.user.v1.UserService/GetJwks` or a JWKS file. `x-api-key` is verified
+//! with `UserService/VerifyApiKey`, behind short bounded positive and negative caches. Both
+//! calls use the generated client over the gateway's own outbound stack to the
+//! `jwks_service` (so mTLS, retries, breakers and the mesh's authorization apply, and key
+//! rotation needs no redeploy). The credentials themselves go on to the service unchanged,
+//! which checks them again with its own rules (scopes).
 
 use super::config::AuthConfig;
-use crate::body::{self, Body};
 use crate::defaults as d;
-use crate::grpc;
-use crate::{ListenerService, Req};
-use base64::Engine as _;
-use bytes::{Buf, Bytes};
-use futures::future::BoxFuture;
-use http::HeaderValue;
-use http_body_util::{BodyExt, Limited};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::{BoxFuture, ListenerService, body, grpc};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tally_authn::{
+    ApiKeyOptions, ApiKeyVerifier, AuthnError, FileJwks, GrpcTransport, JwksSource, TokenVerifier,
+    TransportError, UserDirectory, VerifierOptions,
+};
 use tower::ServiceExt;
 
-/// Path of the key-set method on the user service.
-pub const GET_JWKS_PATH: &str = "/tally.user.v1.UserService/GetJwks";
-/// API keys travel in this header; the service verifies them.
+/// API keys travel in this header.
 pub const API_KEY_HEADER: &str = "x-api-key";
-/// Largest GetJwks response or JWKS file read.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// How long the edge reuses a verified API key (how late a revocation may reach the edge).
+pub const EDGE_API_KEY_POSITIVE_TTL: Duration = Duration::from_secs(10);
+/// How long the edge refuses an unknown API key without asking the user service again.
+pub const EDGE_API_KEY_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Most API keys kept in each edge cache.
+pub const EDGE_API_KEY_CACHE_CAPACITY: usize = 10_000;
 
-/// One JSON Web Key (the fields an Ed25519 verification key has).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Jwk {
-    #[serde(default)]
-    pub kty: String,
-    #[serde(default)]
-    pub crv: String,
-    #[serde(default)]
-    pub kid: String,
-    #[serde(default)]
-    pub x: String,
-    #[serde(default)]
-    pub alg: String,
-    #[serde(default, rename = "use")]
-    pub use_: String,
+/// Who an authenticated call is; put into the request's extensions by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuthenticatedPrincipal {
+    /// The user the token or key belongs to.
+    pub user_id: String,
+    /// The API key's id when the call came with one; `None` for access tokens.
+    pub key_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct JwkSet {
-    keys: Vec<Jwk>,
+impl AuthenticatedPrincipal {
+    /// A stable rate-limit key: `key:<key id>` for API keys, `sub:<user id>` for tokens.
+    pub fn rate_limit_key(&self) -> String {
+        match &self.key_id {
+            Some(k) => format!("key:{k}"),
+            None => format!("sub:{}", self.user_id),
+        }
+    }
 }
 
 /// Why a call was not authenticated; `reason()` is the metric label.
@@ -69,453 +61,311 @@ pub enum AuthError {
     #[error("`authorization` must be `Bearer <access token>`")]
     Malformed,
     #[error("{0}")]
-    Invalid(String),
-    #[error("access token signed by unknown key `{0}`")]
-    UnknownKey(String),
-    #[error("cannot fetch signing keys: {0}")]
-    KeysUnavailable(String),
+    Rejected(AuthnError),
+    /// The user service could not be asked; the detail is logged, not shown to browsers.
+    #[error("credentials cannot be verified right now; retry later")]
+    Unavailable(AuthnError),
+    #[error("{0} are not accepted by this gateway")]
+    NotConfigured(&'static str),
+}
+
+impl From<AuthnError> for AuthError {
+    fn from(e: AuthnError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "gateway: cannot verify credentials");
+            AuthError::Unavailable(e)
+        } else {
+            AuthError::Rejected(e)
+        }
+    }
 }
 
 impl AuthError {
+    /// A fixed label (a small, bounded set).
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
             AuthError::Malformed => "malformed",
-            AuthError::Invalid(_) => "invalid",
-            AuthError::UnknownKey(_) => "unknown-key",
-            AuthError::KeysUnavailable(_) => "keys-unavailable",
+            AuthError::NotConfigured(_) => "not-configured",
+            AuthError::Rejected(e) | AuthError::Unavailable(e) => match e {
+                AuthnError::UnknownKey(_) => "unknown-key",
+                AuthnError::KeysUnavailable(_) => "keys-unavailable",
+                AuthnError::MalformedApiKey | AuthnError::UnknownApiKey => "invalid-api-key",
+                AuthnError::ApiKeysUnavailable(_) => "api-keys-unavailable",
+                _ => "invalid",
+            },
         }
     }
+
     pub fn code(&self) -> grpc::Code {
         match self {
-            AuthError::KeysUnavailable(_) => grpc::Code::Unavailable,
+            AuthError::Unavailable(_) => grpc::Code::Unavailable,
             _ => grpc::Code::Unauthenticated,
         }
     }
 }
 
-/// Where the key set comes from.
-pub trait JwksSource: Send + Sync + 'static {
-    fn fetch(&self) -> BoxFuture<'static, Result<Vec<Jwk>, String>>;
-}
-
-/// A JWKS JSON document on disk.
-pub struct FileJwks(pub PathBuf);
-
-impl JwksSource for FileJwks {
-    fn fetch(&self) -> BoxFuture<'static, Result<Vec<Jwk>, String>> {
-        let path = self.0.clone();
-        Box::pin(async move {
-            let text = tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if text.len() > MAX_JWKS_BYTES {
-                return Err(format!("{}: larger than 1 MiB", path.display()));
-            }
-            let set: JwkSet = serde_json::from_slice(&text)
-                .map_err(|e| format!("{}: not a JWKS document: {e}", path.display()))?;
-            Ok(set.keys)
-        })
-    }
-}
-
-/// `UserService/GetJwks` through the outbound stack to `[services.<service>]`.
-pub struct ServiceJwks {
-    pub outbound: ListenerService,
-    pub service: String,
-}
-
-impl JwksSource for ServiceJwks {
-    fn fetch(&self) -> BoxFuture<'static, Result<Vec<Jwk>, String>> {
-        let outbound = self.outbound.clone();
-        let uri = format!("http://{}{GET_JWKS_PATH}", self.service);
-        Box::pin(async move {
-            // An empty GetJwksRequest: flag 0, length 0.
-            let mut req = Req::new(body::full(Bytes::from_static(&[0, 0, 0, 0, 0])));
-            *req.method_mut() = http::Method::POST;
-            *req.uri_mut() = uri.parse().map_err(|e| format!("bad service name: {e}"))?;
-            *req.version_mut() = http::Version::HTTP_2;
-            let h = req.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/grpc"));
-            h.insert("te", HeaderValue::from_static("trailers"));
-            let timeout = Duration::from_millis(d::GATEWAY_JWKS_FETCH_TIMEOUT_MS);
-            if let Ok(v) = HeaderValue::from_str(&grpc::encode_timeout(timeout)) {
-                h.insert("grpc-timeout", v);
-            }
-            let call = async {
-                let rsp = outbound
-                    .oneshot(req)
-                    .await
-                    .map_err(|e| format!("GetJwks failed: {e}"))?;
-                read_unary(rsp).await
-            };
-            let msg = tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| "GetJwks timed out".to_string())??;
-            decode_get_jwks(&msg)
-        })
-    }
-}
-
-/// Reads a unary gRPC response: its single message, or the error status.
-async fn read_unary(rsp: http::Response<Body>) -> Result<Bytes, String> {
-    let (parts, body) = rsp.into_parts();
-    let failed = |code: grpc::Code, m: Option<&HeaderValue>| {
-        let m = m.and_then(|v| v.to_str().ok()).unwrap_or("");
-        format!("GetJwks answered {}: {m}", code.name())
-    };
-    if let Some(code) = grpc::status_of(&parts.headers) {
-        return Err(failed(code, parts.headers.get("grpc-message")));
-    }
-    if parts.status != http::StatusCode::OK {
-        return Err(format!("GetJwks answered HTTP {}", parts.status));
-    }
-    let collected = Limited::new(body, MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("GetJwks response failed: {e}"))?;
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    match grpc::status_of(&trailers) {
-        Some(grpc::Code::Ok) => {}
-        Some(code) => return Err(failed(code, trailers.get("grpc-message"))),
-        None => return Err("GetJwks response has no grpc-status".into()),
-    }
-    let mut data = collected.to_bytes();
-    if data.len() < 5 || data[0] != 0 {
-        return Err("GetJwks response is not one uncompressed message".into());
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    data.advance(5);
-    if data.len() < len {
-        return Err("GetJwks response message is truncated".into());
-    }
-    Ok(data.split_to(len))
-}
-
-/// Reads one protobuf varint.
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = buf.split_first()?;
-        *buf = rest;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// Calls `f(field, bytes)` for each length-delimited field; skips the others.
-fn fields(mut buf: &[u8], mut f: impl FnMut(u64, &[u8])) -> Result<(), String> {
-    let bad = || "GetJwks response is not valid protobuf".to_string();
-    while !buf.is_empty() {
-        let key = varint(&mut buf).ok_or_else(bad)?;
-        let skip = match key & 7 {
-            0 => {
-                varint(&mut buf).ok_or_else(bad)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = usize::try_from(varint(&mut buf).ok_or_else(bad)?).map_err(|_| bad())?;
-                let value = buf.get(..len).ok_or_else(bad)?;
-                f(key >> 3, value);
-                len
-            }
-            _ => return Err(bad()),
-        };
-        buf = buf.get(skip..).ok_or_else(bad)?;
-    }
-    Ok(())
-}
-
-/// `GetJwksResponse { repeated Jwk keys = 1; }` with `Jwk { kty=1 crv=2 kid=3 x=4 alg=5 use=6 }`.
-pub fn decode_get_jwks(msg: &[u8]) -> Result<Vec<Jwk>, String> {
-    let mut keys = Vec::new();
-    let mut err = None;
-    fields(msg, |n, value| {
-        if n != 1 {
-            return;
-        }
-        let mut jwk = Jwk::default();
-        let r = fields(value, |n, v| {
-            let s = String::from_utf8_lossy(v).into_owned();
-            match n {
-                1 => jwk.kty = s,
-                2 => jwk.crv = s,
-                3 => jwk.kid = s,
-                4 => jwk.x = s,
-                5 => jwk.alg = s,
-                6 => jwk.use_ = s,
-                _ => {}
-            }
-        });
-        match r {
-            Ok(()) => keys.push(jwk),
-            Err(e) => err = Some(e),
-        }
-    })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(keys),
-    }
-}
-
-/// A verification key from one JWK, if it is a usable Ed25519 signing key.
-fn decoding_key(jwk: &Jwk) -> Option<(String, DecodingKey)> {
-    if jwk.kid.is_empty() || jwk.kty != "OKP" || jwk.crv != "Ed25519" {
-        return None;
-    }
-    if !jwk.alg.is_empty() && jwk.alg != "EdDSA" {
-        return None;
-    }
-    if !jwk.use_.is_empty() && jwk.use_ != "sig" {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(jwk.x.trim_end_matches('='))
-        .ok()?;
-    // The verifier takes the raw 32-byte public key; anything else must stop here.
-    if raw.len() != 32 {
-        return None;
-    }
-    Some((jwk.kid.clone(), DecodingKey::from_ed_der(&raw)))
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-}
-
-#[derive(Default)]
-struct KeySet {
-    keys: HashMap<String, DecodingKey>,
-    last_attempt: Option<Instant>,
-    last_error: Option<String>,
-}
-
-/// Verifies access tokens; cheap to clone, shares its key cache.
+/// The gateway's outbound stack as a transport for the generated gRPC client.
 #[derive(Clone)]
-pub struct Verifier {
-    inner: Arc<Inner>,
-}
+struct Outbound(ListenerService);
 
-struct Inner {
-    source: Box<dyn JwksSource>,
-    validation: Validation,
-    min_refetch: Duration,
-    keys: Mutex<KeySet>,
-    fetch_lock: tokio::sync::Mutex<()>,
-}
+impl tower::Service<http::Request<tonic::body::Body>> for Outbound {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = TransportError;
+    type Future = BoxFuture<Result<Self::Response, TransportError>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Poll::Ready(Ok(()))
+    }
 
-/// The token of `Bearer <token>` (scheme case-insensitive).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-fn describe(kind: &ErrorKind) -> String {
-    match kind {
-        ErrorKind::ExpiredSignature => "access token expired".into(),
-        ErrorKind::InvalidSignature => "access token signature is invalid".into(),
-        ErrorKind::InvalidAudience => "access token audience is not accepted".into(),
-        ErrorKind::InvalidIssuer => "access token issuer is not accepted".into(),
-        ErrorKind::InvalidAlgorithm => "access token algorithm is not accepted".into(),
-        ErrorKind::MissingRequiredClaim(c) => format!("access token lacks the `{c}` claim"),
-        ErrorKind::ImmatureSignature => "access token is not valid yet".into(),
-        other => format!("invalid access token: {other:?}"),
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let outbound = self.0.clone();
+        let req = req.map(|b| b.map_err(|e| body::BodyError(Box::new(e))).boxed_unsync());
+        Box::pin(async move {
+            let rsp = outbound
+                .oneshot(req)
+                .await
+                .map_err(|e| TransportError(Box::new(e)))?;
+            Ok(rsp.map(tonic::body::Body::new))
+        })
     }
 }
 
-impl Verifier {
-    pub fn new(cfg: &AuthConfig, source: Box<dyn JwksSource>) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[cfg.issuer.as_str()]);
-        validation.set_audience(&[cfg.audience.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = cfg.leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        Self {
-            inner: Arc::new(Inner {
-                source,
-                validation,
-                min_refetch: Duration::from_millis(cfg.jwks_min_refetch_ms),
-                keys: Mutex::new(KeySet::default()),
-                fetch_lock: tokio::sync::Mutex::new(()),
-            }),
-        }
-    }
+/// The edge's verifiers: none configured means every credential is refused.
+pub struct EdgeAuth {
+    tokens: Option<TokenVerifier>,
+    api_keys: Option<ApiKeyVerifier>,
+}
 
-    /// Refreshes the key set every `every` (first at once) until the verifier is dropped.
-    pub fn spawn_refresh(&self, every: Option<Duration>) {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let v = Verifier { inner };
-                let _guard = v.inner.fetch_lock.lock().await;
-                if let Err(e) = v.fetch_locked().await {
-                    tracing::warn!(error = %e, "gateway: JWKS fetch failed");
-                }
-                drop(_guard);
-                drop(v);
-                match every {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => return,
-                }
-            }
+impl EdgeAuth {
+    /// Builds the verifiers for `[gateway.auth]` and starts the periodic key refresh, so call
+    /// it inside the runtime.
+    pub fn new(cfg: Option<&AuthConfig>, outbound: &ListenerService) -> Self {
+        let Some(cfg) = cfg else {
+            return Self {
+                tokens: None,
+                api_keys: None,
+            };
+        };
+        let timeout = Duration::from_millis(d::GATEWAY_JWKS_FETCH_TIMEOUT_MS);
+        let directory = cfg.jwks_service.as_ref().and_then(|service| {
+            let origin = format!("http://{service}").parse().ok()?;
+            let transport = GrpcTransport::new(Outbound(outbound.clone()));
+            Some(Arc::new(UserDirectory::over(transport, origin, timeout)))
         });
+        let source: Arc<dyn JwksSource> = match (&directory, &cfg.jwks_file) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(path)) => Arc::new(FileJwks(path.clone())),
+            // Validation requires one of the two; with neither, every token is refused.
+            (None, None) => Arc::new(FileJwks(std::path::PathBuf::new())),
+        };
+        let opts = VerifierOptions {
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: Duration::from_secs(cfg.leeway_s),
+            min_refetch: Duration::from_millis(cfg.jwks_min_refetch_ms),
+            ..VerifierOptions::default()
+        };
+        let tokens = TokenVerifier::new(source, &opts);
+        tokens.keys().spawn_refresh(
+            (cfg.jwks_refresh_ms > 0).then(|| Duration::from_millis(cfg.jwks_refresh_ms)),
+        );
+        let api_keys = directory.map(|dir| {
+            let opts = ApiKeyOptions {
+                positive_ttl: EDGE_API_KEY_POSITIVE_TTL,
+                negative_ttl: EDGE_API_KEY_NEGATIVE_TTL,
+                capacity: EDGE_API_KEY_CACHE_CAPACITY,
+            };
+            ApiKeyVerifier::new(dir, opts)
+        });
+        Self {
+            tokens: Some(tokens),
+            api_keys,
+        }
     }
 
-    /// The token's subject, once its signature, issuer, audience and times check out.
-    pub async fn verify(&self, token: &str) -> Result<String, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Invalid(format!("malformed access token: {e}")))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Invalid(format!(
-                "access token algorithm {:?} is not accepted; only EdDSA",
-                header.alg
-            )));
+    /// The caller behind `headers`; a bearer token wins over an API key when both are sent.
+    pub async fn authenticate(&self, h: &HeaderMap) -> Result<AuthenticatedPrincipal, AuthError> {
+        if let Some(value) = h.get(http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(tally_authn::bearer_token)
+                .ok_or(AuthError::Malformed)?;
+            let tokens = self
+                .tokens
+                .as_ref()
+                .ok_or(AuthError::NotConfigured("access tokens"))?;
+            let verified = tokens.verify(token).await?;
+            return Ok(AuthenticatedPrincipal {
+                user_id: verified.subject,
+                key_id: None,
+            });
         }
-        let kid = header
-            .kid
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| AuthError::Invalid("access token has no `kid` header".into()))?;
-        let key = self.key_for(&kid).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation)
-            .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("access token has an empty `sub`".into()));
+        if let Some(value) = h.get(API_KEY_HEADER) {
+            let secret = value
+                .to_str()
+                .map_err(|_| AuthError::Rejected(AuthnError::MalformedApiKey))?;
+            let api_keys = self
+                .api_keys
+                .as_ref()
+                .ok_or(AuthError::NotConfigured("API keys"))?;
+            let id = api_keys.verify(secret).await?;
+            return Ok(AuthenticatedPrincipal {
+                user_id: id.user_id,
+                key_id: Some(id.key_id),
+            });
         }
-        Ok(data.claims.sub)
-    }
-
-    async fn key_for(&self, kid: &str) -> Result<DecodingKey, AuthError> {
-        if let Some(k) = lock(&self.inner.keys).keys.get(kid) {
-            return Ok(k.clone());
-        }
-        let _guard = self.inner.fetch_lock.lock().await;
-        {
-            let keys = lock(&self.inner.keys);
-            if let Some(k) = keys.keys.get(kid) {
-                return Ok(k.clone());
-            }
-            let recent = keys
-                .last_attempt
-                .is_some_and(|at| at.elapsed() < self.inner.min_refetch);
-            if recent {
-                return Err(match &keys.last_error {
-                    Some(e) => AuthError::KeysUnavailable(e.clone()),
-                    None => AuthError::UnknownKey(kid.to_string()),
-                });
-            }
-        }
-        self.fetch_locked().await?;
-        lock(&self.inner.keys)
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| AuthError::UnknownKey(kid.to_string()))
-    }
-
-    /// Fetches and installs the key set; the caller holds `fetch_lock`.
-    async fn fetch_locked(&self) -> Result<usize, AuthError> {
-        let result = self.inner.source.fetch().await;
-        let mut keys = lock(&self.inner.keys);
-        keys.last_attempt = Some(Instant::now());
-        match result {
-            Ok(jwks) => {
-                let usable: HashMap<String, DecodingKey> =
-                    jwks.iter().filter_map(decoding_key).collect();
-                if usable.len() < jwks.len() {
-                    tracing::warn!(
-                        fetched = jwks.len(),
-                        usable = usable.len(),
-                        "gateway: ignored JWKs that are not Ed25519 signing keys"
-                    );
-                }
-                keys.keys = usable;
-                keys.last_error = None;
-                Ok(keys.keys.len())
-            }
-            Err(e) => {
-                keys.last_error = Some(e.clone());
-                Err(AuthError::KeysUnavailable(e))
-            }
-        }
+        Err(AuthError::Missing)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{BufMut, BytesMut};
+    use http_body_util::Full;
+    use prost::Message as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tally_api::user::v1 as pb;
 
-    fn pb_string(field: u8, s: &str) -> Vec<u8> {
-        let mut v = vec![(field << 3) | 2, s.len() as u8];
-        v.extend_from_slice(s.as_bytes());
-        v
+    /// A gRPC response with one message and `grpc-status: 0` in trailers.
+    fn grpc_ok(msg: &impl prost::Message) -> crate::Rsp {
+        let encoded = msg.encode_to_vec();
+        let mut frame = BytesMut::new();
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(encoded.len()).expect("small"));
+        frame.put_slice(&encoded);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = Full::new(frame.freeze())
+            .map_err(|n| match n {})
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .boxed_unsync();
+        let mut rsp = http::Response::new(body);
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        rsp
     }
 
-    #[test]
-    fn decodes_get_jwks_response() {
-        let mut jwk = Vec::new();
-        for (n, s) in [
-            (1, "OKP"),
-            (2, "Ed25519"),
-            (3, "k1"),
-            (4, "abc"),
-            (5, "EdDSA"),
-            (6, "sig"),
-        ] {
-            jwk.extend(pb_string(n, s));
+    /// An outbound stack that plays the user service: one API key, no signing keys.
+    fn fake_outbound(calls: Arc<AtomicUsize>) -> ListenerService {
+        ListenerService::new(tower::service_fn(move |req: crate::Req| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(req.uri().authority().map(|a| a.as_str()), Some("user"));
+                let path = req.uri().path().to_string();
+                let bytes = req.into_body().collect().await.expect("body").to_bytes();
+                let rsp = match path.as_str() {
+                    "/tally.user.v1.UserService/GetJwks" => {
+                        grpc_ok(&pb::GetJwksResponse::default())
+                    }
+                    "/tally.user.v1.UserService/VerifyApiKey" => {
+                        let req =
+                            pb::VerifyApiKeyRequest::decode(bytes.slice(5..)).expect("decode");
+                        if req.secret == "tk_real" {
+                            grpc_ok(&pb::VerifyApiKeyResponse {
+                                user_id: "u-1".into(),
+                                key_id: "key-1".into(),
+                                scopes: vec![],
+                            })
+                        } else {
+                            grpc::trailers_only(grpc::Code::Unauthenticated, "unknown key")
+                        }
+                    }
+                    _ => grpc::trailers_only(grpc::Code::Unimplemented, "no"),
+                };
+                Ok::<_, crate::error::respond::ResetStream>(rsp)
+            }
+        }))
+    }
+
+    fn config() -> AuthConfig {
+        toml::from_str("jwks_service = \"user\"\njwks_refresh_ms = 0\n").expect("config")
+    }
+
+    fn with_key(secret: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(API_KEY_HEADER, secret.parse().expect("ascii"));
+        h
+    }
+
+    #[tokio::test]
+    async fn api_keys_are_verified_through_the_outbound_stack_and_cached() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let auth = EdgeAuth::new(Some(&config()), &fake_outbound(calls.clone()));
+        // The initial key refresh may or may not have run yet; count from here.
+        tokio::task::yield_now().await;
+        auth.tokens
+            .as_ref()
+            .expect("tokens")
+            .keys()
+            .refresh()
+            .await
+            .expect("jwks");
+        let base = calls.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let p = auth
+                .authenticate(&with_key("tk_real"))
+                .await
+                .expect("real key");
+            assert_eq!(p.user_id, "u-1");
+            assert_eq!(p.key_id.as_deref(), Some("key-1"));
+            assert_eq!(p.rate_limit_key(), "key:key-1");
         }
-        let mut msg = vec![0x0a, jwk.len() as u8];
-        msg.extend(&jwk);
-        msg.extend(pb_string(2, "{\"keys\":[]}"));
-        let keys = decode_get_jwks(&msg).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].kid, "k1");
-        assert_eq!(keys[0].use_, "sig");
-        assert!(decode_get_jwks(&[0x0a, 0x05, 0x01]).is_err());
-        assert!(decode_get_jwks(&[]).unwrap().is_empty());
+        for _ in 0..3 {
+            let e = auth
+                .authenticate(&with_key("tk_made_up"))
+                .await
+                .expect_err("made up");
+            assert_eq!(e.code(), grpc::Code::Unauthenticated);
+            assert_eq!(e.reason(), "invalid-api-key");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst) - base,
+            2,
+            "one call per key, then cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn credentials_are_required_and_unconfigured_kinds_refused() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let none = EdgeAuth::new(None, &fake_outbound(calls.clone()));
+        let e = none
+            .authenticate(&with_key("tk_real"))
+            .await
+            .expect_err("no config");
+        assert_eq!(e.reason(), "not-configured");
+        let e = none
+            .authenticate(&HeaderMap::new())
+            .await
+            .expect_err("missing");
+        assert_eq!(e.reason(), "missing");
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Basic abc".parse().expect("ascii"),
+        );
+        let e = none.authenticate(&h).await.expect_err("basic");
+        assert_eq!(e.reason(), "malformed");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 
     #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-    }
-
-    #[test]
-    fn only_ed25519_keys_are_usable() {
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
-        let good = Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            kid: "k".into(),
-            x: x.clone(),
-            ..Default::default()
+    fn unavailable_errors_do_not_leak_details_to_browsers() {
+        let e = AuthError::from(AuthnError::ApiKeysUnavailable(
+            "breaker open for spiffe://tally/ns/tally/sa/user at 10.0.0.7:4143".into(),
+        ));
+        assert_eq!(e.code(), grpc::Code::Unavailable);
+        assert!(!e.to_string().contains("spiffe"), "{e}");
+        let p = AuthenticatedPrincipal {
+            user_id: "u-9".into(),
+            key_id: None,
         };
-        assert!(decoding_key(&good).is_some());
-        let short = Jwk {
-            x: "AAAA".into(),
-            ..good.clone()
-        };
-        assert!(decoding_key(&short).is_none());
-        let rsa = Jwk {
-            kty: "RSA".into(),
-            ..good
-        };
-        assert!(decoding_key(&rsa).is_none());
+        assert_eq!(p.rate_limit_key(), "sub:u-9");
     }
 }

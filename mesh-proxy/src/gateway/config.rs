@@ -126,7 +126,8 @@ impl Default for CorsConfig {
 pub enum Access {
     /// No credentials needed (sign-up, login, public keys).
     Public,
-    /// A valid access token, or an `x-api-key` the service itself verifies.
+    /// A valid access token, or an `x-api-key` the user service confirms (then the service
+    /// checks the key's scopes).
     Authenticated,
 }
 
@@ -153,7 +154,8 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` / `nbf`.
     #[serde(default = "leeway")]
     pub leeway_s: u64,
-    /// Fetch keys with `tally.user.v1.UserService/GetJwks` through `[services.<this>]`.
+    /// Fetch keys with `tally.user.v1.UserService/GetJwks`, and verify API keys with
+    /// `VerifyApiKey`, through `[services.<this>]` (without it, API keys are refused).
     #[serde(default)]
     pub jwks_service: Option<String>,
     /// Or read a JWKS JSON document (RFC 7517) from this file.

@@ -66,10 +66,6 @@ impl GatewayError {
     fn public_message(&self) -> String {
         match self {
             GatewayError::Proxy(p) => respond::public_message(p.reason()).to_string(),
-            GatewayError::Auth(a @ AuthError::KeysUnavailable(_)) => {
-                tracing::warn!(error = %a, "access token not checked: signing keys unavailable");
-                "cannot check the access token now".to_string()
-            }
             _ => self.to_string(),
         }
     }

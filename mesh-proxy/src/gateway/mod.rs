@@ -23,32 +23,16 @@ use crate::metrics::Metrics;
 use config::GatewayConfig;
 pub use service::Gateway;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Gateway {
     /// Builds the gateway over `outbound` (the same stack the outbound listener serves).
     /// Starts the JWKS refresh, so call it inside the runtime.
     pub fn new(cfg: &GatewayConfig, outbound: ListenerService, metrics: Arc<Metrics>) -> Self {
-        let verifier = cfg.auth.as_ref().map(|a| {
-            let source: Box<dyn auth::JwksSource> = match (&a.jwks_service, &a.jwks_file) {
-                (Some(service), _) => Box::new(auth::ServiceJwks {
-                    outbound: outbound.clone(),
-                    service: service.clone(),
-                }),
-                (None, Some(path)) => Box::new(auth::FileJwks(path.clone())),
-                // Validation requires one of the two; with neither, every token is refused.
-                (None, None) => Box::new(auth::FileJwks(std::path::PathBuf::new())),
-            };
-            let v = auth::Verifier::new(a, source);
-            v.spawn_refresh(
-                (a.jwks_refresh_ms > 0).then(|| Duration::from_millis(a.jwks_refresh_ms)),
-            );
-            v
-        });
+        let auth = auth::EdgeAuth::new(cfg.auth.as_ref(), &outbound);
         Gateway::from_parts(service::Inner {
             outbound,
             routes: routes::RouteTable::new(&cfg.routes),
-            verifier,
+            auth,
             limiter: ratelimit::RateLimiter::new(&cfg.rate_limit),
             cors: cors::Cors::new(&cfg.cors),
             metrics,

@@ -5,7 +5,7 @@
 //! mTLS) → translate the response → CORS headers. Each step lives in its own module; this
 //! file only puts them in order.
 
-use super::auth::{self, AuthError, Verifier};
+use super::auth::{AuthError, AuthenticatedPrincipal, EdgeAuth};
 use super::config::Access;
 use super::config::Bounds;
 use super::cors::Cors;
@@ -42,19 +42,12 @@ pub struct Gateway {
 pub(super) struct Inner {
     pub outbound: ListenerService,
     pub routes: RouteTable,
-    pub verifier: Option<Verifier>,
+    pub auth: EdgeAuth,
     pub limiter: RateLimiter,
     pub cors: Cors,
     pub metrics: Arc<Metrics>,
     pub bounds: Bounds,
     pub trusted_proxies: Vec<IpAddr>,
-}
-
-/// The principal a call is rate limited as. Today that is the subject of a verified access
-/// token (API keys are not verified at the edge yet, so their calls count per IP); when
-/// `auth` hands over an authenticated principal (user or API key id), derive it here.
-fn principal_of(verified_subject: Option<String>) -> Option<String> {
-    verified_subject.map(|sub| format!("user:{sub}"))
 }
 
 /// The rate-limit bucket of a call: its principal's, else its IP's.
@@ -170,17 +163,8 @@ impl Gateway {
         let principal = match route.access {
             Access::Public => None,
             Access::Authenticated => match self.authenticate(req.headers()).await {
-                Ok(subject) => principal_of(subject),
+                Ok(p) => Some(p),
                 Err(e) => {
-                    if let GatewayError::Auth(a) = &e {
-                        inner
-                            .metrics
-                            .gateway_auth_failures
-                            .get_or_create(&ReasonLabels {
-                                reason: a.reason().into(),
-                            })
-                            .inc();
-                    }
                     // Failed attempts spend the caller's IP bucket, so guessing is limited too.
                     let key = bucket_key(None, ip);
                     self.limited(inner.limiter.check_client(&key, Instant::now()))?;
@@ -188,7 +172,13 @@ impl Gateway {
                 }
             },
         };
-        let key = bucket_key(principal.as_deref(), ip);
+        let key = bucket_key(
+            principal
+                .as_ref()
+                .map(AuthenticatedPrincipal::rate_limit_key)
+                .as_deref(),
+            ip,
+        );
         self.limited(inner.limiter.check(&key, Instant::now()))?;
         let mut req = grpc_web::to_grpc_request(req, protocol, &inner.bounds)
             .await
@@ -213,32 +203,37 @@ impl Gateway {
             h.remove(name);
         }
         // Internal headers (caller identity, faults, overrides) went in `edge::sanitize`.
+        // The services behind see the client address the gateway vouches for, never one the
+        // caller wrote (per-account login throttling keys on it).
+        h.remove("x-forwarded-for");
+        if let Ok(v) = http::HeaderValue::from_str(&ip.to_string()) {
+            h.insert("x-forwarded-for", v);
+        }
+        if let Some(p) = principal {
+            req.extensions_mut().insert(p);
+        }
         Ok(req)
     }
 
-    /// `Some(subject)` for a valid access token; `None` when an API key goes on to the service.
-    async fn authenticate(&self, h: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
-        let Some(value) = h.get(header::AUTHORIZATION) else {
-            if h.contains_key(auth::API_KEY_HEADER) {
-                return Ok(None);
-            }
-            return Err(GatewayError::Auth(AuthError::Missing));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(auth::bearer_token)
-            .ok_or(GatewayError::Auth(AuthError::Malformed))?;
-        let Some(verifier) = &self.inner.verifier else {
-            return Err(GatewayError::Auth(AuthError::KeysUnavailable(
-                "no [gateway.auth] configured".into(),
-            )));
-        };
-        verifier
-            .verify(token)
+    /// The caller's principal (access token or API key, both verified), counting failures.
+    async fn authenticate(
+        &self,
+        h: &http::HeaderMap,
+    ) -> Result<AuthenticatedPrincipal, GatewayError> {
+        self.inner
+            .auth
+            .authenticate(h)
             .await
-            .map(Some)
-            .map_err(GatewayError::Auth)
+            .map_err(|e: AuthError| {
+                self.inner
+                    .metrics
+                    .gateway_auth_failures
+                    .get_or_create(&ReasonLabels {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                GatewayError::Auth(e)
+            })
     }
 
     fn limited(&self, r: Result<(), super::ratelimit::Limited>) -> Result<(), GatewayError> {
@@ -297,14 +292,19 @@ mod tests {
     #[test]
     fn principals_and_ips_never_share_a_bucket() {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        let alice = principal_of(Some("alice".into()));
-        assert_eq!(bucket_key(alice.as_deref(), ip), "principal:user:alice");
-        assert_eq!(
-            bucket_key(principal_of(None).as_deref(), ip),
-            "ip:203.0.113.7"
-        );
+        let alice = AuthenticatedPrincipal {
+            user_id: "alice".into(),
+            key_id: None,
+        }
+        .rate_limit_key();
+        assert_eq!(bucket_key(Some(&alice), ip), "principal:sub:alice");
+        assert_eq!(bucket_key(None, ip), "ip:203.0.113.7");
         // A subject that looks like an IP is still a principal.
-        let odd = principal_of(Some("203.0.113.7".into()));
-        assert_ne!(bucket_key(odd.as_deref(), ip), bucket_key(None, ip));
+        let odd = AuthenticatedPrincipal {
+            user_id: "203.0.113.7".into(),
+            key_id: None,
+        }
+        .rate_limit_key();
+        assert_ne!(bucket_key(Some(&odd), ip), bucket_key(None, ip));
     }
 }

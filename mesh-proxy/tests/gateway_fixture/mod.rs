@@ -135,6 +135,26 @@ fn not_grpc(
     rsp
 }
 
+/// The one API key the fake user service knows.
+pub const TEST_API_KEY: &str = "tk_test_secret";
+
+/// `UserService/VerifyApiKey`: knows [`TEST_API_KEY`], refuses everything else.
+pub fn verify_api_key(req: tonic::Request<Bytes>) -> Result<tonic::Response<Bytes>, Status> {
+    use prost::Message as _;
+    use tally_api::user::v1 as pb;
+    let req = pb::VerifyApiKeyRequest::decode(req.into_inner())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if req.secret != TEST_API_KEY {
+        return Err(Status::unauthenticated("API key is unknown or revoked"));
+    }
+    let rsp = pb::VerifyApiKeyResponse {
+        user_id: "u-key-owner".into(),
+        key_id: "key-test".into(),
+        scopes: vec!["polls:read".into()],
+    };
+    Ok(tonic::Response::new(rsp.encode_to_vec().into()))
+}
+
 pub fn fail(_req: tonic::Request<Bytes>) -> Result<tonic::Response<Bytes>, Status> {
     let mut md = tonic::metadata::MetadataMap::new();
     md.insert(
@@ -267,6 +287,7 @@ where
         "/tally.poll.v1.PollService/Http404Empty" => not_grpc(404, "text/plain", b""),
         "/tally.poll.v1.PollService/Http400Grpc" => not_grpc(400, "application/grpc", b"bad"),
         "/tally.user.v1.UserService/Login" => grpc.unary(unary(echo), req).await,
+        "/tally.user.v1.UserService/VerifyApiKey" => grpc.unary(unary(verify_api_key), req).await,
         "/tally.user.v1.UserService/GetJwks" => {
             struct Jwks(Arc<Bytes>);
             impl tonic::server::UnaryService<Bytes> for Jwks {
@@ -461,6 +482,8 @@ pub struct Extra {
     pub polling_inbound: &'static str,
     /// Tables after the gateway's `[services.polling]` (e.g. `[services.polling.faults]`).
     pub polling_service: &'static str,
+    /// What the `user` sidecar fronts instead of the test app (e.g. a real `tally-user`).
+    pub user_app: Option<String>,
 }
 
 pub struct Fixture {
@@ -501,6 +524,21 @@ impl Fixture {
         Self::start_opts(key, app, rate_limit, auth_and_tls, &Extra::default()).await
     }
 
+    /// As `start_with`, with the `user` sidecar in front of `user_app` instead of the app.
+    pub async fn start_with_user(
+        key: SigningKey,
+        app: App,
+        user_app: &str,
+        rate_limit: &str,
+        auth_and_tls: &str,
+    ) -> Fixture {
+        let extra = Extra {
+            user_app: Some(user_app.to_string()),
+            ..Extra::default()
+        };
+        Self::start_opts(key, app, rate_limit, auth_and_tls, &extra).await
+    }
+
     /// A fixture with the default key and app, and `extra` config.
     pub async fn start_extra(rate_limit: &str, extra: &Extra) -> Fixture {
         let key = signing_key("test-key-1");
@@ -530,10 +568,14 @@ impl Fixture {
             } else {
                 ""
             };
+            let local_app = match (service, &extra.user_app) {
+                ("user", Some(user_app)) => user_app.clone(),
+                _ => app.addr.to_string(),
+            };
             let cfg = format!(
                 "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[inbound]\nlisten = \"127.0.0.1:0\"\nlocal_app = \"{}\"\n{inbound_extra}\n",
                 id.toml(),
-                app.addr
+                local_app
             );
             let p = Proxy::start(&cfg).await;
             endpoints.push(p.inbound.unwrap());

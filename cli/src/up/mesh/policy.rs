@@ -24,9 +24,9 @@ pub struct Grant {
 /// port, not on the mesh, except the one health check billing makes.
 pub const POLICY: &[Grant] = &[
     // Token verification: the JWKS and API-key lookups, nothing else. The
-    // gateway checks tokens too (GetJwks). A method rule is more specific
-    // than the gateway's service-wide grant below, so `VerifyApiKey` stays
-    // closed to it: API keys are resolved by the services.
+    // gateway verifies tokens and API keys at the edge too. (A method rule is
+    // more specific than the gateway's service-wide grant below, so the
+    // gateway must be named here.)
     Grant {
         target: "user",
         grpc_service: "tally.user.v1.UserService",
@@ -37,7 +37,7 @@ pub const POLICY: &[Grant] = &[
         target: "user",
         grpc_service: "tally.user.v1.UserService",
         methods: &["VerifyApiKey"],
-        callers: &["polling", "notification", "analytics", "billing"],
+        callers: &["polling", "notification", "analytics", "billing", "gateway"],
     },
     // Polling's event feed: its two consumers.
     Grant {
@@ -215,7 +215,8 @@ mod tests {
         assert!(!rules[0].allow.contains(&spiffe_id("payment")));
         assert!(rules[0].allow.contains(&spiffe_id("gateway")));
         assert_eq!(rules[1].method.as_deref(), Some("VerifyApiKey"));
-        assert!(!rules[1].allow.contains(&spiffe_id("gateway")));
+        assert!(rules[1].allow.contains(&spiffe_id("gateway")));
+        assert!(!rules[1].allow.contains(&spiffe_id("payment")));
         assert_eq!(
             rules[2],
             AuthzRule {
@@ -296,11 +297,18 @@ mod tests {
                 .is_err()
         );
         let gw = Some(spiffe_id("gateway"));
-        // The gateway fetches the keys, but API keys are the services' job.
+        // The gateway fetches the keys and verifies API keys at the edge.
         assert!(user.check(jwks, gw.as_deref()).is_ok());
         assert!(
             user.check("/tally.user.v1.UserService/VerifyApiKey", gw.as_deref())
-                .is_err()
+                .is_ok()
+        );
+        assert!(
+            user.check(
+                "/tally.user.v1.UserService/VerifyApiKey",
+                Some(&spiffe_id("payment"))
+            )
+            .is_err()
         );
         assert!(
             user.check("/tally.user.v1.UserService/Login", gw.as_deref())
@@ -346,7 +354,7 @@ mod tests {
         assert_eq!(
             lines[0],
             "user: UserService/GetJwks <- polling, notification, analytics, billing, gateway; \
-             UserService/VerifyApiKey <- polling, notification, analytics, billing; \
+             UserService/VerifyApiKey <- polling, notification, analytics, billing, gateway; \
              UserService <- gateway"
         );
         assert_eq!(lines[1], "analytics: AnalyticsService <- gateway");

@@ -7,10 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The `iss` claim of every access token.
-pub const ISSUER: &str = "tally-user";
-/// The `aud` claim of every access token.
-pub const AUDIENCE: &str = "tally";
+/// The `iss` and `aud` claims of every access token, defined once in `tally-authn` where
+/// every verifier reads them.
+pub use tally_authn::{AUDIENCE, ISSUER};
 /// JWS algorithm name.
 pub const ALG: &str = "EdDSA";
 
