@@ -60,7 +60,7 @@ fn status(e: QueryError) -> Status {
         QueryError::NotFound(m) => Status::not_found(m),
         QueryError::Store(s) => {
             tracing::error!(error = %s, "storage failure");
-            s.into()
+            tally_chassis::status::store(s)
         }
     }
 }

@@ -164,8 +164,21 @@ pub struct ServerSettings {
     pub drain_timeout_secs: u64,
 }
 
+/// Default of `server.drain_timeout_secs`.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+
 fn default_drain_secs() -> u64 {
-    10
+    DEFAULT_DRAIN_TIMEOUT_SECS
+}
+
+impl ServerSettings {
+    /// Settings listening on `listen_addr` with the default drain timeout.
+    pub fn on(listen_addr: SocketAddr) -> Self {
+        Self {
+            listen_addr,
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// Which storage adapter backs the service, chosen by config.

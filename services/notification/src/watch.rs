@@ -71,7 +71,7 @@ fn poll_response(u: &Update, snapshot: bool, resume_unavailable: bool) -> pb::Wa
 
 fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "storage failure while serving a watch");
-    e.into()
+    tally_chassis::status::store(e)
 }
 
 /// What happened to a live send.

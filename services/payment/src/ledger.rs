@@ -35,7 +35,7 @@ impl From<LedgerError> for tonic::Status {
     fn from(e: LedgerError) -> Self {
         let msg = e.to_string();
         match e {
-            LedgerError::Store(s) => s.into(),
+            LedgerError::Store(s) => tally_chassis::status::store(s),
             LedgerError::Rule(PaymentError::Invalid { .. }) => tonic::Status::invalid_argument(msg),
             LedgerError::Rule(_) => tonic::Status::failed_precondition(msg),
             LedgerError::NotFound(_) => tonic::Status::not_found(msg),

@@ -108,7 +108,7 @@ fn status(e: PollingError) -> Status {
         PollingError::Contention(_) => Status::aborted(e.to_string()),
         PollingError::Store(s) => {
             tracing::error!(error = %s, "storage failure");
-            s.into()
+            tally_chassis::status::store(s)
         }
     }
 }
