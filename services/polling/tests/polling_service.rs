@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{Stack, api_key, bearer, create_req, expect_code};
 use tally_api::poll::v1 as pb;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
-use tally_polling::repository::PollRepository;
+use tally_polling::store::PollRepository;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
