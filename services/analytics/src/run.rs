@@ -39,7 +39,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = tally_chassis::storage::open(&cfg.storage).await?;
     let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.analytics.auth_options());
+    let auth = Authenticator::new(user_channel, cfg.auth.options());
 
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
     hub.set_dependency("storage", false).await;
@@ -63,7 +63,7 @@ pub async fn run(
         Arc::new(projector),
         store.clone(),
         source,
-        cfg.analytics.retry_policy(),
+        cfg.retry.policy(),
     );
     consumer.spawn();
     if cfg.analytics.health_max_lag > 0 {

@@ -40,7 +40,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = tally_chassis::storage::open(&cfg.storage).await?;
     let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.notification.auth_options());
+    let auth = Authenticator::new(user_channel, cfg.auth.options());
 
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
     hub.set_dependency("storage", false).await;
@@ -65,7 +65,7 @@ pub async fn run(
         Arc::new(projector),
         store.clone(),
         source,
-        cfg.notification.retry_policy(),
+        cfg.retry.policy(),
     );
     consumer.spawn();
     if cfg.notification.health_max_lag > 0 {

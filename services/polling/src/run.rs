@@ -36,7 +36,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = tally_chassis::storage::open(&cfg.storage).await?;
     let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.polling.auth_options());
+    let auth = Authenticator::new(user_channel, cfg.auth.options());
 
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
     // Not serving until the first probes say otherwise.

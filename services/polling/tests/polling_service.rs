@@ -407,7 +407,7 @@ fn forge_token(kid: &str, sub: &str) -> String {
 #[tokio::test]
 async fn credentials_and_scopes() {
     // No API key cache, so a revoked key is refused at once.
-    let stack = Stack::start("[polling]\napi_key_cache_ttl_secs = 0\n").await;
+    let stack = Stack::start("[auth]\napi_key_cache_ttl_secs = 0\n").await;
     let (alice_id, alice) = stack.account("alice@example.com").await;
     let mut polls = stack.polls().await;
     let poll = create(&mut polls, &alice, create_req("Scoped?", 2)).await;

@@ -4,6 +4,10 @@
 //! Errors name the file, the key and the fix, so a bad deploy fails loudly at
 //! start instead of misbehaving later.
 
+mod shared;
+
+pub use shared::{AuthSettings, RetrySettings};
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
