@@ -775,7 +775,7 @@ async fn concurrent_votes_are_exact_and_survive_restart() {
     // Stop polling and read its store directly: the projection equals the
     // counts recomputed from the vote log, and the outbox holds one event per
     // change with dense per-poll sequences.
-    stack.polling.stop();
+    stack.polling.stop().await;
     {
         let store = tally_chassis::storage::embedded::EmbeddedStore::open(&stack.polling_db_path())
             .await
@@ -819,7 +819,7 @@ async fn concurrent_votes_are_exact_and_survive_restart() {
 async fn health_follows_the_user_service() {
     let mut stack = Stack::start("[polling]\nhealth_interval_secs = 1\n").await;
     let (_, alice) = stack.account("alice@example.com").await;
-    stack.user.stop();
+    stack.user.stop().await;
     stack.polling.wait_health(ServingStatus::NotServing).await;
     // Tokens whose key is already cached still verify locally.
     let mut polls = stack.polls().await;

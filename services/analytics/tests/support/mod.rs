@@ -182,7 +182,10 @@ impl Stack {
             .prefix("tally-events-")
             .tempdir()
             .expect("temp dir");
-        let redis = opts.redis.then(RedisServer::start);
+        let redis = match opts.redis {
+            true => Some(RedisServer::start().await),
+            false => None,
+        };
         let events = match &redis {
             Some(r) => format!(
                 "[events]\ntransport = \"redis\"\nurl = \"{}\"\nclaim_idle_ms = 2000\nblock_ms = 200\n\n",
