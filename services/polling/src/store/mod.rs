@@ -29,7 +29,8 @@
 //! the outbox. A lost race (ConditionFailed) re-reads and retries a bounded
 //! number of times, then gives up with ABORTED. Within one process, writes to
 //! the same poll can also queue on a striped lock first, so they do not race
-//! at all; the guard still keeps several processes correct.//!
+//! at all; the guard still keeps several processes correct.
+//!
 //! [`votes`] holds the writes that race on one poll (votes and close) and
 //! the vote log; this module holds the tables, creation and reads.
 

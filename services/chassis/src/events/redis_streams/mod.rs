@@ -20,7 +20,8 @@
 //! * Retention: `XADD MAXLEN ~ max_len` (default 100 000 entries per producer).
 //!   A consumer that falls further behind than that loses the trimmed entries
 //!   on this transport (they stay in the producer's outbox; replay through the
-//!   embedded feed recovers them). Size `max_len` for the longest outage to ride out.//!
+//!   embedded feed recovers them). Size `max_len` for the longest outage to ride out.
+//!
 //! [`publisher`] writes entries (for the relay); [`source`] reads them through
 //! consumer groups; this module holds the settings and the entry-id mapping.
 
