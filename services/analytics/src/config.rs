@@ -95,13 +95,10 @@ impl Default for AnalyticsSettings {
 impl Config {
     /// This replica's instance name (see [`AnalyticsSettings::instance`]).
     pub fn instance(&self) -> String {
-        self.analytics.instance.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.trim().is_empty())
-                .unwrap_or_else(|| "local".to_string());
-            format!("{host}-{}", self.server.listen_addr.port())
-        })
+        tally_chassis::config::instance_name(
+            self.analytics.instance.as_deref(),
+            self.server.listen_addr.port(),
+        )
     }
 
     /// The consumer's name: `analytics-<instance>`.
@@ -113,13 +110,7 @@ impl Config {
     /// this instance (stable across restarts, so a restarted replica takes
     /// back its own pending entries at once).
     pub fn event_bus(&self) -> EventBusSettings {
-        let mut bus = self.events.clone();
-        if let EventBusSettings::Redis(redis) = &mut bus
-            && redis.instance.is_none()
-        {
-            redis.instance = Some(self.instance());
-        }
-        bus
+        self.events.with_instance(&self.instance())
     }
 }
 
@@ -151,18 +142,10 @@ impl Validate for Config {
         out.extend(self.auth.issues("auth"));
         out.extend(self.retry.issues("retry"));
         let a = &self.analytics;
-        if let Some(instance) = &a.instance
-            && (instance.is_empty()
-                || !instance
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        {
-            out.push(Issue::new(
-                "analytics.instance",
-                format!("`{instance}` is not a plain name"),
-                "use letters, digits, `-`, `_` and `.`, e.g. `analytics-1`",
-            ));
-        }
+        out.extend(tally_chassis::config::instance_issues(
+            "analytics.instance",
+            a.instance.as_deref(),
+        ));
         if a.max_page_size == 0 || a.max_page_size > 10_000 {
             out.push(Issue::new(
                 "analytics.max_page_size",

@@ -96,13 +96,10 @@ impl Default for NotificationSettings {
 impl Config {
     /// This replica's instance name (see [`NotificationSettings::instance`]).
     pub fn instance(&self) -> String {
-        self.notification.instance.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.trim().is_empty())
-                .unwrap_or_else(|| "local".to_string());
-            format!("{host}-{}", self.server.listen_addr.port())
-        })
+        tally_chassis::config::instance_name(
+            self.notification.instance.as_deref(),
+            self.server.listen_addr.port(),
+        )
     }
 
     /// The consumer's name: `notification-<instance>`.
@@ -114,13 +111,7 @@ impl Config {
     /// this instance (stable across restarts, so a restarted replica takes
     /// back its own pending entries at once).
     pub fn event_bus(&self) -> EventBusSettings {
-        let mut bus = self.events.clone();
-        if let EventBusSettings::Redis(redis) = &mut bus
-            && redis.instance.is_none()
-        {
-            redis.instance = Some(self.instance());
-        }
-        bus
+        self.events.with_instance(&self.instance())
     }
 }
 
@@ -152,18 +143,10 @@ impl Validate for Config {
         out.extend(self.auth.issues("auth"));
         out.extend(self.retry.issues("retry"));
         let a = &self.notification;
-        if let Some(instance) = &a.instance
-            && (instance.is_empty()
-                || !instance
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        {
-            out.push(Issue::new(
-                "notification.instance",
-                format!("`{instance}` is not a plain name"),
-                "use letters, digits, `-`, `_` and `.`, e.g. `notification-1`",
-            ));
-        }
+        out.extend(tally_chassis::config::instance_issues(
+            "notification.instance",
+            a.instance.as_deref(),
+        ));
         if a.log_capacity == 0 || a.log_capacity > 1_000_000 {
             out.push(Issue::new(
                 "notification.log_capacity",

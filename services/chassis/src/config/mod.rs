@@ -6,7 +6,7 @@
 
 mod shared;
 
-pub use shared::{AuthSettings, RetrySettings};
+pub use shared::{AuthSettings, RetrySettings, instance_issues, instance_name};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

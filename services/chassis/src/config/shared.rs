@@ -144,6 +144,41 @@ impl RetrySettings {
     }
 }
 
+/// A consuming replica's instance name: `configured`, else `$HOSTNAME` (or
+/// `local`) and the listen port. It names the replica's consumer, so
+/// replicas never share one, and it must stay stable across restarts.
+pub fn instance_name(configured: Option<&str>, listen_port: u16) -> String {
+    match configured {
+        Some(name) => name.to_string(),
+        None => {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+                .unwrap_or_else(|| "local".to_string());
+            format!("{host}-{listen_port}")
+        }
+    }
+}
+
+/// Checks a configured instance name (`key`) is a plain name.
+pub fn instance_issues(key: &str, configured: Option<&str>) -> Vec<Issue> {
+    match configured {
+        Some(name)
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            vec![Issue::new(
+                key,
+                format!("`{name}` is not a plain name"),
+                "use letters, digits, `-`, `_` and `.`, e.g. `replica-1`",
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +251,17 @@ mod tests {
             err.to_string().contains("unknown field `attempts`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn instance_names_are_plain_and_default_to_host_and_port() {
+        assert_eq!(instance_name(Some("a1"), 1), "a1");
+        assert!(instance_name(None, 50054).ends_with("-50054"));
+        assert!(instance_issues("x.instance", Some("a1")).is_empty());
+        assert!(instance_issues("x.instance", None).is_empty());
+        let issues = instance_issues("x.instance", Some("a b"));
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].key, "x.instance");
     }
 
     #[test]
