@@ -33,7 +33,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, tally_sdk::Error>) -> Code {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_through_the_sdk() {
     // A short API-key cache so the revocation check below is quick.
-    let platform = Platform::start_with("", "[polling]\napi_key_cache_ttl_secs = 1\n").await;
+    let platform = Platform::start_with("", "[auth]\napi_key_cache_ttl_secs = 1\n").await;
     let client = Client::connect(&platform.user_uri(), &platform.poll_uri())
         .await
         .expect("connect");

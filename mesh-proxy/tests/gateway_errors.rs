@@ -56,7 +56,9 @@ async fn a_denied_call_names_no_identity_at_the_edge() {
     assert!(!message.contains("spiffe"), "{message}");
     // The gateway issued its own request id (the caller is not a trusted proxy), and the
     // message names that one, the id its logs carry.
-    let id = r.header("x-request-id").expect("the gateway returns its request id");
+    let id = r
+        .header("x-request-id")
+        .expect("the gateway returns its request id");
     assert_ne!(id, "req-7");
     assert_eq!(message, format!("call not allowed (request id {id})"));
 }

@@ -2,8 +2,8 @@
 //! (`polls:read`), validates the request, asks [`Queries`] and maps errors to
 //! gRPC statuses. No rule lives here.
 
+use crate::app::{Queries, QueryError};
 use crate::domain::{DomainError, Millis, timestamp};
-use crate::queries::{Queries, QueryError};
 use tally_api::analytics::v1 as pb;
 use tally_api::analytics::v1::analytics_service_server::AnalyticsService;
 use tally_chassis::auth::{Authenticator, Caller, SCOPE_POLLS_READ};
@@ -60,7 +60,7 @@ fn status(e: QueryError) -> Status {
         QueryError::NotFound(m) => Status::not_found(m),
         QueryError::Store(s) => {
             tracing::error!(error = %s, "storage failure");
-            s.into()
+            tally_chassis::status::store(s)
         }
     }
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tally_analytics::config::{Config, ENV_PREFIX};
 
 /// Read models built from polling events (`tally.analytics.v1.AnalyticsService`).
 #[derive(Debug, Parser)]
@@ -13,30 +14,24 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match tally_chassis::bootstrap::start(
+    let config = match tally_chassis::bootstrap::start(
         "tally-analytics",
         "analytics",
         args.config.as_deref(),
-        tally_analytics::config::ENV_PREFIX,
-        |cfg: &tally_analytics::config::Config| &cfg.telemetry,
+        ENV_PREFIX,
+        |cfg: &Config| &cfg.telemetry,
     ) {
-        Ok(cfg) => cfg,
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tally-analytics: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(tally_analytics::app::run(cfg)) {
+    match tally_analytics::run::run(config, tally_chassis::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tally-analytics stopped with an error");
-            eprintln!("tally-analytics: {e:#}");
+            tracing::error!(error = %e, "tally-analytics stopped");
+            eprintln!("tally-analytics: {e}");
             ExitCode::FAILURE
         }
     }

@@ -424,9 +424,8 @@ fn uuid_like() -> String {
 async fn poison_event_goes_to_the_dlq_and_is_applied_once_after_the_fix_and_redrive() {
     let poison = "Poison question?";
     let mut stack = Stack::start(StackOptions {
-        analytics: Some(format!(
-            "retry_max_attempts = 2\nreject_questions = [\"{poison}\"]\n"
-        )),
+        analytics: Some(format!("reject_questions = [\"{poison}\"]\n")),
+        retry_max_attempts: Some(2),
         ..Default::default()
     })
     .await;

@@ -159,6 +159,7 @@ async fn exactly_once_under_chaos(redis: bool) {
         redis,
         analytics: Some(String::new()),
         notification: Some(String::new()),
+        ..Default::default()
     })
     .await;
 

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use tally_chassis::config::{
     Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings, Validate,
@@ -14,7 +14,23 @@ use tally_chassis::config::{
 pub const ENV_PREFIX: &str = "TALLY_BILLING_";
 
 /// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50055";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50055);
+/// Default embedded store file.
+pub const DEFAULT_STORE_PATH: &str = ".tally/billing/billing.redb";
+/// Default `outbound.payment`.
+pub const DEFAULT_PAYMENT_ADDR: &str = "http://127.0.0.1:50056";
+/// Default `outbound.user`.
+pub const DEFAULT_USER_ADDR: &str = "http://127.0.0.1:50051";
+/// Default `saga.payment_attempts`.
+pub const DEFAULT_PAYMENT_ATTEMPTS: u32 = 4;
+/// Default `saga.retry_backoff_ms`.
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 200;
+/// Default `saga.payment_timeout_ms`.
+pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 5_000;
+/// Default `saga.start_wait_ms`.
+pub const DEFAULT_START_WAIT_MS: u64 = 5_000;
+/// Default `saga.resume_interval_secs`.
+pub const DEFAULT_RESUME_INTERVAL_SECS: u64 = 5;
 
 /// Outbound targets billing calls.
 pub const REQUIRED_TARGETS: [&str; 2] = ["payment", "user"];
@@ -34,7 +50,7 @@ pub struct BillingConfig {
     pub saga: SagaSettings,
     /// TESTING ONLY. `TALLY_BILLING_CRASH_AFTER=<point>` aborts the process
     /// right after the saga persists that point (see
-    /// [`crate::orchestrator::CRASH_POINTS`]), to test crash recovery.
+    /// [`crate::app::CRASH_POINTS`]), to test crash recovery.
     /// Unset in every real deployment.
     #[serde(default)]
     pub crash_after: Option<String>,
@@ -74,40 +90,35 @@ impl Default for SagaSettings {
 }
 
 fn default_attempts() -> u32 {
-    4
+    DEFAULT_PAYMENT_ATTEMPTS
 }
 fn default_backoff() -> u64 {
-    200
+    DEFAULT_RETRY_BACKOFF_MS
 }
 fn default_call_timeout() -> u64 {
-    5_000
+    DEFAULT_PAYMENT_TIMEOUT_MS
 }
 fn default_start_wait() -> u64 {
-    5_000
+    DEFAULT_START_WAIT_MS
 }
 fn default_resume_interval() -> u64 {
-    5
+    DEFAULT_RESUME_INTERVAL_SECS
 }
 
 fn default_server() -> ServerSettings {
-    ServerSettings {
-        listen_addr: DEFAULT_LISTEN
-            .parse::<SocketAddr>()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50055))),
-        drain_timeout_secs: 10,
-    }
+    ServerSettings::on(DEFAULT_LISTEN)
 }
 
 fn default_storage() -> StorageSettings {
     StorageSettings::Embedded {
-        path: PathBuf::from(".tally/billing/billing.redb"),
+        path: PathBuf::from(DEFAULT_STORE_PATH),
     }
 }
 
 fn default_outbound() -> OutboundSettings {
     let mut m = BTreeMap::new();
-    m.insert("payment".to_string(), "http://127.0.0.1:50056".to_string());
-    m.insert("user".to_string(), "http://127.0.0.1:50051".to_string());
+    m.insert("payment".to_string(), DEFAULT_PAYMENT_ADDR.to_string());
+    m.insert("user".to_string(), DEFAULT_USER_ADDR.to_string());
     OutboundSettings(m)
 }
 
@@ -138,14 +149,14 @@ impl Validate for BillingConfig {
             ));
         }
         if let Some(point) = &self.crash_after
-            && !crate::orchestrator::CRASH_POINTS.contains(&point.as_str())
+            && !crate::app::CRASH_POINTS.contains(&point.as_str())
         {
             out.push(Issue::new(
                 "crash_after",
                 format!("`{point}` is not a crash point"),
                 format!(
                     "unset it, or use one of: {}",
-                    crate::orchestrator::CRASH_POINTS.join(", ")
+                    crate::app::CRASH_POINTS.join(", ")
                 ),
             ));
         }
@@ -161,7 +172,7 @@ mod tests {
     #[test]
     fn runs_with_no_file() {
         let cfg: BillingConfig = load_from(None, ENV_PREFIX, &[]).expect("defaults");
-        assert_eq!(cfg.server.listen_addr.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.server.listen_addr, DEFAULT_LISTEN);
         assert!(cfg.outbound.address("payment").is_some());
         assert_eq!(cfg.crash_after, None);
     }

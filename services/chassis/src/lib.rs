@@ -17,5 +17,6 @@ pub mod request_id;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod status;
 pub mod storage;
 pub mod telemetry;

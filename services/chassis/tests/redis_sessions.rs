@@ -79,7 +79,7 @@ async fn suite(store: Arc<dyn SessionStore>) {
 
 #[tokio::test]
 async fn redis_sessions_follow_the_port_rules() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let store = RedisSessions::connect(&redis.url()).await.expect("connect");
     suite(Arc::new(store)).await;
 }
@@ -95,7 +95,7 @@ async fn embedded_sessions_follow_the_port_rules() {
 
 #[tokio::test]
 async fn redis_expires_sessions_itself_with_the_given_ttl() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let store = RedisSessions::connect(&redis.url()).await.expect("connect");
     let ttl = Duration::from_secs(600);
     store
@@ -127,7 +127,7 @@ async fn redis_expires_sessions_itself_with_the_given_ttl() {
 
 #[tokio::test]
 async fn replicas_sharing_redis_see_the_same_sessions() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let a = RedisSessions::connect(&redis.url())
         .await
         .expect("connect a");
@@ -144,7 +144,7 @@ async fn replicas_sharing_redis_see_the_same_sessions() {
 
 #[tokio::test]
 async fn a_stopped_redis_reports_unavailable() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let store = RedisSessions::connect(&redis.url()).await.expect("connect");
     store.ping().await.expect("ping while up");
     drop(redis);

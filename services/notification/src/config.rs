@@ -4,17 +4,34 @@
 //! no file at all it runs locally next to user (:50051) and polling (:50052).
 
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tally_chassis::auth::AuthOptions;
 use tally_chassis::config::{
-    ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings,
-    Validate,
+    AuthSettings, ConfigError, Issue, OutboundSettings, RetrySettings, ServerSettings,
+    StorageSettings, TelemetrySettings, Validate,
 };
-use tally_chassis::events::{EventBusSettings, RetryPolicy};
+use tally_chassis::events::EventBusSettings;
 
 /// Environment variable prefix of every override.
 pub const ENV_PREFIX: &str = "TALLY_NOTIFICATION_";
+/// Default listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50053);
+/// Default embedded store file.
+pub const DEFAULT_STORE_PATH: &str = ".tally/notification/notification.redb";
+/// Default `outbound.user`.
+pub const DEFAULT_USER_ADDR: &str = "http://127.0.0.1:50051";
+/// Default `outbound.polling`.
+pub const DEFAULT_POLLING_ADDR: &str = "http://127.0.0.1:50052";
+/// Default `notification.log_capacity`.
+pub const DEFAULT_LOG_CAPACITY: u64 = 1_000;
+/// Default `notification.subscriber_buffer`.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+/// Default `notification.broadcast_capacity`.
+pub const DEFAULT_BROADCAST_CAPACITY: usize = 4_096;
+/// Default `notification.health_interval_secs`.
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
+/// Default `notification.health_max_lag`.
+pub const DEFAULT_HEALTH_MAX_LAG: u64 = 100_000;
 
 /// Everything `tally-notification` reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +49,12 @@ pub struct Config {
     /// `transport = "embedded"` (default: polling's feed) or `"redis"` (+ `url`).
     #[serde(default)]
     pub events: EventBusSettings,
+    /// How callers' tokens and API keys are verified (shared chassis section).
+    #[serde(default)]
+    pub auth: AuthSettings,
+    /// How the event consumer retries before dead-lettering (shared chassis section).
+    #[serde(default)]
+    pub retry: RetrySettings,
     #[serde(default)]
     pub notification: NotificationSettings,
 }
@@ -55,63 +78,17 @@ pub struct NotificationSettings {
     /// Health reports NOT_SERVING while the consumer lags more than this
     /// many events (or cannot reach the source); 0 leaves lag out of health.
     pub health_max_lag: u64,
-    /// Attempts per event before it goes to the dead-letter queue.
-    pub retry_max_attempts: u32,
-    pub retry_initial_backoff_ms: u64,
-    pub retry_max_backoff_ms: u64,
-    /// Least time between JWKS refetches caused by unknown key ids.
-    pub jwks_refetch_interval_secs: u64,
-    /// How long a verified API key is trusted without asking again.
-    pub api_key_cache_ttl_secs: u64,
-    /// Deadline of each call to the user service.
-    pub user_call_timeout_ms: u64,
-    /// Expected `iss` of access tokens.
-    pub token_issuer: String,
-    /// Expected `aud` of access tokens.
-    pub token_audience: String,
 }
 
 impl Default for NotificationSettings {
     fn default() -> Self {
         Self {
             instance: None,
-            log_capacity: 1_000,
-            subscriber_buffer: 256,
-            broadcast_capacity: 4_096,
-            health_interval_secs: 5,
-            health_max_lag: 100_000,
-            retry_max_attempts: 5,
-            retry_initial_backoff_ms: 200,
-            retry_max_backoff_ms: 10_000,
-            jwks_refetch_interval_secs: 5,
-            api_key_cache_ttl_secs: 30,
-            user_call_timeout_ms: 5_000,
-            token_issuer: "tally-user".into(),
-            token_audience: "tally".into(),
-        }
-    }
-}
-
-impl NotificationSettings {
-    /// The verifier options these settings describe.
-    pub fn auth_options(&self) -> AuthOptions {
-        AuthOptions {
-            issuer: self.token_issuer.clone(),
-            audience: self.token_audience.clone(),
-            jwks_refetch_interval: Duration::from_secs(self.jwks_refetch_interval_secs),
-            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
-            call_timeout: Duration::from_millis(self.user_call_timeout_ms),
-            ..AuthOptions::default()
-        }
-    }
-
-    /// The consumer's retry policy.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: self.retry_max_attempts,
-            initial_backoff: Duration::from_millis(self.retry_initial_backoff_ms),
-            max_backoff: Duration::from_millis(self.retry_max_backoff_ms),
-            ..RetryPolicy::default()
+            log_capacity: DEFAULT_LOG_CAPACITY,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+            broadcast_capacity: DEFAULT_BROADCAST_CAPACITY,
+            health_interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
+            health_max_lag: DEFAULT_HEALTH_MAX_LAG,
         }
     }
 }
@@ -119,13 +96,10 @@ impl NotificationSettings {
 impl Config {
     /// This replica's instance name (see [`NotificationSettings::instance`]).
     pub fn instance(&self) -> String {
-        self.notification.instance.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.trim().is_empty())
-                .unwrap_or_else(|| "local".to_string());
-            format!("{host}-{}", self.server.listen_addr.port())
-        })
+        tally_chassis::config::instance_name(
+            self.notification.instance.as_deref(),
+            self.server.listen_addr.port(),
+        )
     }
 
     /// The consumer's name: `notification-<instance>`.
@@ -137,33 +111,24 @@ impl Config {
     /// this instance (stable across restarts, so a restarted replica takes
     /// back its own pending entries at once).
     pub fn event_bus(&self) -> EventBusSettings {
-        let mut bus = self.events.clone();
-        if let EventBusSettings::Redis(redis) = &mut bus
-            && redis.instance.is_none()
-        {
-            redis.instance = Some(self.instance());
-        }
-        bus
+        self.events.with_instance(&self.instance())
     }
 }
 
 fn default_server() -> ServerSettings {
-    ServerSettings {
-        listen_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 50053)),
-        drain_timeout_secs: 10,
-    }
+    ServerSettings::on(DEFAULT_LISTEN)
 }
 
 fn default_storage() -> StorageSettings {
     StorageSettings::Embedded {
-        path: PathBuf::from(".tally/notification/notification.redb"),
+        path: PathBuf::from(DEFAULT_STORE_PATH),
     }
 }
 
 fn default_outbound() -> OutboundSettings {
     let mut map = std::collections::BTreeMap::new();
-    map.insert("user".to_string(), "http://127.0.0.1:50051".to_string());
-    map.insert("polling".to_string(), "http://127.0.0.1:50052".to_string());
+    map.insert("user".to_string(), DEFAULT_USER_ADDR.to_string());
+    map.insert("polling".to_string(), DEFAULT_POLLING_ADDR.to_string());
     OutboundSettings(map)
 }
 
@@ -175,19 +140,13 @@ impl Validate for Config {
             _ => out.extend(self.outbound.issues(&["user"])),
         }
         out.extend(self.events.issues("events"));
+        out.extend(self.auth.issues("auth"));
+        out.extend(self.retry.issues("retry"));
         let a = &self.notification;
-        if let Some(instance) = &a.instance
-            && (instance.is_empty()
-                || !instance
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        {
-            out.push(Issue::new(
-                "notification.instance",
-                format!("`{instance}` is not a plain name"),
-                "use letters, digits, `-`, `_` and `.`, e.g. `notification-1`",
-            ));
-        }
+        out.extend(tally_chassis::config::instance_issues(
+            "notification.instance",
+            a.instance.as_deref(),
+        ));
         if a.log_capacity == 0 || a.log_capacity > 1_000_000 {
             out.push(Issue::new(
                 "notification.log_capacity",
@@ -214,20 +173,6 @@ impl Validate for Config {
                 "notification.health_interval_secs",
                 "is 0",
                 "use at least 1 second",
-            ));
-        }
-        if a.retry_max_attempts == 0 {
-            out.push(Issue::new(
-                "notification.retry_max_attempts",
-                "is 0",
-                "use at least 1 (5 is the default)",
-            ));
-        }
-        if a.user_call_timeout_ms == 0 {
-            out.push(Issue::new(
-                "notification.user_call_timeout_ms",
-                "is 0",
-                "use a positive deadline such as 5000",
             ));
         }
         out

@@ -1,14 +1,35 @@
 //! The `tally.notification.v1.NotificationService` edge: validates requests,
 //! authenticates WatchMyPolls callers (`polls:read`), and hands the streams
-//! built by [`Watches`] to tonic.
+//! built by [`Watches`] to tonic, turning a watch's error into its status
+//! (the only place that does).
 
-use crate::watch::{WatchStream, Watches};
+use crate::app::{WatchError, WatchStream, Watches};
+use std::pin::Pin;
 use tally_api::notification::v1 as pb;
 use tally_api::notification::v1::notification_service_server::NotificationService;
 use tally_chassis::auth::{Authenticator, SCOPE_POLLS_READ};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 const MAX_ID_LEN: usize = 64;
+
+/// A watch stream as tonic sends it.
+pub type StatusStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The status a watch error answers with.
+fn status(e: WatchError) -> Status {
+    match e {
+        WatchError::UnknownPoll(_) => Status::not_found(e.to_string()),
+        WatchError::TooSlowPoll(_) | WatchError::TooSlowOwner => {
+            Status::resource_exhausted(e.to_string())
+        }
+        WatchError::Store(s) => tally_chassis::status::store(s),
+    }
+}
+
+fn to_status_stream<T: Send + 'static>(stream: WatchStream<T>) -> StatusStream<T> {
+    Box::pin(stream.map(|item| item.map_err(status)))
+}
 
 /// The NotificationService implementation.
 #[derive(Clone)]
@@ -25,8 +46,8 @@ impl NotificationApi {
 
 #[tonic::async_trait]
 impl NotificationService for NotificationApi {
-    type WatchPollStream = WatchStream<pb::WatchPollResponse>;
-    type WatchMyPollsStream = WatchStream<pb::WatchMyPollsResponse>;
+    type WatchPollStream = StatusStream<pb::WatchPollResponse>;
+    type WatchMyPollsStream = StatusStream<pb::WatchMyPollsResponse>;
 
     async fn watch_poll(
         &self,
@@ -44,8 +65,9 @@ impl NotificationService for NotificationApi {
         let stream = self
             .watches
             .watch_poll(&r.poll_id, r.resume_after_sequence)
-            .await?;
-        Ok(Response::new(stream))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_status_stream(stream)))
     }
 
     async fn watch_my_polls(
@@ -54,7 +76,11 @@ impl NotificationService for NotificationApi {
     ) -> Result<Response<Self::WatchMyPollsStream>, Status> {
         let caller = self.auth.authenticate(req.metadata()).await?;
         caller.require(SCOPE_POLLS_READ)?;
-        let stream = self.watches.watch_owner(&caller.user_id).await?;
-        Ok(Response::new(stream))
+        let stream = self
+            .watches
+            .watch_owner(&caller.user_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_status_stream(stream)))
     }
 }

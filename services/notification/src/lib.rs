@@ -7,12 +7,13 @@
 //! replica can serve any watcher.
 //!
 //! - [`domain`]: poll state, updates and the resume rules (pure).
-//! - [`projector`]: the consumer handler writing state and log, then publishing.
+//! - [`projector`]: the store adapter: the consumer handler writing state
+//!   and log, then publishing.
 //! - [`hub`]: the in-process broadcast of committed updates.
-//! - [`watch`]: one watcher's stream: catch-up from the log, then live, with a
+//! - [`app`]: the use cases, one watcher's stream: catch-up from the log, then live, with a
 //!   bounded buffer that ends the stream with RESOURCE_EXHAUSTED on overflow.
 //! - [`grpc`]: the `tally.notification.v1.NotificationService` edge.
-//! - [`config`], [`app`]: configuration and wiring.
+//! - [`config`], [`run`]: configuration and wiring.
 
 pub mod app;
 pub mod config;
@@ -20,4 +21,4 @@ pub mod domain;
 pub mod grpc;
 pub mod hub;
 pub mod projector;
-pub mod watch;
+pub mod run;

@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tally_notification::config::{Config, ENV_PREFIX};
 
 /// Live poll updates for watchers (`tally.notification.v1.NotificationService`).
 #[derive(Debug, Parser)]
@@ -13,30 +14,24 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match tally_chassis::bootstrap::start(
+    let config = match tally_chassis::bootstrap::start(
         "tally-notification",
         "notification",
         args.config.as_deref(),
-        tally_notification::config::ENV_PREFIX,
-        |cfg: &tally_notification::config::Config| &cfg.telemetry,
+        ENV_PREFIX,
+        |cfg: &Config| &cfg.telemetry,
     ) {
-        Ok(cfg) => cfg,
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tally-notification: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(tally_notification::app::run(cfg)) {
+    match tally_notification::run::run(config, tally_chassis::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tally-notification stopped with an error");
-            eprintln!("tally-notification: {e:#}");
+            tracing::error!(error = %e, "tally-notification stopped");
+            eprintln!("tally-notification: {e}");
             ExitCode::FAILURE
         }
     }

@@ -2,7 +2,7 @@
 //! fault settings. Every field has a default, so the binary runs with no file.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use tally_chassis::config::{Issue, ServerSettings, StorageSettings, TelemetrySettings, Validate};
 
@@ -10,7 +10,9 @@ use tally_chassis::config::{Issue, ServerSettings, StorageSettings, TelemetrySet
 pub const ENV_PREFIX: &str = "TALLY_PAYMENT_";
 
 /// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50056";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50056);
+/// Default embedded store file.
+pub const DEFAULT_STORE_PATH: &str = ".tally/payment/payment.redb";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,17 +61,12 @@ impl Default for FaultSettings {
 }
 
 fn default_server() -> ServerSettings {
-    ServerSettings {
-        listen_addr: DEFAULT_LISTEN
-            .parse::<SocketAddr>()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50056))),
-        drain_timeout_secs: 10,
-    }
+    ServerSettings::on(DEFAULT_LISTEN)
 }
 
 fn default_storage() -> StorageSettings {
     StorageSettings::Embedded {
-        path: PathBuf::from(".tally/payment/payment.redb"),
+        path: PathBuf::from(DEFAULT_STORE_PATH),
     }
 }
 
@@ -103,7 +100,7 @@ mod tests {
     #[test]
     fn runs_with_no_file() {
         let cfg: PaymentConfig = load_from(None, ENV_PREFIX, &[]).expect("defaults");
-        assert_eq!(cfg.server.listen_addr.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.server.listen_addr, DEFAULT_LISTEN);
         assert_eq!(cfg.payment, FaultSettings::default());
     }
 

@@ -2,8 +2,14 @@
 //! through. Charges and refunds are idempotent by key, backed by the
 //! service's own store, and faults (declines, latency, outages) are
 //! configurable so billing's failure paths can be exercised for real.
+//!
+//! Layout: [`domain`] holds the charge rules (no I/O); [`app`] the use cases
+//! with fault injection; [`store`] the ledger over the chassis storage port;
+//! [`grpc`] the gRPC edge; [`config`] and [`run`] start it all.
 
+pub mod app;
 pub mod config;
 pub mod domain;
-pub mod ledger;
-pub mod service;
+pub mod grpc;
+pub mod run;
+pub mod store;

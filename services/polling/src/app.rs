@@ -1,105 +1,92 @@
-//! Wiring: opens the store, builds the verifier against the user service's
-//! outbound address, registers health probes, starts the plan-limits consumer
-//! of billing's events (when `[outbound] billing` is set), and serves
-//! PollService, the event feed and ConsumerAdminService.
+//! Polling's use cases: create a poll within the owner's plan limit, read,
+//! list, close, vote, and read results. They take the store adapter and the
+//! entitlements read model, call the domain rules, and return
+//! [`PollingError`]; the gRPC edge turns those into statuses.
 
-use crate::config::Config;
-use crate::entitlements::{Entitlements, PlanLimitsHandler};
-use crate::grpc::PollApi;
-use crate::repository::PollRepository;
-use std::sync::Arc;
-use std::time::Duration;
-use tally_api::poll::v1::poll_service_server::PollServiceServer;
-use tally_chassis::auth::Authenticator;
-use tally_chassis::health::HealthHub;
+use crate::domain::poll::{NewPoll, Poll};
+use crate::domain::tally::Tally;
+use crate::domain::vote::VoteRequest;
+use crate::domain::{DomainError, Millis};
+use crate::entitlements::Entitlements;
+use crate::store::{CastOutcome, ListFilter, Page, PollRepository, PollingError};
 
-/// The gRPC service name health reports for.
-pub const SERVICE_NAME: &str = "tally.poll.v1.PollService";
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
 
-/// Runs the service until the shutdown signal.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let store = tally_chassis::storage::open(&cfg.storage).await?;
-    let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.polling.auth_options());
+/// The use cases over one store.
+#[derive(Clone)]
+pub struct Polls {
+    repo: PollRepository,
+    entitlements: Entitlements,
+}
 
-    let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
-    // Not serving until the first probes say otherwise.
-    hub.set_dependency("storage", false).await;
-    hub.set_dependency("user", false).await;
-    let interval = Duration::from_secs(cfg.polling.health_interval_secs);
-    let probe_store = store.clone();
-    hub.watch("storage", interval, move || {
-        let store = probe_store.clone();
-        async move { store.ping().await.is_ok() }
-    });
-    let probe_auth = auth.clone();
-    hub.watch("user", interval, move || {
-        let auth = probe_auth.clone();
-        async move { matches!(auth.refresh_jwks().await, Ok(n) if n > 0) }
-    });
-
-    let feed = tally_chassis::events::Feed::new(store.clone());
-    // With the Redis transport the relay copies the outbox to the stream.
-    let _relay = tally_chassis::events::transport::spawn_relay(
-        &cfg.events,
-        store.clone(),
-        crate::events::PRODUCER,
-    )
-    .await?;
-    // Plan limits: consumed from billing's events when billing is configured.
-    let mut consumers = Vec::new();
-    if cfg.consumes_billing() {
-        let source = tally_chassis::events::transport::source(
-            &cfg.events,
-            &cfg.outbound,
-            crate::entitlements::PRODUCER,
-        )
-        .await?;
-        let consumer = tally_chassis::events::Consumer::new(
-            Arc::new(PlanLimitsHandler),
-            store.clone(),
-            source,
-            tally_chassis::events::RetryPolicy::default(),
-        );
-        consumer.spawn();
-        tracing::info!(
-            consumer = consumer.name(),
-            "plan limits follow billing's events"
-        );
-        consumers.push(consumer);
-    } else {
-        tracing::info!(
-            default_max_open_polls = cfg.polling.default_max_open_polls,
-            "no [outbound] billing: every owner gets the default open-poll limit (0 = unlimited)"
-        );
+impl Polls {
+    pub fn new(repo: PollRepository, entitlements: Entitlements) -> Self {
+        Self { repo, entitlements }
     }
-    let entitlements = Entitlements::new(store.clone(), cfg.polling.default_max_open_polls);
-    let repo = PollRepository::new(
-        store,
-        cfg.polling.max_write_attempts,
-        cfg.polling.local_write_lock,
-    );
-    let api = PollApi::new(
-        repo,
-        auth,
-        entitlements,
-        cfg.polling.default_page_size,
-        cfg.polling.max_page_size,
-    );
-    let mut routes = tally_chassis::server::Routes::new();
-    routes.add(PollServiceServer::new(api));
-    // Consumers (notification, analytics) follow the outbox through this feed.
-    routes.add(feed.server());
-    // Status, dead letters and replay of the plan-limits consumer (none
-    // listed when billing is not configured).
-    routes.add(tally_chassis::events::ConsumerAdmin::new(consumers).server());
-    tally_chassis::server::serve(
-        &cfg.server,
-        hub,
-        health_server,
-        routes,
-        tally_chassis::shutdown::signal(),
-    )
-    .await?;
-    Ok(())
+
+    /// Validates and stores a new poll owned by `owner_id`, unless the owner
+    /// already has as many polls open as the plan allows.
+    pub async fn create(
+        &self,
+        owner_id: String,
+        new: NewPoll,
+        now: Millis,
+    ) -> Result<Poll, PollingError> {
+        let poll = new.validate(uuid::Uuid::now_v7().to_string(), owner_id, now)?;
+        let limit = self.entitlements.open_poll_limit(&poll.owner_id).await?;
+        self.repo.create(&poll, limit, now).await?;
+        tracing::info!(poll_id = %poll.poll_id, owner = %poll.owner_id, "poll created");
+        Ok(poll)
+    }
+
+    /// One poll.
+    pub async fn get(&self, poll_id: &str) -> Result<Poll, PollingError> {
+        self.repo
+            .get(poll_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("poll `{poll_id}` not found")).into())
+    }
+
+    /// One page of polls.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<String>,
+        size: usize,
+        now: Millis,
+    ) -> Result<Page, PollingError> {
+        self.repo.list(filter, after, size, now).await
+    }
+
+    /// Closes a poll for its owner.
+    pub async fn close(
+        &self,
+        poll_id: &str,
+        caller_id: &str,
+        now: Millis,
+    ) -> Result<Poll, PollingError> {
+        let poll = self.repo.close(poll_id, caller_id, now).await?;
+        tracing::info!(poll_id = %poll.poll_id, "poll closed");
+        Ok(poll)
+    }
+
+    /// Casts (or replays) a vote.
+    pub async fn cast_vote(
+        &self,
+        req: &VoteRequest,
+        now: Millis,
+    ) -> Result<CastOutcome, PollingError> {
+        self.repo.cast_vote(req, now).await
+    }
+
+    /// The poll and its counts.
+    pub async fn results(&self, poll_id: &str) -> Result<(Poll, Tally), PollingError> {
+        self.repo.results(poll_id).await
+    }
 }

@@ -3,16 +3,27 @@
 //! With no file at all it runs locally next to a user service on :50051.
 
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tally_chassis::auth::AuthOptions;
 use tally_chassis::config::{
-    ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings,
-    Validate,
+    AuthSettings, ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings,
+    TelemetrySettings, Validate,
 };
 
 /// Environment variable prefix of every override.
 pub const ENV_PREFIX: &str = "TALLY_POLLING_";
+/// Default listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50052);
+/// Default embedded store file.
+pub const DEFAULT_STORE_PATH: &str = ".tally/polling/polling.redb";
+/// Default `outbound.user`.
+pub const DEFAULT_USER_ADDR: &str = "http://127.0.0.1:50051";
+/// Default `polling.max_write_attempts`.
+pub const DEFAULT_MAX_WRITE_ATTEMPTS: u32 = 32;
+/// Default `polling.health_interval_secs`.
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
+/// Default `polling.default_max_open_polls` (0 = unlimited).
+pub const DEFAULT_MAX_OPEN_POLLS: u32 = 0;
 
 /// Everything `tally-polling` reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +41,9 @@ pub struct Config {
     /// gets `polling.default_max_open_polls`.
     #[serde(default = "default_outbound")]
     pub outbound: OutboundSettings,
+    /// How callers' tokens and API keys are verified (shared chassis section).
+    #[serde(default)]
+    pub auth: AuthSettings,
     #[serde(default)]
     pub polling: PollingSettings,
     /// Event transport: embedded (the feed serves the outbox; default) or
@@ -50,18 +64,8 @@ pub struct PollingSettings {
     pub max_write_attempts: u32,
     /// Queue writes to the same poll inside this process before they race.
     pub local_write_lock: bool,
-    /// Least time between JWKS refetches caused by unknown key ids.
-    pub jwks_refetch_interval_secs: u64,
-    /// How long a verified API key is trusted without asking again.
-    pub api_key_cache_ttl_secs: u64,
-    /// Deadline of each call to the user service.
-    pub user_call_timeout_ms: u64,
     /// How often health probes the store and the user service.
     pub health_interval_secs: u64,
-    /// Expected `iss` of access tokens.
-    pub token_issuer: String,
-    /// Expected `aud` of access tokens.
-    pub token_audience: String,
     /// Open polls per owner when billing has granted that owner no plan
     /// limits (or no billing is configured); 0 = unlimited.
     pub default_max_open_polls: u32,
@@ -72,15 +76,10 @@ impl Default for PollingSettings {
         Self {
             default_page_size: crate::domain::paging::DEFAULT_PAGE_SIZE,
             max_page_size: crate::domain::paging::MAX_PAGE_SIZE,
-            max_write_attempts: 32,
+            max_write_attempts: DEFAULT_MAX_WRITE_ATTEMPTS,
             local_write_lock: true,
-            jwks_refetch_interval_secs: 5,
-            api_key_cache_ttl_secs: 30,
-            user_call_timeout_ms: 5_000,
-            health_interval_secs: 5,
-            token_issuer: "tally-user".into(),
-            token_audience: "tally".into(),
-            default_max_open_polls: 0,
+            health_interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
+            default_max_open_polls: DEFAULT_MAX_OPEN_POLLS,
         }
     }
 }
@@ -94,36 +93,19 @@ impl Config {
     }
 }
 
-impl PollingSettings {
-    /// The verifier options these settings describe.
-    pub fn auth_options(&self) -> AuthOptions {
-        AuthOptions {
-            issuer: self.token_issuer.clone(),
-            audience: self.token_audience.clone(),
-            jwks_refetch_interval: Duration::from_secs(self.jwks_refetch_interval_secs),
-            api_key_cache_ttl: Duration::from_secs(self.api_key_cache_ttl_secs),
-            call_timeout: Duration::from_millis(self.user_call_timeout_ms),
-            ..AuthOptions::default()
-        }
-    }
-}
-
 fn default_server() -> ServerSettings {
-    ServerSettings {
-        listen_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 50052)),
-        drain_timeout_secs: 10,
-    }
+    ServerSettings::on(DEFAULT_LISTEN)
 }
 
 fn default_storage() -> StorageSettings {
     StorageSettings::Embedded {
-        path: PathBuf::from(".tally/polling/polling.redb"),
+        path: PathBuf::from(DEFAULT_STORE_PATH),
     }
 }
 
 fn default_outbound() -> OutboundSettings {
     let mut map = std::collections::BTreeMap::new();
-    map.insert("user".to_string(), "http://127.0.0.1:50051".to_string());
+    map.insert("user".to_string(), DEFAULT_USER_ADDR.to_string());
     OutboundSettings(map)
 }
 
@@ -136,6 +118,7 @@ impl Validate for Config {
             out.extend(self.outbound.issues(&[crate::entitlements::PRODUCER]));
         }
         out.extend(self.events.issues("events"));
+        out.extend(self.auth.issues("auth"));
         let p = &self.polling;
         if p.max_page_size == 0 || p.max_page_size > 10_000 {
             out.push(Issue::new(
@@ -164,25 +147,6 @@ impl Validate for Config {
                 "is 0",
                 "use at least 1 second",
             ));
-        }
-        if p.user_call_timeout_ms == 0 {
-            out.push(Issue::new(
-                "polling.user_call_timeout_ms",
-                "is 0",
-                "use a positive deadline such as 5000",
-            ));
-        }
-        for (key, value) in [
-            ("polling.token_issuer", &p.token_issuer),
-            ("polling.token_audience", &p.token_audience),
-        ] {
-            if value.trim().is_empty() {
-                out.push(Issue::new(
-                    key,
-                    "is empty",
-                    "leave it unset for the default",
-                ));
-            }
         }
         out
     }
@@ -265,5 +229,14 @@ mod tests {
         assert!(err.to_string().contains("polling.max_page_size"), "{err}");
         let err = load_text("[polling]\nunknown_knob = 1\n", &[]).expect_err("unknown");
         assert!(err.to_string().contains("unknown_knob"), "{err}");
+        // The shared section still refuses unknown keys by name.
+        let err = load_text("[auth]\napi_key_ttl = 1\n", &[]).expect_err("unknown");
+        assert!(
+            err.to_string().contains("unknown field `api_key_ttl`"),
+            "{err}"
+        );
+        // Token settings moved to [auth]; the old place is refused, not ignored.
+        let err = load_text("[polling]\napi_key_cache_ttl_secs = 1\n", &[]).expect_err("moved");
+        assert!(err.to_string().contains("api_key_cache_ttl_secs"), "{err}");
     }
 }

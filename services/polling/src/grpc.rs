@@ -1,15 +1,16 @@
 //! The `tally.poll.v1.PollService` edge: authenticates the caller, checks the
-//! scope, turns protobuf into domain values and back, and maps every error to
-//! its gRPC status. No rule lives here.
+//! scope, turns protobuf into domain values and back, calls the use cases
+//! ([`crate::app`]) and maps every error to its gRPC status (the only place
+//! that does). No rule lives here.
 
+use crate::app::{Polls, now_ms};
 use crate::domain::paging;
 use crate::domain::poll::{NewPoll, Poll, PollStatus};
 use crate::domain::tally::Tally;
 use crate::domain::vote::{VoteRecord, VoteRequest};
 use crate::domain::{DomainError, Millis};
-use crate::entitlements::Entitlements;
 use crate::events::timestamp;
-use crate::repository::{ListFilter, PollRepository, PollingError};
+use crate::store::{ListFilter, PollingError};
 use tally_api::poll::v1 as pb;
 use tally_api::poll::v1::poll_service_server::PollService;
 use tally_chassis::auth::{
@@ -23,25 +24,22 @@ const MAX_ID_LEN: usize = 64;
 /// The PollService implementation.
 #[derive(Clone)]
 pub struct PollApi {
-    repo: PollRepository,
+    app: Polls,
     auth: Authenticator,
-    entitlements: Entitlements,
     default_page_size: u32,
     max_page_size: u32,
 }
 
 impl PollApi {
     pub fn new(
-        repo: PollRepository,
+        app: Polls,
         auth: Authenticator,
-        entitlements: Entitlements,
         default_page_size: u32,
         max_page_size: u32,
     ) -> Self {
         Self {
-            repo,
+            app,
             auth,
-            entitlements,
             default_page_size,
             max_page_size,
         }
@@ -52,14 +50,6 @@ impl PollApi {
         caller.require(scope)?;
         Ok(caller)
     }
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 /// Timestamps between years 1 and 9999, as the protobuf spec allows.
@@ -108,7 +98,7 @@ fn status(e: PollingError) -> Status {
         PollingError::Contention(_) => Status::aborted(e.to_string()),
         PollingError::Store(s) => {
             tracing::error!(error = %s, "storage failure");
-            s.into()
+            tally_chassis::status::store(s)
         }
     }
 }
@@ -180,20 +170,16 @@ impl PollService for PollApi {
             .map(|t| millis_of(t, "closes_at"))
             .transpose()?;
         let now = now_ms();
-        let poll = NewPoll {
+        let new = NewPoll {
             question: r.question,
             options: r.options,
             closes_at,
-        }
-        .validate(uuid::Uuid::now_v7().to_string(), caller.user_id, now)
-        .map_err(domain_status)?;
-        let limit = self
-            .entitlements
-            .open_poll_limit(&poll.owner_id)
+        };
+        let poll = self
+            .app
+            .create(caller.user_id, new, now)
             .await
-            .map_err(|e| status(e.into()))?;
-        self.repo.create(&poll, limit, now).await.map_err(status)?;
-        tracing::info!(poll_id = %poll.poll_id, owner = %poll.owner_id, "poll created");
+            .map_err(status)?;
         Ok(Response::new(pb::CreatePollResponse {
             poll: Some(poll_pb(&poll, now)),
         }))
@@ -206,12 +192,7 @@ impl PollService for PollApi {
         self.caller(&req, SCOPE_POLLS_READ).await?;
         let r = req.into_inner();
         id_field(&r.poll_id, "poll_id")?;
-        let poll = self
-            .repo
-            .get(&r.poll_id)
-            .await
-            .map_err(status)?
-            .ok_or_else(|| Status::not_found(format!("poll `{}` not found", r.poll_id)))?;
+        let poll = self.app.get(&r.poll_id).await.map_err(status)?;
         Ok(Response::new(pb::GetPollResponse {
             poll: Some(poll_pb(&poll, now_ms())),
         }))
@@ -239,7 +220,7 @@ impl PollService for PollApi {
         let after = paging::decode_token(&page.page_token).map_err(domain_status)?;
         let now = now_ms();
         let found = self
-            .repo
+            .app
             .list(&filter, after, size, now)
             .await
             .map_err(status)?;
@@ -262,11 +243,10 @@ impl PollService for PollApi {
         id_field(&r.poll_id, "poll_id")?;
         let now = now_ms();
         let poll = self
-            .repo
+            .app
             .close(&r.poll_id, &caller.user_id, now)
             .await
             .map_err(status)?;
-        tracing::info!(poll_id = %poll.poll_id, "poll closed");
         Ok(Response::new(pb::ClosePollResponse {
             poll: Some(poll_pb(&poll, now)),
         }))
@@ -280,7 +260,7 @@ impl PollService for PollApi {
         let r = req.into_inner();
         id_field(&r.poll_id, "poll_id")?;
         let outcome = self
-            .repo
+            .app
             .cast_vote(
                 &VoteRequest {
                     poll_id: r.poll_id,
@@ -305,7 +285,7 @@ impl PollService for PollApi {
         self.caller(&req, SCOPE_POLLS_READ).await?;
         let r = req.into_inner();
         id_field(&r.poll_id, "poll_id")?;
-        let (poll, tally) = self.repo.results(&r.poll_id).await.map_err(status)?;
+        let (poll, tally) = self.app.results(&r.poll_id).await.map_err(status)?;
         Ok(Response::new(results_pb(&poll, &tally, now_ms())))
     }
 }

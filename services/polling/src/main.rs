@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tally_polling::config::{Config, ENV_PREFIX};
 
 /// Polls and votes for Tally (`tally.poll.v1.PollService`).
 #[derive(Debug, Parser)]
@@ -13,30 +14,24 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match tally_chassis::bootstrap::start(
+    let config = match tally_chassis::bootstrap::start(
         "tally-polling",
         "polling",
         args.config.as_deref(),
-        tally_polling::config::ENV_PREFIX,
-        |cfg: &tally_polling::config::Config| &cfg.telemetry,
+        ENV_PREFIX,
+        |cfg: &Config| &cfg.telemetry,
     ) {
-        Ok(cfg) => cfg,
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tally-polling: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(tally_polling::app::run(cfg)) {
+    match tally_polling::run::run(config, tally_chassis::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tally-polling stopped with an error");
-            eprintln!("tally-polling: {e:#}");
+            tracing::error!(error = %e, "tally-polling stopped");
+            eprintln!("tally-polling: {e}");
             ExitCode::FAILURE
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{Stack, api_key, bearer, create_req, expect_code};
 use tally_api::poll::v1 as pb;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
-use tally_polling::repository::PollRepository;
+use tally_polling::store::PollRepository;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -407,7 +407,7 @@ fn forge_token(kid: &str, sub: &str) -> String {
 #[tokio::test]
 async fn credentials_and_scopes() {
     // No API key cache, so a revoked key is refused at once.
-    let stack = Stack::start("[polling]\napi_key_cache_ttl_secs = 0\n").await;
+    let stack = Stack::start("[auth]\napi_key_cache_ttl_secs = 0\n").await;
     let (alice_id, alice) = stack.account("alice@example.com").await;
     let mut polls = stack.polls().await;
     let poll = create(&mut polls, &alice, create_req("Scoped?", 2)).await;
@@ -775,7 +775,7 @@ async fn concurrent_votes_are_exact_and_survive_restart() {
     // Stop polling and read its store directly: the projection equals the
     // counts recomputed from the vote log, and the outbox holds one event per
     // change with dense per-poll sequences.
-    stack.polling.stop();
+    stack.polling.stop().await;
     {
         let store = tally_chassis::storage::embedded::EmbeddedStore::open(&stack.polling_db_path())
             .await
@@ -819,7 +819,7 @@ async fn concurrent_votes_are_exact_and_survive_restart() {
 async fn health_follows_the_user_service() {
     let mut stack = Stack::start("[polling]\nhealth_interval_secs = 1\n").await;
     let (_, alice) = stack.account("alice@example.com").await;
-    stack.user.stop();
+    stack.user.stop().await;
     stack.polling.wait_health(ServingStatus::NotServing).await;
     // Tokens whose key is already cached still verify locally.
     let mut polls = stack.polls().await;

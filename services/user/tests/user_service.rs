@@ -727,7 +727,7 @@ async fn signup_commits_a_user_registered_event_to_the_outbox() {
         .await
         .unwrap_err();
     drop(c);
-    p.stop();
+    p.stop().await;
 
     let store =
         tally_chassis::storage::embedded::EmbeddedStore::open(&dir.path().join("user.redb"))

@@ -10,6 +10,7 @@ mod paths;
 mod ports;
 mod process;
 mod redis;
+mod service;
 mod services;
 
 pub use health::{is_serving, wait_for_health};
@@ -17,6 +18,7 @@ pub use paths::{bin_path, grpcurl, repo_root};
 pub use ports::{free_port, free_port_range};
 pub use process::Process;
 pub use redis::RedisServer;
+pub use service::{CALL_TIMEOUT, ServiceProcess};
 pub use services::{Platform, start_polling, start_user};
 
 /// A generous default for "wait until ready" loops on a loaded 2-core machine.

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How often exits are polled.
+const EXIT_POLL: Duration = Duration::from_millis(50);
+
 /// A running child whose stdout and stderr go to files in a temp directory.
 pub struct Process {
     name: String,
@@ -122,7 +125,7 @@ impl Process {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(EXIT_POLL);
         }
     }
 
@@ -141,6 +144,21 @@ impl Process {
                 );
             }
         }
+    }
+
+    /// Graceful stop for async tests: SIGTERM, then waits (without blocking
+    /// the runtime) up to `timeout` for the drain; SIGKILL if it lingers.
+    pub async fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        self.kill();
+        self.exit
     }
 
     /// SIGKILL and reap.

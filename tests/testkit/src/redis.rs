@@ -1,82 +1,108 @@
-//! A real `redis-server` for tests, on a free port, in a temp directory,
-//! without persistence; killed when dropped.
+//! A real `redis-server` for tests, on a port from [`free_port`], in a temp
+//! directory, without persistence: started and waited for without blocking
+//! the async runtime, stoppable and restartable on the same port (to test
+//! outages), killed when dropped.
 
-use crate::{Process, free_port};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::{Process, READY_TIMEOUT, free_port};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// A running `redis-server`.
+/// Attempts on fresh ports before giving up.
+const START_ATTEMPTS: usize = 5;
+/// How often readiness is probed.
+const PING_POLL: Duration = Duration::from_millis(50);
+/// Deadline of one PING.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running (or stopped, see [`RedisServer::stop`]) `redis-server`.
 pub struct RedisServer {
     port: u16,
-    _process: Process,
-    _dir: tempfile::TempDir,
+    process: Option<Process>,
+    dir: tempfile::TempDir,
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+async fn ping(port: u16) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG"))
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
+}
+
+fn ensure_installed() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "redis-server is not installed; run `bash scripts/test` (installs it with apt-get) \
+             or `apt-get install -y redis-server`"
+        );
     }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 impl RedisServer {
     /// Starts `redis-server` (from PATH) and waits until it answers PING.
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
+        ensure_installed();
         let dir = tempfile::Builder::new()
             .prefix("redis-")
             .tempdir()
             .expect("temp dir for redis");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = Command::new("redis-server");
-            cmd.current_dir(dir.path()).args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir.path().display().to_string(),
-            ]);
-            if std::process::Command::new("redis-server")
-                .arg("--version")
-                .output()
-                .is_err()
-            {
-                panic!(
-                    "redis-server is not installed; run `bash scripts/test` (installs it with apt-get) \
-                     or `apt-get install -y redis-server`"
-                );
+        let mut server = Self {
+            port: 0,
+            process: None,
+            dir,
+        };
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            if server.spawn().await {
+                return server;
             }
-            let mut process = Process::spawn_command(cmd);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && process.is_running() {
-                if ping(port) {
-                    return Self {
-                        port,
-                        _process: process,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // Lost a port race, or failed to start: try another port.
-            eprintln!(
-                "redis-server on port {port} did not start:\n{}",
-                process.output()
-            );
         }
-        panic!("redis-server did not start after 5 attempts");
+        panic!("redis-server did not start after {START_ATTEMPTS} attempts");
+    }
+
+    /// Spawns on `self.port`; true once it answers PING.
+    async fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(self.dir.path()).args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &self.dir.path().display().to_string(),
+        ]);
+        let mut process = Process::spawn_command(cmd);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline && process.is_running() {
+            if ping(self.port).await {
+                self.process = Some(process);
+                return true;
+            }
+            tokio::time::sleep(PING_POLL).await;
+        }
+        eprintln!(
+            "redis-server on port {} did not start:\n{}",
+            self.port,
+            process.output()
+        );
+        process.kill();
+        false
     }
 
     pub fn port(&self) -> u16 {
@@ -86,5 +112,22 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port; panics if it does not come back.
+    pub async fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn().await,
+            "redis-server did not restart on port {}",
+            self.port
+        );
     }
 }

@@ -73,7 +73,7 @@ impl Platform {
     }
 
     /// Like [`Platform::start`], appending TOML to each service's config,
-    /// e.g. `"[polling]\napi_key_cache_ttl_secs = 1\n"`.
+    /// e.g. `"[auth]\napi_key_cache_ttl_secs = 1\n"`.
     pub async fn start_with(user_toml: &str, polling_toml: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tally-platform-")

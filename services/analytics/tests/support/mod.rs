@@ -160,6 +160,8 @@ pub struct StackOptions {
     pub analytics: Option<String>,
     /// Run notification with these extra `[notification]` lines.
     pub notification: Option<String>,
+    /// `[retry] max_attempts` of the consumers (the default when unset).
+    pub retry_max_attempts: Option<u32>,
 }
 
 /// The services under test, in a temp directory.
@@ -180,7 +182,10 @@ impl Stack {
             .prefix("tally-events-")
             .tempdir()
             .expect("temp dir");
-        let redis = opts.redis.then(RedisServer::start);
+        let redis = match opts.redis {
+            true => Some(RedisServer::start().await),
+            false => None,
+        };
         let events = match &redis {
             Some(r) => format!(
                 "[events]\ntransport = \"redis\"\nurl = \"{}\"\nclaim_idle_ms = 2000\nblock_ms = 200\n\n",
@@ -209,7 +214,15 @@ impl Stack {
             &format!("[outbound]\nuser = \"http://127.0.0.1:{user_port}\"\n\n{events}"),
         );
         let consumer_sections = format!("{outbound}{events}");
-        let consumer_knobs = "health_interval_secs = 1\nretry_initial_backoff_ms = 50\nretry_max_backoff_ms = 500\njwks_refetch_interval_secs = 1\n";
+        // Shared chassis tables first (top level), then the service's section.
+        let max_attempts = opts
+            .retry_max_attempts
+            .map(|n| format!("max_attempts = {n}\n"))
+            .unwrap_or_default();
+        let shared = format!(
+            "[auth]\njwks_refetch_interval_secs = 1\n[retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 500\n{max_attempts}\n"
+        );
+        let consumer_knobs = "health_interval_secs = 1\n";
         let analytics = opts.analytics.as_ref().map(|extra| {
             Service::new(
                 dir.path(),
@@ -218,7 +231,7 @@ impl Stack {
                 "tally.analytics.v1.AnalyticsService",
                 free_port(),
                 &format!(
-                    "{outbound}{events}[analytics]\ninstance = \"a1\"\n{consumer_knobs}{extra}\n"
+                    "{outbound}{events}{shared}[analytics]\ninstance = \"a1\"\n{consumer_knobs}{extra}\n"
                 ),
             )
         });
@@ -230,7 +243,7 @@ impl Stack {
                 "tally.notification.v1.NotificationService",
                 free_port(),
                 &format!(
-                    "{outbound}{events}[notification]\ninstance = \"n1\"\n{consumer_knobs}{extra}\n"
+                    "{outbound}{events}{shared}[notification]\ninstance = \"n1\"\n{consumer_knobs}{extra}\n"
                 ),
             )
         });

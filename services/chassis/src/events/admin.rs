@@ -73,7 +73,13 @@ impl ConsumerAdminService for ConsumerAdmin {
     ) -> Result<Response<ListConsumersResponse>, Status> {
         let mut consumers = Vec::with_capacity(self.consumers.len());
         for consumer in self.consumers.values() {
-            consumers.push(consumer.status().await?.to_proto());
+            consumers.push(
+                consumer
+                    .status()
+                    .await
+                    .map_err(crate::status::consumer)?
+                    .to_proto(),
+            );
         }
         Ok(Response::new(ListConsumersResponse { consumers }))
     }
@@ -90,7 +96,11 @@ impl ConsumerAdminService for ConsumerAdmin {
         };
         let mut dead_letters = Vec::new();
         for consumer in selected {
-            for record in consumer.dead_letters().await? {
+            for record in consumer
+                .dead_letters()
+                .await
+                .map_err(crate::status::consumer)?
+            {
                 dead_letters.push(record.to_proto(consumer.name()));
             }
         }
@@ -106,7 +116,10 @@ impl ConsumerAdminService for ConsumerAdmin {
         if req.event_id.is_empty() {
             return Err(Status::invalid_argument("event_id is required"));
         }
-        let record = consumer.dead_letter_entry(&req.event_id).await?;
+        let record = consumer
+            .dead_letter_entry(&req.event_id)
+            .await
+            .map_err(crate::status::consumer)?;
         Ok(Response::new(GetDeadLetterResponse {
             dead_letter: Some(record.to_proto(consumer.name())),
         }))
@@ -119,7 +132,10 @@ impl ConsumerAdminService for ConsumerAdmin {
         let req = request.into_inner();
         let consumer = self.consumer(&req.consumer)?;
         let event_id = (!req.event_id.is_empty()).then_some(req.event_id.as_str());
-        let (redriven, still_failing) = consumer.redrive(event_id).await?;
+        let (redriven, still_failing) = consumer
+            .redrive(event_id)
+            .await
+            .map_err(crate::status::consumer)?;
         Ok(Response::new(RedriveDeadLetterResponse {
             redriven,
             still_failing,
@@ -132,7 +148,10 @@ impl ConsumerAdminService for ConsumerAdmin {
     ) -> Result<Response<ReplayResponse>, Status> {
         let req = request.into_inner();
         let consumer = self.consumer(&req.consumer)?;
-        consumer.replay(req.from_offset, req.rebuild).await?;
+        consumer
+            .replay(req.from_offset, req.rebuild)
+            .await
+            .map_err(crate::status::consumer)?;
         Ok(Response::new(ReplayResponse {
             from_offset: req.from_offset,
         }))

@@ -224,7 +224,7 @@ impl EventFeedService for Feed {
                 let entries = match store.read_outbox(cursor, READ_CHUNK).await {
                     Ok(entries) => entries,
                     Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                        let _ = tx.send(Err(crate::status::store(e))).await;
                         return;
                     }
                 };
@@ -257,7 +257,7 @@ impl EventFeedService for Feed {
         &self,
         _request: Request<GetHeadRequest>,
     ) -> Result<Response<GetHeadResponse>, Status> {
-        let head_offset = self.head().await?;
+        let head_offset = self.head().await.map_err(crate::status::store)?;
         Ok(Response::new(GetHeadResponse { head_offset }))
     }
 }

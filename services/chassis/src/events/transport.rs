@@ -30,6 +30,19 @@ pub enum EventBusSettings {
 }
 
 impl EventBusSettings {
+    /// These settings with the Redis group member named `instance` unless
+    /// the config names one (stable across restarts, so a restarted replica
+    /// takes back its own pending entries at once).
+    pub fn with_instance(&self, instance: &str) -> Self {
+        let mut bus = self.clone();
+        if let EventBusSettings::Redis(redis) = &mut bus
+            && redis.instance.is_none()
+        {
+            redis.instance = Some(instance.to_string());
+        }
+        bus
+    }
+
     /// Validation issues, keys prefixed with `prefix` (usually `events`).
     pub fn issues(&self, prefix: &str) -> Vec<Issue> {
         match self {

@@ -153,7 +153,7 @@ pub struct Row {
     pub value: Vec<u8>,
 }
 
-/// Storage failures, mapped to gRPC statuses by each service.
+/// Storage failures; gRPC edges map them with [`crate::status::store`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A condition in the batch did not hold; nothing was written.
@@ -171,16 +171,6 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::ConditionFailed { .. } => tonic::Status::aborted(e.to_string()),
-            StoreError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
-            StoreError::Corrupt(_) => tonic::Status::internal(e.to_string()),
-        }
-    }
 }
 
 /// The storage port every service writes through.

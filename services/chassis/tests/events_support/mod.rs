@@ -256,7 +256,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let server = tally_testkit::RedisServer::start();
+        let server = tally_testkit::RedisServer::start().await;
         Self {
             url: server.url(),
             _server: server,

@@ -4,6 +4,10 @@
 //! Errors name the file, the key and the fix, so a bad deploy fails loudly at
 //! start instead of misbehaving later.
 
+mod shared;
+
+pub use shared::{AuthSettings, RetrySettings, instance_issues, instance_name};
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -164,8 +168,21 @@ pub struct ServerSettings {
     pub drain_timeout_secs: u64,
 }
 
+/// Default of `server.drain_timeout_secs`.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+
 fn default_drain_secs() -> u64 {
-    10
+    DEFAULT_DRAIN_TIMEOUT_SECS
+}
+
+impl ServerSettings {
+    /// Settings listening on `listen_addr` with the default drain timeout.
+    pub fn on(listen_addr: SocketAddr) -> Self {
+        Self {
+            listen_addr,
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// Which storage adapter backs the service, chosen by config.

@@ -1,232 +1,22 @@
-//! The Redis Streams transport: one stream per producer
-//! (`<prefix><producer>`, e.g. `tally:events:polling`), written by the
-//! [`Relay`](crate::events::relay::Relay) through [`RedisPublisher`] and read
-//! by consumers through [`RedisSource`].
-//!
-//! * Entry ids are `<outbox offset>-0`, so positions are the producer's
-//!   offsets on this transport too, and an entry cannot be added twice
-//!   (the publisher skips offsets the stream already holds).
-//! * Fields: `type`, `aggregate`, `envelope` (the encoded `EventEnvelope`).
-//! * Each consumer is a consumer group named after it (`XGROUP CREATE ..
-//!   MKSTREAM`, created at the consumer's durable offset); each process is a
-//!   group member (`instance`, default `<hostname>-<pid>`; set it to a stable
-//!   name per replica so a restarted replica takes back its own pending
-//!   entries at once).
-//! * Reading: first the member's own pending entries (`XREADGROUP .. 0`), then
-//!   new ones (`XREADGROUP .. >` with `BLOCK`); every `claim_idle_ms / 2` it
-//!   takes over entries another member left pending for longer than
-//!   `claim_idle_ms` (`XAUTOCLAIM`): that member died. Entries are `XACK`ed
-//!   after the consumer's own transaction committed.
-//! * Retention: `XADD MAXLEN ~ max_len` (default 100 000 entries per producer).
-//!   A consumer that falls further behind than that loses the trimmed entries
-//!   on this transport (they stay in the producer's outbox; replay through the
-//!   embedded feed recovers them). Size `max_len` for the longest outage to ride out.
+//! Reading a producer's stream as an [`EventSource`]: one consumer group per
+//! consumer, own pending entries first, then new ones, taking over entries a
+//! dead member left pending, acked after the consumer's transaction.
 
+use super::{
+    BUFFER, READ_COUNT, RedisStreamSettings, connect, entry_id, last_position, position_of,
+    unavailable,
+};
 use crate::events::bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
-use crate::events::relay::Publisher;
-use crate::storage::OutboxEntry;
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{
-    StreamAutoClaimOptions, StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply,
-};
-use serde::Deserialize;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_api::events::v1::EventEnvelope;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-
-const BUFFER: usize = 64;
-const READ_COUNT: usize = 64;
-
-/// Redis Streams settings (a `[events.redis]`-style config section).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStreamSettings {
-    /// `redis://host:port[/db]`.
-    pub url: String,
-    /// Stream key prefix; the producer's name is appended.
-    #[serde(default = "default_prefix")]
-    pub stream_prefix: String,
-    /// Approximate maximum entries kept per stream (`XADD MAXLEN ~`).
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
-    /// Pending entries idle longer than this are claimed from their (dead) owner.
-    #[serde(default = "default_claim_idle_ms")]
-    pub claim_idle_ms: u64,
-    /// How long one `XREADGROUP` blocks waiting for new entries.
-    #[serde(default = "default_block_ms")]
-    pub block_ms: u64,
-    /// This process's member name within consumer groups.
-    #[serde(default)]
-    pub instance: Option<String>,
-}
-
-fn default_prefix() -> String {
-    "tally:events:".to_string()
-}
-fn default_max_len() -> usize {
-    100_000
-}
-fn default_claim_idle_ms() -> u64 {
-    30_000
-}
-fn default_block_ms() -> u64 {
-    1_000
-}
-
-impl RedisStreamSettings {
-    /// Settings with defaults for everything but the URL.
-    pub fn new(url: &str) -> Self {
-        Self {
-            url: url.to_string(),
-            stream_prefix: default_prefix(),
-            max_len: default_max_len(),
-            claim_idle_ms: default_claim_idle_ms(),
-            block_ms: default_block_ms(),
-            instance: None,
-        }
-    }
-
-    /// The stream key of `producer`.
-    pub fn stream(&self, producer: &str) -> String {
-        format!("{}{producer}", self.stream_prefix)
-    }
-
-    /// Validation issues, keys prefixed with `prefix`.
-    pub fn issues(&self, prefix: &str) -> Vec<crate::config::Issue> {
-        let mut out = Vec::new();
-        if redis::Client::open(self.url.as_str()).is_err() {
-            out.push(crate::config::Issue::new(
-                format!("{prefix}.url"),
-                format!("`{}` is not a Redis URL", self.url),
-                "write it as `redis://host:port`",
-            ));
-        }
-        if self.max_len == 0 {
-            out.push(crate::config::Issue::new(
-                format!("{prefix}.max_len"),
-                "is 0",
-                "keep at least the backlog a consumer may fall behind, e.g. 100000",
-            ));
-        }
-        out
-    }
-
-    fn instance_name(&self) -> String {
-        self.instance.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "tally".to_string());
-            format!("{host}-{}", std::process::id())
-        })
-    }
-}
-
-fn unavailable(e: redis::RedisError) -> BusError {
-    BusError::Unavailable(format!("redis: {e}"))
-}
-
-async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, BusError> {
-    let client = redis::Client::open(url)
-        .map_err(|e| BusError::Invalid(format!("bad redis url `{url}`: {e}")))?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(3)));
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(unavailable)
-}
-
-fn entry_id(position: u64) -> String {
-    format!("{position}-0")
-}
-
-fn position_of(id: &str) -> Option<u64> {
-    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
-}
-
-/// The last position in `stream` (0 when empty or missing).
-async fn last_position(conn: &mut ConnectionManager, stream: &str) -> Result<u64, BusError> {
-    let reply: StreamRangeReply = conn
-        .xrevrange_count(stream, "+", "-", 1)
-        .await
-        .map_err(unavailable)?;
-    Ok(reply
-        .ids
-        .first()
-        .and_then(|id| position_of(&id.id))
-        .unwrap_or(0))
-}
-
-/// Publishes outbox entries to a producer's stream.
-pub struct RedisPublisher {
-    conn: ConnectionManager,
-    stream: String,
-    max_len: usize,
-    /// The stream's last position as last seen (`None`: ask Redis).
-    last: Mutex<Option<u64>>,
-}
-
-impl RedisPublisher {
-    /// Connects and targets the stream of `producer`.
-    pub async fn connect(settings: &RedisStreamSettings, producer: &str) -> Result<Self, BusError> {
-        Ok(Self {
-            conn: connect(&settings.url, Duration::from_secs(5)).await?,
-            stream: settings.stream(producer),
-            max_len: settings.max_len.max(1),
-            last: Mutex::new(None),
-        })
-    }
-}
-
-#[async_trait]
-impl Publisher for RedisPublisher {
-    fn describe(&self) -> String {
-        format!("redis:{}", self.stream)
-    }
-
-    async fn publish(&self, entries: &[OutboxEntry]) -> Result<(), BusError> {
-        let mut last = self.last.lock().await;
-        let mut conn = self.conn.clone();
-        let known = match *last {
-            Some(known) => known,
-            None => last_position(&mut conn, &self.stream).await?,
-        };
-        let fresh: Vec<&OutboxEntry> = entries.iter().filter(|e| e.offset > known).collect();
-        if fresh.len() < entries.len() {
-            tracing::info!(stream = %self.stream, skipped = entries.len() - fresh.len(), "entries already in the stream");
-        }
-        if let Some(newest) = fresh.last().map(|e| e.offset) {
-            let mut pipe = redis::pipe();
-            for entry in &fresh {
-                pipe.cmd("XADD")
-                    .arg(&self.stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.max_len)
-                    .arg(entry_id(entry.offset))
-                    .arg("type")
-                    .arg(&entry.event.event_type)
-                    .arg("aggregate")
-                    .arg(&entry.event.aggregate_id)
-                    .arg("envelope")
-                    .arg(entry.event.payload.as_slice())
-                    .ignore();
-            }
-            let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-            if let Err(e) = result {
-                *last = None;
-                return Err(unavailable(e));
-            }
-            *last = Some(newest);
-        } else {
-            *last = Some(known);
-        }
-        Ok(())
-    }
-}
 
 /// A producer's stream as an [`EventSource`], through consumer groups.
 #[derive(Clone)]
@@ -540,28 +330,5 @@ impl EventSource for RedisSource {
             .await
             .map_err(unavailable)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_ids_carry_the_outbox_offset() {
-        assert_eq!(entry_id(42), "42-0");
-        assert_eq!(position_of("42-0"), Some(42));
-        assert_eq!(position_of("garbage"), None);
-    }
-
-    #[test]
-    fn settings_default_and_validate() {
-        let s: RedisStreamSettings =
-            toml::from_str("url = \"redis://127.0.0.1:6379\"").expect("parse");
-        assert_eq!(s.stream("polling"), "tally:events:polling");
-        assert_eq!(s.max_len, 100_000);
-        assert!(s.issues("events.redis").is_empty());
-        let bad = RedisStreamSettings::new("http://nope");
-        assert_eq!(bad.issues("events.redis")[0].key, "events.redis.url");
     }
 }

@@ -1,10 +1,12 @@
-//! The `tally.billing.v1.BillingService` handlers: authenticate the caller,
-//! validate, hand over to the orchestrator, and map records to messages.
+//! The gRPC edge, `tally.billing.v1.BillingService`: authenticate the caller,
+//! validate, hand over to the use cases ([`crate::app`]), map records to
+//! messages; the only place a billing error becomes a `tonic::Status`.
 
+use crate::app::{BillingError, Orchestrator};
 use crate::domain::plans::{PLANS, PlanId};
+use crate::domain::saga::SagaError;
 use crate::domain::saga::SubscriptionState;
-use crate::orchestrator::Orchestrator;
-use crate::records::SubscriptionRecord;
+use crate::store::SubscriptionRecord;
 use tally_api::billing::v1 as pb;
 use tally_api::billing::v1::billing_service_server::BillingService;
 use tally_chassis::auth::{Authenticator, Caller};
@@ -30,6 +32,20 @@ impl BillingApi {
         let caller = self.auth.authenticate(req.metadata()).await?;
         caller.require(scope)?;
         Ok(caller)
+    }
+}
+
+/// The status a billing error answers with.
+fn status(e: BillingError) -> Status {
+    let msg = e.to_string();
+    match e {
+        BillingError::Store(s) => tally_chassis::status::store(s),
+        BillingError::NotFound(_) => Status::not_found(msg),
+        BillingError::Invalid(_) => Status::invalid_argument(msg),
+        BillingError::Precondition(_) => Status::failed_precondition(msg),
+        BillingError::Saga(SagaError::Busy) => Status::unavailable(msg),
+        BillingError::Saga(_) => Status::failed_precondition(msg),
+        BillingError::Later { .. } => Status::unavailable(msg),
     }
 }
 
@@ -119,7 +135,8 @@ impl BillingService for BillingApi {
         let rec = self
             .orchestrator
             .start(&caller.user_id, plan, &req.idempotency_key)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::StartSubscriptionResponse {
             subscription: Some(subscription_to_pb(&rec)),
         }))
@@ -136,14 +153,11 @@ impl BillingService for BillingApi {
         }
         let rec = self
             .orchestrator
-            .records()
-            .subscription(&id)
+            .subscription(&caller.user_id, &id)
             .await
-            .map_err(Status::from)?
-            .filter(|r| r.value.user_id == caller.user_id)
-            .ok_or_else(|| Status::not_found(format!("subscription {id} not found")))?;
+            .map_err(status)?;
         Ok(Response::new(pb::GetSubscriptionResponse {
-            subscription: Some(subscription_to_pb(&rec.value)),
+            subscription: Some(subscription_to_pb(&rec)),
         }))
     }
 
@@ -156,7 +170,11 @@ impl BillingService for BillingApi {
         if id.is_empty() {
             return Err(Status::invalid_argument("subscription_id is empty"));
         }
-        let rec = self.orchestrator.cancel(&caller.user_id, &id).await?;
+        let rec = self
+            .orchestrator
+            .cancel(&caller.user_id, &id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CancelSubscriptionResponse {
             subscription: Some(subscription_to_pb(&rec)),
         }))
@@ -169,13 +187,12 @@ impl BillingService for BillingApi {
         let caller = self.caller(&request, SCOPE_BILLING_READ).await?;
         let ent = self
             .orchestrator
-            .records()
             .entitlement(&caller.user_id)
             .await
-            .map_err(Status::from)?;
+            .map_err(status)?;
         Ok(Response::new(pb::GetEntitlementsResponse {
-            plan_id: plan_to_pb(ent.value.plan) as i32,
-            max_open_polls: ent.value.max_open_polls,
+            plan_id: plan_to_pb(ent.plan) as i32,
+            max_open_polls: ent.max_open_polls,
         }))
     }
 }

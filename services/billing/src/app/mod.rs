@@ -14,20 +14,22 @@
 //! created), `<step>:intent` (intent written), `<step>` (outcome written),
 //! and `charge_payment:called` / `refund_payment:called` (the provider has
 //! answered, the outcome is not yet written).
+//!
+//! [`drive`] runs a saga step by step; [`steps`] carries out one step
+//! (the local effects and the payment calls).
 
-use crate::domain::plans::{CURRENCY, PlanId};
-use crate::domain::saga::{
-    Command, Notice, Payment, Saga, SagaError, SagaEvent, Step, SubscriptionState,
-};
+mod drive;
+mod steps;
+
+use crate::domain::plans::PlanId;
+use crate::domain::saga::{Notice, Payment, Saga, SagaError, SagaEvent, SubscriptionState};
 use crate::events;
 use crate::payment::PaymentGateway;
-use crate::records::{self, Entitlement, Records, StepLog, SubscriptionRecord};
+use crate::store::{Entitlement, Records, StepLog, SubscriptionRecord};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tally_api::payment::v1 as paypb;
 use tally_chassis::storage::{StoreError, WriteBatch};
-use tonic::{Code, Status};
 
 /// Every crash point `crash_after` accepts.
 pub const CRASH_POINTS: &[&str] = &[
@@ -50,7 +52,17 @@ pub const CRASH_POINTS: &[&str] = &[
     "mark_failed",
 ];
 
-/// Orchestrator failures, mapped to gRPC codes at the edge.
+/// Longest idempotency key a caller may send.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+/// How often `start` re-reads a running saga while it waits for the end.
+const WAIT_POLL: Duration = Duration::from_millis(25);
+/// Attempts of a cancel that loses races with the saga driver.
+const CANCEL_ATTEMPTS: usize = 16;
+/// Pause between cancel attempts.
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+
+/// Billing's use-case failures; the gRPC edge (`crate::grpc`) maps them to
+/// status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
     #[error(transparent)]
@@ -67,37 +79,12 @@ pub enum BillingError {
     Later { step: &'static str, reason: String },
 }
 
-impl From<BillingError> for Status {
-    fn from(e: BillingError) -> Self {
-        let msg = e.to_string();
-        match e {
-            BillingError::Store(s) => s.into(),
-            BillingError::NotFound(_) => Status::not_found(msg),
-            BillingError::Invalid(_) => Status::invalid_argument(msg),
-            BillingError::Precondition(_) => Status::failed_precondition(msg),
-            BillingError::Saga(SagaError::Busy) => Status::unavailable(msg),
-            BillingError::Saga(_) => Status::failed_precondition(msg),
-            BillingError::Later { .. } => Status::unavailable(msg),
-        }
-    }
-}
-
-/// Orchestrator tunables (from `[saga]` and `crash_after`).
 #[derive(Debug, Clone)]
 pub struct Tuning {
     pub payment_attempts: u32,
     pub retry_backoff: Duration,
     pub start_wait: Duration,
     pub crash_after: Option<String>,
-}
-
-/// The result of running one command.
-struct Outcome {
-    event: SagaEvent,
-    /// Local effects to commit with the outcome.
-    writes: WriteBatch,
-    status: &'static str,
-    detail: String,
 }
 
 /// Drives sagas; cheap to clone.
@@ -174,10 +161,13 @@ impl Orchestrator {
         plan: PlanId,
         key: &str,
     ) -> Result<SubscriptionRecord, BillingError> {
-        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
-            return Err(BillingError::Invalid(
-                "idempotency_key must be 1..=200 printable characters".into(),
-            ));
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+            || key.chars().any(char::is_control)
+        {
+            return Err(BillingError::Invalid(format!(
+                "idempotency_key must be 1..={MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+            )));
         }
         let id = match self.records.by_start_key(user_id, key).await? {
             Some(existing) => self.existing_for_key(&existing, plan).await?,
@@ -246,7 +236,7 @@ impl Orchestrator {
             if rec.value.saga.is_finished() || tokio::time::Instant::now() >= deadline {
                 return Ok(rec.value);
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 
@@ -271,291 +261,23 @@ impl Orchestrator {
         Ok(n)
     }
 
-    /// Runs the saga from its recorded phase until it ends or a step must
-    /// wait. Only one driver runs per saga in this process.
-    pub async fn drive(&self, id: &str) -> Result<(), BillingError> {
-        if !lock(&self.running).insert(id.to_string()) {
-            return Ok(());
-        }
-        let _guard = RunningGuard {
-            set: self.running.clone(),
-            id: id.to_string(),
-        };
-        loop {
-            let current = self
-                .records
-                .subscription(id)
-                .await?
-                .ok_or_else(|| BillingError::NotFound(id.to_string()))?;
-            let Some(command) = current.value.saga.next_command() else {
-                return Ok(());
-            };
-            let Some(prev) = current.raw else {
-                return Err(BillingError::NotFound(id.to_string()));
-            };
-            let step = command.step();
-
-            // 1. Intent, before anything runs.
-            let mut rec = current.value;
-            record_intent(&mut rec, step);
-            let intent_raw = match self
-                .records
-                .save(&prev, &rec, WriteBatch::new(), vec![])
-                .await
-            {
-                Ok(raw) => raw,
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            self.crash_point(&format!("{}:intent", step.name()));
-
-            // 2. The step itself.
-            let outcome = self.execute(&rec, &command).await?;
-            if matches!(step, Step::ChargePayment | Step::RefundPayment) {
-                self.crash_point(&format!("{}:called", step.name()));
-            }
-
-            // 3. Outcome, new state, local effects and events together.
-            let transition = rec.saga.apply(outcome.event)?;
-            let mut events_out = Vec::new();
-            let mut writes = outcome.writes;
-            for notice in &transition.notices {
-                if let Notice::PlanLimitsGranted { plan } = notice {
-                    self.grant_writes(&mut writes, &rec, *plan).await?;
-                } else if let Some(payload) =
-                    events::subscription_payload(&rec.subscription_id, &rec.user_id, notice)
-                {
-                    rec.event_seq += 1;
-                    events_out.push(events::envelope(
-                        &rec.subscription_id,
-                        rec.event_seq,
-                        payload,
-                    ));
-                }
-            }
-            rec.saga = transition.saga;
-            record_outcome(&mut rec, step, outcome.status, &outcome.detail);
-            match self
-                .records
-                .save(&intent_raw, &rec, writes, events_out)
-                .await
-            {
-                Ok(_) => {}
-                // Someone changed the saga (a cancel) or a guarded row moved:
-                // read again and repeat the step; every step is idempotent.
-                Err(StoreError::ConditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-            tracing::info!(subscription_id = %id, step = step.name(), status = outcome.status, phase = ?rec.saga.phase, "saga step");
-            self.crash_point(step.name());
-        }
-    }
-
-    /// Writes and the event that set `plan`'s limits for the record's user.
-    async fn grant_writes(
+    /// The caller's subscription `id`.
+    pub async fn subscription(
         &self,
-        writes: &mut WriteBatch,
-        rec: &SubscriptionRecord,
-        plan: PlanId,
-    ) -> Result<(), BillingError> {
-        let prev = self.records.entitlement(&rec.user_id).await?;
-        let next = Entitlement {
-            plan,
-            max_open_polls: plan.plan().max_open_polls,
-            subscription_id: if plan == PlanId::Free {
-                String::new()
-            } else {
-                rec.subscription_id.clone()
-            },
-            event_seq: prev.value.event_seq + 1,
-        };
-        records::set_entitlement(writes, &rec.user_id, &prev, &next)?;
-        writes.emit(events::envelope(
-            &rec.user_id,
-            next.event_seq,
-            events::limits(&rec.user_id, plan),
-        ));
-        Ok(())
+        user_id: &str,
+        id: &str,
+    ) -> Result<SubscriptionRecord, BillingError> {
+        self.records
+            .subscription(id)
+            .await?
+            .filter(|r| r.value.user_id == user_id)
+            .map(|r| r.value)
+            .ok_or_else(|| BillingError::NotFound(id.to_string()))
     }
 
-    async fn execute(
-        &self,
-        rec: &SubscriptionRecord,
-        command: &Command,
-    ) -> Result<Outcome, BillingError> {
-        let id = rec.subscription_id.as_str();
-        let done = |event, writes, detail: String| Outcome {
-            event,
-            writes,
-            status: "done",
-            detail,
-        };
-        match command {
-            Command::ReserveSeat => {
-                let mut writes = WriteBatch::new();
-                match self.records.seat(&rec.user_id).await? {
-                    None => {
-                        records::reserve_seat(&mut writes, &rec.user_id, id);
-                        Ok(done(SagaEvent::SeatReserved, writes, String::new()))
-                    }
-                    Some(holder) if holder == id => {
-                        Ok(done(SagaEvent::SeatReserved, writes, String::new()))
-                    }
-                    Some(holder) => {
-                        let reason = format!(
-                            "the user already holds subscription {holder}; cancel it first"
-                        );
-                        Ok(Outcome {
-                            event: SagaEvent::SeatUnavailable {
-                                reason: reason.clone(),
-                            },
-                            writes,
-                            status: "failed",
-                            detail: reason,
-                        })
-                    }
-                }
-            }
-            Command::ChargePayment { amount_cents } => self.charge(rec, *amount_cents).await,
-            Command::ActivateSubscription => Ok(done(
-                SagaEvent::SubscriptionActivated,
-                WriteBatch::new(),
-                String::new(),
-            )),
-            Command::GrantLimits { plan } => Ok(done(
-                SagaEvent::LimitsGranted,
-                WriteBatch::new(),
-                format!("max_open_polls = {}", plan.plan().max_open_polls),
-            )),
-            Command::RefundPayment { best_effort } => self.refund(rec, *best_effort).await,
-            Command::ReleaseSeat => {
-                let mut writes = WriteBatch::new();
-                if self.records.seat(&rec.user_id).await?.as_deref() == Some(id) {
-                    records::release_seat(&mut writes, &rec.user_id, id);
-                }
-                Ok(done(SagaEvent::SeatReleased, writes, String::new()))
-            }
-            Command::MarkFailed => Ok(done(
-                SagaEvent::MarkedFailed,
-                WriteBatch::new(),
-                rec.saga.failure_reason.clone().unwrap_or_default(),
-            )),
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u64 << attempt.min(10);
-        let ms = (self.tuning.retry_backoff.as_millis() as u64).saturating_mul(factor);
-        Duration::from_millis(ms.min(5_000))
-    }
-
-    async fn charge(
-        &self,
-        rec: &SubscriptionRecord,
-        amount_cents: u64,
-    ) -> Result<Outcome, BillingError> {
-        let key = charge_key(&rec.subscription_id);
-        let mut processed_possibly = false;
-        let mut last = String::new();
-        for attempt in 0..self.tuning.payment_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
-            }
-            match self
-                .payment
-                .charge(&key, &rec.user_id, amount_cents, CURRENCY)
-                .await
-            {
-                Ok(charge) => return Ok(charge_outcome(charge)),
-                Err(status) => {
-                    last = format!("{:?}: {}", status.code(), status.message());
-                    tracing::warn!(subscription_id = %rec.subscription_id, attempt, error = %last, "charge attempt failed");
-                    match status.code() {
-                        Code::Unavailable => {}
-                        Code::DeadlineExceeded
-                        | Code::Unknown
-                        | Code::Internal
-                        | Code::Cancelled
-                        | Code::Aborted
-                        | Code::ResourceExhausted => processed_possibly = true,
-                        _ => {
-                            // The provider refused the request itself: nothing was charged.
-                            return Ok(Outcome {
-                                event: SagaEvent::PaymentDeclined {
-                                    charge_id: String::new(),
-                                    reason: format!("rejected by the provider: {last}"),
-                                },
-                                writes: WriteBatch::new(),
-                                status: "failed",
-                                detail: last,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let detail = format!(
-            "{} attempts failed; last: {last}",
-            self.tuning.payment_attempts
-        );
-        Ok(Outcome {
-            event: SagaEvent::PaymentUnavailable {
-                reason: detail.clone(),
-                processed_possibly,
-            },
-            writes: WriteBatch::new(),
-            status: "failed",
-            detail,
-        })
-    }
-
-    async fn refund(
-        &self,
-        rec: &SubscriptionRecord,
-        best_effort: bool,
-    ) -> Result<Outcome, BillingError> {
-        let id = &rec.subscription_id;
-        let attempts = if best_effort {
-            1
-        } else {
-            self.tuning.payment_attempts
-        };
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
-            }
-            match self.payment.settle(&refund_key(id), &charge_key(id)).await {
-                Ok(charge) => {
-                    let status = paypb::ChargeStatus::try_from(charge.status)
-                        .unwrap_or(paypb::ChargeStatus::Unspecified);
-                    return Ok(Outcome {
-                        event: SagaEvent::PaymentRefunded {
-                            charge_id: charge.charge_id.clone(),
-                        },
-                        writes: WriteBatch::new(),
-                        status: "done",
-                        detail: format!("charge {} is {}", charge.charge_id, status.as_str_name()),
-                    });
-                }
-                Err(status) => {
-                    last = format!("{:?}: {}", status.code(), status.message());
-                    tracing::warn!(subscription_id = %id, attempt, error = %last, "refund attempt failed");
-                }
-            }
-        }
-        if best_effort {
-            return Ok(Outcome {
-                event: SagaEvent::RefundSkipped,
-                writes: WriteBatch::new(),
-                status: "skipped",
-                detail: format!("nothing was charged; void not confirmed ({last})"),
-            });
-        }
-        Err(BillingError::Later {
-            step: Step::RefundPayment.name(),
-            reason: last,
-        })
+    /// The limits the caller's plan grants.
+    pub async fn entitlement(&self, user_id: &str) -> Result<Entitlement, BillingError> {
+        Ok(self.records.entitlement(user_id).await?.value)
     }
 
     /// Cancels `id` for `user_id`: an active subscription ends now (seat
@@ -565,7 +287,7 @@ impl Orchestrator {
         user_id: &str,
         id: &str,
     ) -> Result<SubscriptionRecord, BillingError> {
-        for _ in 0..16 {
+        for _ in 0..CANCEL_ATTEMPTS {
             let current = self
                 .records
                 .subscription(id)
@@ -596,7 +318,7 @@ impl Orchestrator {
                 }
             }
             if was_active && self.records.seat(user_id).await?.as_deref() == Some(id) {
-                records::release_seat(&mut writes, user_id, id);
+                crate::store::release_seat(&mut writes, user_id, id);
             }
             rec.saga = transition.saga;
             rec.steps.push(StepLog {
@@ -613,76 +335,13 @@ impl Orchestrator {
                     return Ok(rec);
                 }
                 Err(StoreError::ConditionFailed { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(CANCEL_RETRY).await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(BillingError::Saga(SagaError::Busy))
-    }
-}
-
-fn charge_outcome(charge: paypb::Charge) -> Outcome {
-    let status =
-        paypb::ChargeStatus::try_from(charge.status).unwrap_or(paypb::ChargeStatus::Unspecified);
-    match status {
-        paypb::ChargeStatus::Succeeded => Outcome {
-            detail: format!("charge {}", charge.charge_id),
-            event: SagaEvent::PaymentCharged {
-                charge_id: charge.charge_id,
-            },
-            writes: WriteBatch::new(),
-            status: "done",
-        },
-        other => {
-            let reason = if charge.decline_reason.is_empty() {
-                format!("charge is {}", other.as_str_name())
-            } else {
-                charge.decline_reason.clone()
-            };
-            Outcome {
-                detail: format!("charge {}: {reason}", charge.charge_id),
-                event: SagaEvent::PaymentDeclined {
-                    charge_id: charge.charge_id,
-                    reason,
-                },
-                writes: WriteBatch::new(),
-                status: "failed",
-            }
-        }
-    }
-}
-
-/// Appends the step's intent, or marks a resumed intent as such.
-fn record_intent(rec: &mut SubscriptionRecord, step: Step) {
-    let at_ms = now_ms();
-    if let Some(last) = rec.steps.last_mut()
-        && last.name == step.name()
-        && last.status == "started"
-    {
-        last.detail = "resumed".into();
-        last.at_ms = at_ms;
-        return;
-    }
-    rec.steps.push(StepLog {
-        name: step.name().into(),
-        status: "started".into(),
-        detail: String::new(),
-        at_ms,
-    });
-}
-
-fn record_outcome(rec: &mut SubscriptionRecord, step: Step, status: &str, detail: &str) {
-    let entry = StepLog {
-        name: step.name().into(),
-        status: status.into(),
-        detail: detail.into(),
-        at_ms: now_ms(),
-    };
-    match rec.steps.last_mut() {
-        Some(last) if last.name == step.name() && last.status == "started" => *last = entry,
-        _ => rec.steps.push(entry),
     }
 }
 
@@ -697,8 +356,10 @@ pub fn payment_settled(saga: &Saga) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payment::GatewayError;
     use async_trait::async_trait;
     use std::collections::VecDeque;
+    use tally_api::payment::v1 as paypb;
     use tally_chassis::storage::Store;
     use tally_chassis::storage::embedded::EmbeddedStore;
 
@@ -706,8 +367,8 @@ mod tests {
     /// answers like a healthy provider that remembers keys.
     #[derive(Default)]
     struct Scripted {
-        charges: Mutex<VecDeque<Result<paypb::Charge, Status>>>,
-        settles: Mutex<VecDeque<Result<paypb::Charge, Status>>>,
+        charges: Mutex<VecDeque<Result<paypb::Charge, GatewayError>>>,
+        settles: Mutex<VecDeque<Result<paypb::Charge, GatewayError>>>,
         charge_calls: Mutex<Vec<String>>,
         settle_calls: Mutex<Vec<String>>,
     }
@@ -728,7 +389,7 @@ mod tests {
             _customer: &str,
             _amount: u64,
             _currency: &str,
-        ) -> Result<paypb::Charge, Status> {
+        ) -> Result<paypb::Charge, GatewayError> {
             lock(&self.charge_calls).push(key.to_string());
             lock(&self.charges)
                 .pop_front()
@@ -739,7 +400,7 @@ mod tests {
             &self,
             refund_key: &str,
             _charge_key: &str,
-        ) -> Result<paypb::Charge, Status> {
+        ) -> Result<paypb::Charge, GatewayError> {
             lock(&self.settle_calls).push(refund_key.to_string());
             lock(&self.settles)
                 .pop_front()
@@ -812,9 +473,10 @@ mod tests {
     async fn unavailable_charge_retries_with_the_same_key_then_voids_best_effort() {
         let script = Scripted::default();
         for _ in 0..3 {
-            lock(&script.charges).push_back(Err(Status::unavailable("down")));
+            lock(&script.charges)
+                .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         }
-        lock(&script.settles).push_back(Err(Status::unavailable("down")));
+        lock(&script.settles).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         let (_d, orch, payment, _s) = setup(script).await;
         let rec = orch.start("u1", PlanId::Pro, "k").await.expect("start");
         assert_eq!(rec.saga.state(), SubscriptionState::Failed);
@@ -828,11 +490,14 @@ mod tests {
     #[tokio::test]
     async fn uncertain_charge_waits_for_a_refund_before_failing() {
         let script = Scripted::default();
-        lock(&script.charges).push_back(Err(Status::deadline_exceeded("slow")));
-        lock(&script.charges).push_back(Err(Status::unavailable("down")));
-        lock(&script.charges).push_back(Err(Status::unavailable("down")));
+        lock(&script.charges).push_back(Err(GatewayError::Uncertain(
+            "DeadlineExceeded: slow".into(),
+        )));
+        lock(&script.charges).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
+        lock(&script.charges).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         for _ in 0..3 {
-            lock(&script.settles).push_back(Err(Status::unavailable("down")));
+            lock(&script.settles)
+                .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         }
         let (_d, orch, payment, _s) = setup_with_wait(script, Duration::ZERO).await;
         let id = orch

@@ -1,4 +1,4 @@
-//! The charge ledger over the storage port: charges, the idempotency keys
+//! Payment's store adapter: the charge ledger over the storage port: charges, the idempotency keys
 //! that point at them, and a per-customer index.
 //!
 //! Every write that creates a charge or settles a refund claims its key with
@@ -18,7 +18,7 @@ const ROW: &str = "_";
 /// Attempts at an optimistic write before giving up (only contention retries).
 const CAS_ATTEMPTS: usize = 8;
 
-/// Ledger failures.
+/// Ledger failures; the gRPC edge maps them to status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
@@ -29,19 +29,6 @@ pub enum LedgerError {
     NotFound(String),
     #[error("too much contention on {0}; retry")]
     Contention(String),
-}
-
-impl From<LedgerError> for tonic::Status {
-    fn from(e: LedgerError) -> Self {
-        let msg = e.to_string();
-        match e {
-            LedgerError::Store(s) => s.into(),
-            LedgerError::Rule(PaymentError::Invalid { .. }) => tonic::Status::invalid_argument(msg),
-            LedgerError::Rule(_) => tonic::Status::failed_precondition(msg),
-            LedgerError::NotFound(_) => tonic::Status::not_found(msg),
-            LedgerError::Contention(_) => tonic::Status::aborted(msg),
-        }
-    }
 }
 
 /// Charges and refunds in the service's own store.

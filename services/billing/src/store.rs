@@ -1,4 +1,4 @@
-//! What billing keeps in its store: subscriptions with their saga and step
+//! Billing's store adapter: what billing keeps in its store: subscriptions with their saga and step
 //! log, idempotency keys, seat reservations and entitlements, plus the
 //! index of unfinished sagas the orchestrator resumes on start-up.
 //!
