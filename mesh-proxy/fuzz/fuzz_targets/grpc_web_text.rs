@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_proxy::gateway::grpc_web::decode_text;
+use tally_proxy::gateway::request_body::decode_text;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_text(data);
