@@ -114,7 +114,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         tcp,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut line = String::new();

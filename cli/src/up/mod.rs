@@ -290,8 +290,11 @@ fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
     private_fs::new_private_dir(&plan.data_dir)
         .map_err(io(format!("cannot create {}", plan.data_dir.display())))?;
     let mut dirs = plan::directories(&plan.data_dir).to_vec();
-    // The mesh CA key and workload keys are written below `mesh/` (0600 each).
-    dirs.push(plan.data_dir.join("mesh"));
+    // The mesh CA key and workload keys are written below `mesh/` (0600 each);
+    // a run without sidecars has no mesh and no such directory.
+    if plan.instances.iter().any(|i| i.binary == "tally-proxy") {
+        dirs.push(plan.data_dir.join("mesh"));
+    }
     dirs.extend(
         plan.instances
             .iter()
