@@ -284,10 +284,10 @@ fn print_table(handles: &[supervisor::Handle]) {
 }
 
 fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
-    // The data directory may be the user's choice of an existing directory:
-    // it is created 0700 when missing but never re-moded; what `tally up`
-    // owns inside it is made 0700 / 0600 even when it existed before.
-    private_fs::new_private_dir(&plan.data_dir)
+    // Keys, tokens and every store live below the data directory: only the
+    // owner may enter it, and what `tally up` owns inside it is 0700 / 0600,
+    // even when it existed before.
+    private_fs::private_dir(&plan.data_dir)
         .map_err(io(format!("cannot create {}", plan.data_dir.display())))?;
     let mut dirs = plan::directories(&plan.data_dir).to_vec();
     // The mesh CA key and workload keys are written below `mesh/` (0600 each);
