@@ -20,6 +20,7 @@ pub mod platform;
 mod ports;
 mod private_fs;
 mod supervisor;
+mod table;
 
 use plan::{Instance, ReplicaArg};
 use std::io::Write;
@@ -213,76 +214,6 @@ async fn stop_all(mut handles: Vec<supervisor::Handle>) {
     }
 }
 
-/// What the table shows as an instance's address: a service's own gRPC
-/// port (what operators, grpcurl and the CLI use), or a sidecar's ports.
-fn address_column(inst: &Instance) -> String {
-    if inst.sidecar_of.is_some() {
-        let port = |name: &str| {
-            inst.ports
-                .get(name)
-                .map(|p| format!("{name} :{p}"))
-                .unwrap_or_default()
-        };
-        ["inbound", "outbound", "admin"]
-            .map(port)
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("  ")
-    } else if let Some(a) = inst.addr {
-        a.to_string()
-    } else if inst.ports.is_empty() {
-        "-".into()
-    } else {
-        // The gateway: its browser entry point first.
-        let mut names: Vec<&&str> = inst.ports.keys().collect();
-        names.sort_by_key(|n| **n != "gateway");
-        names
-            .iter()
-            .map(|n| format!("{n} :{}", inst.ports[**n]))
-            .collect::<Vec<_>>()
-            .join("  ")
-    }
-}
-
-fn print_table(handles: &[supervisor::Handle]) {
-    // Each service instance, then its sidecar, in service port order.
-    let port_of = |name: &str| {
-        handles
-            .iter()
-            .find(|h| h.instance.name == name)
-            .and_then(|h| h.instance.ports.values().min().copied())
-    };
-    let mut rows: Vec<&supervisor::Handle> = handles.iter().collect();
-    rows.sort_by_key(|h| {
-        let front = h.instance.sidecar_of.as_deref().unwrap_or(&h.instance.name);
-        (port_of(front), h.instance.sidecar_of.is_some())
-    });
-    let width = rows
-        .iter()
-        .map(|h| address_column(&h.instance).len())
-        .max()
-        .unwrap_or(0)
-        .max(22);
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "  {:<20} {:<width$} {:<8} LOG",
-        "INSTANCE", "ADDRESS", "PID"
-    );
-    for h in rows {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:<width$} {:<8} {}",
-            h.instance.name,
-            address_column(&h.instance),
-            h.state.pid(),
-            h.instance.log_path.display()
-        );
-    }
-    let _ = out.flush();
-}
-
 fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
     // Keys, tokens and every store live below the data directory: only the
     // owner may enter it, and what `tally up` owns inside it is 0700 / 0600,
@@ -419,13 +350,13 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
                     "starting {} ({}) beside {app}: {}",
                     inst.name,
                     inst.binary,
-                    address_column(&inst)
+                    table::address_column(&inst)
                 )),
                 None => say(&format!(
                     "starting {} ({}) on {}",
                     inst.name,
                     inst.binary,
-                    address_column(&inst)
+                    table::address_column(&inst)
                 )),
             }
             handles.push(supervisor::start(inst, bin));
@@ -461,7 +392,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         }
     }
 
-    print_table(&handles);
+    table::print(&handles);
     if !meshed.is_empty() {
         say(&format!(
             "mesh: every service-to-service call goes through the sidecars over mTLS \
