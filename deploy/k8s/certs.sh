@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates the mesh CA (once) and one workload certificate per service with
-# `tally certs`, and stores each as the Secret <service>-mesh-cert in
+# Creates the mesh CA (once) and one workload certificate per service and the
+# gateway with `tally certs`, and stores each as the Secret <service>-mesh-cert in
 # namespace tally (keys: bundle.pem, <service>.pem, <service>-key.pem).
 # Also creates, once, the Secret tally-proxy-admin-token (key admin-token): a
 # random bearer token every sidecar's admin API requires for changes.
@@ -13,7 +13,7 @@
 set -euo pipefail
 dir="${1:-.tally-k8s-ca}"
 validity="${2:-720h}"
-services=(user polling notification analytics billing payment)
+services=(user polling notification analytics billing payment gateway)
 
 if [ ! -f "$dir/ca.pem" ]; then
   tally certs init --dir "$dir"

@@ -56,7 +56,7 @@ const JWKS_SERVICE: &str = "user";
 
 /// The gateway's routes: the public user methods, then each target's
 /// package, authenticated.
-fn gateway_routes() -> Vec<RouteConfig> {
+pub(super) fn gateway_routes() -> Vec<RouteConfig> {
     let mut routes: Vec<RouteConfig> = GATEWAY_PUBLIC_METHODS
         .iter()
         .map(|m| RouteConfig {
@@ -81,7 +81,7 @@ fn gateway_routes() -> Vec<RouteConfig> {
 
 /// Edge token checks with the user service's keys, fetched through the mesh;
 /// everything else at the proxy's defaults.
-fn auth() -> AuthConfig {
+pub(super) fn auth() -> AuthConfig {
     AuthConfig {
         issuer: d::GATEWAY_JWT_ISSUER.into(),
         audience: d::GATEWAY_JWT_AUDIENCE.into(),
