@@ -1,5 +1,6 @@
 //! Admin HTTP listener: `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (effective
-//! config as JSON) and `/faults` (GET the current fault settings, PUT one route's settings).
+//! config as JSON), `/faults` (GET the current fault settings, PUT one route's settings) and
+//! `/split` (GET the canary weights, PUT one target's weight).
 //! It is a control plane: reads are open to loopback callers, every mutation needs the bearer
 //! token from `admin.token_file`, and requests naming a foreign `Host` or carrying any `Origin`
 //! are refused, so a web page cannot reach it through DNS rebinding.
@@ -110,6 +111,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub faults: FaultStore,
+    /// Stable/canary weights (`GET`/`PUT /split`).
+    pub splits: crate::split::SplitStore,
     /// Routes that accept fault settings (service names and `inbound`).
     pub routes: Arc<BTreeSet<String>>,
     pub config_json: Arc<String>,
@@ -260,6 +263,11 @@ async fn handle(
             state.config_json.as_bytes().to_vec(),
         ),
         (Method::GET, "/faults") => json(StatusCode::OK, &state.faults.snapshot()),
+        (Method::GET, "/split") => json(StatusCode::OK, &state.splits.snapshot()),
+        (Method::PUT, "/split") => {
+            let (status, text) = crate::split::admin_put(&state.splits, req.into_body()).await;
+            reply(status, "text/plain", text)
+        }
         (Method::PUT, "/faults") => {
             let bytes = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
                 .collect()

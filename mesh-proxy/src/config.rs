@@ -180,6 +180,9 @@ pub struct ServiceConfig {
     /// Which outcomes count as endpoint failures (breaker, outlier ejection, EWMA penalty).
     #[serde(default)]
     pub failure: crate::classify::FailureConfig,
+    /// A second endpoint set (a new version) and its share of calls (`split`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::split::CanaryConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,6 +393,7 @@ impl ServiceConfig {
             load_balancer: LoadBalancerConfig::default(),
             faults: FaultConfig::default(),
             failure: crate::classify::FailureConfig::default(),
+            canary: None,
         }
     }
 }

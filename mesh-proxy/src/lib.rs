@@ -28,6 +28,7 @@ pub mod retry;
 pub mod route;
 pub mod run;
 pub mod server;
+pub mod split;
 pub mod stack;
 pub mod transport;
 

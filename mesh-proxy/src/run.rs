@@ -71,6 +71,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         });
     }
     let faults = FaultStore::default();
+    let splits = crate::split::SplitStore::default();
     let mut routes = BTreeSet::new();
     for (name, s) in &cfg.services {
         faults.set(name, s.faults.clone());
@@ -84,6 +85,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         metrics: metrics.clone(),
         faults: faults.clone(),
         client_transport: transports.client.clone(),
+        splits: splits.clone(),
     };
 
     let admin_l = bind("admin.listen", cfg.admin.listen).await?;
@@ -130,6 +132,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
     let admin_state = AdminState {
         metrics: metrics.clone(),
         faults,
+        splits,
         routes: Arc::new(routes),
         config_json: Arc::new(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
         ready: ready.clone(),

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::retry::{Policy as RetryPolicy, RetryLayer};
 use crate::route::Router;
+use crate::split::{Split, SplitStore};
 use crate::transport::ClientTransport;
 use crate::{BoxService, Direction, ListenerService};
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub faults: FaultStore,
     pub client_transport: Arc<dyn ClientTransport>,
+    /// Live stable/canary weights of the targets with a `[services.<name>.canary]`.
+    pub splits: SplitStore,
 }
 
 /// A config time in milliseconds where 0 means "none".
@@ -40,14 +43,32 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
     let metrics = &shared.metrics;
     let mut routes: HashMap<String, BoxService> = HashMap::new();
     for (name, svc) in &cfg.services {
-        let pool = Pool::new(
-            name,
-            svc,
-            &cfg.target_identity(name),
-            shared.client_transport.clone(),
-            &settings,
-            metrics.clone(),
-        );
+        let pool_of = |s: &crate::config::ServiceConfig| {
+            Balance::new(Pool::new(
+                name,
+                s,
+                &cfg.target_identity(name),
+                shared.client_transport.clone(),
+                &settings,
+                metrics.clone(),
+            ))
+        };
+        // With a canary: two balancers, and the split picks one per call by weight.
+        let balance: BoxService = match &svc.canary {
+            None => BoxService::new(Tower(pool_of(svc))),
+            Some(c) => {
+                let canary = crate::config::ServiceConfig {
+                    endpoints: c.endpoints.clone(),
+                    ..svc.clone()
+                };
+                let weight = shared.splits.register(name, c.weight);
+                BoxService::new(Split::new(
+                    Tower(pool_of(svc)),
+                    Tower(pool_of(&canary)),
+                    weight,
+                ))
+            }
+        };
         let retry = RetryPolicy::from_config(name, &svc.retry, cfg.limits.max_retry_buffer_bytes);
         let (limit, queue) = (svc.bulkhead.max_concurrent, svc.bulkhead.max_queue);
         let route = Layers::new()
@@ -69,7 +90,7 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
                 Outbound,
                 metrics.clone(),
             ))
-            .over(Tower(Balance::new(pool)));
+            .over(balance);
         routes.insert(name.to_ascii_lowercase(), BoxService::new(route));
     }
     let stack = Layers::new()

@@ -167,6 +167,9 @@ fn check_service(name: &str, s: &ServiceConfig, bad: Bad) -> Result<(), ConfigEr
         ));
     }
     check_endpoints(&s.endpoints, &key, bad)?;
+    if let Some(c) = &s.canary {
+        check_canary(c, &s.endpoints, &format!("{key}.canary"), bad)?;
+    }
     if let Err(e) = s.failure.validate() {
         return Err(bad(
             format!("{key}.failure.{}", e.key),
@@ -195,6 +198,27 @@ fn check_service(name: &str, s: &ServiceConfig, bad: Bad) -> Result<(), ConfigEr
         ));
     }
     check_faults(&s.faults, &format!("{key}.faults"), bad)
+}
+
+/// A canary has its own endpoints (none shared with the stable set) and a weight in percent.
+fn check_canary(
+    c: &crate::split::CanaryConfig,
+    stable: &[String],
+    key: &str,
+    bad: Bad,
+) -> Result<(), ConfigError> {
+    check_endpoints(&c.endpoints, key, bad)?;
+    if let Some(shared) = c.endpoints.iter().find(|e| stable.contains(e)) {
+        return Err(bad(
+            format!("{key}.endpoints"),
+            format!("`{shared}` is also a stable endpoint"),
+            "list each instance in one set only",
+        ));
+    }
+    if let Err(e) = crate::split::check_weight(c.weight.into()) {
+        return Err(bad(format!("{key}.weight"), e.to_string(), "use 0 to 100"));
+    }
+    Ok(())
 }
 
 fn check_endpoints(endpoints: &[String], key: &str, bad: Bad) -> Result<(), ConfigError> {
