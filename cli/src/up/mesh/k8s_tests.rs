@@ -61,8 +61,13 @@ fn assert_same_routes(file: &str, cfg: &tally_proxy::config::Config, want: &[&st
     assert_eq!(targets, want, "deploy/k8s/{file}.yaml routes");
     for (t, s) in &cfg.services {
         let ours = service_config(t, vec![format!("{t}.tally.svc.cluster.local:4143")]);
+        // A canary is the one thing Kubernetes adds (checked below).
+        let s = tally_proxy::config::ServiceConfig {
+            canary: None,
+            ..s.clone()
+        };
         assert_eq!(
-            toml::to_string(s).expect("toml"),
+            toml::to_string(&s).expect("toml"),
             toml::to_string(&ours).expect("toml"),
             "deploy/k8s/{file}.yaml [services.{t}]"
         );
@@ -104,6 +109,30 @@ fn the_kubernetes_gateway_has_the_same_routes_auth_and_targets() {
     // The Service exposes the gateway listener, never the admin port.
     let text = manifest("gateway");
     assert!(text.contains("containerPort: 8080") && text.contains("targetPort: http"));
+}
+
+#[test]
+fn the_analytics_canary_is_a_second_deployment_behind_a_zero_weight() {
+    let cfg = k8s_proxy("gateway", "gateway");
+    let canary = cfg.services["analytics"].canary.as_ref().expect("canary");
+    assert_eq!(
+        canary.endpoints,
+        ["analytics-canary.tally.svc.cluster.local:4143"]
+    );
+    assert_eq!(canary.weight, 0, "no traffic until a rollout");
+    let others: Vec<&String> = cfg
+        .services
+        .iter()
+        .filter(|(t, s)| *t != "analytics" && s.canary.is_some())
+        .map(|(t, _)| t)
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    // Same sidecar config and identity as the stable pods, its own Service.
+    let text = manifest("analytics-canary");
+    assert!(text.contains("name: analytics-proxy\n"));
+    assert!(text.contains("secretName: analytics-mesh-cert"));
+    assert!(text.contains("  name: analytics-canary\n"));
+    assert!(!text.contains("app.kubernetes.io/name: analytics\n"));
 }
 
 #[test]
