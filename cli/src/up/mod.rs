@@ -13,6 +13,7 @@
 //! directly.
 
 mod binaries;
+pub mod canary;
 mod health;
 pub mod mesh;
 pub mod plan;
@@ -62,6 +63,8 @@ pub struct UpArgs {
     /// least 1m); each is renewed at 70% of it while `tally up` runs.
     #[arg(long, default_value = mesh::DEFAULT_CERT_VALIDITY, value_parser = mesh::parse_validity)]
     pub cert_validity: Duration,
+    #[command(flatten)]
+    pub canary: canary::CanaryArgs,
 }
 
 /// Why `tally up` could not start or keep the platform running.
@@ -252,15 +255,26 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     } else {
         platform::platform()
     };
-    let plan = plan::build(
+    let replicas = match &args.canary.canary {
+        Some(service) => canary::with_canary_replica(&args.replicas, service),
+        None => args.replicas.clone(),
+    };
+    let mut plan = plan::build(
         &platform,
         &plan::Options {
             data_dir,
             base_port: args.base_port,
-            replicas: args.replicas.clone(),
+            replicas,
             log_format: args.log_format.clone(),
         },
     )?;
+    if let Some(name) = canary::apply(&mut plan, &args.canary)? {
+        say(&format!(
+            "canary: {name} gets {}% of the calls to {} (change it with `tally rollout`)",
+            args.canary.canary_weight,
+            args.canary.canary.as_deref().unwrap_or_default()
+        ));
+    }
     ports::check_free(&plan)?;
 
     let bin_dir = binaries::dir(args.bin_dir.as_deref())?;
