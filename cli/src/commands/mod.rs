@@ -43,6 +43,8 @@ pub enum Command {
     /// Event consumers: dead letters, replay, lag.
     #[command(flatten)]
     Events(events::EventsCommand),
+    /// Canary rollouts under `tally up --canary`: shift traffic in steps, roll back on a breach.
+    Rollout(tally::rollout::RolloutArgs),
 }
 
 /// A command failure, printed as one line by `main`.
@@ -58,6 +60,8 @@ pub enum CliError {
     Certs(anyhow::Error),
     #[error("{0:#}")]
     Events(anyhow::Error),
+    #[error("{0}")]
+    Rollout(#[from] tally::rollout::RolloutError),
 }
 
 impl CliError {
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),
+        Command::Rollout(args) => Ok(tally::rollout::run(args).await?),
     }
 }
 

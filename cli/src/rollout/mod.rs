@@ -1,0 +1,279 @@
+//! `tally rollout`: moves traffic to a canary started with `tally up --canary SERVICE` in
+//! steps (5 → 25 → 50 → 100 % by default) through the callers' admin API (`PUT /split`),
+//! comparing the canary's error rate and p99 with the stable version's from the sidecars'
+//! own `/metrics`, and sets the weight back to 0 by itself when the canary breaches a
+//! threshold. `tally rollout status` prints the steps and the evidence, kept in
+//! `<data-dir>/rollout/<service>.json`.
+
+pub mod admin;
+pub mod judge;
+pub mod metrics;
+pub mod record;
+pub mod topology;
+
+use judge::{Thresholds, Verdict, judge};
+use metrics::Reading;
+use record::{Record, State, Step};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The weights a rollout goes through by default.
+pub const DEFAULT_STEPS: &str = "5,25,50,100";
+/// How long each step must stay healthy by default.
+pub const DEFAULT_STEP_TIME: &str = "30s";
+/// How often the evidence is read (and a breach can be seen) by default.
+pub const DEFAULT_INTERVAL: &str = "1s";
+/// A step that has not seen `min_calls` canary calls after this many step times is
+/// rolled back: a canary that gets no traffic cannot be judged.
+pub const NO_EVIDENCE_FACTOR: u32 = 3;
+
+/// `tally rollout`.
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// Shift calls to the canary of SERVICE step by step; roll back on a breach.
+    Start(StartArgs),
+    /// Show the steps and the evidence of SERVICE's last rollout.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The service whose canary `tally up --canary SERVICE` started.
+    pub service: String,
+    /// The data directory of the running `tally up`.
+    #[arg(long, default_value = ".tally")]
+    pub data_dir: PathBuf,
+    /// Percent of calls to the canary at each step, ascending, ending at 100.
+    #[arg(long, default_value = DEFAULT_STEPS, value_delimiter = ',',
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub steps: Vec<u8>,
+    /// How long each step must stay healthy before the next (e.g. 30s, 2m, 500ms).
+    #[arg(long, default_value = DEFAULT_STEP_TIME, value_parser = parse_duration)]
+    pub step_time: Duration,
+    /// How often the evidence is read.
+    #[arg(long, default_value = DEFAULT_INTERVAL, value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Canary calls needed before a step can be judged.
+    #[arg(long, default_value_t = judge::DEFAULT_MIN_CALLS)]
+    pub min_calls: u64,
+    /// Allowed increase of the canary's server-error rate over the stable one's (0.05 = 5 points).
+    #[arg(long, default_value_t = judge::DEFAULT_MAX_ERROR_RATE_INCREASE)]
+    pub max_error_rate_increase: f64,
+    /// Allowed ratio of the canary's p99 to the stable one's.
+    #[arg(long, default_value_t = judge::DEFAULT_MAX_P99_RATIO)]
+    pub max_p99_ratio: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    pub service: String,
+    #[arg(long, default_value = ".tally")]
+    pub data_dir: PathBuf,
+}
+
+/// Why a rollout stopped short of promoting the canary.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Topology(#[from] topology::TopologyError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+    #[error("rolled back {service} at {weight}%: {reason}")]
+    RolledBack {
+        service: String,
+        weight: u8,
+        reason: String,
+    },
+}
+
+/// `500ms`, `10s`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("`{s}`: add a unit (ms, s or m)"))?;
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: use ms, s or m")),
+    }
+}
+
+/// Runs `tally rollout`.
+pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
+    match args.command {
+        RolloutCommand::Start(a) => start(a).await.map(|_| ()),
+        RolloutCommand::Status(a) => {
+            let r = Record::load(&a.data_dir, &a.service)?;
+            print!("{}", r.render());
+            Ok(())
+        }
+    }
+}
+
+/// The summed inbound reading of `sidecars`.
+async fn read(sidecars: &[SocketAddr]) -> Result<Reading, RolloutError> {
+    let mut all = Vec::new();
+    for a in sidecars {
+        all.push(Reading::parse(
+            &admin::request(*a, "GET", "/metrics", None, "").await?,
+        ));
+    }
+    Ok(Reading::sum(all))
+}
+
+/// Sets the canary weight on every caller.
+async fn set_weight(
+    callers: &[SocketAddr],
+    token: &str,
+    service: &str,
+    weight: u8,
+) -> Result<(), RolloutError> {
+    let body = serde_json::json!({ "service": service, "weight": weight }).to_string();
+    for c in callers {
+        admin::request(*c, "PUT", "/split", Some(token), &body).await?;
+    }
+    Ok(())
+}
+
+fn check_steps(steps: &[u8]) -> Result<(), RolloutError> {
+    if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) || steps.last() != Some(&100) {
+        return Err(RolloutError::Usage(format!(
+            "--steps {steps:?}: give ascending percentages ending at 100, e.g. {DEFAULT_STEPS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the rollout to promotion (Ok) or rollback (Err), recording every reading.
+pub async fn start(a: StartArgs) -> Result<Record, RolloutError> {
+    check_steps(&a.steps)?;
+    let topo = topology::read(&a.data_dir, &a.service)?;
+    let token = std::fs::read_to_string(crate::up::mesh::admin_token::path(&a.data_dir))
+        .map_err(|e| RolloutError::Usage(format!("cannot read the admin token: {e}")))?
+        .trim()
+        .to_string();
+    let thresholds = Thresholds {
+        min_calls: a.min_calls,
+        max_error_rate_increase: a.max_error_rate_increase,
+        max_p99_ratio: a.max_p99_ratio,
+        ..Thresholds::default()
+    };
+    let mut rec = Record::new(&a.service, thresholds);
+    rec.save(&a.data_dir)?;
+    let stable_start = read(&topo.stable).await?;
+    for &weight in &a.steps {
+        if let Err(e) = set_weight(&topo.callers, &token, &a.service, weight).await {
+            return Err(roll_back(&a, &topo, &token, &mut rec, weight, e.to_string()).await);
+        }
+        say(&format!("{}: {weight}% of calls to the canary", a.service));
+        let canary_start = read(&topo.canary).await?;
+        let began = Instant::now();
+        rec.steps.push(Step::new(weight));
+        loop {
+            tokio::time::sleep(a.interval).await;
+            let (canary, stable) = match (read(&topo.canary).await, read(&topo.stable).await) {
+                (Ok(c), Ok(s)) => (c.since(&canary_start), s.since(&stable_start)),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(
+                        roll_back(&a, &topo, &token, &mut rec, weight, e.to_string()).await,
+                    );
+                }
+            };
+            let verdict = judge(&canary, &stable, &thresholds);
+            let elapsed = began.elapsed();
+            rec.observe(canary, stable, &verdict, elapsed);
+            rec.save(&a.data_dir)?;
+            match verdict {
+                Verdict::Breach(reason) => {
+                    return Err(roll_back(&a, &topo, &token, &mut rec, weight, reason).await);
+                }
+                Verdict::Healthy if elapsed >= a.step_time => break,
+                Verdict::TooFewCalls if elapsed >= a.step_time * NO_EVIDENCE_FACTOR => {
+                    let reason = format!(
+                        "only {} canary calls in {elapsed:.0?} (need {})",
+                        canary.calls, thresholds.min_calls
+                    );
+                    return Err(roll_back(&a, &topo, &token, &mut rec, weight, reason).await);
+                }
+                _ => {}
+            }
+        }
+        say(&format!("{}: {weight}% healthy", a.service));
+    }
+    rec.finish(State::Promoted, None);
+    rec.save(&a.data_dir)?;
+    say(&format!(
+        "{}: promoted, the canary takes every call",
+        a.service
+    ));
+    Ok(rec)
+}
+
+/// Sets the weight back to 0 and records why; returns the error to report.
+async fn roll_back(
+    a: &StartArgs,
+    topo: &topology::Topology,
+    token: &str,
+    rec: &mut Record,
+    weight: u8,
+    reason: String,
+) -> RolloutError {
+    let undone = set_weight(&topo.callers, token, &a.service, 0).await;
+    let reason = match undone {
+        Ok(()) => reason,
+        Err(e) => format!("{reason}; setting the weight back to 0 failed too: {e}"),
+    };
+    rec.finish(State::RolledBack, Some(reason.clone()));
+    if let Err(e) = rec.save(&a.data_dir) {
+        tracing::warn!(error = %e, "cannot save the rollout record");
+    }
+    say(&format!(
+        "{}: rolled back at {weight}%: {reason}",
+        a.service
+    ));
+    RolloutError::RolledBack {
+        service: a.service.clone(),
+        weight,
+        reason,
+    }
+}
+
+fn say(line: &str) {
+    println!("tally rollout: {line}");
+}
+
+/// Where a service's rollout record lives.
+pub fn record_path(data_dir: &Path, service: &str) -> PathBuf {
+    data_dir.join("rollout").join(format!("{service}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_steps_are_checked() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(check_steps(&[5, 25, 50, 100]).is_ok());
+        assert!(check_steps(&[25, 5, 100]).is_err());
+        assert!(check_steps(&[5, 50]).is_err());
+        assert!(check_steps(&[]).is_err());
+    }
+}
