@@ -24,9 +24,11 @@ pub const DEFAULT_STEPS: &str = "5,25,50,100";
 pub const DEFAULT_STEP_TIME: &str = "30s";
 /// How often the evidence is read (and a breach can be seen) by default.
 pub const DEFAULT_INTERVAL: &str = "1s";
-/// A step that has not seen `min_calls` canary calls after this many step times is
-/// rolled back: a canary that gets no traffic cannot be judged.
+/// A step that has not seen `min_calls` canary calls after this many step times (and at
+/// least [`MIN_EVIDENCE_WAIT`]) is rolled back: a canary that gets no traffic cannot be judged.
 pub const NO_EVIDENCE_FACTOR: u32 = 3;
+/// The shortest wait for enough canary calls, whatever the step time.
+pub const MIN_EVIDENCE_WAIT: Duration = Duration::from_secs(60);
 
 /// `tally rollout`.
 #[derive(Debug, clap::Args)]
@@ -202,7 +204,9 @@ pub async fn start(a: StartArgs) -> Result<Record, RolloutError> {
                     return Err(roll_back(&a, &topo, &token, &mut rec, weight, reason).await);
                 }
                 Verdict::Healthy if elapsed >= a.step_time => break,
-                Verdict::TooFewCalls if elapsed >= a.step_time * NO_EVIDENCE_FACTOR => {
+                Verdict::TooFewCalls
+                    if elapsed >= (a.step_time * NO_EVIDENCE_FACTOR).max(MIN_EVIDENCE_WAIT) =>
+                {
                     let reason = format!(
                         "only {} canary calls in {elapsed:.0?} (need {})",
                         canary.calls, thresholds.min_calls

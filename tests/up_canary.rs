@@ -1,0 +1,272 @@
+//! Canary rollouts end to end: `tally up --canary analytics` runs a second analytics
+//! instance whose sidecar the gateway splits to by weight; `tally rollout start` promotes a
+//! healthy canary step by step, and rolls a faulty one (aborts injected on its sidecar) back
+//! by itself. A client keeps calling analytics through the gateway all along, and the calls
+//! that failed during the faulty rollout are counted and kept under a stated bound.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tally_api::analytics::v1::ListTopPollsRequest;
+use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use tally_api::user::v1::user_service_client::UserServiceClient;
+use tally_api::user::v1::{LoginRequest, SignUpRequest};
+use tally_testkit::{Process, bin_path, free_port_range};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: Duration = Duration::from_secs(240);
+/// Seven service instances (analytics twice), three ports per sidecar, the gateway's two.
+const PORTS: u16 = 7 + 7 * 3 + 2;
+/// Canary calls a rollout step needs before it judges (`--min-calls`).
+const MIN_CALLS: u64 = 5;
+/// The stated bound: a faulty canary at the first step (5 %) fails at most the calls it
+/// needs to be judged, plus those in flight while the weight goes back to 0.
+const MAX_FAILED_DURING_ROLLBACK: u64 = MIN_CALLS + 5;
+/// Pause between two user calls: one caller at about 15 calls a second at most, under the
+/// gateway's per-client rate limit (20 a second), so every failure is the canary's.
+const CALL_PAUSE: Duration = Duration::from_millis(65);
+/// How long a rollout may take at most.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Counts the user calls a background client makes through the gateway.
+#[derive(Default)]
+struct Traffic {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    stop: AtomicBool,
+    /// The first few failures, for assertion messages.
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Traffic {
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().expect("lock").clone()
+    }
+}
+
+/// Calls `ListTopPolls` through the gateway until told to stop.
+async fn drive(gateway: String, token: String, traffic: Arc<Traffic>) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .expect("uri")
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect gateway");
+    let mut client = AnalyticsServiceClient::new(channel);
+    while !traffic.stop.load(Ordering::SeqCst) {
+        let mut req = tonic::Request::new(ListTopPollsRequest { page: None });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        match client.list_top_polls(req).await {
+            Ok(_) => traffic.ok.fetch_add(1, Ordering::SeqCst),
+            Err(s) => {
+                let mut errors = traffic.errors.lock().expect("lock");
+                if errors.len() < 20 {
+                    errors.push(format!("{:?}: {}", s.code(), s.message()));
+                }
+                traffic.failed.fetch_add(1, Ordering::SeqCst)
+            }
+        };
+        tokio::time::sleep(CALL_PAUSE).await;
+    }
+}
+
+/// One HTTP/1.1 request to a proxy's admin API with the admin token; the status code.
+async fn admin(addr: &str, method: &str, path: &str, token: &str, body: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    raw.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `listen` of section `section` in `<data>/config/<name>.toml`.
+fn listen(data: &std::path::Path, name: &str, section: &str) -> String {
+    let cfg: toml::Table = std::fs::read_to_string(data.join(format!("config/{name}.toml")))
+        .expect("config")
+        .parse()
+        .expect("toml");
+    cfg[section]["listen"].as_str().expect("listen").to_string()
+}
+
+/// Runs `tally rollout start analytics` to its end.
+async fn rollout(data: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(bin_path("tally"));
+    cmd.args(["rollout", "start", "analytics", "--data-dir"])
+        .arg(data)
+        .args(["--step-time", "1s", "--interval", "250ms"])
+        .args(["--min-calls", &MIN_CALLS.to_string()])
+        .args(extra);
+    let mut p = Process::spawn_command(cmd);
+    let deadline = std::time::Instant::now() + ROLLOUT_TIMEOUT;
+    while p.is_running() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = p
+        .try_exit()
+        .unwrap_or_else(|| panic!("rollout hangs:\n{}", p.output()));
+    (status.success(), p.output())
+}
+
+fn status_text(data: &std::path::Path) -> String {
+    let out = Command::new(bin_path("tally"))
+        .args(["rollout", "status", "analytics", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
+    for b in [
+        "tally-analytics",
+        "tally-proxy",
+        "tally-user",
+        "tally-polling",
+    ] {
+        bin_path(b);
+    }
+    let data = tempfile::tempdir().expect("tmp");
+    let base = free_port_range(PORTS);
+    let mut cmd = Command::new(bin_path("tally"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--base-port",
+            &base.to_string(),
+            "--no-build",
+            "--canary",
+            "analytics",
+        ])
+        .env_remove("CARGO");
+    let mut up = Process::spawn_command(cmd);
+    let out = up.wait_for_stdout("tally up: ready", READY).await;
+    assert!(
+        out.contains("canary: analytics-2 gets 0% of the calls to analytics"),
+        "{out}"
+    );
+    let gateway = listen(data.path(), "gateway", "gateway");
+    let gw_admin = listen(data.path(), "gateway", "admin");
+    let canary_admin = listen(data.path(), "analytics-2-proxy", "admin");
+    let token = std::fs::read_to_string(data.path().join("admin-token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+
+    // A user, through the gateway.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("gateway");
+    let mut users = UserServiceClient::new(channel);
+    users
+        .sign_up(SignUpRequest {
+            email: "canary@example.com".into(),
+            password: "correct horse battery".into(),
+            display_name: "Canary".into(),
+        })
+        .await
+        .expect("sign up");
+    let access = users
+        .login(LoginRequest {
+            email: "canary@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+    let traffic = Arc::new(Traffic::default());
+    let driver = tokio::spawn(drive(gateway.clone(), access, traffic.clone()));
+
+    // 1. A healthy canary goes 5 -> 25 -> 50 -> 100 % and is promoted. Latency is not what
+    // this test is about, and debug builds on a busy machine jitter: a wide p99 ratio.
+    let (ok, output) = rollout(data.path(), &["--max-p99-ratio", "1000"]).await;
+    assert!(ok, "{output}");
+    assert!(output.contains("analytics: promoted"), "{output}");
+    assert_eq!(
+        traffic.failed(),
+        0,
+        "no user call fails while a healthy canary rolls out: {:?}\n{output}",
+        traffic.errors()
+    );
+    let status = status_text(data.path());
+    assert!(
+        status.contains("rollout of analytics: promoted"),
+        "{status}"
+    );
+    for w in ["5%", "25%", "50%", "100%"] {
+        assert!(status.contains(w), "{status}");
+    }
+
+    // 2. Back to the stable version, then the canary breaks: every call its sidecar
+    // receives is aborted with UNAVAILABLE.
+    let split = r#"{"service":"analytics","weight":0}"#;
+    assert_eq!(admin(&gw_admin, "PUT", "/split", &token, split).await, 200);
+    let faults = r#"{"route":"inbound","faults":{"abort_percent":100.0,"abort_grpc_status":14}}"#;
+    assert_eq!(
+        admin(&canary_admin, "PUT", "/faults", &token, faults).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        traffic.failed(),
+        0,
+        "weight 0: nothing reaches the broken canary"
+    );
+
+    let (ok_before, failed_before) = (traffic.ok(), traffic.failed());
+    let (ok, output) = rollout(data.path(), &[]).await;
+    assert!(!ok, "a faulty canary is not promoted:\n{output}");
+    assert!(output.contains("rolled back at 5%"), "{output}");
+    let failed = traffic.failed() - failed_before;
+    println!(
+        "faulty canary: {failed} user calls failed during the rollback, {} succeeded",
+        traffic.ok() - ok_before
+    );
+    assert!(
+        (MIN_CALLS..=MAX_FAILED_DURING_ROLLBACK).contains(&failed),
+        "{failed} user calls failed during the rollback (bound {MAX_FAILED_DURING_ROLLBACK}); \
+         {} succeeded\n{output}",
+        traffic.ok() - ok_before
+    );
+    // After the rollback every call goes to the stable version again.
+    let failed_after = traffic.failed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        traffic.failed(),
+        failed_after,
+        "calls fail after the rollback"
+    );
+    let status = status_text(data.path());
+    assert!(
+        status.contains("rollout of analytics: rolled back"),
+        "{status}"
+    );
+    assert!(status.contains("breach: error rate"), "{status}");
+
+    traffic.stop.store(true, Ordering::SeqCst);
+    driver.await.expect("driver");
+    up.stop(Duration::from_secs(30)).await;
+}
