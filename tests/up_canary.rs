@@ -223,6 +223,9 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
     // 2. Back to the stable version, then the canary breaks: every call its sidecar
     // receives is aborted with UNAVAILABLE.
     let split = r#"{"service":"analytics","weight":0}"#;
+    // The weight is a control-plane change: the admin token is required.
+    assert_eq!(admin(&gw_admin, "PUT", "/split", "wrong", split).await, 403);
+    assert_eq!(traffic.failed(), 0);
     assert_eq!(admin(&gw_admin, "PUT", "/split", &token, split).await, 200);
     let faults = r#"{"route":"inbound","faults":{"abort_percent":100.0,"abort_grpc_status":14}}"#;
     assert_eq!(

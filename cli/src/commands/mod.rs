@@ -93,7 +93,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),
-        Command::Rollout(args) => Ok(tally::rollout::run(args).await?),
+        Command::Rollout(args) => Ok(tally::rollout::run(cli.json, args).await?),
     }
 }
 

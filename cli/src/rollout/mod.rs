@@ -114,13 +114,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Runs `tally rollout`.
-pub async fn run(args: RolloutArgs) -> Result<(), RolloutError> {
+/// Runs `tally rollout`; with `json`, `status` prints the record as JSON.
+pub async fn run(json: bool, args: RolloutArgs) -> Result<(), RolloutError> {
     match args.command {
         RolloutCommand::Start(a) => start(a).await.map(|_| ()),
         RolloutCommand::Status(a) => {
             let r = Record::load(&a.data_dir, &a.service)?;
-            print!("{}", r.render());
+            if json {
+                let text = serde_json::to_string_pretty(&r)
+                    .map_err(|e| RolloutError::Usage(format!("cannot print the record: {e}")))?;
+                println!("{text}");
+            } else {
+                print!("{}", r.render());
+            }
             Ok(())
         }
     }
