@@ -9,14 +9,15 @@ pub mod admin;
 pub mod judge;
 pub mod metrics;
 pub mod record;
+pub mod steps;
 pub mod topology;
 
-use judge::{Thresholds, Verdict, judge};
+use judge::Thresholds;
 use metrics::Reading;
-use record::{Record, State, Step};
+use record::{Record, State};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The weights a rollout goes through by default.
 pub const DEFAULT_STEPS: &str = "5,25,50,100";
@@ -24,11 +25,6 @@ pub const DEFAULT_STEPS: &str = "5,25,50,100";
 pub const DEFAULT_STEP_TIME: &str = "30s";
 /// How often the evidence is read (and a breach can be seen) by default.
 pub const DEFAULT_INTERVAL: &str = "1s";
-/// A step that has not seen `min_calls` canary calls after this many step times (and at
-/// least [`MIN_EVIDENCE_WAIT`]) is rolled back: a canary that gets no traffic cannot be judged.
-pub const NO_EVIDENCE_FACTOR: u32 = 3;
-/// The shortest wait for enough canary calls, whatever the step time.
-pub const MIN_EVIDENCE_WAIT: Duration = Duration::from_secs(60);
 
 /// `tally rollout`.
 #[derive(Debug, clap::Args)]
@@ -166,6 +162,36 @@ fn check_steps(steps: &[u8]) -> Result<(), RolloutError> {
     Ok(())
 }
 
+/// The proxies of a `tally up` rollout, through their admin APIs.
+struct AdminControl {
+    topo: topology::Topology,
+    token: String,
+    service: String,
+    data_dir: PathBuf,
+}
+
+impl steps::Control for AdminControl {
+    async fn set_weight(&mut self, weight: u8) -> Result<(), String> {
+        set_weight(&self.topo.callers, &self.token, &self.service, weight)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn canary(&mut self) -> Result<Reading, String> {
+        read(&self.topo.canary).await.map_err(|e| e.to_string())
+    }
+    async fn stable(&mut self) -> Result<Reading, String> {
+        read(&self.topo.stable).await.map_err(|e| e.to_string())
+    }
+    fn progress(&mut self, record: &Record, line: Option<String>) {
+        if let Err(e) = record.save(&self.data_dir) {
+            tracing::warn!(error = %e, "cannot save the rollout record");
+        }
+        if let Some(line) = line {
+            say(&format!("{}: {line}", self.service));
+        }
+    }
+}
+
 /// Runs the rollout to promotion (Ok) or rollback (Err), recording every reading.
 pub async fn start(a: StartArgs) -> Result<Record, RolloutError> {
     check_steps(&a.steps)?;
@@ -174,91 +200,34 @@ pub async fn start(a: StartArgs) -> Result<Record, RolloutError> {
         .map_err(|e| RolloutError::Usage(format!("cannot read the admin token: {e}")))?
         .trim()
         .to_string();
-    let thresholds = Thresholds {
-        min_calls: a.min_calls,
-        max_error_rate_increase: a.max_error_rate_increase,
-        max_p99_ratio: a.max_p99_ratio,
-        ..Thresholds::default()
+    let plan = steps::Plan {
+        steps: a.steps.clone(),
+        step_time: a.step_time,
+        interval: a.interval,
+        thresholds: Thresholds {
+            min_calls: a.min_calls,
+            max_error_rate_increase: a.max_error_rate_increase,
+            max_p99_ratio: a.max_p99_ratio,
+            ..Thresholds::default()
+        },
     };
-    let mut rec = Record::new(&a.service, thresholds);
+    let mut rec = Record::new(&a.service, plan.thresholds);
     rec.save(&a.data_dir)?;
-    let stable_start = read(&topo.stable).await?;
-    for &weight in &a.steps {
-        if let Err(e) = set_weight(&topo.callers, &token, &a.service, weight).await {
-            return Err(roll_back(&a, &topo, &token, &mut rec, weight, e.to_string()).await);
-        }
-        say(&format!("{}: {weight}% of calls to the canary", a.service));
-        let canary_start = read(&topo.canary).await?;
-        let began = Instant::now();
-        rec.steps.push(Step::new(weight));
-        loop {
-            tokio::time::sleep(a.interval).await;
-            let (canary, stable) = match (read(&topo.canary).await, read(&topo.stable).await) {
-                (Ok(c), Ok(s)) => (c.since(&canary_start), s.since(&stable_start)),
-                (Err(e), _) | (_, Err(e)) => {
-                    return Err(
-                        roll_back(&a, &topo, &token, &mut rec, weight, e.to_string()).await,
-                    );
-                }
-            };
-            let verdict = judge(&canary, &stable, &thresholds);
-            let elapsed = began.elapsed();
-            rec.observe(canary, stable, &verdict, elapsed);
-            rec.save(&a.data_dir)?;
-            match verdict {
-                Verdict::Breach(reason) => {
-                    return Err(roll_back(&a, &topo, &token, &mut rec, weight, reason).await);
-                }
-                Verdict::Healthy if elapsed >= a.step_time => break,
-                Verdict::TooFewCalls
-                    if elapsed >= (a.step_time * NO_EVIDENCE_FACTOR).max(MIN_EVIDENCE_WAIT) =>
-                {
-                    let reason = format!(
-                        "only {} canary calls in {elapsed:.0?} (need {})",
-                        canary.calls, thresholds.min_calls
-                    );
-                    return Err(roll_back(&a, &topo, &token, &mut rec, weight, reason).await);
-                }
-                _ => {}
-            }
-        }
-        say(&format!("{}: {weight}% healthy", a.service));
-    }
-    rec.finish(State::Promoted, None);
-    rec.save(&a.data_dir)?;
-    say(&format!(
-        "{}: promoted, the canary takes every call",
-        a.service
-    ));
-    Ok(rec)
-}
-
-/// Sets the weight back to 0 and records why; returns the error to report.
-async fn roll_back(
-    a: &StartArgs,
-    topo: &topology::Topology,
-    token: &str,
-    rec: &mut Record,
-    weight: u8,
-    reason: String,
-) -> RolloutError {
-    let undone = set_weight(&topo.callers, token, &a.service, 0).await;
-    let reason = match undone {
-        Ok(()) => reason,
-        Err(e) => format!("{reason}; setting the weight back to 0 failed too: {e}"),
-    };
-    rec.finish(State::RolledBack, Some(reason.clone()));
-    if let Err(e) = rec.save(&a.data_dir) {
-        tracing::warn!(error = %e, "cannot save the rollout record");
-    }
-    say(&format!(
-        "{}: rolled back at {weight}%: {reason}",
-        a.service
-    ));
-    RolloutError::RolledBack {
+    let mut control = AdminControl {
+        topo,
+        token,
         service: a.service.clone(),
-        weight,
-        reason,
+        data_dir: a.data_dir.clone(),
+    };
+    steps::run(&mut control, &plan, &mut rec).await;
+    rec.save(&a.data_dir)?;
+    match rec.state {
+        State::RolledBack => Err(RolloutError::RolledBack {
+            service: a.service.clone(),
+            weight: rec.steps.last().map(|s| s.weight).unwrap_or(0),
+            reason: rec.reason.clone().unwrap_or_default(),
+        }),
+        _ => Ok(rec),
     }
 }
 
