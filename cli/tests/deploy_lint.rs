@@ -84,6 +84,44 @@ fn every_kubernetes_manifest_passes_kubernetes_validate_strict() {
 }
 
 #[test]
+fn every_container_is_hardened_and_sized_and_every_pod_non_root() {
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.trim() == needle).count();
+    let k8s = tally_testkit::repo_root().join("deploy/k8s");
+    let mut containers = 0;
+    for m in files(&k8s, ".yaml")
+        .into_iter()
+        .filter(|p| !p.ends_with("kustomization.yaml"))
+    {
+        let text = std::fs::read_to_string(&m).expect("read");
+        let name = m.display();
+        let images = text
+            .lines()
+            .filter(|l| l.trim().starts_with("image: "))
+            .count();
+        containers += images;
+        for needle in [
+            "readOnlyRootFilesystem: true",
+            "allowPrivilegeEscalation: false",
+            r#"drop: ["ALL"]"#,
+            "resources:",
+            "limits:",
+        ] {
+            assert_eq!(
+                count(&text, needle),
+                images,
+                "{name}: `{needle}` per container"
+            );
+        }
+        // Top-level documents only (an HPA's scaleTargetRef names a Deployment too).
+        let pods = text.lines().filter(|l| *l == "kind: Deployment").count();
+        for needle in ["runAsNonRoot: true", "type: RuntimeDefault"] {
+            assert_eq!(count(&text, needle), pods, "{name}: `{needle}` per pod");
+        }
+    }
+    assert!(containers >= 20, "{containers} containers");
+}
+
+#[test]
 fn the_kustomization_applies_every_manifest() {
     let k8s = tally_testkit::repo_root().join("deploy/k8s");
     let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml")).expect("read");
