@@ -18,7 +18,8 @@ pub struct CanaryArgs {
     /// traffic to it by weight, starting at --canary-weight). Needs the mesh.
     #[arg(long, value_name = "SERVICE")]
     pub canary: Option<String>,
-    /// The canary's binary (default: the service's own).
+    /// The canary's binary (default: the service's own); a relative path is taken from the
+    /// current directory.
     #[arg(long, value_name = "PATH", requires = "canary")]
     pub canary_bin: Option<PathBuf>,
     /// An environment variable for the canary only, e.g. `TALLY_ANALYTICS_...=...` (repeatable).
@@ -88,6 +89,8 @@ pub fn apply(plan: &mut Plan, args: &CanaryArgs) -> Result<Option<String>, UpErr
     for inst in plan.instances.iter_mut() {
         if inst.name == canary {
             if let Some(bin) = &args.canary_bin {
+                let bin = std::path::absolute(bin)
+                    .map_err(|e| UpError::Usage(format!("--canary-bin {}: {e}", bin.display())))?;
                 inst.binary = bin.display().to_string();
             }
             inst.env.extend(args.canary_env.iter().cloned());
