@@ -35,10 +35,13 @@ pub const DEFAULT_HEALTH_MAX_LAG: u64 = 100_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding the read model.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// `user` (token checks) and, with the embedded transport, `polling` (its event feed).
@@ -53,6 +56,7 @@ pub struct Config {
     /// How the event consumer retries before dead-lettering (shared chassis section).
     #[serde(default)]
     pub retry: RetrySettings,
+    /// `[analytics]`: page sizes, health checks and the question filter.
     #[serde(default)]
     pub analytics: AnalyticsSettings,
 }

@@ -29,10 +29,13 @@ pub const DEFAULT_MAX_OPEN_POLLS: u32 = 0;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding polls and votes.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// Must contain `user`: where the user service (or its sidecar) listens.
@@ -44,6 +47,7 @@ pub struct Config {
     /// How callers' tokens and API keys are verified (shared chassis section).
     #[serde(default)]
     pub auth: AuthSettings,
+    /// `[polling]`: page sizes, write retries, plan-limit default and health checks.
     #[serde(default)]
     pub polling: PollingSettings,
     /// Event transport: embedded (the feed serves the outbox; default) or
