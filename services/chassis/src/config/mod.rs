@@ -69,6 +69,30 @@ impl Issue {
     }
 }
 
+/// An [`Issue`] for `key` when `value` lies outside `min..=max`; the fix names
+/// the range and the default, e.g. "use 1 to 10000 (500 is the default)".
+pub fn range_issue(
+    key: &str,
+    value: impl Into<u64>,
+    min: impl Into<u64>,
+    max: impl Into<u64>,
+    default: impl Into<u64>,
+) -> Option<Issue> {
+    let (value, min, max) = (value.into(), min.into(), max.into());
+    (value < min || value > max).then(|| {
+        Issue::new(
+            key,
+            format!("is {value}"),
+            format!("use {min} to {max} ({} is the default)", default.into()),
+        )
+    })
+}
+
+/// An [`Issue`] for an interval in whole seconds that is 0.
+pub fn interval_issue(key: &str, secs: u64) -> Option<Issue> {
+    (secs == 0).then(|| Issue::new(key, "is 0", "use at least 1 second"))
+}
+
 /// Semantic checks that serde cannot express (ranges, paths, combinations).
 pub trait Validate {
     /// Every problem found; empty when the config is usable.
