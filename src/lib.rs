@@ -5,7 +5,12 @@
 //! the CLI and the proxy's gateway stand on it, so it changes only when a
 //! `.proto` does.
 
-#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+// Generated code: prost and tonic write fully qualified paths.
+#![allow(
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation,
+    unused_qualifications
+)]
 
 pub mod common {
     pub mod v1 {

@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
 use tally_api::events::v1::event_feed_service_server::{EventFeedService, EventFeedServiceServer};
 use tally_api::events::v1::{
@@ -27,6 +27,7 @@ use tally_api::poll::v1::poll_service_server::{PollService, PollServiceServer};
 use tally_api::poll::v1::*;
 use tally_certs::{CertAuthority, SpiffeId};
 use tally_testkit::{Process, bin_path, repo_root};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 

@@ -134,7 +134,7 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
     }
 
     // The page: code generated from proto/ and bundled.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let work = tempfile::tempdir().expect("tmp");
     run_node(
         &node,

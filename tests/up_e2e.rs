@@ -317,6 +317,7 @@ async fn tally_up_restarts_a_killed_service_with_its_data() {
 
     let old = up.pid("polling");
     // SAFETY: kill(2) on a pid this test's `tally up` started.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(old as i32, libc::SIGKILL);
     }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::analytics::v1::GetPollResultsRequest;
 use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use tally_api::user::v1::GetJwksRequest;
@@ -14,6 +14,7 @@ use tally_certs::{CertAuthority, SpiffeId};
 use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 const READY: Duration = Duration::from_secs(240);
 const SERVICES: [&str; 6] = [

@@ -3,10 +3,11 @@
 //! made-up keys costs a call to the user service per request. Keys are cached by the SHA-256
 //! of the secret, never the secret itself.
 
-use crate::{ApiKeyIdentity, ApiKeyResolver, AuthnError, lock};
+use crate::{ApiKeyIdentity, ApiKeyResolver, AuthnError};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,8 +23,11 @@ pub const MAX_API_KEY_BYTES: usize = 512;
 /// Tunables of an [`ApiKeyVerifier`]. A zero TTL turns that cache off.
 #[derive(Debug, Clone)]
 pub struct ApiKeyOptions {
+    /// How long a verified key is trusted without asking the user service again.
     pub positive_ttl: Duration,
+    /// How long an unknown or revoked key is refused without asking again.
     pub negative_ttl: Duration,
+    /// Most keys each cache holds; the oldest entries make room.
     pub capacity: usize,
 }
 
@@ -54,6 +58,7 @@ pub struct ApiKeyVerifier {
 }
 
 impl ApiKeyVerifier {
+    /// A verifier asking `resolver` about keys it has not cached.
     pub fn new(resolver: Arc<dyn ApiKeyResolver>, opts: ApiKeyOptions) -> Self {
         Self {
             resolver,
@@ -73,7 +78,7 @@ impl ApiKeyVerifier {
         }
         let digest: Digest32 = Sha256::digest(secret.as_bytes()).into();
         {
-            let caches = lock(&self.caches);
+            let caches = self.caches.lock();
             if let Some((id, _)) = caches
                 .known
                 .get(&digest)
@@ -94,7 +99,7 @@ impl ApiKeyVerifier {
             .verify_api_key(secret)
             .await
             .map_err(|e| AuthnError::ApiKeysUnavailable(e.to_string()))?;
-        let mut caches = lock(&self.caches);
+        let mut caches = self.caches.lock();
         match answer {
             Some(id) if !id.user_id.is_empty() => {
                 caches.unknown.remove(&digest);
@@ -254,7 +259,7 @@ mod tests {
             v.verify(&format!("tk_junk_{i}"))
                 .await
                 .expect_err("unknown");
-            assert!(lock(&v.caches).unknown.len() <= 8);
+            assert!(v.caches.lock().unknown.len() <= 8);
         }
         let before = dir.calls.load(Ordering::SeqCst);
         v.verify("tk_good").await.expect("good");

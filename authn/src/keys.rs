@@ -6,11 +6,12 @@
 //! fetch within the unknown-kid TTL. The JWKS may hold several keys (old and new during a
 //! signing-key rotation); each is selected by its `kid`.
 
-use crate::{AuthnError, JwksSource, lock};
+use crate::{AuthnError, JwksSource};
 use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tally_api::user::v1::Jwk;
 use tokio::time::Instant;
@@ -70,7 +71,7 @@ impl KeyCache {
             return found;
         }
         {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             let recent = state
                 .last_attempt
                 .is_some_and(|at| at.elapsed() < self.min_refetch);
@@ -82,7 +83,7 @@ impl KeyCache {
             }
         }
         self.fetch_locked().await?;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(key) = state.keys.get(kid) {
             return Ok(key.clone());
         }
@@ -92,7 +93,7 @@ impl KeyCache {
 
     /// A cached answer: the key, or a refusal for a kid known to be unknown.
     fn cached(&self, kid: &str) -> Option<Result<DecodingKey, AuthnError>> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         if let Some(key) = state.keys.get(kid) {
             return Some(Ok(key.clone()));
         }
@@ -112,7 +113,7 @@ impl KeyCache {
 
     /// Number of keys cached.
     pub fn len(&self) -> usize {
-        lock(&self.state).keys.len()
+        self.state.lock().keys.len()
     }
 
     /// True when no key is cached.
@@ -123,7 +124,7 @@ impl KeyCache {
     /// Fetches and installs the key set; the caller holds `fetch_lock`.
     async fn fetch_locked(&self) -> Result<usize, AuthnError> {
         let result = self.source.fetch_jwks().await;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.last_attempt = Some(Instant::now());
         match result {
             Ok(jwks) => {

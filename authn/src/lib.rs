@@ -14,6 +14,9 @@
 //! Errors are typed ([`AuthnError`]); turning them into a gRPC status or an HTTP answer is the
 //! caller's job.
 
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod api_keys;
 mod error;
 mod keys;
@@ -47,9 +50,3 @@ pub const AUDIENCE: &str = "tally";
 pub const LEEWAY: Duration = Duration::from_secs(30);
 /// The only JWS algorithm accepted.
 pub const ALGORITHM: &str = "EdDSA";
-
-/// Locks a std mutex, taking over a poisoned one (the state under these locks is always
-/// consistent between statements, so a panic elsewhere cannot leave it half-written).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}

@@ -40,8 +40,11 @@ pub trait JwksSource: Send + Sync + 'static {
 /// What the user service says about an API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyIdentity {
+    /// The user who owns the key.
     pub user_id: String,
+    /// The key's id (not its secret).
     pub key_id: String,
+    /// The scopes the key grants, e.g. `polls:read`.
     pub scopes: Vec<String>,
 }
 

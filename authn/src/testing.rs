@@ -1,11 +1,12 @@
 //! Test support: real Ed25519 keys, signed tokens and a counting in-memory key source.
 
-use crate::{JwksSource, SourceError, lock};
+use crate::{JwksSource, SourceError};
 use async_trait::async_trait;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use tally_api::user::v1::Jwk;
 
 /// A freshly generated Ed25519 signing key and its JWK.
@@ -69,7 +70,7 @@ impl FakeJwks {
         self.set_raw(keys.iter().map(|k| k.jwk.clone()).collect());
     }
     pub fn set_raw(&self, keys: Vec<Jwk>) {
-        *lock(&self.keys) = keys;
+        *self.keys.lock() = keys;
     }
     pub fn fail(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
@@ -88,6 +89,6 @@ impl JwksSource for FakeJwks {
                 "connection refused",
             )));
         }
-        Ok(lock(&self.keys).clone())
+        Ok(self.keys.lock().clone())
     }
 }

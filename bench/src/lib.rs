@@ -3,6 +3,8 @@
 //! and an Envoy pair (both with mTLS), interleaved and repeated, and reports the
 //! latency each adds, its maximum throughput, memory and CPU, and Tally/Envoy ratios.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod echo;
 pub mod error;
 pub mod load;

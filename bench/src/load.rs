@@ -9,11 +9,12 @@ use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::events::v1::SubscribeRequest;
 use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
 use tally_api::poll::v1::GetPollRequest;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Highest latency the histograms track (60 s, in microseconds).
@@ -179,6 +180,8 @@ pub async fn run_phase(
                 let scheduled = start + interval.mul_f64(i as f64);
                 let now = Instant::now();
                 if scheduled > now {
+                    // The driver is a plain OS thread (above): blocking it is the point.
+                    #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(scheduled - now);
                 }
                 if driver_shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
@@ -237,6 +240,7 @@ pub async fn run_phase(
 pub fn new_hist() -> Histogram<u64> {
     // Constant bounds that satisfy hdrhistogram's rules (low >= 1, high >= 2 * low,
     // precision <= 5), so this cannot fail.
+    #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid constant histogram bounds")
 }
 

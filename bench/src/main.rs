@@ -1,5 +1,7 @@
 //! `tally-bench`: the mesh overhead benchmark (see bench/README.md).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;

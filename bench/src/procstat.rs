@@ -60,6 +60,7 @@ fn parse_stat_ticks(text: &str) -> Option<u64> {
 
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
+    #[allow(unsafe_code)]
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }

@@ -9,7 +9,8 @@ use crate::load::{PhaseResult, Target, Workload, run_phase};
 use crate::pki::Pki;
 use crate::procstat::{self, Memory};
 use crate::setup::{Kind, Programs, Running};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Everything a run needs to know; see `tally-bench --help` for the meaning of each.
 #[derive(Debug, Clone)]

@@ -11,7 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const EGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/egress.yaml");
 const INGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/ingress.yaml");
@@ -380,6 +381,7 @@ impl Running {
     pub fn stop(&mut self) {
         for (_, child) in &mut self.children {
             // SAFETY: kill(2) on our own child, which we have not reaped yet.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
@@ -387,6 +389,8 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs(5);
         for (_, child) in &mut self.children {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                // `stop` is synchronous (it also runs from Drop).
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();

@@ -8,6 +8,9 @@
 //!
 //! Everything uses the ring crypto provider explicitly.
 
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod ca;
 pub mod duration;
 mod error;

@@ -1,5 +1,7 @@
 //! The `tally` executable: parses the command line and runs the command.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod commands;
 
 use clap::Parser;

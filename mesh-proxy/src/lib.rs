@@ -4,6 +4,8 @@
 //! composes them. In gateway mode (`gateway`) it also serves browsers (gRPC-Web) in front of the
 //! outbound stack.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod authz;
 pub mod balance;

@@ -13,10 +13,11 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{PATIENCE, Proxy, metric, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const ABORT: [(&str, &str); 3] = [
     ("x-envoy-fault-abort-grpc-request", "14"),

@@ -7,13 +7,17 @@ pub enum Error {
     /// The address is not a valid URI.
     #[error("invalid address `{addr}`: {source}")]
     InvalidAddress {
+        /// The address as given.
         addr: String,
+        /// Why it is not a URI.
         source: tonic::transport::Error,
     },
     /// The service could not be reached (eager connect only).
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The address dialled.
         addr: String,
+        /// The transport's reason.
         source: tonic::transport::Error,
     },
     /// A credential cannot be sent as gRPC metadata (e.g. it holds a newline).

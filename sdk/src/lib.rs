@@ -12,6 +12,9 @@
 //! # let _ = poll; Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod error;
 mod poll;
 mod user;

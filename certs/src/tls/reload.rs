@@ -8,7 +8,8 @@
 //! Broken or half-written files (or a key that does not fit the certificate yet) leave the
 //! previous configs in place and log a warning.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::{ClientConfig, ServerConfig};
@@ -199,8 +200,7 @@ impl Drop for Reloader {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, PollState> {
-        // The state holds only fingerprints; a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn check(&self) -> Result<bool, CertError> {

@@ -15,9 +15,9 @@
 mod binaries;
 pub mod canary;
 mod health;
-pub mod mesh;
-pub mod plan;
-pub mod platform;
+mod mesh;
+mod plan;
+mod platform;
 mod ports;
 mod private_fs;
 mod supervisor;
@@ -26,7 +26,8 @@ mod table;
 use plan::{Instance, ReplicaArg};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Options of `tally up`.
 #[derive(Debug, clap::Args)]
@@ -70,38 +71,60 @@ pub struct UpArgs {
 /// Why `tally up` could not start or keep the platform running.
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
+    /// The flags contradict each other or are out of range.
     #[error("{0}")]
     Usage(String),
+    /// The platform description (instances, ports) cannot be built.
     #[error("platform description: {0}")]
     Platform(String),
+    /// Another process holds a port an instance needs.
     #[error(
         "port {port} (for {instance}) is already in use on 127.0.0.1 ({reason}); stop what is \
          using it (another `tally up`?) or choose other ports with --base-port <PORT>"
     )]
     PortInUse {
+        /// The port asked for.
         port: u16,
+        /// The instance that needs it.
         instance: String,
+        /// What binding it said.
         reason: String,
     },
+    /// A binary to run is not built.
     #[error(
         "binary `{binary}` not found in {dir}; build it with `cargo build --workspace --bins` \
          (add --release for a release `tally`) or point --bin-dir at it"
     )]
-    BinaryMissing { binary: String, dir: PathBuf },
+    BinaryMissing {
+        /// The binary's file name.
+        binary: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// `cargo build` of the binaries failed.
     #[error("build failed: {0}")]
     Build(String),
+    /// The mesh CA or a workload certificate could not be made.
     #[error("mesh certificates: {0}")]
     Mesh(String),
+    /// A file or directory operation failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done, e.g. `cannot write <path>`.
         what: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// An instance exited or never became healthy while starting.
     #[error("{instance} did not start ({reason}); its log {log} ends with:\n{tail}")]
     StartFailed {
+        /// The instance, e.g. `polling-1`.
         instance: String,
+        /// How it failed.
         reason: String,
+        /// Its log file.
         log: PathBuf,
+        /// The last lines of that log.
         tail: String,
     },
 }
@@ -132,7 +155,7 @@ fn log_tail(path: &std::path::Path, lines: usize) -> String {
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. Handlers are installed when this
 /// is called, not when first polled, so an early signal is not lost.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, UpError> {
+fn shutdown_signal() -> Result<impl Future<Output = &'static str>, UpError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -14,7 +14,7 @@ pub const HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub const DEFAULT_BASE_PORT: u16 = 50051;
 
 /// Writes one instance's config as a TOML table, or says why it cannot.
-pub type ConfigFn = fn(&ConfigContext) -> Result<toml::Table, String>;
+pub type ConfigFn = fn(&ConfigContext<'_>) -> Result<toml::Table, String>;
 
 /// One service of the platform.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct SidecarSpec {
     pub config: ConfigFn,
     /// Environment variables the sidecar gets (settings it does not read
     /// from its file, such as the log format).
-    pub env: fn(&ConfigContext) -> Vec<(String, String)>,
+    pub env: fn(&ConfigContext<'_>) -> Vec<(String, String)>,
 }
 
 /// The whole platform.
@@ -121,7 +121,7 @@ impl ConfigContext<'_> {
 /// `[server]`, `[storage]` (embedded, in the instance's own directory),
 /// `[telemetry]` and, when it calls anyone, `[outbound]`. Service-specific
 /// sections are left out so the binary's defaults apply.
-pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+pub fn standard_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
     let mut root = toml::Table::new();
     let mut server = toml::Table::new();
     if let Some(addr) = ctx.addr("grpc") {
@@ -161,7 +161,7 @@ pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
 pub const USER_ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// [`standard_config`] plus the user service's admin token file.
-pub fn user_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+pub fn user_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
     let mut root = standard_config(ctx)?;
     let mut user = toml::Table::new();
     let token = ctx.state_dir.join(USER_ADMIN_TOKEN_FILE);

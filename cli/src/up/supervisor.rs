@@ -5,12 +5,14 @@
 use super::health;
 use super::plan::Instance;
 use super::say;
+use parking_lot::Mutex;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// First wait before a restart; doubles per crash up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -54,19 +56,13 @@ impl State {
 
     /// How the last exit looked, e.g. `exit status: 1`.
     pub fn last_exit(&self) -> Option<String> {
-        match self.last_exit.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.last_exit.lock().clone()
     }
 
     fn record_exit(&self, how: String) {
         self.pid.store(0, Ordering::SeqCst);
         self.exits.fetch_add(1, Ordering::SeqCst);
-        match self.last_exit.lock() {
-            Ok(mut g) => *g = Some(how),
-            Err(p) => *p.into_inner() = Some(how),
-        }
+        *self.last_exit.lock() = Some(how);
     }
 }
 
@@ -147,6 +143,7 @@ fn spawn(instance: &Instance, binary: &PathBuf) -> std::io::Result<Child> {
         // SAFETY: prctl is async-signal-safe and touches only the child
         // between fork and exec. If `tally up` itself is killed, the child
         // gets SIGTERM instead of running on as an orphan.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -167,6 +164,7 @@ async fn terminate(child: &mut Child, grace: Duration) -> String {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         // SAFETY: plain kill(2) on our own child's pid, which is still ours:
         // it has not been reaped (we hold the Child and have not waited).
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }

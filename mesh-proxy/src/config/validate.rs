@@ -52,7 +52,7 @@ impl Config {
     }
 }
 
-fn check_admin(a: &AdminConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_admin(a: &AdminConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     if let Some(path) = &a.token_file
         && path.as_os_str().is_empty()
     {
@@ -65,7 +65,7 @@ fn check_admin(a: &AdminConfig, bad: Bad) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_max_connections(n: usize, key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_max_connections(n: usize, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if n == 0 || n > MAX_LIMIT {
         return Err(bad(
             key.into(),
@@ -76,7 +76,7 @@ fn check_max_connections(n: usize, key: &str, bad: Bad) -> Result<(), ConfigErro
     Ok(())
 }
 
-fn check_inbound(i: &InboundConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_inbound(i: &InboundConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     check_max_connections(i.max_connections, "inbound.max_connections", bad)?;
     check_bulkhead(&i.bulkhead, "inbound.bulkhead", bad)?;
     check_faults(&i.faults, "inbound.faults", bad)?;
@@ -102,11 +102,11 @@ fn check_inbound(i: &InboundConfig, bad: Bad) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_outbound(o: &OutboundConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_outbound(o: &OutboundConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     check_max_connections(o.max_connections, "outbound.max_connections", bad)
 }
 
-fn check_identity(id: &IdentityConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_identity(id: &IdentityConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     for (k, v) in [("namespace", &id.namespace), ("service", &id.service)] {
         if v.is_empty() || v.contains('/') {
             return Err(bad(
@@ -119,7 +119,7 @@ fn check_identity(id: &IdentityConfig, bad: Bad) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_limits(l: &LimitsConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_limits(l: &LimitsConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     if l.max_header_list_size < 1024 {
         return Err(bad(
             "limits.max_header_list_size".into(),
@@ -157,7 +157,7 @@ fn check_limits(l: &LimitsConfig, bad: Bad) -> Result<(), ConfigError> {
 }
 
 /// One `[services.<name>]` table and its sub-tables.
-fn check_service(name: &str, s: &ServiceConfig, bad: Bad) -> Result<(), ConfigError> {
+fn check_service(name: &str, s: &ServiceConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     let key = format!("services.{name}");
     if name.is_empty() || name.contains(['/', ':', ' ']) {
         return Err(bad(
@@ -205,7 +205,7 @@ fn check_canary(
     c: &crate::split::CanaryConfig,
     stable: &[String],
     key: &str,
-    bad: Bad,
+    bad: Bad<'_>,
 ) -> Result<(), ConfigError> {
     check_endpoints(&c.endpoints, key, bad)?;
     if let Some(shared) = c.endpoints.iter().find(|e| stable.contains(e)) {
@@ -221,7 +221,7 @@ fn check_canary(
     Ok(())
 }
 
-fn check_endpoints(endpoints: &[String], key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_endpoints(endpoints: &[String], key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if endpoints.is_empty() {
         return Err(bad(
             format!("{key}.endpoints"),
@@ -255,7 +255,7 @@ fn looks_like_host_port(s: &str) -> bool {
     }
 }
 
-fn check_retry(r: &RetryConfig, key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_retry(r: &RetryConfig, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if r.max_attempts == 0 {
         return Err(bad(
             format!("{key}.max_attempts"),
@@ -296,7 +296,7 @@ fn check_retry(r: &RetryConfig, key: &str, bad: Bad) -> Result<(), ConfigError> 
     Ok(())
 }
 
-fn check_breaker(b: &BreakerConfig, key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_breaker(b: &BreakerConfig, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if b.consecutive_failures == 0 || b.window == 0 || b.open_ms == 0 {
         return Err(bad(
             key.into(),
@@ -314,7 +314,7 @@ fn check_breaker(b: &BreakerConfig, key: &str, bad: Bad) -> Result<(), ConfigErr
     Ok(())
 }
 
-fn check_outlier(o: &OutlierConfig, key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_outlier(o: &OutlierConfig, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if o.consecutive_5xx == 0 || o.base_ejection_time_ms == 0 || o.max_ejection_percent > 100 {
         return Err(bad(
             key.into(),
@@ -325,7 +325,7 @@ fn check_outlier(o: &OutlierConfig, key: &str, bad: Bad) -> Result<(), ConfigErr
     Ok(())
 }
 
-fn check_bulkhead(b: &BulkheadConfig, key: &str, bad: Bad) -> Result<(), ConfigError> {
+fn check_bulkhead(b: &BulkheadConfig, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     if b.max_concurrent == 0 || b.max_concurrent > MAX_LIMIT || b.max_queue > MAX_LIMIT {
         return Err(bad(
             format!("{key}.max_concurrent / {key}.max_queue"),

@@ -13,7 +13,8 @@
 use super::config::RateLimitConfig;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Least time between two sweeps of the client table.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);

@@ -21,7 +21,7 @@ use crate::{ListenerService, ProxyError, Req, Rsp};
 use http::header;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// Headers that describe one HTTP/1.1 connection and must not be forwarded over HTTP/2.

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tally_chassis::config::{
     AuthSettings, ConfigError, Issue, OutboundSettings, RetrySettings, ServerSettings,
-    StorageSettings, TelemetrySettings, Validate,
+    StorageSettings, TelemetrySettings, Validate, interval_issue, range_issue,
 };
 use tally_chassis::events::EventBusSettings;
 
@@ -26,6 +26,8 @@ pub const DEFAULT_POLLING_ADDR: &str = "http://127.0.0.1:50052";
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Default `analytics.max_page_size`.
 pub const DEFAULT_MAX_PAGE_SIZE: u32 = 500;
+/// Largest `max_page_size` accepted.
+pub const MAX_PAGE_SIZE_LIMIT: u32 = 10_000;
 /// Default `analytics.health_interval_secs`.
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
 /// Default `analytics.health_max_lag`.
@@ -35,10 +37,13 @@ pub const DEFAULT_HEALTH_MAX_LAG: u64 = 100_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding the read model.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// `user` (token checks) and, with the embedded transport, `polling` (its event feed).
@@ -53,6 +58,7 @@ pub struct Config {
     /// How the event consumer retries before dead-lettering (shared chassis section).
     #[serde(default)]
     pub retry: RetrySettings,
+    /// `[analytics]`: page sizes, health checks and the question filter.
     #[serde(default)]
     pub analytics: AnalyticsSettings,
 }
@@ -146,27 +152,24 @@ impl Validate for Config {
             "analytics.instance",
             a.instance.as_deref(),
         ));
-        if a.max_page_size == 0 || a.max_page_size > 10_000 {
-            out.push(Issue::new(
-                "analytics.max_page_size",
-                format!("is {}", a.max_page_size),
-                "use 1 to 10000 (500 is the default)",
-            ));
-        }
-        if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
-            out.push(Issue::new(
-                "analytics.default_page_size",
-                format!("is {}", a.default_page_size),
-                "use 1 to analytics.max_page_size (50 is the default)",
-            ));
-        }
-        if a.health_interval_secs == 0 {
-            out.push(Issue::new(
-                "analytics.health_interval_secs",
-                "is 0",
-                "use at least 1 second",
-            ));
-        }
+        out.extend(range_issue(
+            "analytics.max_page_size",
+            a.max_page_size,
+            1u32,
+            MAX_PAGE_SIZE_LIMIT,
+            DEFAULT_MAX_PAGE_SIZE,
+        ));
+        out.extend(range_issue(
+            "analytics.default_page_size",
+            a.default_page_size,
+            1u32,
+            a.max_page_size,
+            DEFAULT_PAGE_SIZE,
+        ));
+        out.extend(interval_issue(
+            "analytics.health_interval_secs",
+            a.health_interval_secs,
+        ));
         out
     }
 }

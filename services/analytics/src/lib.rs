@@ -6,14 +6,21 @@
 //! - [`projector`]: the store adapter that writes the read model: the
 //!   consumer handler, one transaction per event, through the chassis
 //!   consumer runtime.
+//! - [`ports`]: the read model as the use cases see it.
+//! - [`store`]: that port's adapter over the chassis storage port.
 //! - [`app`]: the use cases: reads of the read model, with pagination.
 //! - [`grpc`]: the `tally.analytics.v1.AnalyticsService` edge.
 //! - [`config`]: the binary's typed configuration.
 //! - [`run`]: wiring, so the binary and tests start the same thing.
 
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
 pub mod config;
-pub mod domain;
-pub mod grpc;
-pub mod projector;
+mod domain;
+mod grpc;
+mod ports;
+mod projector;
 pub mod run;
+mod store;

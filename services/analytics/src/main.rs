@@ -1,5 +1,7 @@
 //! `tally-analytics`: the analytics service binary.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;

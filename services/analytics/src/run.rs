@@ -10,51 +10,26 @@ use crate::projector::Projector;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_api::analytics::v1::analytics_service_server::AnalyticsServiceServer;
-use tally_chassis::auth::Authenticator;
 use tally_chassis::events::{Consumer, ConsumerAdmin, transport};
 use tally_chassis::health::HealthHub;
+use tally_chassis::wiring::{Basics, open_watched};
 
 /// The gRPC service name health reports for.
 pub const SERVICE_NAME: &str = "tally.analytics.v1.AnalyticsService";
 /// The producer whose events build the read model.
 pub const PRODUCER: &str = "polling";
 
-/// A failure to start or run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("storage: {0}")]
-    Storage(#[from] tally_chassis::storage::StoreError),
-    #[error(transparent)]
-    Outbound(#[from] tally_chassis::outbound::OutboundError),
-    #[error("events: {0}")]
-    Events(#[from] tally_chassis::events::BusError),
-    #[error(transparent)]
-    Serve(#[from] tally_chassis::server::ServeError),
-}
+pub use tally_chassis::wiring::RunError;
 
 /// Runs the service until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let store = tally_chassis::storage::open(&cfg.storage).await?;
-    let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.auth.options());
-
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
-    hub.set_dependency("storage", false).await;
-    hub.set_dependency("user", false).await;
     let interval = Duration::from_secs(cfg.analytics.health_interval_secs);
-    let probe_store = store.clone();
-    hub.watch("storage", interval, move || {
-        let store = probe_store.clone();
-        async move { store.ping().await.is_ok() }
-    });
-    let probe_auth = auth.clone();
-    hub.watch("user", interval, move || {
-        let auth = probe_auth.clone();
-        async move { matches!(auth.refresh_jwks().await, Ok(n) if n > 0) }
-    });
+    let Basics { store, auth } =
+        open_watched(&cfg.storage, &cfg.outbound, &cfg.auth, &hub, interval).await?;
 
     let name = cfg.consumer_name();
     let source = transport::source(&cfg.event_bus(), &cfg.outbound, PRODUCER).await?;
@@ -72,7 +47,7 @@ pub async fn run(
     tracing::info!(consumer = %name, "analytics read model consumer started");
 
     let queries = Queries::new(
-        store,
+        Arc::new(crate::store::StoreReadModel::new(store)),
         cfg.analytics.default_page_size,
         cfg.analytics.max_page_size,
     );

@@ -572,11 +572,11 @@ async fn poison_event_goes_to_the_dlq_and_is_applied_once_after_the_fix_and_redr
 }
 
 async fn wait_serving(svc: &Service, want: bool) {
-    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     while tally_testkit::is_serving(&svc.addr, "tally.analytics.v1.AnalyticsService").await != want
     {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "{} health never became serving={want}\n{}",
             svc.name,
             svc.output()

@@ -35,17 +35,23 @@ pub const DEFAULT_RESUME_INTERVAL_SECS: u64 = 5;
 /// Outbound targets billing calls.
 pub const REQUIRED_TARGETS: [&str; 2] = ["payment", "user"];
 
+/// The billing binary's configuration file, section by section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding sagas and entitlements.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// `[outbound]`: addresses of the payment and user services.
     #[serde(default = "default_outbound")]
     pub outbound: OutboundSettings,
+    /// `[saga]`: retry and timeout bounds of the subscription saga.
     #[serde(default)]
     pub saga: SagaSettings,
     /// TESTING ONLY. `TALLY_BILLING_CRASH_AFTER=<point>` aborts the process

@@ -8,11 +8,14 @@
 //! the events billing emits; [`grpc`] is the gRPC edge; [`config`] and
 //! [`run`] start it all.
 
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
 pub mod config;
-pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod payment;
+mod domain;
+mod events;
+mod grpc;
+mod payment;
 pub mod run;
-pub mod store;
+mod store;

@@ -30,12 +30,16 @@ const PAYMENT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// A failure to start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The store could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] storage::StoreError),
+    /// An outbound address is missing or invalid.
     #[error(transparent)]
     Outbound(#[from] outbound::OutboundError),
+    /// Sagas left unfinished by an earlier run could not be resumed.
     #[error("resuming sagas: {0}")]
     Resume(#[from] BillingError),
+    /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
 }
@@ -43,7 +47,7 @@ pub enum RunError {
 /// Runs the service until `shutdown` resolves.
 pub async fn run(
     cfg: BillingConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     if let Some(point) = &cfg.crash_after {
         tracing::warn!(

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::billing::v1 as bpb;
 use tally_api::billing::v1::billing_service_client::BillingServiceClient;
 use tally_api::payment::v1 as ppb;
@@ -17,6 +17,7 @@ use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
 use tally_api::user::v1 as upb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::{Process, READY_TIMEOUT, bin_path, free_port};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const BILLING: &str = "tally.billing.v1.BillingService";

@@ -60,15 +60,20 @@ impl Scopes {
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
+    /// A signed access token from a login.
     Jwt,
+    /// An API key the user service vouched for.
     ApiKey,
 }
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The user the credential belongs to.
     pub user_id: String,
+    /// What the credential allows.
     pub scopes: Scopes,
+    /// Which kind of credential it was.
     pub via: Via,
 }
 

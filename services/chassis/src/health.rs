@@ -5,9 +5,10 @@
 //! while any of them is down, the service and the overall (`""`) entry report
 //! NOT_SERVING, and come back on their own once it recovers.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -39,10 +40,7 @@ impl HealthHub {
     /// Records whether `dependency` is usable and republishes the status.
     pub async fn set_dependency(&self, dependency: &str, up: bool) {
         let changed = {
-            let mut deps = match self.deps.lock() {
-                Ok(d) => d,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut deps = self.deps.lock();
             deps.insert(dependency.to_string(), up) != Some(up)
         };
         if changed {
@@ -57,10 +55,7 @@ impl HealthHub {
 
     /// Current status per dependency.
     pub fn dependencies(&self) -> BTreeMap<String, bool> {
-        match self.deps.lock() {
-            Ok(d) => d.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.deps.lock().clone()
     }
 
     /// True when every dependency is up and the service is not draining.

@@ -6,6 +6,9 @@
 //! adapters, and the caller verifier (access tokens and API keys). Keeping
 //! this in one crate means every service behaves the same to an operator.
 
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
@@ -20,3 +23,4 @@ pub mod shutdown;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+pub mod wiring;

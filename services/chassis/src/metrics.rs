@@ -26,11 +26,15 @@ type U64Gauge = Gauge<u64, AtomicU64>;
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The address cannot be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     Bind {
+        /// The configured `metrics_addr`.
         addr: SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// The server could not start after binding.
     #[error("cannot start the metrics server: {0}")]
     Start(std::io::Error),
 }

@@ -11,11 +11,15 @@ use tonic::transport::{Channel, Endpoint};
 /// Errors building an outbound channel.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
+    /// No `[outbound]` address for this target.
     #[error("no outbound address configured for `{0}`; set `outbound.{0}`")]
     Missing(String),
+    /// The address is not a valid URI.
     #[error("outbound address for `{target}` is invalid: {source}")]
     Invalid {
+        /// The target named in `[outbound]`.
         target: String,
+        /// Why the address was refused.
         source: tonic::transport::Error,
     },
 }

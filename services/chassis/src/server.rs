@@ -22,6 +22,7 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// No routes yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -54,15 +55,21 @@ impl Routes {
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source} (is the port in use? set server.listen_addr)")]
     Bind {
+        /// The configured `server.listen_addr`.
         addr: std::net::SocketAddr,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// The reflection service could not be built.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The server stopped with a transport error.
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The serving task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
 }

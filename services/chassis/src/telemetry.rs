@@ -7,8 +7,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// Human-readable lines for a terminal.
     #[default]
     Pretty,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 

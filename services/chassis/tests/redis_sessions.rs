@@ -2,12 +2,13 @@
 //! `redis-server` started on a free port) and the embedded store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tally_chassis::session::embedded::EmbeddedSessions;
 use tally_chassis::session::redis::RedisSessions;
 use tally_chassis::session::{Session, SessionError, SessionStore};
 use tally_chassis::storage::embedded::EmbeddedStore;
 use tally_testkit::RedisServer;
+use tokio::time::Instant;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tally_chassis::config::{
     AuthSettings, ConfigError, Issue, OutboundSettings, RetrySettings, ServerSettings,
-    StorageSettings, TelemetrySettings, Validate,
+    StorageSettings, TelemetrySettings, Validate, interval_issue, range_issue,
 };
 use tally_chassis::events::EventBusSettings;
 
@@ -28,6 +28,8 @@ pub const DEFAULT_LOG_CAPACITY: u64 = 1_000;
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 /// Default `notification.broadcast_capacity`.
 pub const DEFAULT_BROADCAST_CAPACITY: usize = 4_096;
+/// Largest log, subscriber buffer or broadcast capacity accepted.
+pub const MAX_CAPACITY: u64 = 1_000_000;
 /// Default `notification.health_interval_secs`.
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
 /// Default `notification.health_max_lag`.
@@ -37,10 +39,13 @@ pub const DEFAULT_HEALTH_MAX_LAG: u64 = 100_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: this replica's embedded file or the Scylla cluster (consumer positions).
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// `user` (token checks) and, with the embedded transport, `polling` (its event feed).
@@ -55,6 +60,7 @@ pub struct Config {
     /// How the event consumer retries before dead-lettering (shared chassis section).
     #[serde(default)]
     pub retry: RetrySettings,
+    /// `[notification]`: buffers, replay log and health checks.
     #[serde(default)]
     pub notification: NotificationSettings,
 }
@@ -147,34 +153,31 @@ impl Validate for Config {
             "notification.instance",
             a.instance.as_deref(),
         ));
-        if a.log_capacity == 0 || a.log_capacity > 1_000_000 {
-            out.push(Issue::new(
-                "notification.log_capacity",
-                format!("is {}", a.log_capacity),
-                "use 1 to 1000000 (1000 is the default)",
-            ));
-        }
-        if a.subscriber_buffer == 0 || a.subscriber_buffer > 1_000_000 {
-            out.push(Issue::new(
-                "notification.subscriber_buffer",
-                format!("is {}", a.subscriber_buffer),
-                "use 1 to 1000000 (256 is the default)",
-            ));
-        }
-        if a.broadcast_capacity == 0 || a.broadcast_capacity > 1_000_000 {
-            out.push(Issue::new(
-                "notification.broadcast_capacity",
-                format!("is {}", a.broadcast_capacity),
-                "use 1 to 1000000 (4096 is the default)",
-            ));
-        }
-        if a.health_interval_secs == 0 {
-            out.push(Issue::new(
-                "notification.health_interval_secs",
-                "is 0",
-                "use at least 1 second",
-            ));
-        }
+        out.extend(range_issue(
+            "notification.log_capacity",
+            a.log_capacity,
+            1u64,
+            MAX_CAPACITY,
+            DEFAULT_LOG_CAPACITY,
+        ));
+        out.extend(range_issue(
+            "notification.subscriber_buffer",
+            a.subscriber_buffer as u64,
+            1u64,
+            MAX_CAPACITY,
+            DEFAULT_SUBSCRIBER_BUFFER as u64,
+        ));
+        out.extend(range_issue(
+            "notification.broadcast_capacity",
+            a.broadcast_capacity as u64,
+            1u64,
+            MAX_CAPACITY,
+            DEFAULT_BROADCAST_CAPACITY as u64,
+        ));
+        out.extend(interval_issue(
+            "notification.health_interval_secs",
+            a.health_interval_secs,
+        ));
         out
     }
 }

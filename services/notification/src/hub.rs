@@ -36,9 +36,4 @@ impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.tx.subscribe()
     }
-
-    /// Receivers right now (watchers of this replica).
-    pub fn receivers(&self) -> usize {
-        self.tx.receiver_count()
-    }
 }

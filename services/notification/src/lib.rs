@@ -15,10 +15,13 @@
 //! - [`grpc`]: the `tally.notification.v1.NotificationService` edge.
 //! - [`config`], [`run`]: configuration and wiring.
 
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
 pub mod config;
-pub mod domain;
-pub mod grpc;
-pub mod hub;
-pub mod projector;
+mod domain;
+mod grpc;
+mod hub;
+mod projector;
 pub mod run;

@@ -13,7 +13,7 @@
 use crate::domain::{Inconsistent, Millis, PollState, Update};
 use crate::hub::{Hub, Published};
 use async_trait::async_trait;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use tally_api::events::v1::event_envelope::Payload;
 use tally_chassis::events::consumer::clear_partition;
 use tally_chassis::events::{Delivery, Handler, HandlerError};
@@ -99,10 +99,7 @@ impl Projector {
     }
 
     fn set_pending(&self, event_id: &str, published: Option<Published>) {
-        let mut slot = match self.pending.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = self.pending.lock();
         *slot = published.map(|p| (event_id.to_string(), p));
     }
 }
@@ -204,10 +201,7 @@ impl Handler for Projector {
 
     async fn committed(&self, delivery: &Delivery) {
         let taken = {
-            let mut slot = match self.pending.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut slot = self.pending.lock();
             match slot.take() {
                 Some((id, published)) if id == delivery.envelope.event_id => Some(published),
                 other => {

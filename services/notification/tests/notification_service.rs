@@ -32,7 +32,7 @@ async fn watch(
     resume_after: u64,
     window: Option<u32>,
 ) -> Streaming<pb::WatchPollResponse> {
-    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     loop {
         let mut client = notification_client(svc, window);
         let req = pb::WatchPollRequest {
@@ -43,7 +43,7 @@ async fn watch(
             Ok(r) => return r.into_inner(),
             Err(s) if matches!(s.code(), Code::NotFound | Code::Unavailable) => {
                 assert!(
-                    std::time::Instant::now() < deadline,
+                    tokio::time::Instant::now() < deadline,
                     "{} never knew poll {poll_id}: {s:?}\n{}",
                     svc.name,
                     svc.output()

@@ -6,9 +6,9 @@
 use crate::config::FaultSettings;
 use crate::domain::{ChargeIntent, ChargeRecord};
 use crate::store::{Ledger, LedgerError};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// A fault a caller asked for (honoured only when `allow_fault_headers` is on).
@@ -86,10 +86,7 @@ impl Payments {
     }
 
     fn roll(&self) -> f64 {
-        let mut rng = match self.rng.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut rng = self.rng.lock();
         rng.random::<f64>()
     }
 

@@ -14,15 +14,20 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 /// Default embedded store file.
 pub const DEFAULT_STORE_PATH: &str = ".tally/payment/payment.redb";
 
+/// The payment binary's configuration file, section by section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentConfig {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding charges.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// `[payment]`: the injected faults of the fake provider.
     #[serde(default)]
     pub payment: FaultSettings,
 }

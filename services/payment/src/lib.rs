@@ -7,9 +7,12 @@
 //! with fault injection; [`store`] the ledger over the chassis storage port;
 //! [`grpc`] the gRPC edge; [`config`] and [`run`] start it all.
 
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
 pub mod config;
-pub mod domain;
-pub mod grpc;
+mod domain;
+mod grpc;
 pub mod run;
-pub mod store;
+mod store;

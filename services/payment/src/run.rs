@@ -19,8 +19,10 @@ const STORAGE_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// A failure to start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The store could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] storage::StoreError),
+    /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
 }
@@ -28,7 +30,7 @@ pub enum RunError {
 /// Runs the service until `shutdown` resolves.
 pub async fn run(
     cfg: PaymentConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = storage::open(&cfg.storage).await?;
     if cfg.payment.outage || cfg.payment.decline_rate > 0.0 || cfg.payment.allow_fault_headers {

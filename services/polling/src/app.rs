@@ -1,14 +1,14 @@
 //! Polling's use cases: create a poll within the owner's plan limit, read,
-//! list, close, vote, and read results. They take the store adapter and the
-//! entitlements read model, call the domain rules, and return
+//! list, close, vote, and read results. They take the ports (the poll store
+//! and the plan-limits read model), call the domain rules, and return
 //! [`PollingError`]; the gRPC edge turns those into statuses.
 
 use crate::domain::poll::{NewPoll, Poll};
 use crate::domain::tally::Tally;
 use crate::domain::vote::VoteRequest;
 use crate::domain::{DomainError, Millis};
-use crate::entitlements::Entitlements;
-use crate::store::{CastOutcome, ListFilter, Page, PollRepository, PollingError};
+use crate::ports::{CastOutcome, ListFilter, Page, PlanLimitsPort, PollStore, PollingError};
+use std::sync::Arc;
 
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
@@ -21,12 +21,13 @@ pub fn now_ms() -> Millis {
 /// The use cases over one store.
 #[derive(Clone)]
 pub struct Polls {
-    repo: PollRepository,
-    entitlements: Entitlements,
+    repo: Arc<dyn PollStore>,
+    entitlements: Arc<dyn PlanLimitsPort>,
 }
 
 impl Polls {
-    pub fn new(repo: PollRepository, entitlements: Entitlements) -> Self {
+    /// Use cases writing through `repo`, with open-poll limits from `entitlements`.
+    pub fn new(repo: Arc<dyn PollStore>, entitlements: Arc<dyn PlanLimitsPort>) -> Self {
         Self { repo, entitlements }
     }
 
@@ -88,5 +89,74 @@ impl Polls {
     /// The poll and its counts.
     pub async fn results(&self, poll_id: &str) -> Result<(Poll, Tally), PollingError> {
         self.repo.results(poll_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{MockPlanLimitsPort, MockPollStore};
+    use mockall::predicate::eq;
+
+    fn new_poll(question: &str) -> NewPoll {
+        NewPoll {
+            question: question.into(),
+            options: vec!["yes".into(), "no".into()],
+            closes_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_passes_the_owners_plan_limit_to_the_store() {
+        let mut limits = MockPlanLimitsPort::new();
+        limits
+            .expect_open_poll_limit()
+            .with(eq("owner-1"))
+            .times(1)
+            .returning(|_| Ok(Some(3)));
+        let mut store = MockPollStore::new();
+        store
+            .expect_create()
+            .withf(|poll, limit, now| poll.owner_id == "owner-1" && *limit == Some(3) && *now == 7)
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let polls = Polls::new(Arc::new(store), Arc::new(limits));
+        let poll = polls
+            .create("owner-1".into(), new_poll("Lunch?"), 7)
+            .await
+            .unwrap();
+        assert_eq!(poll.owner_id, "owner-1");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_poll_touches_neither_limits_nor_store() {
+        // Mocks without expectations fail the test if called.
+        let polls = Polls::new(
+            Arc::new(MockPollStore::new()),
+            Arc::new(MockPlanLimitsPort::new()),
+        );
+        let err = polls
+            .create("owner-1".into(), new_poll("   "), 7)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PollingError::Domain(DomainError::InvalidArgument { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_poll_is_not_found() {
+        let mut store = MockPollStore::new();
+        store.expect_get().returning(|_| Ok(None));
+        let polls = Polls::new(Arc::new(store), Arc::new(MockPlanLimitsPort::new()));
+        let err = polls.get("p-1").await.unwrap_err();
+        assert!(
+            matches!(err, PollingError::Domain(DomainError::NotFound(ref m)) if m.contains("p-1")),
+            "{err:?}"
+        );
     }
 }

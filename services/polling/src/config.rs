@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tally_chassis::config::{
     AuthSettings, ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings,
-    TelemetrySettings, Validate,
+    TelemetrySettings, Validate, interval_issue, range_issue,
 };
 
 /// Environment variable prefix of every override.
@@ -20,6 +20,10 @@ pub const DEFAULT_STORE_PATH: &str = ".tally/polling/polling.redb";
 pub const DEFAULT_USER_ADDR: &str = "http://127.0.0.1:50051";
 /// Default `polling.max_write_attempts`.
 pub const DEFAULT_MAX_WRITE_ATTEMPTS: u32 = 32;
+/// Largest `max_page_size` accepted.
+pub const MAX_PAGE_SIZE_LIMIT: u32 = 10_000;
+/// Largest `max_write_attempts` accepted.
+pub const MAX_WRITE_ATTEMPTS_LIMIT: u32 = 1_000;
 /// Default `polling.health_interval_secs`.
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
 /// Default `polling.default_max_open_polls` (0 = unlimited).
@@ -29,10 +33,13 @@ pub const DEFAULT_MAX_OPEN_POLLS: u32 = 0;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding polls and votes.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// Must contain `user`: where the user service (or its sidecar) listens.
@@ -44,6 +51,7 @@ pub struct Config {
     /// How callers' tokens and API keys are verified (shared chassis section).
     #[serde(default)]
     pub auth: AuthSettings,
+    /// `[polling]`: page sizes, write retries, plan-limit default and health checks.
     #[serde(default)]
     pub polling: PollingSettings,
     /// Event transport: embedded (the feed serves the outbox; default) or
@@ -120,34 +128,31 @@ impl Validate for Config {
         out.extend(self.events.issues("events"));
         out.extend(self.auth.issues("auth"));
         let p = &self.polling;
-        if p.max_page_size == 0 || p.max_page_size > 10_000 {
-            out.push(Issue::new(
-                "polling.max_page_size",
-                format!("is {}", p.max_page_size),
-                "use 1 to 10000 (500 is the default)",
-            ));
-        }
-        if p.default_page_size == 0 || p.default_page_size > p.max_page_size {
-            out.push(Issue::new(
-                "polling.default_page_size",
-                format!("is {}", p.default_page_size),
-                "use 1 to polling.max_page_size (50 is the default)",
-            ));
-        }
-        if p.max_write_attempts == 0 || p.max_write_attempts > 1000 {
-            out.push(Issue::new(
-                "polling.max_write_attempts",
-                format!("is {}", p.max_write_attempts),
-                "use 1 to 1000 (32 is the default)",
-            ));
-        }
-        if p.health_interval_secs == 0 {
-            out.push(Issue::new(
-                "polling.health_interval_secs",
-                "is 0",
-                "use at least 1 second",
-            ));
-        }
+        out.extend(range_issue(
+            "polling.max_page_size",
+            p.max_page_size,
+            1u32,
+            MAX_PAGE_SIZE_LIMIT,
+            crate::domain::paging::MAX_PAGE_SIZE,
+        ));
+        out.extend(range_issue(
+            "polling.default_page_size",
+            p.default_page_size,
+            1u32,
+            p.max_page_size,
+            crate::domain::paging::DEFAULT_PAGE_SIZE,
+        ));
+        out.extend(range_issue(
+            "polling.max_write_attempts",
+            p.max_write_attempts,
+            1u32,
+            MAX_WRITE_ATTEMPTS_LIMIT,
+            DEFAULT_MAX_WRITE_ATTEMPTS,
+        ));
+        out.extend(interval_issue(
+            "polling.health_interval_secs",
+            p.health_interval_secs,
+        ));
         out
     }
 }

@@ -133,6 +133,13 @@ impl Entitlements {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::ports::PlanLimitsPort for Entitlements {
+    async fn open_poll_limit(&self, user_id: &str) -> Result<Option<u32>, StoreError> {
+        Entitlements::open_poll_limit(self, user_id).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use crate::domain::tally::Tally;
 use crate::domain::vote::{VoteRecord, VoteRequest};
 use crate::domain::{DomainError, Millis};
 use crate::events::timestamp;
-use crate::store::{ListFilter, PollingError};
+use crate::ports::{ListFilter, PollingError};
 use tally_api::poll::v1 as pb;
 use tally_api::poll::v1::poll_service_server::PollService;
 use tally_chassis::auth::{

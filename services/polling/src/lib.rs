@@ -3,6 +3,7 @@
 //!
 //! - [`domain`]: the rules, pure and unit-tested.
 //! - [`app`]: the use cases (create within the plan limit, vote, close, read).
+//! - [`ports`]: what the use cases need from storage and plan limits.
 //! - [`store`]: polls, votes and counts on the chassis storage port.
 //! - [`events`]: the events published through the outbox.
 //! - [`entitlements`]: plan limits consumed from billing's events.
@@ -10,11 +11,15 @@
 //! - [`config`]: the binary's typed configuration.
 //! - [`run`]: wiring, so the binary and tests start the same thing.
 
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod app;
 pub mod config;
-pub mod domain;
-pub mod entitlements;
-pub mod events;
-pub mod grpc;
+mod domain;
+mod entitlements;
+mod events;
+mod grpc;
+mod ports;
 pub mod run;
 pub mod store;

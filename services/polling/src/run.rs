@@ -10,49 +10,23 @@ use crate::store::PollRepository;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_api::poll::v1::poll_service_server::PollServiceServer;
-use tally_chassis::auth::Authenticator;
 use tally_chassis::health::HealthHub;
+use tally_chassis::wiring::{Basics, open_watched};
 
 /// The gRPC service name health reports for.
 pub const SERVICE_NAME: &str = "tally.poll.v1.PollService";
 
-/// A failure to start or run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("storage: {0}")]
-    Storage(#[from] tally_chassis::storage::StoreError),
-    #[error(transparent)]
-    Outbound(#[from] tally_chassis::outbound::OutboundError),
-    #[error("events: {0}")]
-    Events(#[from] tally_chassis::events::BusError),
-    #[error(transparent)]
-    Serve(#[from] tally_chassis::server::ServeError),
-}
+pub use tally_chassis::wiring::RunError;
 
 /// Runs the service until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let store = tally_chassis::storage::open(&cfg.storage).await?;
-    let user_channel = tally_chassis::outbound::channel(&cfg.outbound, "user")?;
-    let auth = Authenticator::new(user_channel, cfg.auth.options());
-
     let (hub, health_server) = HealthHub::new(&[SERVICE_NAME]);
-    // Not serving until the first probes say otherwise.
-    hub.set_dependency("storage", false).await;
-    hub.set_dependency("user", false).await;
     let interval = Duration::from_secs(cfg.polling.health_interval_secs);
-    let probe_store = store.clone();
-    hub.watch("storage", interval, move || {
-        let store = probe_store.clone();
-        async move { store.ping().await.is_ok() }
-    });
-    let probe_auth = auth.clone();
-    hub.watch("user", interval, move || {
-        let auth = probe_auth.clone();
-        async move { matches!(auth.refresh_jwks().await, Ok(n) if n > 0) }
-    });
+    let Basics { store, auth } =
+        open_watched(&cfg.storage, &cfg.outbound, &cfg.auth, &hub, interval).await?;
 
     let feed = tally_chassis::events::Feed::new(store.clone());
     // With the Redis transport the relay copies the outbox to the stream.
@@ -96,7 +70,7 @@ pub async fn run(
         cfg.polling.local_write_lock,
     );
     let api = PollApi::new(
-        crate::app::Polls::new(repo, entitlements),
+        crate::app::Polls::new(Arc::new(repo), Arc::new(entitlements)),
         auth,
         cfg.polling.default_page_size,
         cfg.polling.max_page_size,

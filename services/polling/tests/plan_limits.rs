@@ -14,7 +14,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{PASSWORD, Service, Stack, bearer, create_req, expect_code, user_binary};
 use tally_api::billing::v1 as bpb;
 use tally_api::billing::v1::billing_service_client::BillingServiceClient;
@@ -25,6 +25,7 @@ use tally_api::poll::v1 as pb;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tally_api::user::v1 as upb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 

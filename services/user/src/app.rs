@@ -17,10 +17,11 @@ use crate::ports::{
     ApiKeyRepository, CreateOutcome, PasswordHasher, PortError, RevokeOutcome, TokenSigner,
     UserRepository,
 };
+use parking_lot::Mutex;
 use prost::Message;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tally_api::events::v1::{EventEnvelope, UserRegistered, event_envelope};
 use tally_chassis::session::{Session, SessionError, SessionStore};
 use tally_chassis::storage::OutboxEvent;
@@ -126,6 +127,12 @@ pub struct UserApp {
     throttle: Mutex<LoginThrottle>,
 }
 
+/// The monotonic clock the login throttle runs on: tokio's, so paused-time
+/// tests drive it; the domain keeps plain `std` instants.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -208,7 +215,7 @@ impl UserApp {
         // Unparseable emails cannot match an account: nothing to throttle.
         let attempt = match &email {
             Some(e) => Some(
-                self.with_throttle(|t| t.begin(e.as_str(), client, Instant::now()))
+                self.with_throttle(|t| t.begin(e.as_str(), client, now()))
                     .map_err(|t| AppError::Throttled(t.retry_after))?,
             ),
             None => None,
@@ -220,7 +227,7 @@ impl UserApp {
                 Err(AppError::Unauthenticated(_)) => Outcome::Failed,
                 Err(_) => Outcome::NotJudged,
             };
-            self.with_throttle(|t| t.finish(attempt, outcome, Instant::now()));
+            self.with_throttle(|t| t.finish(attempt, outcome, now()));
         }
         let user = checked?;
         let token = session::token_from_random(random::<{ session::TOKEN_BYTES }>());
@@ -422,10 +429,7 @@ impl UserApp {
     }
 
     fn with_throttle<T>(&self, f: impl FnOnce(&mut LoginThrottle) -> T) -> T {
-        match self.throttle.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut self.throttle.lock())
     }
 
     fn issue(&self, user_id: &str, session_id: &str, now: i64) -> Result<IssuedToken, AppError> {

@@ -32,16 +32,20 @@ const MAX_TRACKED_KEYS: usize = 10_000_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: where gRPC is served and how it shuts down.
     #[serde(default = "default_server")]
     pub server: ServerSettings,
+    /// `[storage]`: the embedded file or the Scylla cluster holding users, keys and sessions.
     #[serde(default = "default_storage")]
     pub storage: StorageSettings,
+    /// `[telemetry]`: log format and filter, metrics address.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     /// Accepted so launchers can write one config shape for every service;
     /// the user service calls no peers, so it is not used.
     #[serde(default)]
     pub outbound: OutboundSettings,
+    /// `[user]`: token lifetimes, signing keys, sessions and login throttling.
     #[serde(default)]
     pub user: UserSettings,
     /// Event transport: embedded (consumers read the `EventFeedService` this
@@ -147,6 +151,7 @@ impl Default for LoginThrottleSettings {
 }
 
 impl LoginThrottleSettings {
+    /// The throttle's tunables as the domain takes them.
     pub fn policy(&self) -> ThrottlePolicy {
         ThrottlePolicy {
             client_free_failures: self.client_free_failures,

@@ -7,13 +7,16 @@
 //! [`grpc`] is the wire edge and [`admin`] the operator edge; [`keys`]
 //! rotates the signing key; [`config`] and [`run`] start it all.
 
-pub mod adapters;
-pub mod admin;
-pub mod app;
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod adapters;
+mod admin;
+mod app;
 pub mod config;
-pub mod domain;
-pub mod grpc;
-pub mod keys;
-pub mod ports;
+mod domain;
+mod grpc;
+mod keys;
+mod ports;
 pub mod retry_info;
 pub mod run;

@@ -18,10 +18,13 @@ pub const RETRY_AFTER: &str = "retry-after";
 /// `google.rpc.Status`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RpcStatus {
+    /// The gRPC status code.
     #[prost(int32, tag = "1")]
     pub code: i32,
+    /// The developer-facing message.
     #[prost(string, tag = "2")]
     pub message: String,
+    /// Typed details, e.g. a packed `RetryInfo`.
     #[prost(message, repeated, tag = "3")]
     pub details: Vec<prost_types::Any>,
 }
@@ -29,6 +32,7 @@ pub struct RpcStatus {
 /// `google.rpc.RetryInfo`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RetryInfo {
+    /// How long the client should wait before retrying.
     #[prost(message, optional, tag = "1")]
     pub retry_delay: Option<prost_types::Duration>,
 }

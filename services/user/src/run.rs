@@ -26,18 +26,25 @@ const SESSION_CALL_LIMIT: Duration = Duration::from_secs(3);
 /// A failure to start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The store could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] tally_chassis::storage::StoreError),
+    /// The session store (embedded or Redis) could not be opened.
     #[error("sessions: {0}")]
     Sessions(#[from] tally_chassis::session::SessionError),
+    /// A storage port failed while preparing the signing keys.
     #[error("{0}")]
     Port(#[from] crate::ports::PortError),
+    /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] tally_chassis::server::ServeError),
+    /// The outbox relay to the event transport could not start.
     #[error("events: {0}")]
     Events(#[from] tally_chassis::events::BusError),
+    /// The signing keys could not be loaded or rotated.
     #[error("signing keys: {0}")]
     Keys(#[from] crate::app::AppError),
+    /// The admin token file could not be read or created.
     #[error(transparent)]
     AdminToken(#[from] crate::admin::AdminTokenError),
 }
@@ -45,7 +52,7 @@ pub enum RunError {
 /// Runs the service until `shutdown` resolves.
 pub async fn run(
     config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = tally_chassis::storage::open(&config.storage).await?;
     let sessions = open_sessions(&config, store.clone()).await?;

@@ -5,13 +5,14 @@
 //! Needs `cargo build --workspace --bins` (the `tally` and `tally-polling`
 //! binaries).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::poll::v1 as pollpb;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tally_api::user::v1 as pb;
 use tally_api::user::v1::user_admin_service_client::UserAdminServiceClient;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::{Platform, bin_path};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 

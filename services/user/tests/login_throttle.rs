@@ -6,10 +6,11 @@
 //! the delay the service announced is over.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::user::v1 as pb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_user::retry_info::retry_delay;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Endpoint;
 

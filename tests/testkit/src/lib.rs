@@ -5,6 +5,8 @@
 //! Helpers panic with a message that says what to do, since they only run in
 //! tests.
 
+#![deny(missing_docs)]
+
 mod health;
 mod paths;
 mod ports;

@@ -4,7 +4,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How often exits are polled.
 const EXIT_POLL: Duration = Duration::from_millis(50);
@@ -60,14 +61,17 @@ impl Process {
         }
     }
 
+    /// The child's process id, e.g. to signal it from outside.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Where the child's stdout is captured.
     pub fn stdout_path(&self) -> &Path {
         &self.stdout_path
     }
 
+    /// Where the child's stderr is captured.
     pub fn stderr_path(&self) -> &Path {
         &self.stderr_path
     }
@@ -101,6 +105,7 @@ impl Process {
         self.exit
     }
 
+    /// True until the child has exited (reaps it if it has).
     pub fn is_running(&mut self) -> bool {
         self.try_exit().is_none()
     }
@@ -109,6 +114,7 @@ impl Process {
     pub fn signal(&mut self, signal: i32) {
         if self.is_running() {
             // SAFETY: kill(2) on our own unreaped child.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(self.child.id() as i32, signal);
             }
@@ -125,6 +131,8 @@ impl Process {
             if Instant::now() >= deadline {
                 return None;
             }
+            // Synchronous on purpose: `terminate` and `Drop` call it.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(EXIT_POLL);
         }
     }

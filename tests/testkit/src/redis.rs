@@ -5,9 +5,10 @@
 
 use crate::{Process, READY_TIMEOUT, free_port};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Attempts on fresh ports before giving up.
 const START_ATTEMPTS: usize = 5;
@@ -105,6 +106,7 @@ impl RedisServer {
         false
     }
 
+    /// The port redis-server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -7,7 +7,8 @@ use crate::{Process, READY_TIMEOUT, free_port};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -30,7 +31,9 @@ pub struct ServiceProcess {
     binary: PathBuf,
     health_name: String,
     process: Option<Process>,
+    /// The gRPC address the service listens on.
     pub addr: SocketAddr,
+    /// The service's own data directory (stores, keys).
     pub data_dir: PathBuf,
     config_body: String,
 }

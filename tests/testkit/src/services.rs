@@ -59,10 +59,15 @@ pub async fn start_polling(dir: &Path, user_addr: &str, extra_toml: &str) -> (Pr
 
 /// The user and polling services, started in a temp directory.
 pub struct Platform {
+    /// The user service process.
     pub user: Process,
+    /// The user service's `host:port`.
     pub user_addr: String,
+    /// The polling service process.
     pub polling: Process,
+    /// The polling service's `host:port`.
     pub poll_addr: String,
+    /// Holds both services' data; removed when the platform is dropped.
     pub dir: tempfile::TempDir,
 }
 
@@ -90,11 +95,12 @@ impl Platform {
         }
     }
 
-    /// `http://` URIs for clients.
+    /// The user service's address as an `http://` URI for clients.
     pub fn user_uri(&self) -> String {
         format!("http://{}", self.user_addr)
     }
 
+    /// The polling service's address as an `http://` URI for clients.
     pub fn poll_uri(&self) -> String {
         format!("http://{}", self.poll_addr)
     }

@@ -5,6 +5,7 @@
 //! (`/ready`, `/metrics`) does not.
 
 use super::super::UpError;
+use super::super::private_fs::{PRIVATE_FILE_MODE, private_dir};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -13,12 +14,6 @@ use std::path::{Path, PathBuf};
 pub const FILE_NAME: &str = "admin-token";
 /// Random bytes in a token (written as hex).
 const TOKEN_BYTES: usize = 32;
-/// Only the owner may read the token.
-#[cfg(unix)]
-const FILE_MODE: u32 = 0o600;
-/// Only the owner may enter the data directory.
-#[cfg(unix)]
-const DIR_MODE: u32 = 0o700;
 
 /// `<data-dir>/admin-token`.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -37,26 +32,15 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Makes `data_dir` (created if missing) private to its owner.
-pub fn private_dir(data_dir: &Path) -> Result<(), UpError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(io_err(format!("cannot create {}", data_dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(
-            io_err(format!("cannot make {} private", data_dir.display())),
-        )?;
-    }
-    Ok(())
-}
-
 /// Writes a new token to `<data-dir>/admin-token` (0600, the directory made
 /// 0700) and returns the file's path. The file is replaced whole, so a proxy
 /// reading it never sees half a token, and it is never readable by others,
 /// not even for a moment.
 pub fn generate(data_dir: &Path) -> Result<PathBuf, UpError> {
-    private_dir(data_dir)?;
+    private_dir(data_dir).map_err(io_err(format!(
+        "cannot make {} a private directory",
+        data_dir.display()
+    )))?;
     let target = path(data_dir);
     let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
     let _ = std::fs::remove_file(&tmp);
@@ -65,7 +49,7 @@ pub fn generate(data_dir: &Path) -> Result<PathBuf, UpError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(FILE_MODE);
+        options.mode(PRIVATE_FILE_MODE);
     }
     let what = format!("cannot write {}", target.display());
     let mut file = options.open(&tmp).map_err(io_err(what.clone()))?;

@@ -94,7 +94,7 @@ pub(super) fn auth() -> AuthConfig {
 }
 
 /// The gateway's config: routes to the targets' inbound sidecars.
-fn gateway_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+fn gateway_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
     let gateway = GatewayConfig {
         cors: CorsConfig {
             allowed_origins: GATEWAY_DEV_ORIGINS.iter().map(|o| (*o).into()).collect(),

@@ -102,7 +102,7 @@ pub fn service_config(target: &str, endpoints: Vec<String>) -> ServiceConfig {
 }
 
 /// A `[services.<target>]` table per target in `ctx.endpoints`.
-pub fn service_configs(ctx: &ConfigContext) -> BTreeMap<String, ServiceConfig> {
+pub fn service_configs(ctx: &ConfigContext<'_>) -> BTreeMap<String, ServiceConfig> {
     ctx.endpoints
         .iter()
         .map(|(target, eps)| {

@@ -19,26 +19,26 @@ pub fn sidecar() -> SidecarSpec {
 
 /// The proxy reads its log format from the environment; it follows
 /// `--log-format` like the services.
-fn proxy_env(ctx: &ConfigContext) -> Vec<(String, String)> {
+fn proxy_env(ctx: &ConfigContext<'_>) -> Vec<(String, String)> {
     vec![("TALLY_LOG_FORMAT".into(), ctx.log_format.into())]
 }
 
 /// The loopback address of one of the instance's named ports.
-pub(super) fn port(ctx: &ConfigContext, name: &str) -> Result<std::net::SocketAddr, String> {
+pub(super) fn port(ctx: &ConfigContext<'_>, name: &str) -> Result<std::net::SocketAddr, String> {
     ctx.addr(name)
         .ok_or_else(|| format!("{} has no `{name}` port", ctx.instance))
 }
 
 /// The `[admin]` section: its listener, and the token file every change
 /// through it must present.
-pub(super) fn admin(ctx: &ConfigContext) -> Result<AdminConfig, String> {
+pub(super) fn admin(ctx: &ConfigContext<'_>) -> Result<AdminConfig, String> {
     let mut a = AdminConfig::new(port(ctx, "admin")?);
     a.token_file = Some(admin_token::path(ctx.data_dir));
     Ok(a)
 }
 
 /// The mesh identity of `ctx.service`, from `<data-dir>/mesh/certs`.
-pub(super) fn identity(ctx: &ConfigContext) -> IdentityConfig {
+pub(super) fn identity(ctx: &ConfigContext<'_>) -> IdentityConfig {
     let dir = certs::certs_dir(ctx.data_dir);
     IdentityConfig {
         bundle: dir.join(tally_certs::ca::BUNDLE_FILE),
@@ -50,7 +50,7 @@ pub(super) fn identity(ctx: &ConfigContext) -> IdentityConfig {
 }
 
 /// The sidecar config for one service instance.
-fn proxy_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+fn proxy_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
     let local_app = ctx
         .app_addr
         .ok_or_else(|| format!("{} fronts no service address", ctx.instance))?;

@@ -13,7 +13,7 @@ mod slots;
 mod stages;
 
 pub use files::directories;
-pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
+pub use replicas::{ReplicaArg, parse_replicas};
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
@@ -59,14 +59,11 @@ pub enum ProbeKind {
 pub struct Instance {
     /// `user`, or `polling-1`, `polling-2` with replicas.
     pub name: String,
-    /// The service it belongs to.
-    pub service: String,
     pub binary: String,
     pub ports: BTreeMap<&'static str, u16>,
     /// The gRPC address clients use (the `grpc` port).
     pub addr: Option<SocketAddr>,
     pub probe: Option<Probe>,
-    pub env_prefix: String,
     pub config_path: PathBuf,
     /// The config file's text.
     pub config: String,
@@ -179,7 +176,6 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         };
         instances.push(Instance {
             name: slot.name.clone(),
-            service: spec.name.to_string(),
             binary: spec.binary.to_string(),
             ports: slot.ports.clone(),
             addr,
@@ -197,7 +193,6 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                     kind: ProbeKind::HttpReady,
                 }),
             },
-            env_prefix: spec.env_prefix.to_string(),
             config_path: dir("config").join(format!("{}.toml", slot.name)),
             config: header(&slot.name, spec.binary, spec.env_prefix)
                 + &render(&slot.name, (spec.config)(&ctx))?,
@@ -223,7 +218,6 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             };
             instances.push(Instance {
                 name: name.clone(),
-                service: spec.name.to_string(),
                 binary: sc.binary.to_string(),
                 ports: sp.clone(),
                 addr: None,
@@ -236,7 +230,6 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                     service: "/ready".into(),
                     kind: ProbeKind::HttpReady,
                 }),
-                env_prefix: sc.env_prefix.to_string(),
                 config_path: dir("config").join(format!("{name}.toml")),
                 config: sidecar_header(name, sc.binary, sc.env_prefix)
                     + &render(name, (sc.config)(&ctx))?,
@@ -388,7 +381,7 @@ mod tests {
         );
     }
 
-    fn sidecar_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+    fn sidecar_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
         let mut t = toml::Table::new();
         t.insert(
             "inbound".into(),

@@ -58,7 +58,7 @@ pub(super) fn allocate<'p>(
         next: u32::from(base_port),
         base: base_port,
     };
-    let mut slots: Vec<Slot> = Vec::new();
+    let mut slots: Vec<Slot<'_>> = Vec::new();
     for spec in platform.services.iter().filter(|s| !s.mesh_only) {
         let n = counts.get(spec.name).copied().unwrap_or(1);
         for i in 1..=n {
@@ -90,7 +90,7 @@ pub(super) fn allocate<'p>(
 
 /// Where each service can be reached: its sidecars' inbound ports when it
 /// has them, else its own gRPC ports.
-pub(super) fn endpoints(slots: &[Slot]) -> BTreeMap<String, Vec<SocketAddr>> {
+pub(super) fn endpoints(slots: &[Slot<'_>]) -> BTreeMap<String, Vec<SocketAddr>> {
     let mut endpoints: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     for slot in slots {
         let port = match &slot.sidecar {

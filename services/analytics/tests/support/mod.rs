@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use tally_api::events::v1 as evpb;
 use tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient;
@@ -16,6 +16,7 @@ use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
 use tally_api::notification::v1::notification_service_client::NotificationServiceClient;
 use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, READY_TIMEOUT, RedisServer, bin_path, free_port};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 

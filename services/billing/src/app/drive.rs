@@ -2,7 +2,7 @@
 //! outcome with the new saga state, the local effects and the events in one
 //! batch; repeat until the saga ends or a step must wait.
 
-use super::{BillingError, Orchestrator, RunningGuard, lock, now_ms};
+use super::{BillingError, Orchestrator, RunningGuard, now_ms};
 use crate::domain::plans::PlanId;
 use crate::domain::saga::{Notice, Step};
 use crate::events;
@@ -13,7 +13,7 @@ impl Orchestrator {
     /// Runs the saga from its recorded phase until it ends or a step must
     /// wait. Only one driver runs per saga in this process.
     pub async fn drive(&self, id: &str) -> Result<(), BillingError> {
-        if !lock(&self.running).insert(id.to_string()) {
+        if !self.running.lock().insert(id.to_string()) {
             return Ok(());
         }
         let _guard = RunningGuard {

@@ -22,12 +22,13 @@ mod drive;
 mod steps;
 
 use crate::domain::plans::PlanId;
-use crate::domain::saga::{Notice, Payment, Saga, SagaError, SagaEvent, SubscriptionState};
+use crate::domain::saga::{Notice, Saga, SagaError, SagaEvent, SubscriptionState};
 use crate::events;
 use crate::payment::PaymentGateway;
 use crate::store::{Entitlement, Records, StepLog, SubscriptionRecord};
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tally_chassis::storage::{StoreError, WriteBatch};
 
@@ -121,14 +122,7 @@ struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        lock(&self.set).remove(&self.id);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
+        self.set.lock().remove(&self.id);
     }
 }
 
@@ -142,6 +136,7 @@ impl Orchestrator {
         }
     }
 
+    #[cfg(test)]
     pub fn records(&self) -> &Records {
         &self.records
     }
@@ -346,7 +341,9 @@ impl Orchestrator {
 }
 
 /// True when the saga's payment is fully settled (nothing taken, or refunded).
+#[cfg(test)]
 pub fn payment_settled(saga: &Saga) -> bool {
+    use crate::domain::saga::Payment;
     !matches!(
         saga.payment,
         Payment::Charged { .. } | Payment::Uncertain { .. }
@@ -390,8 +387,9 @@ mod tests {
             _amount: u64,
             _currency: &str,
         ) -> Result<paypb::Charge, GatewayError> {
-            lock(&self.charge_calls).push(key.to_string());
-            lock(&self.charges)
+            self.charge_calls.lock().push(key.to_string());
+            self.charges
+                .lock()
                 .pop_front()
                 .unwrap_or_else(|| Ok(charge("ch_ok", paypb::ChargeStatus::Succeeded)))
         }
@@ -401,8 +399,9 @@ mod tests {
             refund_key: &str,
             _charge_key: &str,
         ) -> Result<paypb::Charge, GatewayError> {
-            lock(&self.settle_calls).push(refund_key.to_string());
-            lock(&self.settles)
+            self.settle_calls.lock().push(refund_key.to_string());
+            self.settles
+                .lock()
                 .pop_front()
                 .unwrap_or_else(|| Ok(charge("ch_ok", paypb::ChargeStatus::Refunded)))
         }
@@ -446,7 +445,7 @@ mod tests {
         let rec = orch.start("u1", PlanId::Pro, "k").await.expect("start");
         assert_eq!(rec.saga.phase, crate::domain::saga::Phase::Active);
         assert_eq!(
-            *lock(&payment.charge_calls),
+            *payment.charge_calls.lock(),
             [charge_key(&rec.subscription_id)]
         );
         let types: Vec<String> = store
@@ -473,30 +472,43 @@ mod tests {
     async fn unavailable_charge_retries_with_the_same_key_then_voids_best_effort() {
         let script = Scripted::default();
         for _ in 0..3 {
-            lock(&script.charges)
+            script
+                .charges
+                .lock()
                 .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         }
-        lock(&script.settles).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
+        script
+            .settles
+            .lock()
+            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         let (_d, orch, payment, _s) = setup(script).await;
         let rec = orch.start("u1", PlanId::Pro, "k").await.expect("start");
         assert_eq!(rec.saga.state(), SubscriptionState::Failed);
-        let calls = lock(&payment.charge_calls).clone();
+        let calls = payment.charge_calls.lock().clone();
         assert_eq!(calls.len(), 3);
         assert!(calls.iter().all(|k| *k == charge_key(&rec.subscription_id)));
-        assert_eq!(lock(&payment.settle_calls).len(), 1, "one best-effort void");
+        assert_eq!(payment.settle_calls.lock().len(), 1, "one best-effort void");
         assert_eq!(orch.records().seat("u1").await.expect("seat"), None);
     }
 
     #[tokio::test]
     async fn uncertain_charge_waits_for_a_refund_before_failing() {
         let script = Scripted::default();
-        lock(&script.charges).push_back(Err(GatewayError::Uncertain(
+        script.charges.lock().push_back(Err(GatewayError::Uncertain(
             "DeadlineExceeded: slow".into(),
         )));
-        lock(&script.charges).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        lock(&script.charges).push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
+        script
+            .charges
+            .lock()
+            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
+        script
+            .charges
+            .lock()
+            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         for _ in 0..3 {
-            lock(&script.settles)
+            script
+                .settles
+                .lock()
                 .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
         }
         let (_d, orch, payment, _s) = setup_with_wait(script, Duration::ZERO).await;
@@ -506,7 +518,7 @@ mod tests {
             .expect("start")
             .subscription_id;
         // Wait for the background driver to give up on the refund.
-        while lock(&orch.running).contains(&id) || lock(&payment.settle_calls).len() < 3 {
+        while orch.running.lock().contains(&id) || payment.settle_calls.lock().len() < 3 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // The refund could not be made: the saga stays open in refunding.
@@ -533,7 +545,7 @@ mod tests {
             .value;
         assert_eq!(rec.saga.state(), SubscriptionState::Failed);
         assert!(payment_settled(&rec.saga));
-        assert_eq!(lock(&payment.settle_calls).len(), 4);
+        assert_eq!(payment.settle_calls.lock().len(), 4);
         assert!(orch.records().open_sagas().await.expect("open").is_empty());
     }
 
@@ -543,7 +555,7 @@ mod tests {
         let a = orch.start("u1", PlanId::Team, "k").await.expect("a");
         let b = orch.start("u1", PlanId::Team, "k").await.expect("b");
         assert_eq!(a.subscription_id, b.subscription_id);
-        assert_eq!(lock(&payment.charge_calls).len(), 1);
+        assert_eq!(payment.charge_calls.lock().len(), 1);
         assert!(matches!(
             orch.start("u1", PlanId::Pro, "k").await,
             Err(BillingError::Precondition(_))

@@ -26,6 +26,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, forward ones first.
+    #[cfg(test)]
     pub const ALL: [Step; 7] = [
         Step::ReserveSeat,
         Step::ChargePayment,
@@ -50,6 +51,7 @@ impl Step {
     }
 
     /// True for the compensating steps.
+    #[cfg(test)]
     pub fn is_compensation(self) -> bool {
         matches!(
             self,

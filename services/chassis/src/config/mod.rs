@@ -17,18 +17,32 @@ use std::path::{Path, PathBuf};
 /// A configuration problem found while loading or validating.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {file}: {source}")]
     Read {
+        /// The file asked for.
         file: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The TOML (or an environment override) does not fit the typed config.
     #[error("config {file}: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// The file (or `environment`) that did not parse.
+        file: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value parsed but breaks a rule of [`Validate`].
     #[error("config {file}: key `{key}`: {problem}; fix: {fix}")]
     Invalid {
+        /// The file (or `environment`) the value came from.
         file: String,
+        /// The dotted key, e.g. `server.listen_addr`.
         key: String,
+        /// What is wrong with the value.
         problem: String,
+        /// What to write instead.
         fix: String,
     },
 }
@@ -36,12 +50,16 @@ pub enum ConfigError {
 /// One problem found by [`Validate::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
+    /// The dotted key, e.g. `server.listen_addr`.
     pub key: String,
+    /// What is wrong with the value.
     pub problem: String,
+    /// What to write instead.
     pub fix: String,
 }
 
 impl Issue {
+    /// An issue with `key`, saying the `problem` and the `fix`.
     pub fn new(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -51,8 +69,33 @@ impl Issue {
     }
 }
 
+/// An [`Issue`] for `key` when `value` lies outside `min..=max`; the fix names
+/// the range and the default, e.g. "use 1 to 10000 (500 is the default)".
+pub fn range_issue(
+    key: &str,
+    value: impl Into<u64>,
+    min: impl Into<u64>,
+    max: impl Into<u64>,
+    default: impl Into<u64>,
+) -> Option<Issue> {
+    let (value, min, max) = (value.into(), min.into(), max.into());
+    (value < min || value > max).then(|| {
+        Issue::new(
+            key,
+            format!("is {value}"),
+            format!("use {min} to {max} ({} is the default)", default.into()),
+        )
+    })
+}
+
+/// An [`Issue`] for an interval in whole seconds that is 0.
+pub fn interval_issue(key: &str, secs: u64) -> Option<Issue> {
+    (secs == 0).then(|| Issue::new(key, "is 0", "use at least 1 second"))
+}
+
 /// Semantic checks that serde cannot express (ranges, paths, combinations).
 pub trait Validate {
+    /// Every problem found; empty when the config is usable.
     fn validate(&self) -> Vec<Issue>;
 }
 
@@ -196,8 +239,11 @@ pub enum StorageSettings {
     },
     /// ScyllaDB, for production clusters.
     Scylla {
+        /// Contact points, `host:port`.
         nodes: Vec<String>,
+        /// The keyspace holding this service's tables (created if missing).
         keyspace: String,
+        /// Replication factor used when the keyspace is created.
         #[serde(default = "default_replication")]
         replication_factor: u32,
     },
@@ -261,7 +307,7 @@ pub struct TelemetrySettings {
     /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
     /// `"127.0.0.1:9464"`; no metrics endpoint when unset.
     #[serde(default)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Outbound addresses per target service. Every call to a peer goes to the

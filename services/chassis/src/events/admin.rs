@@ -24,6 +24,7 @@ pub struct ConsumerAdmin {
 }
 
 impl ConsumerAdmin {
+    /// Admin over `consumers` (may be none).
     pub fn new(consumers: impl IntoIterator<Item = Consumer>) -> Self {
         Self {
             consumers: Arc::new(

@@ -14,6 +14,7 @@ use tally_api::events::v1::EventEnvelope;
 pub struct Delivery {
     /// The producer's outbox offset (dense, increasing, 1-based).
     pub position: u64,
+    /// The event itself.
     pub envelope: EventEnvelope,
 }
 

@@ -17,8 +17,11 @@ const PAGE: usize = 256;
 /// One dead-lettered event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterRecord {
+    /// The envelope's event id.
     pub event_id: String,
+    /// The event's position in the producer's log.
     pub position: u64,
+    /// The fully qualified event type.
     pub event_type: String,
     /// The last error.
     pub error: String,

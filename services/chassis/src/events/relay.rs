@@ -32,8 +32,10 @@ pub trait Publisher: Send + Sync + 'static {
 /// Relay failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// Reading the outbox failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Publishing to the bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
 }

@@ -15,6 +15,7 @@ pub struct EmbeddedSessions {
 }
 
 impl EmbeddedSessions {
+    /// Sessions kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 /// What a session token stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The user signed in.
     pub user_id: String,
     /// Unix seconds.
     pub created_at: i64,
@@ -25,8 +26,10 @@ pub struct Session {
 /// Session store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// The backend cannot be used right now.
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// A stored session could not be decoded.
     #[error("corrupt session record: {0}")]
     Corrupt(String),
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 type RowKey<'a> = (&'a str, &'a str);
 
-const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("__outbox");
+const OUTBOX: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("__outbox");
 
 fn table(name: &'static str) -> TableDefinition<'static, RowKey<'static>, &'static [u8]> {
     TableDefinition::new(name)

@@ -21,29 +21,44 @@ use crate::config::StorageSettings;
 pub enum Write {
     /// Sets the row, whatever it held.
     Put {
+        /// The table written.
         table: &'static str,
+        /// The row's partition key.
         partition: String,
+        /// The row's sort key within the partition.
         key: String,
+        /// The new value.
         value: Vec<u8>,
     },
     /// Sets the row only if it does not exist; otherwise the batch fails.
     InsertIfAbsent {
+        /// The table written.
         table: &'static str,
+        /// The row's partition key.
         partition: String,
+        /// The row's sort key within the partition.
         key: String,
+        /// The value of the new row.
         value: Vec<u8>,
     },
     /// Removes the row if present.
     Delete {
+        /// The table written.
         table: &'static str,
+        /// The row's partition key.
         partition: String,
+        /// The row's sort key within the partition.
         key: String,
     },
     /// Guard: the row must hold exactly `expected` (`None`: must be absent).
     Expect {
+        /// The table read.
         table: &'static str,
+        /// The row's partition key.
         partition: String,
+        /// The row's sort key within the partition.
         key: String,
+        /// The exact bytes the row must hold.
         expected: Option<Vec<u8>>,
     },
 }
@@ -62,22 +77,28 @@ pub struct OutboxEvent {
 /// An outbox event with the offset the store gave it (dense, increasing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
+    /// The event's place in the outbox.
     pub offset: u64,
+    /// The event stored.
     pub event: OutboxEvent,
 }
 
 /// Writes and events that commit atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
+    /// Puts, deletes and guards, all or none applied.
     pub writes: Vec<Write>,
+    /// Events appended to the outbox in the same commit.
     pub events: Vec<OutboxEvent>,
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds a [`Write::Put`].
     pub fn put(
         &mut self,
         table: &'static str,
@@ -94,6 +115,7 @@ impl WriteBatch {
         self
     }
 
+    /// Adds a [`Write::InsertIfAbsent`].
     pub fn insert_if_absent(
         &mut self,
         table: &'static str,
@@ -110,6 +132,7 @@ impl WriteBatch {
         self
     }
 
+    /// Adds a [`Write::Delete`].
     pub fn delete(
         &mut self,
         table: &'static str,
@@ -124,6 +147,7 @@ impl WriteBatch {
         self
     }
 
+    /// Adds a [`Write::Expect`] guard.
     pub fn expect(
         &mut self,
         table: &'static str,
@@ -140,6 +164,7 @@ impl WriteBatch {
         self
     }
 
+    /// Appends `event` to the outbox in the same commit.
     pub fn emit(&mut self, event: OutboxEvent) -> &mut Self {
         self.events.push(event);
         self
@@ -149,7 +174,9 @@ impl WriteBatch {
 /// A row returned by [`Store::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
+    /// The row's sort key.
     pub key: String,
+    /// The stored value.
     pub value: Vec<u8>,
 }
 
@@ -161,8 +188,11 @@ pub enum StoreError {
     ConditionFailed {
         /// Position of the failing write in [`WriteBatch::writes`].
         index: usize,
+        /// The table of the failed guard.
         table: String,
+        /// Its partition key.
         partition: String,
+        /// Its sort key.
         key: String,
     },
     /// The database cannot be reached or used right now.

@@ -48,14 +48,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally_chassis::storage::{Store, StoreError, WriteBatch, decode, encode};
 
+pub use crate::ports::{CastOutcome, ListFilter, Page, PollingError};
+
+/// Polls by id.
 pub const POLLS: &str = "polls";
+/// Index: each owner's polls in creation order.
 pub const POLLS_BY_OWNER: &str = "polls_by_owner";
+/// Index: polls not closed by their owner, in creation order.
 pub const OPEN_POLLS: &str = "open_polls";
+/// The vote log of each poll, the source of truth for counts.
 pub const VOTES: &str = "votes";
+/// One row per voter and poll: one vote per voter.
 pub const VOTERS: &str = "voters";
+/// Which vote each idempotency key produced.
 pub const VOTE_KEYS: &str = "vote_keys";
+/// The counts projection of each poll, with its version.
 pub const TALLIES: &str = "tallies";
+/// Each owner's polls not closed by the owner, with their deadlines.
 pub const OPEN_BY_OWNER: &str = "open_by_owner";
+/// How many rows each owner's `open_by_owner` partition holds.
 pub const OPEN_COUNTS: &str = "open_counts";
 
 const POLL_KEY: &str = "poll";
@@ -64,39 +75,6 @@ const OPEN_PARTITION: &str = "open";
 const OPEN_COUNT_KEY: &str = "open";
 const LOCK_STRIPES: usize = 64;
 const SCAN_BATCH: usize = 1000;
-
-/// Failures of repository operations.
-#[derive(Debug, thiserror::Error)]
-pub enum PollingError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Every attempt lost a race with another writer.
-    #[error("too many concurrent writes to poll `{0}`; retry the call")]
-    Contention(String),
-}
-
-/// Which polls to list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListFilter {
-    Owner(String),
-    Open,
-}
-
-/// One page of polls and the key to continue after, if more exist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    pub polls: Vec<Poll>,
-    pub next_after: Option<String>,
-}
-
-/// The answer to a vote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CastOutcome {
-    pub vote: VoteRecord,
-    pub replayed: bool,
-}
 
 /// Key of a vote in the log: zero-padded so key order is vote order.
 pub fn vote_key(seq: u64) -> String {
@@ -129,6 +107,7 @@ impl PollRepository {
         }
     }
 
+    /// The storage port underneath, e.g. to read the outbox these writes fill.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -257,6 +236,7 @@ impl PollRepository {
         Ok(self.scan_open(owner_id, now).await?.0)
     }
 
+    /// One poll, if it exists.
     pub async fn get(&self, poll_id: &str) -> Result<Option<Poll>, PollingError> {
         match self.store.get(POLLS, poll_id, POLL_KEY).await? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
@@ -327,6 +307,44 @@ impl PollRepository {
             None
         };
         Ok(Page { polls, next_after })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::PollStore for PollRepository {
+    async fn create(
+        &self,
+        poll: &Poll,
+        limit: Option<u32>,
+        now: Millis,
+    ) -> Result<(), PollingError> {
+        PollRepository::create(self, poll, limit, now).await
+    }
+
+    async fn get(&self, poll_id: &str) -> Result<Option<Poll>, PollingError> {
+        PollRepository::get(self, poll_id).await
+    }
+
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<String>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Page, PollingError> {
+        PollRepository::list(self, filter, after, limit, now).await
+    }
+
+    async fn close(&self, poll_id: &str, caller: &str, now: Millis) -> Result<Poll, PollingError> {
+        PollRepository::close(self, poll_id, caller, now).await
+    }
+
+    async fn cast_vote(&self, req: &VoteRequest, now: Millis) -> Result<CastOutcome, PollingError> {
+        PollRepository::cast_vote(self, req, now).await
+    }
+
+    async fn results(&self, poll_id: &str) -> Result<(Poll, Tally), PollingError> {
+        PollRepository::results(self, poll_id).await
     }
 }
 

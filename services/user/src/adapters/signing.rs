@@ -179,6 +179,7 @@ impl KeyRingSigner {
     }
 
     /// The ring in use.
+    #[cfg(test)]
     pub fn ring(&self) -> KeyRing {
         self.loaded().ring.clone()
     }

@@ -173,6 +173,7 @@ impl<V> Recent<V> {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.map.len()
     }
@@ -273,6 +274,7 @@ impl LoginThrottle {
     }
 
     /// Keys tracked (failures, known addresses), for metrics and tests.
+    #[cfg(test)]
     pub fn tracked(&self) -> (usize, usize) {
         (self.strikes.len(), self.known.len())
     }
@@ -381,7 +383,7 @@ mod tests {
     #[test]
     fn one_address_is_delayed_exponentially_after_its_budget() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         for _ in 0..2 {
             fail(&mut t, "a@x.io", ip(1), t0).unwrap();
         }
@@ -414,7 +416,7 @@ mod tests {
     #[test]
     fn delays_are_capped_so_an_account_is_never_locked_for_long() {
         let mut t = LoginThrottle::new(policy());
-        let mut now = Instant::now();
+        let mut now = tokio::time::Instant::now().into_std();
         let mut admitted = 0;
         while admitted < 20 {
             match t.begin("a@x.io", ip(1), now) {
@@ -438,7 +440,7 @@ mod tests {
     #[test]
     fn many_addresses_hit_the_account_budget_but_a_known_address_gets_in() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         // The owner logged in from home before.
         succeed(&mut t, "a@x.io", ip(200), t0).unwrap();
         let mut refused = 0;
@@ -464,7 +466,7 @@ mod tests {
     #[test]
     fn known_addresses_spend_only_their_own_budget() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         succeed(&mut t, "a@x.io", ip(9), t0).unwrap();
         for _ in 0..3 {
             fail(&mut t, "a@x.io", ip(9), t0).unwrap();
@@ -480,7 +482,7 @@ mod tests {
     #[test]
     fn concurrent_attempts_are_counted_before_they_finish() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         let pending: Vec<_> = (0..3)
             .map(|_| t.begin("a@x.io", ip(1), t0).unwrap())
             .collect();
@@ -495,7 +497,7 @@ mod tests {
     #[test]
     fn failures_are_forgotten_after_a_quiet_window() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         for _ in 0..3 {
             fail(&mut t, "a@x.io", ip(1), t0).unwrap();
         }
@@ -516,7 +518,7 @@ mod tests {
             max_tracked: 50,
             ..policy()
         });
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         for i in 0..1000u32 {
             let _ = fail(&mut t, &format!("u{i}@x.io"), ip(1), t0);
             let _ = succeed(&mut t, &format!("v{i}@x.io"), ip(2), t0);
@@ -528,7 +530,7 @@ mod tests {
     #[test]
     fn ipv6_counts_per_slash_64() {
         let mut t = LoginThrottle::new(policy());
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now().into_std();
         for i in 0..3u16 {
             let a: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
             fail(&mut t, "a@x.io", a, t0).unwrap();

@@ -39,6 +39,7 @@ impl DisplayName {
         Self::parse(raw)
     }
 
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -7,9 +7,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::{READY_TIMEOUT, ServiceProcess};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 

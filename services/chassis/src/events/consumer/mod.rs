@@ -114,7 +114,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct RetryPolicy {
     /// Attempts before dead-lettering (the first attempt counts).
     pub max_attempts: u32,
+    /// Pause after the first failed attempt; doubles per attempt.
     pub initial_backoff: Duration,
+    /// Longest pause between attempts.
     pub max_backoff: Duration,
     /// Re-runs after failed `expect` guards before counting one failed attempt.
     pub max_conflicts: u32,
@@ -149,14 +151,19 @@ pub enum Outcome {
 /// Failures of the runtime itself (its store or its source).
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// The consumer's store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The event source failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// No such consumer or dead letter.
     #[error("{0} not found")]
     NotFound(String),
+    /// An admin request that cannot be carried out as asked.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The handler failed while a dead letter was retried.
     #[error("handler failed: {0}")]
     Handler(String),
 }
@@ -164,13 +171,17 @@ pub enum ConsumerError {
 /// A consumer's position and backlog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerStatus {
+    /// The consumer's name.
     pub consumer: String,
+    /// The producer it follows.
     pub source: String,
+    /// The position of the last event handled.
     pub offset: u64,
     /// `None` when the source cannot be reached.
     pub head: Option<u64>,
     /// `head - offset`, when the head is known.
     pub lag: Option<u64>,
+    /// Events in the dead-letter queue.
     pub dead_letters: u64,
 }
 
@@ -207,6 +218,7 @@ struct Inner {
 }
 
 impl Consumer {
+    /// A consumer feeding `source`'s events to `handler`, keeping its position and dead letters in `store`.
     pub fn new(
         handler: Arc<dyn Handler>,
         store: Arc<dyn Store>,
@@ -227,6 +239,7 @@ impl Consumer {
         }
     }
 
+    /// The consumer's name (the handler's).
     pub fn name(&self) -> &str {
         &self.inner.name
     }

@@ -15,7 +15,8 @@ use scylla::statement::Consistency;
 use scylla::statement::batch::BatchType;
 use scylla::value::CqlValue;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 impl ScyllaStore {
     /// Path 1: no conditions.

@@ -87,6 +87,7 @@ use crate::config::StorageSettings;
 use async_trait::async_trait;
 use cql::{GET, SCAN, SCAN_AFTER, Statement, page_size, text};
 use outbox::GapTracker;
+use parking_lot::Mutex;
 use plan::{merge, row_ref};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -97,7 +98,6 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::RwLock;
 

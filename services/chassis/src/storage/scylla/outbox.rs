@@ -11,7 +11,8 @@ use scylla::response::PagingState;
 use scylla::value::CqlValue;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 impl ScyllaStore {
     /// Outbox entries after `after`: the contiguous run of offsets, stepping
@@ -29,10 +30,7 @@ impl ScyllaStore {
         };
         let high = u64::try_from(next.saturating_sub(1)).unwrap_or(0);
         {
-            let mut gaps = self
-                .gaps
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut gaps = self.gaps.lock();
             gaps.prune(after);
         }
         let mut expected = after.saturating_add(1);
@@ -191,10 +189,7 @@ impl ScyllaStore {
     /// Whether readers may step over missing offsets `from..=to` (checked
     /// for `from`), recording when each was first seen missing.
     fn gap_expired(&self, from: u64, to: u64) -> bool {
-        let mut gaps = self
-            .gaps
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut gaps = self.gaps.lock();
         gaps.observe(from, to, Instant::now(), self.gap_grace)
     }
 }
