@@ -39,7 +39,8 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u16).range(1024..))]
     pub base_port: u16,
     /// Instances per service: `N` for every service or `SERVICE=N` (repeatable).
-    /// With embedded storage each instance keeps its own data.
+    /// Refused for a service on embedded storage (each replica would keep
+    /// its own data): replicas need a shared store.
     #[arg(long = "replicas", value_name = "N|SERVICE=N", value_parser = plan::parse_replicas)]
     pub replicas: Vec<ReplicaArg>,
     /// Service log format.
@@ -261,6 +262,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
             log_format: args.log_format.clone(),
         },
     )?;
+    plan::refuse_split_state(&plan)?;
     ports::check_free(&plan)?;
 
     let bin_dir = binaries::dir(args.bin_dir.as_deref())?;

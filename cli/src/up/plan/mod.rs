@@ -5,15 +5,18 @@
 //! Pure: no I/O, so every rule here is unit-tested. This module holds the
 //! plan's types and [`build`], which puts the parts together: [`replicas`]
 //! (how many of each), [`stages`] (start order), [`slots`] (ports) and
-//! [`files`] (config text and directories).
+//! [`files`] (config text and directories); [`shared_state`] refuses replicas
+//! that would each keep their own copy of a service's state.
 
 mod files;
 mod replicas;
+mod shared_state;
 mod slots;
 mod stages;
 
 pub use files::directories;
 pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
+pub use shared_state::refuse_split_state;
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
