@@ -1,6 +1,7 @@
 //! `tally up` end to end: the real launcher starting the real service
 //! binaries, driven with the real grpcurl exactly as the README says, plus
-//! crash restarts, clean shutdown, replicas and bad input.
+//! crash restarts, clean shutdown, replicas refused on embedded storage and
+//! bad input.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -379,21 +380,25 @@ async fn sigterm_stops_every_child_and_exits_zero() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_run_on_consecutive_ports() {
-    let up = Up::start(&["--replicas", "polling=2"], ports(7)).await;
-    let out = up.process.stdout();
+#[test]
+fn replicas_on_embedded_storage_are_refused_with_the_reason_and_the_fix() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tally_up(&[
+        "--no-build",
+        "--data-dir",
+        &data.path().display().to_string(),
+        "--replicas",
+        "polling=2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--replicas polling=2 refused"), "{stderr}");
+    assert!(stderr.contains("embedded database file"), "{stderr}");
+    assert!(stderr.contains("shared store"), "{stderr}");
     assert!(
-        out.contains("polling-1") && out.contains("polling-2"),
-        "{out}"
+        !data.path().join("config").exists(),
+        "nothing is written or started"
     );
-    for port in [up.base + 1, up.base + 2] {
-        let addr = format!("127.0.0.1:{port}");
-        assert!(
-            is_serving(&addr, "tally.poll.v1.PollService").await,
-            "{addr} not SERVING"
-        );
-    }
 }
 
 fn tally_up(args: &[&str]) -> std::process::Output {

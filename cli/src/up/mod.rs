@@ -15,9 +15,9 @@
 mod binaries;
 pub mod canary;
 mod health;
-mod mesh;
-mod plan;
-mod platform;
+pub(crate) mod mesh;
+pub(crate) mod plan;
+pub(crate) mod platform;
 mod ports;
 mod private_fs;
 mod supervisor;
@@ -41,7 +41,8 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u16).range(1024..))]
     pub base_port: u16,
     /// Instances per service: `N` for every service or `SERVICE=N` (repeatable).
-    /// With embedded storage each instance keeps its own data.
+    /// Refused for a service on embedded storage (each replica would keep
+    /// its own data): replicas need a shared store.
     #[arg(long = "replicas", value_name = "N|SERVICE=N", value_parser = plan::parse_replicas)]
     pub replicas: Vec<ReplicaArg>,
     /// Service log format.
@@ -298,6 +299,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
             args.canary.canary.as_deref().unwrap_or_default()
         ));
     }
+    plan::refuse_split_state(&plan)?;
     ports::check_free(&plan)?;
 
     let bin_dir = binaries::dir(args.bin_dir.as_deref())?;

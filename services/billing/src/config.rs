@@ -2,10 +2,12 @@
 //! (`payment`, `user`), `[saga]` tunables, and the test-only crash point.
 //! Every field has a default, so the binary runs with no file.
 
+use crate::domain::ride_out::{self, Policy};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 use tally_chassis::config::{
     Issue, OutboundSettings, ServerSettings, StorageSettings, TelemetrySettings, Validate,
 };
@@ -31,6 +33,14 @@ pub const DEFAULT_PAYMENT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_START_WAIT_MS: u64 = 5_000;
 /// Default `saga.resume_interval_secs`.
 pub const DEFAULT_RESUME_INTERVAL_SECS: u64 = 5;
+/// Default `saga.step_deadline_secs`: how long a charge may keep failing
+/// transiently before the saga compensates.
+pub const DEFAULT_STEP_DEADLINE_SECS: u64 = ride_out::DEFAULT_STEP_DEADLINE.as_secs();
+/// Default `saga.max_backoff_ms`.
+pub const DEFAULT_MAX_BACKOFF_MS: u64 = ride_out::DEFAULT_MAX_BACKOFF.as_millis() as u64;
+/// Default `saga.fast_fail_backoff_ms`.
+pub const DEFAULT_FAST_FAIL_BACKOFF_MS: u64 =
+    ride_out::DEFAULT_FAST_FAIL_BACKOFF.as_millis() as u64;
 
 /// Outbound targets billing calls.
 pub const REQUIRED_TARGETS: [&str; 2] = ["payment", "user"];
@@ -66,12 +76,25 @@ pub struct BillingConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SagaSettings {
-    /// Attempts per payment call (the first included) while it is unavailable.
+    /// Tries of a charge whose failure leaves its fate unknown (INTERNAL,
+    /// UNKNOWN, ...), and attempts of each refund round (the first included).
     #[serde(default = "default_attempts")]
     pub payment_attempts: u32,
-    /// First backoff between attempts; doubles each time, capped at 5 s.
+    /// First backoff between tries; doubles each time.
     #[serde(default = "default_backoff")]
     pub retry_backoff_ms: u64,
+    /// Longest pause between two tries of a parked charge (and the cap on
+    /// a callee's `grpc-retry-pushback-ms`).
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// Shortest pause after a mesh fast-fail (`breaker-open`,
+    /// `no-endpoints`); keep it above the mesh breaker's open window.
+    #[serde(default = "default_fast_fail_backoff")]
+    pub fast_fail_backoff_ms: u64,
+    /// How long a charge may keep failing transiently (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, fast-fails) before the saga compensates.
+    #[serde(default = "default_step_deadline")]
+    pub step_deadline_secs: u64,
     /// Deadline of each payment call.
     #[serde(default = "default_call_timeout")]
     pub payment_timeout_ms: u64,
@@ -88,6 +111,9 @@ impl Default for SagaSettings {
         Self {
             payment_attempts: default_attempts(),
             retry_backoff_ms: default_backoff(),
+            max_backoff_ms: default_max_backoff(),
+            fast_fail_backoff_ms: default_fast_fail_backoff(),
+            step_deadline_secs: default_step_deadline(),
             payment_timeout_ms: default_call_timeout(),
             start_wait_ms: default_start_wait(),
             resume_interval_secs: default_resume_interval(),
@@ -100,6 +126,15 @@ fn default_attempts() -> u32 {
 }
 fn default_backoff() -> u64 {
     DEFAULT_RETRY_BACKOFF_MS
+}
+fn default_max_backoff() -> u64 {
+    DEFAULT_MAX_BACKOFF_MS
+}
+fn default_fast_fail_backoff() -> u64 {
+    DEFAULT_FAST_FAIL_BACKOFF_MS
+}
+fn default_step_deadline() -> u64 {
+    DEFAULT_STEP_DEADLINE_SECS
 }
 fn default_call_timeout() -> u64 {
     DEFAULT_PAYMENT_TIMEOUT_MS
@@ -128,6 +163,19 @@ fn default_outbound() -> OutboundSettings {
     OutboundSettings(m)
 }
 
+impl SagaSettings {
+    /// The ride-out rules these settings describe.
+    pub fn ride_out(&self) -> Policy {
+        Policy {
+            first_backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            fast_fail_backoff: Duration::from_millis(self.fast_fail_backoff_ms),
+            step_deadline: Duration::from_secs(self.step_deadline_secs),
+            doubtful_attempts: self.payment_attempts,
+        }
+    }
+}
+
 impl Validate for BillingConfig {
     fn validate(&self) -> Vec<Issue> {
         let mut out = self.storage.issues("storage");
@@ -145,6 +193,23 @@ impl Validate for BillingConfig {
                 "saga.payment_timeout_ms",
                 "is zero",
                 "use a deadline such as 5000",
+            ));
+        }
+        if s.step_deadline_secs == 0 {
+            out.push(Issue::new(
+                "saga.step_deadline_secs",
+                "is zero",
+                "use a deadline of minutes such as 300",
+            ));
+        }
+        if s.max_backoff_ms < s.retry_backoff_ms {
+            out.push(Issue::new(
+                "saga.max_backoff_ms",
+                format!(
+                    "{} is below retry_backoff_ms ({})",
+                    s.max_backoff_ms, s.retry_backoff_ms
+                ),
+                "make it at least retry_backoff_ms, e.g. 20000",
             ));
         }
         if s.resume_interval_secs == 0 {
@@ -181,6 +246,21 @@ mod tests {
         assert_eq!(cfg.server.listen_addr, DEFAULT_LISTEN);
         assert!(cfg.outbound.address("payment").is_some());
         assert_eq!(cfg.crash_after, None);
+    }
+
+    #[test]
+    fn ride_out_defaults_are_minutes_and_outlast_the_breaker() {
+        let cfg: BillingConfig = load_from(None, ENV_PREFIX, &[]).expect("defaults");
+        let policy = cfg.saga.ride_out();
+        assert_eq!(policy, Policy::default());
+        assert!(policy.step_deadline >= Duration::from_secs(60));
+        assert!(policy.fast_fail_backoff > Duration::from_secs(5));
+        let vars = vec![(
+            "TALLY_BILLING_SAGA__STEP_DEADLINE_SECS".to_string(),
+            "0".to_string(),
+        )];
+        let err = load_from::<BillingConfig>(None, ENV_PREFIX, &vars).expect_err("zero");
+        assert!(err.to_string().contains("step_deadline_secs"), "{err}");
     }
 
     #[test]

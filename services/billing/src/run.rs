@@ -3,7 +3,7 @@
 //! sweeping for them, then serve BillingService and billing's outbox as its
 //! event feed.
 
-use crate::app::{BillingError, Orchestrator, Tuning};
+use crate::app::{BillingError, Clock, Orchestrator, Tuning};
 use crate::config::BillingConfig;
 use crate::grpc::BillingApi;
 use crate::payment::GrpcPayment;
@@ -73,6 +73,8 @@ pub async fn run(
             retry_backoff: Duration::from_millis(cfg.saga.retry_backoff_ms),
             start_wait: Duration::from_millis(cfg.saga.start_wait_ms),
             crash_after: cfg.crash_after.clone(),
+            ride_out: cfg.saga.ride_out(),
+            clock: Clock::System,
         },
     );
     let auth = Authenticator::new(user_channel, AuthOptions::default());

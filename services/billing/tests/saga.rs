@@ -431,7 +431,7 @@ async fn decline_fails_releases_the_seat_and_keeps_no_money() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_outage_retries_then_fails_without_charging() {
+async fn payment_outage_is_ridden_out_until_the_step_deadline_then_fails_without_charging() {
     let dir = tempfile::tempdir().expect("tempdir");
     let user = start_user(dir.path()).await;
     let mut payment = start_payment(dir.path(), "payment", "outage = true").await;
@@ -440,16 +440,21 @@ async fn payment_outage_retries_then_fails_without_charging() {
         "billing",
         &user,
         &payment,
-        "payment_attempts = 3",
+        "step_deadline_secs = 3",
         &[],
     )
     .await;
     let carol = account(&user, "carol").await;
 
+    let started = Instant::now();
     let sub = start_sub(&billing, &carol, bpb::PlanId::Team, "o-1")
         .await
         .expect("start");
     let sub = wait_completed(&billing, &carol, &sub.subscription_id).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "compensation waited for the step deadline"
+    );
     assert_eq!(state_of(&sub), bpb::SubscriptionState::Failed, "{sub:#?}");
     let charge_step = sub
         .steps
@@ -457,8 +462,8 @@ async fn payment_outage_retries_then_fails_without_charging() {
         .find(|s| s.name == "charge_payment")
         .expect("charge step");
     assert!(
-        charge_step.detail.contains("3 attempts"),
-        "retries are bounded and recorded: {charge_step:?}"
+        charge_step.detail.contains("step deadline of 3 s"),
+        "retries are bounded by the deadline and recorded: {charge_step:?}"
     );
     assert!(
         charge_step.detail.contains("Unavailable"),
@@ -542,7 +547,7 @@ async fn crash_round(
         &name,
         user,
         payment,
-        "payment_attempts = 2",
+        "payment_attempts = 2\nstep_deadline_secs = 1",
         &[("TALLY_BILLING_CRASH_AFTER", point)],
     )
     .await;

@@ -17,6 +17,7 @@ pub mod health;
 pub mod metrics;
 pub mod outbound;
 pub mod request_id;
+pub mod resilience;
 pub mod server;
 pub mod session;
 pub mod shutdown;

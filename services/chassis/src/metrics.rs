@@ -10,6 +10,7 @@
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -45,6 +46,8 @@ struct Metrics {
     offset: Family<Labels, U64Gauge>,
     head: Family<Labels, U64Gauge>,
     dead_letters: Family<Labels, U64Gauge>,
+    store_breaker: Family<Labels, Gauge>,
+    store_failures: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -73,12 +76,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Events in the dead-letter queue, per consumer",
         dead_letters.clone(),
     );
+    let store_breaker = Family::<Labels, Gauge>::default();
+    let store_failures = Family::<Labels, Counter>::default();
+    registry.register(
+        "tally_store_client_breaker_state",
+        "Circuit breaker of a store client (0 closed, 1 open, 2 half-open), per client",
+        store_breaker.clone(),
+    );
+    registry.register(
+        "tally_store_client_failures",
+        "Failed store calls by reason (circuit_open, bulkhead_full, timeout, error), per client",
+        store_failures.clone(),
+    );
     Metrics {
         registry,
         lag,
         offset,
         head,
         dead_letters,
+        store_breaker,
+        store_failures,
     }
 });
 
@@ -108,6 +125,21 @@ pub fn record_consumer(status: &crate::events::consumer::ConsumerStatus) {
 /// Publishes a consumer's offset alone (cheap; after each applied event).
 pub fn record_consumer_offset(consumer: &str, offset: u64) {
     METRICS.offset.get_or_create(&labels(consumer)).set(offset);
+}
+
+/// Publishes the breaker state of store client `client` (see `crate::resilience`).
+pub fn record_store_breaker(client: &str, state: i64) {
+    let l = vec![("client".to_string(), client.to_string())];
+    METRICS.store_breaker.get_or_create(&l).set(state);
+}
+
+/// Counts a failed call of store client `client`.
+pub fn count_store_failure(client: &str, reason: &str) {
+    let l = vec![
+        ("client".to_string(), client.to_string()),
+        ("reason".to_string(), reason.to_string()),
+    ];
+    METRICS.store_failures.get_or_create(&l).inc();
 }
 
 /// The registry in the text exposition format.

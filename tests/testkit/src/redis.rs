@@ -1,7 +1,8 @@
 //! A real `redis-server` for tests, on a port from [`free_port`], in a temp
-//! directory, without persistence: started and waited for without blocking
-//! the async runtime, stoppable and restartable on the same port (to test
-//! outages), killed when dropped.
+//! directory, without persistence (or with an fsync-always append-only file,
+//! [`RedisServer::start_persistent`]): started and waited for without
+//! blocking the async runtime, stoppable and restartable on the same port and
+//! data (to test outages), killed when dropped.
 
 use crate::{Process, READY_TIMEOUT, free_port};
 use std::process::Command;
@@ -22,6 +23,7 @@ pub struct RedisServer {
     port: u16,
     process: Option<Process>,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 async fn ping(port: u16) -> bool {
@@ -54,6 +56,16 @@ fn ensure_installed() {
 impl RedisServer {
     /// Starts `redis-server` (from PATH) and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Like [`RedisServer::start`], with every write in an append-only file
+    /// synced at once, so data survives a kill and restart.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
         ensure_installed();
         let dir = tempfile::Builder::new()
             .prefix("redis-")
@@ -63,6 +75,7 @@ impl RedisServer {
             port: 0,
             process: None,
             dir,
+            persistent,
         };
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
@@ -76,6 +89,11 @@ impl RedisServer {
     /// Spawns on `self.port`; true once it answers PING.
     async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
+        let (appendonly, fsync) = if self.persistent {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
         cmd.current_dir(self.dir.path()).args([
             "--port",
             &self.port.to_string(),
@@ -84,7 +102,9 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "no",
+            appendonly,
+            "--appendfsync",
+            fsync,
             "--dir",
             &self.dir.path().display().to_string(),
         ]);
@@ -116,7 +136,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (its data is gone: no persistence).
+    /// Kills the server (its data is gone unless it is persistent).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.kill();

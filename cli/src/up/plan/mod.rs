@@ -5,15 +5,18 @@
 //! Pure: no I/O, so every rule here is unit-tested. This module holds the
 //! plan's types and [`build`], which puts the parts together: [`replicas`]
 //! (how many of each), [`stages`] (start order), [`slots`] (ports) and
-//! [`files`] (config text and directories).
+//! [`files`] (config text and directories); [`shared_state`] refuses replicas
+//! that would each keep their own copy of a service's state.
 
 mod files;
 mod replicas;
+mod shared_state;
 mod slots;
 mod stages;
 
 pub use files::directories;
 pub use replicas::{ReplicaArg, parse_replicas};
+pub use shared_state::refuse_split_state;
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
@@ -59,6 +62,8 @@ pub enum ProbeKind {
 pub struct Instance {
     /// `user`, or `polling-1`, `polling-2` with replicas.
     pub name: String,
+    /// The service it belongs to (`polling` for `polling-2` and its sidecar).
+    pub service: String,
     pub binary: String,
     pub ports: BTreeMap<&'static str, u16>,
     /// The gRPC address clients use (the `grpc` port).
@@ -176,6 +181,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
         };
         instances.push(Instance {
             name: slot.name.clone(),
+            service: spec.name.to_string(),
             binary: spec.binary.to_string(),
             ports: slot.ports.clone(),
             addr,
@@ -218,6 +224,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
             };
             instances.push(Instance {
                 name: name.clone(),
+                service: spec.name.to_string(),
                 binary: sc.binary.to_string(),
                 ports: sp.clone(),
                 addr: None,

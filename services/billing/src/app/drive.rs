@@ -2,11 +2,13 @@
 //! outcome with the new saga state, the local effects and the events in one
 //! batch; repeat until the saga ends or a step must wait.
 
+use super::steps::PARKED;
 use super::{BillingError, Orchestrator, RunningGuard, now_ms};
 use crate::domain::plans::PlanId;
 use crate::domain::saga::{Notice, Step};
 use crate::events;
 use crate::store::{self, Entitlement, StepLog, SubscriptionRecord};
+use std::time::Duration;
 use tally_chassis::storage::{StoreError, WriteBatch};
 
 impl Orchestrator {
@@ -33,6 +35,21 @@ impl Orchestrator {
                 return Err(BillingError::NotFound(id.to_string()));
             };
             let step = command.step();
+
+            // 0. A parked step waits for its next try (bounded, in case the
+            // clock moved while the process was down).
+            if let Some(parked) = &current.value.saga.parked {
+                let wait_ms = parked
+                    .retry_at_ms
+                    .saturating_sub(self.tuning.clock.now_ms());
+                if wait_ms > 0 {
+                    let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
+                        .min(self.tuning.ride_out.longest_pause());
+                    tokio::time::sleep(wait).await;
+                    // A cancel may have arrived meanwhile: read again.
+                    continue;
+                }
+            }
 
             // 1. Intent, before anything runs.
             let mut rec = current.value;
@@ -118,14 +135,19 @@ impl Orchestrator {
     }
 }
 
-/// Appends the step's intent, or marks a resumed intent as such.
+/// Appends the step's intent, or marks a resumed or parked intent as such
+/// (so a step tried many times keeps one entry in the log).
 fn record_intent(rec: &mut SubscriptionRecord, step: Step) {
     let at_ms = now_ms();
     if let Some(last) = rec.steps.last_mut()
         && last.name == step.name()
-        && last.status == "started"
+        && (last.status == "started" || last.status == PARKED)
     {
-        last.detail = "resumed".into();
+        last.detail = match &rec.saga.parked {
+            Some(p) if last.status == PARKED => format!("try {}", p.attempts + 1),
+            _ => "resumed".into(),
+        };
+        last.status = "started".into();
         last.at_ms = at_ms;
         return;
     }

@@ -22,7 +22,8 @@ mod drive;
 mod steps;
 
 use crate::domain::plans::PlanId;
-use crate::domain::saga::{Notice, Saga, SagaError, SagaEvent, SubscriptionState};
+use crate::domain::ride_out::Policy;
+use crate::domain::saga::{Notice, Payment, Saga, SagaError, SagaEvent, SubscriptionState};
 use crate::events;
 use crate::payment::PaymentGateway;
 use crate::store::{Entitlement, Records, StepLog, SubscriptionRecord};
@@ -82,10 +83,49 @@ pub enum BillingError {
 
 #[derive(Debug, Clone)]
 pub struct Tuning {
+    /// Attempts of one refund round (the sweep runs further rounds).
     pub payment_attempts: u32,
+    /// First pause between refund attempts.
     pub retry_backoff: Duration,
     pub start_wait: Duration,
     pub crash_after: Option<String>,
+    /// When a failed charge is parked, and when the saga gives up.
+    pub ride_out: Policy,
+    pub clock: Clock,
+}
+
+/// Wall-clock readings for park deadlines, which must survive a restart.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// The system clock.
+    System,
+    /// Tokio's clock counted from a fixed origin: it follows paused time,
+    /// for tests of the timing rules.
+    Tokio {
+        origin: tokio::time::Instant,
+        origin_ms: i64,
+    },
+}
+
+impl Clock {
+    /// Tokio's clock, starting at the system time now.
+    pub fn tokio() -> Self {
+        Clock::Tokio {
+            origin: tokio::time::Instant::now(),
+            origin_ms: now_ms(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Tokio { origin, origin_ms } => {
+                let elapsed = i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+                origin_ms.saturating_add(elapsed)
+            }
+        }
+    }
 }
 
 /// Drives sagas; cheap to clone.
@@ -351,218 +391,4 @@ pub fn payment_settled(saga: &Saga) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::payment::GatewayError;
-    use async_trait::async_trait;
-    use std::collections::VecDeque;
-    use tally_api::payment::v1 as paypb;
-    use tally_chassis::storage::Store;
-    use tally_chassis::storage::embedded::EmbeddedStore;
-
-    /// A payment port answering from a script; when the script runs out it
-    /// answers like a healthy provider that remembers keys.
-    #[derive(Default)]
-    struct Scripted {
-        charges: Mutex<VecDeque<Result<paypb::Charge, GatewayError>>>,
-        settles: Mutex<VecDeque<Result<paypb::Charge, GatewayError>>>,
-        charge_calls: Mutex<Vec<String>>,
-        settle_calls: Mutex<Vec<String>>,
-    }
-
-    fn charge(id: &str, status: paypb::ChargeStatus) -> paypb::Charge {
-        paypb::Charge {
-            charge_id: id.into(),
-            status: status as i32,
-            ..Default::default()
-        }
-    }
-
-    #[async_trait]
-    impl PaymentGateway for Scripted {
-        async fn charge(
-            &self,
-            key: &str,
-            _customer: &str,
-            _amount: u64,
-            _currency: &str,
-        ) -> Result<paypb::Charge, GatewayError> {
-            self.charge_calls.lock().push(key.to_string());
-            self.charges
-                .lock()
-                .pop_front()
-                .unwrap_or_else(|| Ok(charge("ch_ok", paypb::ChargeStatus::Succeeded)))
-        }
-
-        async fn settle(
-            &self,
-            refund_key: &str,
-            _charge_key: &str,
-        ) -> Result<paypb::Charge, GatewayError> {
-            self.settle_calls.lock().push(refund_key.to_string());
-            self.settles
-                .lock()
-                .pop_front()
-                .unwrap_or_else(|| Ok(charge("ch_ok", paypb::ChargeStatus::Refunded)))
-        }
-    }
-
-    type Setup = (
-        tempfile::TempDir,
-        Orchestrator,
-        Arc<Scripted>,
-        Arc<dyn Store>,
-    );
-
-    async fn setup(script: Scripted) -> Setup {
-        setup_with_wait(script, Duration::from_secs(30)).await
-    }
-
-    async fn setup_with_wait(script: Scripted, start_wait: Duration) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            EmbeddedStore::open(&dir.path().join("b.redb"))
-                .await
-                .expect("open"),
-        );
-        let payment = Arc::new(script);
-        let orch = Orchestrator::new(
-            Records::new(store.clone()),
-            payment.clone(),
-            Tuning {
-                payment_attempts: 3,
-                retry_backoff: Duration::from_millis(1),
-                start_wait,
-                crash_after: None,
-            },
-        );
-        (dir, orch, payment, store)
-    }
-
-    #[tokio::test]
-    async fn happy_saga_commits_events_with_each_step() {
-        let (_d, orch, payment, store) = setup(Scripted::default()).await;
-        let rec = orch.start("u1", PlanId::Pro, "k").await.expect("start");
-        assert_eq!(rec.saga.phase, crate::domain::saga::Phase::Active);
-        assert_eq!(
-            *payment.charge_calls.lock(),
-            [charge_key(&rec.subscription_id)]
-        );
-        let types: Vec<String> = store
-            .read_outbox(0, 100)
-            .await
-            .expect("outbox")
-            .into_iter()
-            .map(|e| e.event.event_type)
-            .collect();
-        assert_eq!(
-            types,
-            [
-                "tally.events.v1.SubscriptionStarted",
-                "tally.events.v1.SubscriptionActivated",
-                "tally.events.v1.PlanLimitsGranted"
-            ]
-        );
-        assert!(orch.records().open_sagas().await.expect("open").is_empty());
-        let ent = orch.records().entitlement("u1").await.expect("ent");
-        assert_eq!(ent.value.max_open_polls, 50);
-    }
-
-    #[tokio::test]
-    async fn unavailable_charge_retries_with_the_same_key_then_voids_best_effort() {
-        let script = Scripted::default();
-        for _ in 0..3 {
-            script
-                .charges
-                .lock()
-                .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        }
-        script
-            .settles
-            .lock()
-            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        let (_d, orch, payment, _s) = setup(script).await;
-        let rec = orch.start("u1", PlanId::Pro, "k").await.expect("start");
-        assert_eq!(rec.saga.state(), SubscriptionState::Failed);
-        let calls = payment.charge_calls.lock().clone();
-        assert_eq!(calls.len(), 3);
-        assert!(calls.iter().all(|k| *k == charge_key(&rec.subscription_id)));
-        assert_eq!(payment.settle_calls.lock().len(), 1, "one best-effort void");
-        assert_eq!(orch.records().seat("u1").await.expect("seat"), None);
-    }
-
-    #[tokio::test]
-    async fn uncertain_charge_waits_for_a_refund_before_failing() {
-        let script = Scripted::default();
-        script.charges.lock().push_back(Err(GatewayError::Uncertain(
-            "DeadlineExceeded: slow".into(),
-        )));
-        script
-            .charges
-            .lock()
-            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        script
-            .charges
-            .lock()
-            .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        for _ in 0..3 {
-            script
-                .settles
-                .lock()
-                .push_back(Err(GatewayError::Unavailable("Unavailable: down".into())));
-        }
-        let (_d, orch, payment, _s) = setup_with_wait(script, Duration::ZERO).await;
-        let id = orch
-            .start("u1", PlanId::Pro, "k")
-            .await
-            .expect("start")
-            .subscription_id;
-        // Wait for the background driver to give up on the refund.
-        while orch.running.lock().contains(&id) || payment.settle_calls.lock().len() < 3 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The refund could not be made: the saga stays open in refunding.
-        let rec = orch
-            .records()
-            .subscription(&id)
-            .await
-            .expect("get")
-            .expect("exists")
-            .value;
-        assert_eq!(rec.saga.phase, crate::domain::saga::Phase::Refunding);
-        assert_eq!(
-            orch.records().open_sagas().await.expect("open"),
-            std::slice::from_ref(&id)
-        );
-        // The provider is back: the next sweep settles it and the saga ends.
-        orch.drive(&id).await.expect("drive");
-        let rec = orch
-            .records()
-            .subscription(&id)
-            .await
-            .expect("get")
-            .expect("exists")
-            .value;
-        assert_eq!(rec.saga.state(), SubscriptionState::Failed);
-        assert!(payment_settled(&rec.saga));
-        assert_eq!(payment.settle_calls.lock().len(), 4);
-        assert!(orch.records().open_sagas().await.expect("open").is_empty());
-    }
-
-    #[tokio::test]
-    async fn same_key_returns_the_same_subscription() {
-        let (_d, orch, payment, _s) = setup(Scripted::default()).await;
-        let a = orch.start("u1", PlanId::Team, "k").await.expect("a");
-        let b = orch.start("u1", PlanId::Team, "k").await.expect("b");
-        assert_eq!(a.subscription_id, b.subscription_id);
-        assert_eq!(payment.charge_calls.lock().len(), 1);
-        assert!(matches!(
-            orch.start("u1", PlanId::Pro, "k").await,
-            Err(BillingError::Precondition(_))
-        ));
-        assert!(matches!(
-            orch.start("u1", PlanId::Pro, "").await,
-            Err(BillingError::Invalid(_))
-        ));
-    }
-}
+mod tests;

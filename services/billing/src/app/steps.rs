@@ -1,18 +1,21 @@
 //! Carrying out one saga step: the local effects (seat reservation and
-//! release) and the idempotent payment calls, retried with backoff and
-//! classified as charged, declined, unavailable or uncertain.
+//! release) and the idempotent payment calls: a charge is tried once per
+//! step run and parked on a transient failure; a refund is retried with
+//! backoff and, failing that, left to the periodic sweep.
 
 use super::{BillingError, Orchestrator, charge_key, refund_key};
 use crate::domain::plans::CURRENCY;
+use crate::domain::ride_out::Decision;
 use crate::domain::saga::{Command, SagaEvent, Step};
-use crate::payment::GatewayError;
 use crate::store::{self, SubscriptionRecord};
 use std::time::Duration;
 use tally_api::payment::v1 as paypb;
 use tally_chassis::storage::WriteBatch;
 
-/// Longest pause between two payment attempts.
+/// Longest pause between two refund attempts in one round.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(5_000);
+/// Step-log status of a step waiting to be tried again.
+pub(super) const PARKED: &str = "parked";
 
 /// The result of running one command.
 pub(super) struct Outcome {
@@ -95,59 +98,80 @@ impl Orchestrator {
         Duration::from_millis(ms).min(MAX_RETRY_BACKOFF)
     }
 
+    /// One try of the charge. A transient failure parks the step (the
+    /// domain's [`crate::domain::ride_out::Policy`] decides for how long),
+    /// so the subscription stays pending; the saga compensates only on a
+    /// definite answer or when the policy gives up.
     async fn charge(
         &self,
         rec: &SubscriptionRecord,
         amount_cents: u64,
     ) -> Result<Outcome, BillingError> {
         let key = charge_key(&rec.subscription_id);
-        let mut processed_possibly = false;
-        let mut last = String::new();
-        for attempt in 0..self.tuning.payment_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
-            }
-            match self
-                .payment
-                .charge(&key, &rec.user_id, amount_cents, CURRENCY)
-                .await
-            {
-                Ok(charge) => return Ok(charge_outcome(charge)),
-                Err(error) => {
-                    last = error.to_string();
-                    tracing::warn!(subscription_id = %rec.subscription_id, attempt, error = %last, "charge attempt failed");
-                    match error {
-                        GatewayError::Unavailable(_) => {}
-                        GatewayError::Uncertain(_) => processed_possibly = true,
-                        GatewayError::Rejected(_) => {
-                            // The provider refused the request itself: nothing was charged.
-                            return Ok(Outcome {
-                                event: SagaEvent::PaymentDeclined {
-                                    charge_id: String::new(),
-                                    reason: format!("rejected by the provider: {last}"),
-                                },
-                                writes: WriteBatch::new(),
-                                status: "failed",
-                                detail: last,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let detail = format!(
-            "{} attempts failed; last: {last}",
-            self.tuning.payment_attempts
+        let error = match self
+            .payment
+            .charge(&key, &rec.user_id, amount_cents, CURRENCY)
+            .await
+        {
+            Ok(charge) => return Ok(charge_outcome(charge)),
+            Err(error) => error,
+        };
+        let text = error.to_string();
+        let Some(failure) = error.failure() else {
+            // The provider refused the request itself: nothing was charged.
+            return Ok(Outcome {
+                event: SagaEvent::PaymentDeclined {
+                    charge_id: String::new(),
+                    reason: format!("rejected by the provider: {text}"),
+                },
+                writes: WriteBatch::new(),
+                status: "failed",
+                detail: text,
+            });
+        };
+        let now_ms = self.tuning.clock.now_ms();
+        let decision = self.tuning.ride_out.decide(
+            rec.saga.parked.as_ref(),
+            &failure,
+            &text,
+            now_ms,
+            rand::random::<f64>(),
+            rec.saga.cancel_requested,
         );
-        Ok(Outcome {
-            event: SagaEvent::PaymentUnavailable {
-                reason: detail.clone(),
+        match decision {
+            Decision::Park(parked) => {
+                let wait = parked.retry_at_ms.saturating_sub(now_ms);
+                tracing::warn!(
+                    subscription_id = %rec.subscription_id,
+                    attempts = parked.attempts,
+                    retry_in_ms = wait,
+                    error = %text,
+                    "saga step parked"
+                );
+                let detail = format!(
+                    "try {} failed: {text}; next try in {wait} ms",
+                    parked.attempts
+                );
+                Ok(Outcome {
+                    event: SagaEvent::PaymentParked(parked),
+                    writes: WriteBatch::new(),
+                    status: PARKED,
+                    detail,
+                })
+            }
+            Decision::GiveUp {
+                reason,
                 processed_possibly,
-            },
-            writes: WriteBatch::new(),
-            status: "failed",
-            detail,
-        })
+            } => Ok(Outcome {
+                event: SagaEvent::PaymentUnavailable {
+                    reason: reason.clone(),
+                    processed_possibly,
+                },
+                writes: WriteBatch::new(),
+                status: "failed",
+                detail: reason,
+            }),
+        }
     }
 
     async fn refund(

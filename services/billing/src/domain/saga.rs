@@ -9,6 +9,7 @@
 //! transition, so the saga can be resumed from any step after a crash.
 
 use super::plans::PlanId;
+use super::ride_out::Parked;
 use serde::{Deserialize, Serialize};
 
 /// A step of the saga, by the name used in records and crash points.
@@ -110,6 +111,9 @@ pub struct Saga {
     /// The user asked to cancel before activation.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The current step failed transiently and waits to be tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
 }
 
 /// What the orchestrator must do next.
@@ -161,6 +165,8 @@ pub enum SagaEvent {
         charge_id: String,
         reason: String,
     },
+    /// The charge failed transiently: try it again later, still pending.
+    PaymentParked(Parked),
     /// Retries exhausted. `processed_possibly`: some attempt may have reached
     /// the provider (see [`Payment::Uncertain`]).
     PaymentUnavailable {
@@ -229,6 +235,7 @@ impl Saga {
             payment: Payment::NotAttempted,
             failure_reason: None,
             cancel_requested: false,
+            parked: None,
         };
         (saga, Command::ReserveSeat)
     }
@@ -280,6 +287,10 @@ impl Saga {
     /// Applies `event`: the new saga, the next command and what to publish.
     pub fn apply(&self, event: SagaEvent) -> Result<Transition, SagaError> {
         let mut next = self.clone();
+        // Any answer ends a park; a new park replaces it below.
+        if !matches!(event, SagaEvent::CancelRequested) {
+            next.parked = None;
+        }
         let mut notices = Vec::new();
         match (&self.phase, event) {
             (Phase::ReservingSeat, SagaEvent::SeatReserved) => {
@@ -315,6 +326,9 @@ impl Saga {
                 // Nothing was taken: skip the refund, release the seat.
                 next.phase = Phase::ReleasingSeat;
             }
+            (Phase::Charging, SagaEvent::PaymentParked(parked)) => {
+                next.parked = Some(parked);
+            }
             (
                 Phase::Charging,
                 SagaEvent::PaymentUnavailable {
@@ -322,10 +336,14 @@ impl Saga {
                     processed_possibly,
                 },
             ) => {
-                next.fail(&format!("payment unavailable: {reason}"));
-                notices.push(Notice::PaymentFailed {
-                    reason: reason.clone(),
-                });
+                if self.cancel_requested {
+                    next.fail(CANCELLED_BEFORE_ACTIVATION);
+                } else {
+                    next.fail(&format!("payment unavailable: {reason}"));
+                    notices.push(Notice::PaymentFailed {
+                        reason: reason.clone(),
+                    });
+                }
                 next.payment = if processed_possibly {
                     Payment::Uncertain { reason }
                 } else {
@@ -718,10 +736,93 @@ mod tests {
                 payment: Payment::NotAttempted,
                 failure_reason: None,
                 cancel_requested: false,
+                parked: None,
             };
             assert!(s.next_command().is_some(), "{phase:?}");
         }
         let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
         assert_eq!(names.len(), 7);
+    }
+
+    fn parked(attempts: u32) -> Parked {
+        Parked {
+            attempts,
+            since_ms: 1,
+            retry_at_ms: 2,
+            processed_possibly: false,
+            last_error: "Unavailable: down".into(),
+        }
+    }
+
+    #[test]
+    fn a_parked_charge_stays_pending_and_is_tried_again() {
+        let (s, _) = Saga::start(PlanId::Pro);
+        let s = s.apply(SagaEvent::SeatReserved).expect("reserve").saga;
+        let t = s
+            .apply(SagaEvent::PaymentParked(parked(1)))
+            .expect("parked");
+        assert_eq!(t.saga.phase, Phase::Charging);
+        assert_eq!(t.saga.state(), SubscriptionState::Pending);
+        assert!(t.notices.is_empty());
+        assert_eq!(
+            t.command,
+            Some(Command::ChargePayment {
+                amount_cents: PlanId::Pro.plan().price_cents
+            })
+        );
+        let t = t
+            .saga
+            .apply(SagaEvent::PaymentParked(parked(2)))
+            .expect("parked again");
+        assert_eq!(t.saga.parked.as_ref().map(|p| p.attempts), Some(2));
+        // A cancel keeps the park; the next answer ends it.
+        let t = t.saga.apply(SagaEvent::CancelRequested).expect("cancel");
+        assert!(t.saga.parked.is_some());
+        let t = t.saga.apply(charged()).expect("charged");
+        assert_eq!(t.saga.parked, None);
+        assert_eq!(
+            t.command,
+            Some(Command::RefundPayment { best_effort: false })
+        );
+    }
+
+    #[test]
+    fn giving_up_on_a_cancelled_parked_charge_ends_cancelled_without_payment_failed() {
+        let (s, _) = Saga::start(PlanId::Pro);
+        let s = s.apply(SagaEvent::SeatReserved).expect("reserve").saga;
+        let s = s
+            .apply(SagaEvent::PaymentParked(parked(1)))
+            .expect("parked")
+            .saga;
+        let s = s.apply(SagaEvent::CancelRequested).expect("cancel").saga;
+        let t = s
+            .apply(SagaEvent::PaymentUnavailable {
+                reason: "cancelled".into(),
+                processed_possibly: false,
+            })
+            .expect("give up");
+        assert!(t.notices.is_empty(), "{:?}", t.notices);
+        let (end, notices) = run(
+            &t.saga,
+            vec![
+                SagaEvent::RefundSkipped,
+                SagaEvent::SeatReleased,
+                SagaEvent::MarkedFailed,
+            ],
+        );
+        assert_eq!(end.state(), SubscriptionState::Cancelled);
+        assert!(matches!(
+            notices.as_slice(),
+            [Notice::SubscriptionCancelled { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_park_is_refused_outside_the_charge() {
+        let (s, _) = Saga::start(PlanId::Pro);
+        assert!(matches!(
+            s.apply(SagaEvent::PaymentParked(parked(1))),
+            Err(SagaError::Unexpected { .. })
+        ));
     }
 }

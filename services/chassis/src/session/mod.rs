@@ -3,9 +3,12 @@
 //! Two adapters: the embedded one keeps sessions in the service's own store
 //! (the default, nothing else to run); the Redis one is used when `redis_url`
 //! is configured, so sessions are shared by every replica and expire in Redis.
+//! Redis calls go through [`resilient::ResilientSessions`] (deadline, retried
+//! reads, circuit breaker, bulkhead).
 
 pub mod embedded;
 pub mod redis;
+pub mod resilient;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -57,13 +60,22 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), SessionError>;
 }
 
+/// Name of the Redis session client in metrics.
+pub const REDIS_CLIENT: &str = "redis-sessions";
+
 /// Redis when `redis_url` is set, else the embedded adapter over `store`.
 pub async fn open(
     redis_url: Option<&str>,
     store: Arc<dyn crate::storage::Store>,
 ) -> Result<Arc<dyn SessionStore>, SessionError> {
     match redis_url {
-        Some(url) => Ok(Arc::new(redis::RedisSessions::connect(url).await?)),
+        Some(url) => {
+            let redis: Arc<dyn SessionStore> = Arc::new(redis::RedisSessions::connect(url).await?);
+            let settings = crate::resilience::Settings::default();
+            let guarded = resilient::ResilientSessions::new(REDIS_CLIENT, redis, &settings)
+                .map_err(|e| SessionError::Unavailable(e.to_string()))?;
+            Ok(Arc::new(guarded))
+        }
         None => Ok(Arc::new(embedded::EmbeddedSessions::new(store))),
     }
 }

@@ -9,6 +9,7 @@
 //! event.
 
 pub mod embedded;
+pub mod resilient;
 pub mod scylla;
 
 use async_trait::async_trait;
@@ -234,7 +235,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the adapter chosen by config.
+/// Name of the ScyllaDB client in metrics.
+pub const SCYLLA_CLIENT: &str = "scylla";
+
+/// Opens the adapter chosen by config; ScyllaDB calls go through
+/// [`resilient::ResilientStore`].
 pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreError> {
     match settings {
         StorageSettings::Embedded { path } => {
@@ -242,8 +247,14 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
             Ok(Arc::new(store))
         }
         StorageSettings::Scylla { .. } => {
-            let store = scylla::ScyllaStore::connect(settings).await?;
-            Ok(Arc::new(store))
+            let store: Arc<dyn Store> = Arc::new(scylla::ScyllaStore::connect(settings).await?);
+            let guarded = resilient::ResilientStore::new(
+                SCYLLA_CLIENT,
+                store,
+                &crate::resilience::Settings::default(),
+            )
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok(Arc::new(guarded))
         }
     }
 }
