@@ -209,13 +209,18 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
     match settings {
         StorageSettings::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path).await?;
-            Ok(Arc::new(store))
+            Ok(timed(Arc::new(store)))
         }
         StorageSettings::Scylla { .. } => {
             let store = scylla::ScyllaStore::connect(settings).await?;
-            Ok(Arc::new(store))
+            Ok(timed(Arc::new(store)))
         }
     }
+}
+
+/// Every operation of the opened store is timed for `/metrics`.
+fn timed(store: Arc<dyn Store>) -> Arc<dyn Store> {
+    Arc::new(crate::metrics::store::TimedStore::new(store))
 }
 
 /// Encodes a record as JSON bytes.
