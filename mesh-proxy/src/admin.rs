@@ -1,4 +1,5 @@
-//! Admin HTTP listener: `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (effective
+//! Admin HTTP listener: `/live`, `/ready`, `/ready/upstreams` ([`crate::readiness`]), `/metrics`
+//! (Prometheus text), `/config` (effective
 //! config as JSON) and `/faults` (GET the current fault settings, PUT one route's settings).
 //! It is a control plane: reads are open to loopback callers, every mutation needs the bearer
 //! token from `admin.token_file`, and requests naming a foreign `Host` or carrying any `Origin`
@@ -115,6 +116,8 @@ pub struct AdminState {
     pub config_json: Arc<String>,
     pub ready: Arc<AtomicBool>,
     pub auth: Arc<AdminAuth>,
+    /// What `/ready/upstreams` checks besides `ready`.
+    pub upstreams: Arc<Vec<crate::readiness::Upstream>>,
 }
 
 #[derive(Deserialize)]
@@ -249,11 +252,36 @@ async fn handle(
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        (Method::GET, "/ready/upstreams") => {
+            let down = crate::readiness::unreachable(&state.upstreams).await;
+            if !state.ready.load(Ordering::Acquire) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            } else if down.is_empty() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: unreachable upstreams: {}\n", down.join(", ")),
+                )
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            if crate::exposition::wanted(accept) {
+                let text = crate::exposition::from_open_metrics(&state.metrics.encode());
+                reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, text)
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    state.metrics.encode(),
+                )
+            }
+        }
         (Method::GET, "/config") => reply(
             StatusCode::OK,
             "application/json",

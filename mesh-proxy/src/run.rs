@@ -134,6 +134,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         config_json: Arc::new(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
         ready: ready.clone(),
         auth: admin_auth,
+        upstreams: Arc::new(crate::readiness::upstreams(&cfg)),
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin::serve(admin_l, admin_state, rx.clone()));
