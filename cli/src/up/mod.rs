@@ -10,7 +10,8 @@
 //! By default every service instance gets a `tally-proxy` sidecar and all
 //! service-to-service calls go through the mesh over mutual TLS ([`mesh`]:
 //! configs, certificates, policy); `--no-mesh` lets services call each other
-//! directly.
+//! directly. Every instance serves Prometheus metrics, and `tally up` writes
+//! the scrape config for all of them ([`scrape`]).
 
 mod binaries;
 mod health;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod platform;
 mod ports;
 mod private_fs;
+pub mod scrape;
 mod supervisor;
 mod table;
 
@@ -238,6 +240,9 @@ fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
         private_fs::private_file(&inst.config_path, &inst.config)
             .map_err(io(format!("cannot write {}", inst.config_path.display())))?;
     }
+    let scrape_config = plan.data_dir.join(scrape::FILE);
+    private_fs::private_file(&scrape_config, &scrape::render(plan))
+        .map_err(io(format!("cannot write {}", scrape_config.display())))?;
     Ok(())
 }
 
@@ -421,6 +426,11 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         stages,
         if stages == 1 { "" } else { "s" },
         plan.data_dir.display()
+    ));
+    say(&format!(
+        "metrics: every instance serves Prometheus metrics (METRICS column); scrape config \
+         for all of them: {}",
+        plan.data_dir.join(scrape::FILE).display()
     ));
     if let Some(first) = handles.first().and_then(|h| h.instance.addr) {
         say(&format!("try: grpcurl -plaintext {first} list"));

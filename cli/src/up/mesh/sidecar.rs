@@ -137,7 +137,9 @@ mod tests {
         // The gateway's ports come after every sidecar's.
         assert_eq!(port("gateway", "gateway"), 50075);
         assert_eq!(port("gateway", "admin"), 50076);
-        assert_eq!(plan.ports().len(), 26);
+        // Then each service's metrics listener.
+        assert_eq!(port("user", "metrics"), 50077);
+        assert_eq!(plan.ports().len(), 32);
         let probe = plan
             .instances
             .iter()
