@@ -241,6 +241,17 @@ async fn handle(
         check_origin(&state.auth, local, &req).or_else(|| check_mutation(&state.auth, &req));
     if let Some(refused) = refused {
         tracing::warn!(method = %req.method(), path = req.uri().path(), status = refused.status().as_u16(), "admin request refused");
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            crate::audit::record(
+                crate::audit::Event::new(
+                    "unauthenticated",
+                    format!("admin.{}", req.method().as_str().to_ascii_lowercase()),
+                    req.uri().path(),
+                    "denied",
+                )
+                .with_detail(format!("HTTP {}", refused.status().as_u16())),
+            );
+        }
         return refused;
     }
     match (req.method().clone(), req.uri().path()) {
@@ -341,6 +352,10 @@ async fn handle(
             }
             faults.delay_ms = faults.delay_ms.min(faults.max_delay_ms);
             tracing::warn!(route = %update.route, faults = ?faults, "fault settings changed through admin API");
+            crate::audit::record(
+                crate::audit::Event::new("admin-token", "admin.faults", &update.route, "ok")
+                    .with_detail(format!("{faults:?}")),
+            );
             state.faults.set(&update.route, faults);
             json(StatusCode::OK, &state.faults.snapshot())
         }

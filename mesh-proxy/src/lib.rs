@@ -5,6 +5,7 @@
 //! outbound stack.
 
 pub mod admin;
+pub mod audit;
 pub mod authz;
 pub mod balance;
 pub mod body;

@@ -6,6 +6,7 @@
 //! adapters, and the caller verifier (access tokens and API keys). Keeping
 //! this in one crate means every service behaves the same to an operator.
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
