@@ -146,6 +146,13 @@ pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
     if let Some(addr) = ctx.addr(super::plan::METRICS_PORT) {
         telemetry.insert("metrics_addr".into(), addr.to_string().into());
     }
+    telemetry.insert(
+        "audit_file".into(),
+        super::plan::audit_file(ctx.data_dir, ctx.instance)
+            .display()
+            .to_string()
+            .into(),
+    );
     root.insert("telemetry".into(), telemetry.into());
 
     if !ctx.outbound.is_empty() {

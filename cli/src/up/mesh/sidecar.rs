@@ -29,11 +29,12 @@ pub(super) fn port(ctx: &ConfigContext, name: &str) -> Result<std::net::SocketAd
         .ok_or_else(|| format!("{} has no `{name}` port", ctx.instance))
 }
 
-/// The `[admin]` section: its listener, and the token file every change
-/// through it must present.
+/// The `[admin]` section: its listener, the token file every change
+/// through it must present, and the instance's audit log.
 pub(super) fn admin(ctx: &ConfigContext) -> Result<AdminConfig, String> {
     let mut a = AdminConfig::new(port(ctx, "admin")?);
     a.token_file = Some(admin_token::path(ctx.data_dir));
+    a.audit_file = Some(crate::up::plan::audit_file(ctx.data_dir, ctx.instance));
     Ok(a)
 }
 

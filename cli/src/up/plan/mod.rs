@@ -12,7 +12,7 @@ mod replicas;
 mod slots;
 mod stages;
 
-pub use files::directories;
+pub use files::{AUDIT_DIR, audit_file, directories};
 pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
 pub use slots::METRICS_PORT;
 
