@@ -23,9 +23,9 @@ const SERVICES: [&str; 6] = [
 
 /// Ports `tally up` takes: one per service instance, then three (inbound,
 /// outbound, admin) per mesh sidecar beside each, then the browser
-/// gateway's two (gateway, admin).
+/// gateway's two (gateway, admin), then a metrics port per instance.
 const fn ports(instances: u16) -> u16 {
-    instances * 4 + 2
+    instances * 5 + 2
 }
 
 /// A running `tally up` on free ports in a temp data dir.

@@ -13,8 +13,9 @@ use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
-/// Six services, three ports per sidecar, the gateway's listener and admin.
-const PORTS: u16 = 6 + 6 * 3 + 2;
+/// Six services, three ports per sidecar, the gateway's listener and admin,
+/// then each service's metrics listener.
+const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
 
 /// One gRPC-Web answer: HTTP status and headers, message frames, trailers.
 struct WebReply {

@@ -26,8 +26,9 @@ const SERVICES: [&str; 6] = [
     "payment",
 ];
 /// Six service ports, then inbound, outbound and admin for each sidecar,
-/// then the gateway's listener and admin port.
-const PORTS: u16 = 6 + 6 * 3 + 2;
+/// then the gateway's listener and admin port, then each service's metrics
+/// listener.
+const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
 
 /// A running `tally up` (mesh on) on free ports in a temp data dir.
 struct Up {
@@ -540,7 +541,8 @@ async fn no_mesh_runs_the_services_without_sidecars() {
     }
     let data = tempfile::tempdir().expect("tmp");
     open_to_others(data.path());
-    let base = free_port_range(6);
+    // A gRPC and a metrics port per service.
+    let base = free_port_range(12);
     let mut cmd = Command::new(tally_testkit::bin_path("tally"));
     cmd.arg("up")
         .arg("--data-dir")

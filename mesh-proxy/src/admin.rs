@@ -1,4 +1,4 @@
-//! Admin HTTP listener: `/live`, `/ready`, `/metrics` (Prometheus text), `/config` (effective
+//! Admin HTTP listener: `/live`, `/ready`, `/ready/upstreams` ([`crate::readiness`]), `/metrics` (Prometheus text), `/config` (effective
 //! config as JSON), `/faults` (GET the current fault settings, PUT one route's settings) and
 //! `/split` (GET the canary weights, PUT one target's weight).
 //! It is a control plane: reads are open to loopback callers, every mutation needs the bearer
@@ -118,6 +118,8 @@ pub struct AdminState {
     pub config_json: Arc<String>,
     pub ready: Arc<AtomicBool>,
     pub auth: Arc<AdminAuth>,
+    /// What `/ready/upstreams` checks besides `ready`.
+    pub upstreams: Arc<Vec<crate::readiness::Upstream>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +243,17 @@ async fn handle(
         check_origin(&state.auth, local, &req).or_else(|| check_mutation(&state.auth, &req));
     if let Some(refused) = refused {
         tracing::warn!(method = %req.method(), path = req.uri().path(), status = refused.status().as_u16(), "admin request refused");
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            crate::audit::record(
+                crate::audit::Event::new(
+                    "unauthenticated",
+                    format!("admin.{}", req.method().as_str().to_ascii_lowercase()),
+                    req.uri().path(),
+                    "denied",
+                )
+                .with_detail(format!("HTTP {}", refused.status().as_u16())),
+            );
+        }
         return refused;
     }
     match (req.method().clone(), req.uri().path()) {
@@ -252,11 +265,36 @@ async fn handle(
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        (Method::GET, "/ready/upstreams") => {
+            let down = crate::readiness::unreachable(&state.upstreams).await;
+            if !state.ready.load(Ordering::Acquire) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            } else if down.is_empty() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: unreachable upstreams: {}\n", down.join(", ")),
+                )
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            if crate::exposition::wanted(accept) {
+                let text = crate::exposition::from_open_metrics(&state.metrics.encode());
+                reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, text)
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    state.metrics.encode(),
+                )
+            }
+        }
         (Method::GET, "/config") => reply(
             StatusCode::OK,
             "application/json",
@@ -321,6 +359,10 @@ async fn handle(
             }
             faults.delay_ms = faults.delay_ms.min(faults.max_delay_ms);
             tracing::warn!(route = %update.route, faults = ?faults, "fault settings changed through admin API");
+            crate::audit::record(
+                crate::audit::Event::new("admin-token", "admin.faults", &update.route, "ok")
+                    .with_detail(format!("{faults:?}")),
+            );
             state.faults.set(&update.route, faults);
             json(StatusCode::OK, &state.faults.snapshot())
         }

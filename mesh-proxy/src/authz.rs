@@ -1,6 +1,6 @@
 //! Inbound authorization: per gRPC service (and optionally method) allow-lists of caller
 //! SPIFFE ids. Once any rule exists, calls no rule allows are denied (PERMISSION_DENIED),
-//! logged with the caller's identity and counted.
+//! logged with the caller's identity, counted and audited (allows are sampled).
 
 use crate::config::AuthzRule;
 use crate::layer::{Layer, Next};
@@ -85,7 +85,23 @@ impl<N: Next<Error = ProxyError>> Layer<N> for AuthzLayer {
                 .authz_denied
                 .get_or_create(&DenyLabels { route, caller })
                 .inc();
+            let who = req
+                .extensions()
+                .get::<PeerId>()
+                .and_then(|p| p.0.clone())
+                .unwrap_or_else(|| "anonymous".into());
+            crate::audit::record(
+                crate::audit::Event::new(who, "authz.deny", path, "denied").with_detail(e.reason()),
+            );
             return Err(e);
+        }
+        if crate::audit::sample_allow() {
+            crate::audit::record(crate::audit::Event::new(
+                caller.unwrap_or("anonymous"),
+                "authz.allow",
+                path,
+                "allowed",
+            ));
         }
         next.call(req).await
     }

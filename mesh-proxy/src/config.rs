@@ -66,6 +66,10 @@ pub struct AdminConfig {
     /// and the literal address a connection was made to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Append-only, hash-chained audit log (authorization denials and sampled allows, admin
+    /// changes, certificate reloads); `tally audit verify` checks it. Absent: no audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -350,6 +354,7 @@ impl AdminConfig {
             listen,
             token_file: None,
             allowed_hosts: Vec::new(),
+            audit_file: None,
         }
     }
 }

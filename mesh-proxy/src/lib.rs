@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod audit;
 pub mod authz;
 pub mod balance;
 pub mod body;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod deadline;
 pub mod defaults;
 pub mod error;
+pub mod exposition;
 pub mod faults;
 pub mod forward;
 pub mod gateway;
@@ -25,6 +27,7 @@ pub mod grpc;
 pub mod layer;
 pub mod metrics;
 pub mod observe;
+pub mod readiness;
 pub mod replay;
 pub mod retry;
 pub mod route;

@@ -31,6 +31,8 @@ pub enum RunError {
     #[error(transparent)]
     AdminToken(#[from] admin::AdminTokenError),
     #[error(transparent)]
+    Audit(#[from] tally_audit::AuditError),
+    #[error(transparent)]
     GatewayTls(#[from] crate::gateway::listener::GatewayTlsError),
 }
 
@@ -56,6 +58,9 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 
 pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Result<(), RunError> {
     let admin_auth = Arc::new(admin::AdminAuth::load(&cfg.admin)?);
+    if let Some(path) = &cfg.admin.audit_file {
+        crate::audit::init(path)?;
+    }
     let metrics = Metrics::for_config(&cfg);
     let transports = transport::build(&cfg)?;
     if let Some(expiry) = transports.cert_not_after.clone() {
@@ -137,6 +142,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
         config_json: Arc::new(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
         ready: ready.clone(),
         auth: admin_auth,
+        upstreams: Arc::new(crate::readiness::upstreams(&cfg)),
     };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(admin::serve(admin_l, admin_state, rx.clone()));

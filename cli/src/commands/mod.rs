@@ -5,6 +5,7 @@
 //! Commands talk to the services through the SDK; every failure ends as one
 //! line naming the gRPC code and message, and a non-zero exit status.
 
+mod audit;
 mod certs;
 mod connect;
 mod events;
@@ -40,6 +41,8 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
+    /// Audit logs: verify their hash chains, follow them.
+    Audit(audit::AuditArgs),
     /// Event consumers: dead letters, replay, lag.
     #[command(flatten)]
     Events(events::EventsCommand),
@@ -62,6 +65,8 @@ pub enum CliError {
     Events(anyhow::Error),
     #[error("{0}")]
     Rollout(#[from] tally::rollout::RolloutError),
+    #[error("{0:#}")]
+    Audit(anyhow::Error),
 }
 
 impl CliError {
@@ -90,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Poll(args) => poll::run(cli.json, args).await,
         Command::Keys(cmd) => keys::run(cli.json, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
+        Command::Audit(args) => audit::run(cli.json, args).await.map_err(CliError::Audit),
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),

@@ -10,7 +10,8 @@
 //! By default every service instance gets a `tally-proxy` sidecar and all
 //! service-to-service calls go through the mesh over mutual TLS ([`mesh`]:
 //! configs, certificates, policy); `--no-mesh` lets services call each other
-//! directly.
+//! directly. Every instance serves Prometheus metrics, and `tally up` writes
+//! the scrape config for all of them ([`scrape`]).
 
 mod binaries;
 pub mod canary;
@@ -20,6 +21,7 @@ pub(crate) mod plan;
 pub(crate) mod platform;
 mod ports;
 mod private_fs;
+pub mod scrape;
 mod supervisor;
 mod table;
 
@@ -265,6 +267,9 @@ fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
         private_fs::private_file(&inst.config_path, &inst.config)
             .map_err(io(format!("cannot write {}", inst.config_path.display())))?;
     }
+    let scrape_config = plan.data_dir.join(scrape::FILE);
+    private_fs::private_file(&scrape_config, &scrape::render(plan))
+        .map_err(io(format!("cannot write {}", scrape_config.display())))?;
     Ok(())
 }
 
@@ -460,6 +465,11 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         stages,
         if stages == 1 { "" } else { "s" },
         plan.data_dir.display()
+    ));
+    say(&format!(
+        "metrics: every instance serves Prometheus metrics (METRICS column); scrape config \
+         for all of them: {}",
+        plan.data_dir.join(scrape::FILE).display()
     ));
     if let Some(first) = handles.first().and_then(|h| h.instance.addr) {
         say(&format!("try: grpcurl -plaintext {first} list"));

@@ -143,6 +143,16 @@ pub fn standard_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
 
     let mut telemetry = toml::Table::new();
     telemetry.insert("log_format".into(), ctx.log_format.into());
+    if let Some(addr) = ctx.addr(super::plan::METRICS_PORT) {
+        telemetry.insert("metrics_addr".into(), addr.to_string().into());
+    }
+    telemetry.insert(
+        "audit_file".into(),
+        super::plan::audit_file(ctx.data_dir, ctx.instance)
+            .display()
+            .to_string()
+            .into(),
+    );
     root.insert("telemetry".into(), telemetry.into());
 
     if !ctx.outbound.is_empty() {
@@ -269,7 +279,7 @@ mod tests {
 
     #[test]
     fn standard_config_has_every_chassis_section() {
-        let ports = BTreeMap::from([("grpc", 50052u16)]);
+        let ports = BTreeMap::from([("grpc", 50052u16), ("metrics", 50058u16)]);
         let outbound = BTreeMap::from([("user".to_string(), "http://127.0.0.1:50051".to_string())]);
         let ctx = ConfigContext {
             service: "polling",
@@ -294,6 +304,10 @@ mod tests {
             Some("/data/polling/polling.redb")
         );
         assert_eq!(back["telemetry"]["log_format"].as_str(), Some("json"));
+        assert_eq!(
+            back["telemetry"]["metrics_addr"].as_str(),
+            Some("127.0.0.1:50058")
+        );
         assert_eq!(
             back["outbound"]["user"].as_str(),
             Some("http://127.0.0.1:50051")

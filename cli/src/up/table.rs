@@ -1,10 +1,10 @@
 //! The table `tally up` prints once every instance is ready: what runs,
-//! where it listens and where its log is.
+//! where it listens, where its metrics are and where its log is.
 
 use std::io::Write;
 
 use super::plan::Instance;
-use super::supervisor;
+use super::{scrape, supervisor};
 
 /// What the table shows as an instance's address: a service's own gRPC
 /// port (what operators, grpcurl and the CLI use), or a sidecar's ports.
@@ -38,7 +38,7 @@ pub(super) fn address_column(inst: &Instance) -> String {
     }
 }
 
-/// Prints one row per instance: name, address, pid and log file.
+/// Prints one row per instance: name, address, metrics URL, pid and log file.
 pub(super) fn print(handles: &[supervisor::Handle]) {
     // Each service instance, then its sidecar, in service port order.
     let port_of = |name: &str| {
@@ -58,18 +58,21 @@ pub(super) fn print(handles: &[supervisor::Handle]) {
         .max()
         .unwrap_or(0)
         .max(22);
+    let metrics = |h: &supervisor::Handle| scrape::url(&h.instance).unwrap_or_else(|| "-".into());
+    let metrics_width = rows.iter().map(|h| metrics(h).len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "  {:<20} {:<width$} {:<8} LOG",
-        "INSTANCE", "ADDRESS", "PID"
+        "  {:<20} {:<width$} {:<metrics_width$} {:<8} LOG",
+        "INSTANCE", "ADDRESS", "METRICS", "PID"
     );
     for h in rows {
         let _ = writeln!(
             out,
-            "  {:<20} {:<width$} {:<8} {}",
+            "  {:<20} {:<width$} {:<metrics_width$} {:<8} {}",
             h.instance.name,
             address_column(&h.instance),
+            metrics(h),
             h.state.pid(),
             h.instance.log_path.display()
         );

@@ -116,6 +116,19 @@ fn spawn_sighup_reload(reloader: Arc<Reloader>) {
     let _ = reloader;
 }
 
+/// Every certificate reload (file change or SIGHUP) goes to the audit log.
+fn spawn_audit_reloads(mut configs: watch::Receiver<Arc<TlsConfigs>>, identity: String) {
+    tokio::spawn(async move {
+        while configs.changed().await.is_ok() {
+            let generation = configs.borrow().generation;
+            crate::audit::record(
+                crate::audit::Event::new(identity.clone(), "cert.reload", identity.clone(), "ok")
+                    .with_detail(format!("generation {generation}")),
+            );
+        }
+    });
+}
+
 pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transports, TransportError> {
     let paths = IdentityPaths {
         bundle: id.bundle.clone(),
@@ -139,6 +152,7 @@ pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transport
     tracing::info!(identity = %own, generation = current.generation, "mTLS identity loaded");
     let reloader = Arc::new(reloader);
     spawn_sighup_reload(reloader.clone());
+    spawn_audit_reloads(configs.clone(), own.clone());
     let tls = Arc::new(MeshTls {
         configs: configs.clone(),
         handshake_timeout: Duration::from_millis(handshake_timeout_ms),

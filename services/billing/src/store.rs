@@ -172,6 +172,7 @@ impl Records {
             .put(OPEN_SAGAS, OPEN_PARTITION, &rec.subscription_id, Vec::new());
         batch.events = events;
         self.store.commit(batch).await?;
+        record_transition(rec);
         Ok(raw)
     }
 
@@ -202,12 +203,27 @@ impl Records {
         batch.events = events;
         batch.events.append(&mut extra.events);
         self.store.commit(batch).await?;
+        record_transition(rec);
         Ok(raw)
     }
 
     pub async fn ping(&self) -> bool {
         self.store.ping().await.is_ok()
     }
+}
+
+/// The saga's name in `tally_saga_transitions` and `tally_saga_outcomes`.
+pub const SAGA_METRIC_NAME: &str = "subscription";
+
+/// Publishes a persisted step: the phase entered (its record name, a fixed
+/// set) and, when it ended the saga, the outcome.
+fn record_transition(rec: &SubscriptionRecord) {
+    let phase = serde_json::to_value(&rec.saga.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let outcome = rec.saga.is_finished().then_some(phase.as_str());
+    tally_chassis::metrics::record_saga_transition(SAGA_METRIC_NAME, &phase, outcome);
 }
 
 /// Writes that reserve `user_id`'s seat for `subscription_id` (fails the

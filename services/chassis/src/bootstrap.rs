@@ -40,6 +40,12 @@ where
     };
     let settings = telemetry(&cfg);
     crate::telemetry::init(service, settings.log_format, settings.log_level.as_deref());
+    if let Some(path) = &settings.audit_file
+        && let Err(e) = crate::audit::init(path)
+    {
+        eprintln!("{binary}: {e} (check `[telemetry] audit_file`)");
+        return Err(ExitCode::from(CONFIG_ERROR_EXIT));
+    }
     if let Some(addr) = settings.metrics_addr {
         match crate::metrics::serve(addr) {
             Ok(bound) => tracing::info!(%bound, "metrics served at http://{bound}/metrics"),

@@ -3,7 +3,10 @@
 //!
 //! A service registers its dependencies (its store, Redis, a peer it needs);
 //! while any of them is down, the service and the overall (`""`) entry report
-//! NOT_SERVING, and come back on their own once it recovers.
+//! NOT_SERVING, and come back on their own once it recovers. Every gRPC
+//! service a port serves has an entry ([`HealthHub::cover`]); one that needs
+//! only some dependencies (an event feed needs only the store) follows just
+//! those. Each change is also published as `tally_dependency_up`.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -14,11 +17,29 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
+/// The dependency every service registers for its store.
+pub const STORAGE: &str = "storage";
+
+/// The dependencies a chassis-provided gRPC service needs, when it needs
+/// fewer than the whole service: the event feed and the consumer admin API
+/// read only the store. `None`: all of them.
+pub fn needs_of(service_name: &str) -> Option<&'static [&'static str]> {
+    match service_name {
+        "tally.events.v1.EventFeedService" | "tally.events.v1.ConsumerAdminService" => {
+            Some(&[STORAGE])
+        }
+        _ => None,
+    }
+}
+
+/// Which dependencies one reported name follows: all, or the listed ones.
+type Needs = Option<Vec<String>>;
+
 /// Shared handle to a service's health.
 #[derive(Clone)]
 pub struct HealthHub {
     reporter: HealthReporter,
-    service_names: Arc<Vec<String>>,
+    service_names: Arc<Mutex<BTreeMap<String, Needs>>>,
     deps: Arc<Mutex<BTreeMap<String, bool>>>,
     draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -30,11 +51,28 @@ impl HealthHub {
         let (reporter, server) = tonic_health::server::health_reporter();
         let hub = Self {
             reporter,
-            service_names: Arc::new(service_names.iter().map(|s| s.to_string()).collect()),
+            service_names: Arc::new(Mutex::new(
+                service_names
+                    .iter()
+                    .map(|s| (s.to_string(), None))
+                    .collect(),
+            )),
             deps: Arc::new(Mutex::new(BTreeMap::new())),
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         (hub, server)
+    }
+
+    /// Reports `service_name` too, following `needs` (every dependency when
+    /// `None`); a name already reported keeps what it follows.
+    pub async fn cover(&self, service_name: &str, needs: Option<&[&str]>) {
+        {
+            let mut names = lock(&self.service_names);
+            names
+                .entry(service_name.to_string())
+                .or_insert_with(|| needs.map(|n| n.iter().map(|d| d.to_string()).collect()));
+        }
+        self.publish().await;
     }
 
     /// Records whether `dependency` is usable and republishes the status.
@@ -43,6 +81,7 @@ impl HealthHub {
             let mut deps = self.deps.lock();
             deps.insert(dependency.to_string(), up) != Some(up)
         };
+        crate::metrics::record_health(Some((dependency, up)), self.is_serving());
         if changed {
             if up {
                 tracing::info!(dependency, "dependency is up");
@@ -76,15 +115,36 @@ impl HealthHub {
         self.publish().await;
     }
 
+    /// Whether a name following `needs` is serving.
+    fn serves(&self, needs: &Needs) -> bool {
+        match needs {
+            None => self.is_serving(),
+            Some(needs) => {
+                let deps = self.dependencies();
+                !self.is_draining() && needs.iter().all(|n| deps.get(n).copied().unwrap_or(true))
+            }
+        }
+    }
+
     async fn publish(&self) {
-        let status = if self.is_serving() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        let word = |up: bool| {
+            if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
         };
-        self.reporter.set_service_status("", status).await;
-        for name in self.service_names.iter() {
-            self.reporter.set_service_status(name, status).await;
+        let overall = self.is_serving();
+        crate::metrics::record_health(None, overall);
+        self.reporter.set_service_status("", word(overall)).await;
+        let names: Vec<(String, Needs)> = lock(&self.service_names)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, needs) in names {
+            self.reporter
+                .set_service_status(&name, word(self.serves(&needs)))
+                .await;
         }
     }
 
@@ -103,5 +163,49 @@ impl HealthHub {
                 tokio::time::sleep(interval).await;
             }
         });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn feeds_and_consumer_admin_need_only_the_store() {
+        assert_eq!(
+            needs_of("tally.events.v1.EventFeedService"),
+            Some(&[STORAGE][..])
+        );
+        assert_eq!(
+            needs_of("tally.events.v1.ConsumerAdminService"),
+            Some(&[STORAGE][..])
+        );
+        assert_eq!(needs_of("tally.poll.v1.PollService"), None);
+    }
+
+    #[tokio::test]
+    async fn a_covered_name_follows_only_what_it_needs() {
+        let (hub, _server) = HealthHub::new(&["tally.poll.v1.PollService"]);
+        hub.cover(
+            "tally.events.v1.EventFeedService",
+            needs_of("tally.events.v1.EventFeedService"),
+        )
+        .await;
+        hub.set_dependency(STORAGE, true).await;
+        hub.set_dependency("user", false).await;
+        assert!(!hub.serves(&None), "the service needs user");
+        let feed = Some(vec![STORAGE.to_string()]);
+        assert!(hub.serves(&feed), "the feed needs only the store");
+        hub.set_dependency(STORAGE, false).await;
+        assert!(!hub.serves(&feed));
+        hub.set_dependency(STORAGE, true).await;
+        hub.drain().await;
+        assert!(!hub.serves(&feed), "draining ends every name");
     }
 }

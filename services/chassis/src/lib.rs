@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;

@@ -4,8 +4,15 @@
 //! Consumers publish their position here (`tally_consumer_lag`, `_offset`,
 //! `_head`, `_dead_letters`, labelled by `consumer`) whenever they compute
 //! their status, so lag is visible in metrics as well as in health. The
-//! endpoint runs on its own thread with its own small runtime, so it can be
-//! started before (or without) the service's runtime.
+//! server records RED per gRPC method ([`grpc`]), the storage port its
+//! latency ([`store`]), health each dependency (`tally_dependency_up`), and
+//! sagas their transitions and outcomes. The endpoint runs on its own thread
+//! with its own small runtime, so it can be started before (or without) the
+//! service's runtime.
+
+pub mod grpc;
+pub mod store;
+pub mod text;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -13,16 +20,34 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 /// Content type of the Prometheus/OpenMetrics text encoding.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(String, String)>;
 type U64Gauge = Gauge<u64, AtomicU64>;
+type Seconds = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Smallest latency bucket, in seconds (0.25 ms).
+const LATENCY_BUCKET_START: f64 = 0.000_25;
+/// Growth factor between latency buckets.
+const LATENCY_BUCKET_FACTOR: f64 = 2.0;
+/// Number of latency buckets (the last ends near 8 s, then +Inf).
+const LATENCY_BUCKETS: u16 = 16;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        LATENCY_BUCKET_START,
+        LATENCY_BUCKET_FACTOR,
+        LATENCY_BUCKETS,
+    ))
+}
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +73,13 @@ struct Metrics {
     dead_letters: Family<Labels, U64Gauge>,
     store_breaker: Family<Labels, Gauge>,
     store_failures: Family<Labels, Counter>,
+    grpc_handled: Family<Labels, Counter>,
+    grpc_seconds: Seconds,
+    store_seconds: Seconds,
+    dependency_up: Family<Labels, U64Gauge>,
+    serving: U64Gauge,
+    saga_transitions: Family<Labels, Counter>,
+    saga_outcomes: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -88,6 +120,48 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Failed store calls by reason (circuit_open, bulkhead_full, timeout, error), per client",
         store_failures.clone(),
     );
+    let grpc_handled = Family::<Labels, Counter>::default();
+    registry.register(
+        "tally_grpc_server_handled",
+        "gRPC calls served, by service, method and final status code",
+        grpc_handled.clone(),
+    );
+    let grpc_seconds: Seconds = Family::new_with_constructor(latency_histogram);
+    registry.register(
+        "tally_grpc_server_handling_seconds",
+        "gRPC call duration until the end of the response stream, by service and method",
+        grpc_seconds.clone(),
+    );
+    let store_seconds: Seconds = Family::new_with_constructor(latency_histogram);
+    registry.register(
+        "tally_store_operation_seconds",
+        "Storage operation duration, by operation and outcome (ok, condition_failed, error)",
+        store_seconds.clone(),
+    );
+    let dependency_up = Family::<Labels, U64Gauge>::default();
+    registry.register(
+        "tally_dependency_up",
+        "Whether a dependency health follows is usable (1) or not (0): store, session store, peers, event sources",
+        dependency_up.clone(),
+    );
+    let serving = U64Gauge::default();
+    registry.register(
+        "tally_serving",
+        "Whether the service reports SERVING (1) or NOT_SERVING (0)",
+        serving.clone(),
+    );
+    let saga_transitions = Family::<Labels, Counter>::default();
+    registry.register(
+        "tally_saga_transitions",
+        "Saga steps persisted, by saga and the phase entered",
+        saga_transitions.clone(),
+    );
+    let saga_outcomes = Family::<Labels, Counter>::default();
+    registry.register(
+        "tally_saga_outcomes",
+        "Sagas that ended, by saga and outcome",
+        saga_outcomes.clone(),
+    );
     Metrics {
         registry,
         lag,
@@ -96,6 +170,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dead_letters,
         store_breaker,
         store_failures,
+        grpc_handled,
+        grpc_seconds,
+        store_seconds,
+        dependency_up,
+        serving,
+        saga_transitions,
+        saga_outcomes,
     }
 });
 
@@ -140,6 +221,63 @@ pub fn count_store_failure(client: &str, reason: &str) {
         ("reason".to_string(), reason.to_string()),
     ];
     METRICS.store_failures.get_or_create(&l).inc();
+}
+
+fn pairs(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Records one finished gRPC call (see [`grpc`]).
+pub(crate) fn record_grpc_call(service: &str, method: &str, code: &str, took: Duration) {
+    let m = &*METRICS;
+    m.grpc_handled
+        .get_or_create(&pairs(&[
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", code),
+        ]))
+        .inc();
+    m.grpc_seconds
+        .get_or_create(&pairs(&[
+            ("grpc_service", service),
+            ("grpc_method", method),
+        ]))
+        .observe(took.as_secs_f64());
+}
+
+/// Records one storage operation (see [`store`]).
+pub(crate) fn record_store_operation(op: &str, outcome: &str, took: Duration) {
+    METRICS
+        .store_seconds
+        .get_or_create(&pairs(&[("op", op), ("outcome", outcome)]))
+        .observe(took.as_secs_f64());
+}
+
+/// Publishes whether `dependency` is up, and whether the service is serving.
+pub(crate) fn record_health(dependency: Option<(&str, bool)>, serving: bool) {
+    let m = &*METRICS;
+    if let Some((name, up)) = dependency {
+        m.dependency_up
+            .get_or_create(&pairs(&[("dependency", name)]))
+            .set(u64::from(up));
+    }
+    m.serving.set(u64::from(serving));
+}
+
+/// Records that saga `saga` persisted a step into `phase` (a fixed set of
+/// names per saga), and its `outcome` when that step ended it.
+pub fn record_saga_transition(saga: &str, phase: &str, outcome: Option<&str>) {
+    let m = &*METRICS;
+    m.saga_transitions
+        .get_or_create(&pairs(&[("saga", saga), ("phase", phase)]))
+        .inc();
+    if let Some(outcome) = outcome {
+        m.saga_outcomes
+            .get_or_create(&pairs(&[("saga", saga), ("outcome", outcome)]))
+            .inc();
+    }
 }
 
 /// The registry in the text exposition format.
@@ -207,10 +345,19 @@ async fn accept_loop(std_listener: std::net::TcpListener) {
 
 fn respond(req: &Request<Incoming>) -> Response<String> {
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
-        let mut r = Response::new(encode());
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (body, content_type) = if text::wanted(accept) {
+            (text::from_open_metrics(&encode()), text::CONTENT_TYPE)
+        } else {
+            (encode(), CONTENT_TYPE)
+        };
+        let mut r = Response::new(body);
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(CONTENT_TYPE),
+            http::HeaderValue::from_static(content_type),
         );
         r
     } else {

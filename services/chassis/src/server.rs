@@ -103,9 +103,15 @@ where
         inner: mut routes,
         names,
     } = routes;
+    // Every service this port serves answers `grpc.health.v1.Health/Check`.
+    for name in &names {
+        health.cover(name, crate::health::needs_of(name)).await;
+    }
     let health_name = <tonic_health::pb::health_server::HealthServer<
         tonic_health::server::HealthService,
     > as NamedService>::NAME;
+    let metrics_layer =
+        crate::metrics::grpc::GrpcMetricsLayer::new(names.iter().copied().chain([health_name]));
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         let builder = builder
             .register_encoded_file_descriptor_set(tally_api::FILE_DESCRIPTOR_SET)
@@ -132,6 +138,7 @@ where
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(RequestIdLayer)
+        .layer(metrics_layer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;

@@ -134,8 +134,32 @@ impl UserAdminService for UserAdminGrpc {
         &self,
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        self.authorize(&req)?;
-        let r = self.keys.rotate().await.map_err(status)?;
+        let actor = tally_chassis::audit::actor(&req);
+        if let Err(e) = self.authorize(&req) {
+            tally_chassis::audit::record(tally_chassis::audit::Event::new(
+                actor,
+                "keys.rotate",
+                "signing-key",
+                format!("denied: {:?}", e.code()),
+            ));
+            return Err(e);
+        }
+        let rotated = self.keys.rotate().await.map_err(status);
+        tally_chassis::audit::record(
+            tally_chassis::audit::Event::new(
+                format!("{actor} (admin token)"),
+                "keys.rotate",
+                "signing-key",
+                tally_chassis::audit::outcome(&rotated),
+            )
+            .with_detail(
+                rotated
+                    .as_ref()
+                    .map(|r| format!("active {}", r.active_kid))
+                    .unwrap_or_default(),
+            ),
+        );
+        let r = rotated?;
         Ok(Response::new(pb::RotateSigningKeyResponse {
             active_kid: r.active_kid,
             previous_kid: r.previous_kid,

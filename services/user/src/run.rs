@@ -93,13 +93,13 @@ pub async fn run(
         let s = probe.clone();
         async move { s.ping().await.is_ok() }
     });
-    if config.user.redis_url.is_some() {
-        let probe = sessions.clone();
-        hub.watch("redis", HEALTH_INTERVAL, move || {
-            let s = probe.clone();
-            async move { s.ping().await.is_ok() }
-        });
-    }
+    // The session store (Redis, or the embedded one): its health is also
+    // `tally_dependency_up{dependency="sessions"}` on `/metrics`.
+    let probe = sessions.clone();
+    hub.watch("sessions", HEALTH_INTERVAL, move || {
+        let s = probe.clone();
+        async move { s.ping().await.is_ok() }
+    });
 
     // Consumers follow UserRegistered through the feed (embedded transport);
     // with Redis the relay copies the outbox to the stream as well.

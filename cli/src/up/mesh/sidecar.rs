@@ -29,11 +29,12 @@ pub(super) fn port(ctx: &ConfigContext<'_>, name: &str) -> Result<std::net::Sock
         .ok_or_else(|| format!("{} has no `{name}` port", ctx.instance))
 }
 
-/// The `[admin]` section: its listener, and the token file every change
-/// through it must present.
+/// The `[admin]` section: its listener, the token file every change
+/// through it must present, and the instance's audit log.
 pub(super) fn admin(ctx: &ConfigContext<'_>) -> Result<AdminConfig, String> {
     let mut a = AdminConfig::new(port(ctx, "admin")?);
     a.token_file = Some(admin_token::path(ctx.data_dir));
+    a.audit_file = Some(crate::up::plan::audit_file(ctx.data_dir, ctx.instance));
     Ok(a)
 }
 
@@ -137,7 +138,9 @@ mod tests {
         // The gateway's ports come after every sidecar's.
         assert_eq!(port("gateway", "gateway"), 50075);
         assert_eq!(port("gateway", "admin"), 50076);
-        assert_eq!(plan.ports().len(), 26);
+        // Then each service's metrics listener.
+        assert_eq!(port("user", "metrics"), 50077);
+        assert_eq!(plan.ports().len(), 32);
         let probe = plan
             .instances
             .iter()

@@ -29,8 +29,17 @@ pub(super) fn sidecar_header(name: &str, binary: &str, env_prefix: &str) -> Stri
 }
 
 /// The directories the plan writes into.
-pub fn directories(data_dir: &Path) -> [PathBuf; 4] {
-    ["config", "logs", "run", "data"].map(|d| data_dir.join(d))
+pub fn directories(data_dir: &Path) -> [PathBuf; 5] {
+    ["config", "logs", "run", "data", AUDIT_DIR].map(|d| data_dir.join(d))
+}
+
+/// Directory of every instance's audit log.
+pub const AUDIT_DIR: &str = "audit";
+
+/// The audit log of `instance` (a service or a proxy): `tally audit verify`
+/// checks every log in [`AUDIT_DIR`].
+pub fn audit_file(data_dir: &Path, instance: &str) -> PathBuf {
+    data_dir.join(AUDIT_DIR).join(format!("{instance}.log"))
 }
 
 #[cfg(test)]

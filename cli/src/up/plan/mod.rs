@@ -14,9 +14,10 @@ mod shared_state;
 mod slots;
 mod stages;
 
-pub use files::directories;
-pub use replicas::{ReplicaArg, parse_replicas};
+pub use files::{AUDIT_DIR, audit_file, directories};
+pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
 pub use shared_state::refuse_split_state;
+pub use slots::METRICS_PORT;
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
@@ -289,6 +290,13 @@ mod tests {
                 (50054, "analytics"),
                 (50055, "billing"),
                 (50056, "payment"),
+                // Each instance's `/metrics`, after every other port.
+                (50057, "user"),
+                (50058, "polling"),
+                (50059, "notification"),
+                (50060, "analytics"),
+                (50061, "billing"),
+                (50062, "payment"),
             ]
         );
         // Dependencies start first.
@@ -379,7 +387,8 @@ mod tests {
         o.base_port = 6000;
         let plan = build(&two(), &o).expect("plan");
         let ports: Vec<u16> = plan.ports().iter().map(|(p, _)| *p).collect();
-        assert_eq!(ports, [6000, 6001, 6002, 6003]);
+        // Four gRPC ports, then four metrics ports.
+        assert_eq!(ports, [6000, 6001, 6002, 6003, 6004, 6005, 6006, 6007]);
         // Outbound goes to the first user instance.
         let polling: toml::Table = plan.instances[2].config.parse().expect("toml");
         assert_eq!(

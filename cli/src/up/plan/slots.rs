@@ -9,6 +9,9 @@ use super::replicas::instance_name;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+/// Name of the port a service instance serves `/metrics` on.
+pub const METRICS_PORT: &str = "metrics";
+
 /// A service instance with its allocated ports, before configs are written.
 pub(super) struct Slot<'p> {
     pub name: String,
@@ -85,6 +88,11 @@ pub(super) fn allocate<'p>(
             sidecar: None,
         });
     }
+    // Each service instance's `/metrics` listener comes last of all, so no
+    // other port moves because of it.
+    for slot in slots.iter_mut().filter(|s| !s.spec.mesh_only) {
+        slot.ports.extend(ports.take(&[METRICS_PORT])?);
+    }
     Ok(slots)
 }
 
@@ -148,6 +156,24 @@ mod tests {
             .flat_map(|(_, p)| p.values())
             .min();
         assert!(last_service < first_sidecar);
+        let gateway_ports = slots.last().map(|s| s.ports.values().max());
+        let first_metrics = slots
+            .iter()
+            .filter_map(|s| s.ports.get(METRICS_PORT))
+            .min()
+            .copied();
+        assert!(
+            gateway_ports.flatten().copied() < first_metrics,
+            "metrics ports come after everything else"
+        );
+        assert_eq!(
+            slots
+                .iter()
+                .filter(|s| s.ports.contains_key(METRICS_PORT))
+                .count(),
+            slots.len() - 1,
+            "every service instance but not the gateway"
+        );
         let eps = endpoints(&slots);
         assert_eq!(eps["user"].len(), 2, "both user sidecars");
         assert_eq!(

@@ -308,6 +308,10 @@ pub struct TelemetrySettings {
     /// `"127.0.0.1:9464"`; no metrics endpoint when unset.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Append-only, hash-chained audit log of operator actions (redrives,
+    /// replays, key rotations); `tally audit verify` checks it. None when unset.
+    #[serde(default)]
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 /// Outbound addresses per target service. Every call to a peer goes to the

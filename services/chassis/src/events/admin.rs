@@ -130,13 +130,27 @@ impl ConsumerAdminService for ConsumerAdmin {
         &self,
         request: Request<RedriveDeadLetterRequest>,
     ) -> Result<Response<RedriveDeadLetterResponse>, Status> {
+        let actor = crate::audit::actor(&request);
         let req = request.into_inner();
-        let consumer = self.consumer(&req.consumer)?;
-        let event_id = (!req.event_id.is_empty()).then_some(req.event_id.as_str());
-        let (redriven, still_failing) = consumer
-            .redrive(event_id)
-            .await
-            .map_err(crate::status::consumer)?;
+        let target = format!("{}/{}", req.consumer, req.event_id);
+        let result = async {
+            let consumer = self.consumer(&req.consumer)?;
+            let event_id = (!req.event_id.is_empty()).then_some(req.event_id.as_str());
+            consumer
+                .redrive(event_id)
+                .await
+                .map_err(crate::status::consumer)
+        }
+        .await;
+        let detail = match &result {
+            Ok((redriven, still)) => format!("redriven {redriven}, still failing {still}"),
+            Err(s) => s.message().to_string(),
+        };
+        crate::audit::record(
+            crate::audit::Event::new(actor, "dlq.redrive", target, crate::audit::outcome(&result))
+                .with_detail(detail),
+        );
+        let (redriven, still_failing) = result?;
         Ok(Response::new(RedriveDeadLetterResponse {
             redriven,
             still_failing,
@@ -147,12 +161,29 @@ impl ConsumerAdminService for ConsumerAdmin {
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
+        let actor = crate::audit::actor(&request);
         let req = request.into_inner();
-        let consumer = self.consumer(&req.consumer)?;
-        consumer
-            .replay(req.from_offset, req.rebuild)
-            .await
-            .map_err(crate::status::consumer)?;
+        let result = async {
+            let consumer = self.consumer(&req.consumer)?;
+            consumer
+                .replay(req.from_offset, req.rebuild)
+                .await
+                .map_err(crate::status::consumer)
+        }
+        .await;
+        crate::audit::record(
+            crate::audit::Event::new(
+                actor,
+                "events.replay",
+                &req.consumer,
+                crate::audit::outcome(&result),
+            )
+            .with_detail(format!(
+                "from offset {}, rebuild {}",
+                req.from_offset, req.rebuild
+            )),
+        );
+        result?;
         Ok(Response::new(ReplayResponse {
             from_offset: req.from_offset,
         }))

@@ -244,7 +244,7 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
     match settings {
         StorageSettings::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path).await?;
-            Ok(Arc::new(store))
+            Ok(timed(Arc::new(store)))
         }
         StorageSettings::Scylla { .. } => {
             let store: Arc<dyn Store> = Arc::new(scylla::ScyllaStore::connect(settings).await?);
@@ -254,9 +254,14 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
                 &crate::resilience::Settings::default(),
             )
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(Arc::new(guarded))
+            Ok(timed(Arc::new(guarded)))
         }
     }
+}
+
+/// Every operation of the opened store is timed for `/metrics`.
+fn timed(store: Arc<dyn Store>) -> Arc<dyn Store> {
+    Arc::new(crate::metrics::store::TimedStore::new(store))
 }
 
 /// Encodes a record as JSON bytes.

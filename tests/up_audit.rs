@@ -1,0 +1,155 @@
+//! The audit trail end to end: under `tally up` every service and proxy
+//! writes a hash-chained audit log; admin changes (and refused attempts)
+//! and signing-key rotations land in them; `tally audit verify` passes,
+//! then names a modified and a removed entry; `tally audit tail` follows
+//! new entries.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use tally_testkit::{Process, bin_path, free_port_range};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: Duration = Duration::from_secs(240);
+const FOLLOWED: Duration = Duration::from_secs(60);
+/// Six services, three ports per sidecar, the gateway's two, then each
+/// service's metrics listener.
+const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+const FAULTS: &str = r#"{"route": "user", "faults": {"abort_percent": 0}}"#;
+
+fn tally(args: &[&str]) -> Output {
+    Command::new(bin_path("tally"))
+        .args(args)
+        .env_remove("CARGO")
+        .output()
+        .expect("run tally")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `PUT /faults` on an admin listener; the HTTP status code.
+async fn put_faults(addr: &str, token: Option<&str>) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "PUT /faults HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FAULTS}",
+        FAULTS.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut out))
+        .await
+        .expect("answers in time")
+        .expect("read");
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn admin_addr(data: &Path, instance: &str) -> String {
+    let cfg: toml::Table = std::fs::read_to_string(data.join(format!("config/{instance}.toml")))
+        .expect("config")
+        .split_once("\n\n")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default()
+        .parse()
+        .expect("toml");
+    cfg["admin"]["listen"].as_str().expect("admin").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_logs_record_operator_actions_and_reveal_tampering() {
+    let data = tempfile::Builder::new()
+        .prefix("tally-audit-")
+        .tempdir()
+        .expect("temp dir");
+    let d = data.path();
+    let data_arg = d.display().to_string();
+    let base = free_port_range(PORTS);
+    let mut cmd = Command::new(bin_path("tally"));
+    cmd.args([
+        "up",
+        "--data-dir",
+        &data_arg,
+        "--base-port",
+        &base.to_string(),
+        "--no-build",
+    ])
+    .env_remove("CARGO");
+    let mut up = Process::spawn_command(cmd);
+    up.wait_for_stdout("tally up: ready", READY).await;
+
+    // Follow polling's sidecar log from now on.
+    let mut tail = Process::spawn(
+        bin_path("tally"),
+        ["audit", "tail", "polling-proxy", "--data-dir", &data_arg],
+    );
+
+    // A refused and an accepted admin change, and a key rotation.
+    let admin = admin_addr(d, "polling-proxy");
+    let token = std::fs::read_to_string(d.join("admin-token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+    assert_eq!(put_faults(&admin, None).await, 401);
+    assert_eq!(put_faults(&admin, Some(&token)).await, 200);
+    let user_addr = format!("127.0.0.1:{base}");
+    let token_file = d.join("data/user/admin-token").display().to_string();
+    for _ in 0..2 {
+        let rotated = tally(&[
+            "keys",
+            "rotate",
+            "--user-addr",
+            &user_addr,
+            "--admin-token-file",
+            &token_file,
+        ]);
+        assert!(rotated.status.success(), "{}", text(&rotated));
+    }
+
+    let followed = tail.wait_for_stdout("admin.faults", FOLLOWED).await;
+    assert!(followed.contains("admin.put /faults denied"), "{followed}");
+    tail.stop(Duration::from_secs(10)).await;
+    let user_log = std::fs::read_to_string(d.join("audit/user.log")).expect("user audit log");
+    assert!(
+        user_log.contains("\"keys.rotate\"") && user_log.contains("\"outcome\":\"ok\""),
+        "{user_log}"
+    );
+
+    // Every log verifies, one per service and proxy.
+    let ok = tally(&["audit", "verify", "--data-dir", &data_arg]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(text(&ok).matches("ok ").count(), 13, "{}", text(&ok));
+
+    // Modify one entry, remove another: verify names both logs and fails.
+    let proxy_log = d.join("audit/polling-proxy.log");
+    let original = std::fs::read_to_string(&proxy_log).expect("proxy log");
+    std::fs::write(&proxy_log, original.replacen("\"denied\"", "\"ok\"", 1)).expect("tamper");
+    let kept: Vec<&str> = user_log.lines().collect();
+    assert!(kept.len() >= 2, "{user_log}");
+    let mut without_first = kept[1..].join("\n");
+    without_first.push('\n');
+    std::fs::write(d.join("audit/user.log"), without_first).expect("remove an entry");
+    let bad = tally(&["audit", "verify", "--data-dir", &data_arg]);
+    let out = text(&bad);
+    assert!(!bad.status.success(), "{out}");
+    assert!(
+        out.contains("BROKEN") && out.contains("polling-proxy.log"),
+        "{out}"
+    );
+    assert!(out.contains("modified"), "{out}");
+    assert!(out.contains("user.log") && out.contains("removed"), "{out}");
+    assert!(out.contains("2 of 13"), "{out}");
+    up.stop(Duration::from_secs(60)).await;
+}

@@ -1,0 +1,361 @@
+//! Metrics end to end: `tally up` serves `/metrics` on every service, sidecar
+//! and the gateway and writes `prometheus.yml`; `promtool` accepts every
+//! endpoint's output and the config; a real Prometheus (Debian's
+//! `prometheus` package, which `bash scripts/test` installs) scrapes every
+//! target and sees request rates move; the Grafana dashboards in
+//! `deploy/grafana/` use only metric names those endpoints export.
+
+#[path = "up_metrics/metric_names.rs"]
+mod metric_names;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tally_sdk::{Client, Credentials};
+use tally_testkit::{Process, bin_path, free_port, free_port_range};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: Duration = Duration::from_secs(240);
+/// How long Prometheus may take to see every target up and rates move.
+const SCRAPED: Duration = Duration::from_secs(120);
+/// Between two looks at Prometheus's API.
+const POLL: Duration = Duration::from_millis(500);
+/// Scrape interval the test rewrites the written config to.
+const TEST_SCRAPE_INTERVAL: &str = "1s";
+/// Six services, three ports per sidecar, the gateway's listener and admin,
+/// then each service's metrics listener.
+const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Six services, six sidecars and the gateway.
+const TARGETS: usize = 13;
+const SERVICES: [&str; 6] = [
+    "user",
+    "polling",
+    "notification",
+    "analytics",
+    "billing",
+    "payment",
+];
+const PASSWORD: &str = "correct horse battery";
+
+/// The repository root: this test belongs to the root package.
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tool` on PATH; the message says how CI gets it.
+fn tool(tool: &str) -> &str {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: `bash scripts/test` installs Debian's `prometheus` package \
+         (apt-get install prometheus)"
+    );
+    tool
+}
+
+/// `GET path` over HTTP/1.1 (the admin and metrics listeners speak it); the
+/// status line and the body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    http_get_accepting(addr, path, "*/*").await
+}
+
+/// [`http_get`] with an `Accept` header.
+async fn http_get_accepting(addr: &str, path: &str, accept: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("answers in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    // Prometheus answers chunked; the JSON is one chunk between size lines.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The `targets: ["addr"]` of the written scrape config.
+fn targets(config: &str) -> Vec<String> {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- targets: [\""))
+        .filter_map(|l| l.strip_suffix("\"]"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `promtool args` with `input` on stdin; panics with its output unless it succeeds.
+fn promtool(args: &[&str], input: &str, what: &str) {
+    let mut child = Command::new(tool("promtool"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).expect("feed promtool");
+    }
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool {args:?} rejects {what}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Queries Prometheus's HTTP API; the `data` of a successful answer.
+async fn api(prometheus: &str, path: &str) -> Option<serde_json::Value> {
+    let (status, body) = http_get(prometheus, path).await;
+    if !status.contains(" 200") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (v["status"] == "success").then(|| v["data"].clone())
+}
+
+/// The value of an instant query, when it has one sample.
+async fn scalar(prometheus: &str, query: &str) -> Option<f64> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let data = api(prometheus, &format!("/api/v1/query?query={encoded}")).await?;
+    data["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+async fn drive_calls(user: &str, poll: &str) {
+    let client = Client::connect(user, poll).await.expect("connect");
+    let email = format!("metrics-{}@example.com", uuid::Uuid::new_v4().simple());
+    client
+        .sign_up(&email, PASSWORD, "Metrics")
+        .await
+        .expect("sign up");
+    let login = client.login(&email, PASSWORD).await.expect("login");
+    let me = client.with_credentials(Credentials::Bearer(login.access_token));
+    let poll = me
+        .create_poll("Tea?", ["yes", "no"], None)
+        .await
+        .expect("create poll");
+    for _ in 0..5 {
+        me.get_poll(&poll.poll_id).await.expect("get poll");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_instance_of_tally_up() {
+    tool("promtool");
+    tool("prometheus");
+    for b in SERVICES.map(|s| format!("tally-{s}")) {
+        bin_path(&b);
+    }
+    let data = tempfile::Builder::new()
+        .prefix("tally-metrics-")
+        .tempdir()
+        .expect("temp dir");
+    let base = free_port_range(PORTS);
+    let mut cmd = Command::new(bin_path("tally"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--no-build")
+        .env_remove("CARGO");
+    let mut up = Process::spawn_command(cmd);
+    let stdout = up.wait_for_stdout("tally up: ready", READY).await;
+    assert!(
+        stdout.contains("METRICS"),
+        "the table lists metrics:\n{stdout}"
+    );
+    assert!(stdout.contains("prometheus.yml"), "{stdout}");
+
+    // The written config names every instance and promtool accepts it.
+    let config = std::fs::read_to_string(data.path().join("prometheus.yml")).expect("config");
+    let addrs = targets(&config);
+    assert_eq!(addrs.len(), TARGETS, "{config}");
+    let test_config = config
+        .replace(
+            "scrape_interval: 15s",
+            &format!("scrape_interval: {TEST_SCRAPE_INTERVAL}"),
+        )
+        .replace(
+            "evaluation_interval: 15s",
+            &format!("evaluation_interval: {TEST_SCRAPE_INTERVAL}"),
+        );
+    assert_ne!(test_config, config, "the interval was rewritten");
+    let prom_dir = tempfile::tempdir().expect("prometheus dir");
+    let config_path = prom_dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, &test_config).expect("write config");
+    let config_arg = config_path.display().to_string();
+    promtool(&["check", "config", &config_arg], "", "the written config");
+
+    // Every endpoint's output, in the text format promtool reads, passes
+    // promtool; the names of its OpenMetrics output are collected.
+    let mut names = BTreeSet::new();
+    for addr in &addrs {
+        let (status, text) = http_get_accepting(addr, "/metrics", "text/plain").await;
+        assert!(status.contains(" 200"), "{addr}: {status}");
+        promtool(
+            &["check", "metrics"],
+            &text,
+            &format!("the metrics of {addr}"),
+        );
+        let (_, open_metrics) = http_get(addr, "/metrics").await;
+        assert!(
+            open_metrics.ends_with("# EOF\n"),
+            "{addr} serves OpenMetrics by default"
+        );
+        names.extend(metric_names::exported(&open_metrics));
+    }
+    for expected in [
+        "tally_grpc_server_handled_total",
+        "tally_grpc_server_handling_seconds_bucket",
+        "tally_store_operation_seconds_bucket",
+        "tally_dependency_up",
+        "tally_consumer_lag",
+        "tally_proxy_requests_total",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} not exported: {names:?}"
+        );
+    }
+
+    // The proxies (sidecars and gateway) are ready with their upstreams.
+    let mut proxies = 0;
+    for addr in &addrs {
+        let (status, _) = http_get(addr, "/ready").await;
+        if status.contains(" 200") {
+            proxies += 1;
+            let (status, body) = http_get(addr, "/ready/upstreams").await;
+            assert!(status.contains(" 200"), "{addr}: {status} {body}");
+        }
+    }
+    assert_eq!(proxies, 7, "six sidecars and the gateway");
+
+    // A real Prometheus with the config scrapes everything.
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut prometheus = Process::spawn(
+        tool("prometheus"),
+        [
+            format!("--config.file={config_arg}"),
+            format!(
+                "--storage.tsdb.path={}",
+                prom_dir.path().join("tsdb").display()
+            ),
+            format!("--web.listen-address={web}"),
+        ],
+    );
+    let user = format!("127.0.0.1:{base}");
+    let poll = format!("127.0.0.1:{}", base + 1);
+    let deadline = Instant::now() + SCRAPED;
+    let mut last = String::from("no answer yet");
+    let mut rates = (0.0, 0.0);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not see every target up with moving rates: {last}\n{}",
+            prometheus.output()
+        );
+        drive_calls(&user, &poll).await;
+        if let Some(data) = api(&web, "/api/v1/targets").await {
+            let active = data["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let up = active.iter().filter(|t| t["health"] == "up").count();
+            last = format!(
+                "{up} of {} targets up (want {TARGETS}), rates {rates:?}",
+                active.len()
+            );
+            if up == TARGETS {
+                let services = scalar(
+                    &web,
+                    "sum(rate(tally_grpc_server_handled_total{grpc_service=\"tally.poll.v1.PollService\"}[10s]))",
+                )
+                .await
+                .unwrap_or(0.0);
+                let mesh = scalar(&web, "sum(rate(tally_proxy_requests_total[10s]))")
+                    .await
+                    .unwrap_or(0.0);
+                rates = (services, mesh);
+                if services > 0.0 && mesh > 0.0 {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    prometheus.stop(Duration::from_secs(10)).await;
+
+    // The dashboards use only names the platform exports: live ones, and
+    // families registered but without series in this run (no breaker opened).
+    let root = repo_root();
+    let mut registered = metric_names::registered(&root.join("services/chassis/src"), "");
+    registered.extend(metric_names::registered(
+        &root.join("mesh-proxy/src"),
+        "tally_proxy_",
+    ));
+    for live in &names {
+        assert!(
+            registered.contains(live),
+            "{live} is exported but not found registered"
+        );
+    }
+    let known: BTreeSet<String> = names.union(&registered).cloned().collect();
+    metric_names::check_dashboards(&root.join("deploy/grafana"), &known);
+    up.stop(Duration::from_secs(60)).await;
+}
+
+#[test]
+fn dashboards_are_valid_json_with_queries() {
+    let dir: &Path = &repo_root().join("deploy/grafana");
+    let dashboards = metric_names::dashboards(dir);
+    assert!(dashboards.len() >= 3, "services, mesh, events");
+    for (file, used) in dashboards {
+        assert!(!used.is_empty(), "{file} has no queries");
+    }
+}
