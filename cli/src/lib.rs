@@ -2,4 +2,5 @@
 //! whole platform (services, sidecars, gateway, mesh CA) on one machine.
 //! The commands themselves live in the binary (`main.rs`, `commands/`).
 
+pub mod traces;
 pub mod up;

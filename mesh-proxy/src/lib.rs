@@ -29,6 +29,7 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod stack;
+pub mod trace;
 pub mod transport;
 
 pub use error::ProxyError;

@@ -56,6 +56,7 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 
 pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Result<(), RunError> {
     let admin_auth = Arc::new(admin::AdminAuth::load(&cfg.admin)?);
+    let _traces = crate::trace::init(&cfg.telemetry, &crate::trace::service_name(&cfg));
     let metrics = Metrics::for_config(&cfg);
     let transports = transport::build(&cfg)?;
     if let Some(expiry) = transports.cert_not_after.clone() {

@@ -11,6 +11,7 @@ mod events;
 mod keys;
 mod output;
 mod poll;
+mod traces;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,10 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Mesh certificates: root CA, workload certificates, inspection.
     Certs(certs::CertsArgs),
+    /// Recent traces kept by `tally up`'s embedded OTLP receiver.
+    Traces(traces::TracesArgs),
+    /// One trace as an indented tree with durations.
+    Trace(traces::TraceArgs),
     /// Event consumers: dead letters, replay, lag.
     #[command(flatten)]
     Events(events::EventsCommand),
@@ -86,6 +91,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Poll(args) => poll::run(cli.json, args).await,
         Command::Keys(cmd) => keys::run(cli.json, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
+        Command::Traces(args) => traces::list(cli.json, args).await,
+        Command::Trace(args) => traces::show(cli.json, args).await,
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),

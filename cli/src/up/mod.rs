@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// least 1m); each is renewed at 70% of it while `tally up` runs.
     #[arg(long, default_value = mesh::DEFAULT_CERT_VALIDITY, value_parser = mesh::parse_validity)]
     pub cert_validity: Duration,
+    /// Send traces to this OTLP/gRPC collector instead of the embedded receiver
+    /// (`tally traces` then has nothing to show).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Why `tally up` could not start or keep the platform running.
@@ -252,7 +256,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     } else {
         platform::platform()
     };
-    let plan = plan::build(
+    let mut plan = plan::build(
         &platform,
         &plan::Options {
             data_dir,
@@ -274,7 +278,9 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         .collect::<Result<_, _>>()?;
     // A build can take minutes: check again right before binding.
     ports::check_free(&plan)?;
+    let receiver = crate::traces::wiring::start(&mut plan, args.otlp_endpoint.as_deref()).await?;
     write_files(&plan)?;
+    crate::traces::wiring::serve(receiver, &plan.data_dir)?;
 
     // Mesh identities: the CA (created once), a fresh certificate per
     // service, and a task per service renewing it while `tally up` runs.

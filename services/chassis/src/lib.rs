@@ -20,3 +20,4 @@ pub mod shutdown;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+pub mod trace;

@@ -124,6 +124,7 @@ where
     let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(crate::trace::server::ServerTraceLayer)
         .layer(RequestIdLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, async {

@@ -209,11 +209,11 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
     match settings {
         StorageSettings::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path).await?;
-            Ok(Arc::new(store))
+            Ok(crate::trace::store::TracedStore::wrap(Arc::new(store)))
         }
         StorageSettings::Scylla { .. } => {
             let store = scylla::ScyllaStore::connect(settings).await?;
-            Ok(Arc::new(store))
+            Ok(crate::trace::store::TracedStore::wrap(Arc::new(store)))
         }
     }
 }
