@@ -120,7 +120,14 @@ where
     );
     let tracer = provider.tracer(service.to_string());
     let _ = PROVIDER.set(provider);
-    tracing_opentelemetry::layer().with_tracer(tracer)
+    // Spans carry what an operator reads; source locations, thread ids and
+    // busy/idle times stay out of them.
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
 }
 
 /// Exports the spans still queued; call before the process exits.

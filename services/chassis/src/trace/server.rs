@@ -26,8 +26,15 @@ pub struct ServerTraceService<S> {
     inner: S,
 }
 
+/// Services whose calls are probes and tooling, not work: no span, so health checks
+/// every few seconds do not crowd out the traces of real calls.
+const UNTRACED_PREFIXES: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
+
 /// The span of one server call for `path` (`/pkg.Service/Method`).
 pub fn server_span(path: &str) -> tracing::Span {
+    if UNTRACED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "grpc.server",
         otel.name = path.trim_start_matches('/'),
@@ -76,5 +83,16 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_and_reflection_get_no_span() {
+        assert!(server_span("/grpc.health.v1.Health/Check").is_none());
+        assert!(server_span("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").is_none());
     }
 }
