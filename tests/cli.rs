@@ -415,7 +415,13 @@ fn reads(path: &[&str]) -> &'static [&'static str] {
         "--api-key",
     ];
     match path {
-        ["up"] | ["certs", ..] | ["dlq", ..] | ["replay"] | ["consumers"] => &[],
+        ["up"]
+        | ["certs", ..]
+        | ["dlq", ..]
+        | ["replay"]
+        | ["consumers"]
+        | ["traces"]
+        | ["trace"] => &[],
         ["user", "signup" | "login" | "logout"] | ["keys", "rotate"] => USER,
         ["user", "profile"] | ["user", "api-key", ..] => USER_AS_CALLER,
         ["poll", "list"] => POLL_AND_USER,
@@ -461,6 +467,7 @@ fn each_command_shows_only_the_flags_it_reads() {
             p.join(" ")
         );
     }
-    // up; certs x4; user x4 + api-key x3; poll x6; keys rotate; dlq x3, replay, consumers.
-    assert_eq!(leaves, 24);
+    // up; certs x4; user x4 + api-key x3; poll x6; keys rotate; dlq x3, replay, consumers;
+    // traces, trace.
+    assert_eq!(leaves, 26);
 }
