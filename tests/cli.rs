@@ -415,7 +415,15 @@ fn reads(path: &[&str]) -> &'static [&'static str] {
         "--api-key",
     ];
     match path {
-        ["up"] | ["certs", ..] | ["audit", ..] | ["dlq", ..] | ["replay"] | ["consumers"] | ["rollout", ..] => &[],
+        ["up"]
+        | ["certs", ..]
+        | ["audit", ..]
+        | ["dlq", ..]
+        | ["replay"]
+        | ["consumers"]
+        | ["rollout", ..]
+        | ["traces"]
+        | ["trace"] => &[],
         ["user", "signup" | "login" | "logout"] | ["keys", "rotate"] => USER,
         ["user", "profile"] | ["user", "api-key", ..] => USER_AS_CALLER,
         ["poll", "list"] => POLL_AND_USER,
@@ -464,5 +472,6 @@ fn each_command_shows_only_the_flags_it_reads() {
     // up; certs x4; user x4 + api-key x3; poll x6; keys rotate; dlq x3, replay, consumers;
     // rollout start, status.
     // audit verify, tail.
+    // traces, trace.
     assert_eq!(leaves, 26);
 }

@@ -52,6 +52,23 @@ pub struct Config {
     /// Target services this sidecar may call, by name (the `:authority` host the app uses).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Trace export (`crate::trace`); off when `otlp_endpoint` is unset.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC trace collector, e.g. `"http://127.0.0.1:4317"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded (0.0..=1.0, parent-based); default 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_sample_ratio: Option<f64>,
+    /// `service.name` of this proxy's spans (default: `<service>-sidecar`, or `tally-gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -455,6 +472,7 @@ endpoints = ["127.0.0.1:4243"]
                 "user".to_string(),
                 ServiceConfig::new(vec!["127.0.0.1:4243".into()]),
             )]),
+            telemetry: TelemetryConfig::default(),
         };
         assert_eq!(
             toml::to_string(&built).unwrap(),

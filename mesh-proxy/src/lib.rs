@@ -35,6 +35,7 @@ pub mod run;
 pub mod server;
 pub mod split;
 pub mod stack;
+pub mod trace;
 pub mod transport;
 
 pub use error::ProxyError;

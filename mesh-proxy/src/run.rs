@@ -61,6 +61,7 @@ pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Resu
     if let Some(path) = &cfg.admin.audit_file {
         crate::audit::init(path)?;
     }
+    let _traces = crate::trace::init(&cfg.telemetry, &crate::trace::service_name(&cfg));
     let metrics = Metrics::for_config(&cfg);
     let transports = transport::build(&cfg)?;
     if let Some(expiry) = transports.cert_not_after.clone() {

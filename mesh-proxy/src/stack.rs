@@ -95,6 +95,7 @@ pub fn outbound(cfg: &Config, shared: &Shared) -> ListenerService {
     }
     let stack = Layers::new()
         .push(ObserveLayer::new(Outbound, metrics.clone()))
+        .push(crate::trace::TraceLayer::new(Outbound))
         .push(ErrorsLayer::new(Outbound))
         .over(Router::new(routes));
     ListenerService::new(layer::Service::new(stack))
@@ -109,6 +110,7 @@ pub fn inbound(cfg: &Config, shared: &Shared) -> Option<ListenerService> {
     let (limit, queue) = (inb.bulkhead.max_concurrent, inb.bulkhead.max_queue);
     let stack = Layers::new()
         .push(ObserveLayer::new(Inbound, metrics.clone()))
+        .push(crate::trace::TraceLayer::new(Inbound))
         .push(ErrorsLayer::new(Inbound))
         .push(AuthzLayer::new(
             AuthzPolicy::new(inb.authz.clone()),

@@ -12,6 +12,7 @@ mod events;
 mod keys;
 mod output;
 mod poll;
+mod traces;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,10 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Audit logs: verify their hash chains, follow them.
     Audit(audit::AuditArgs),
+    /// Recent traces kept by `tally up`'s embedded OTLP receiver.
+    Traces(traces::TracesArgs),
+    /// One trace as an indented tree with durations.
+    Trace(traces::TraceArgs),
     /// Event consumers: dead letters, replay, lag.
     #[command(flatten)]
     Events(events::EventsCommand),
@@ -96,6 +101,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys(cmd) => keys::run(cli.json, cmd).await,
         Command::Certs(args) => certs::run(args).map_err(CliError::Certs),
         Command::Audit(args) => audit::run(cli.json, args).await.map_err(CliError::Audit),
+        Command::Traces(args) => traces::list(cli.json, args).await,
+        Command::Trace(args) => traces::show(cli.json, args).await,
         Command::Events(cmd) => events::run_command(cmd, cli.json)
             .await
             .map_err(CliError::Events),

@@ -69,6 +69,10 @@ pub struct UpArgs {
     pub cert_validity: Duration,
     #[command(flatten)]
     pub canary: canary::CanaryArgs,
+    /// Send traces to this OTLP/gRPC collector instead of the embedded receiver
+    /// (`tally traces` then has nothing to show).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Why `tally up` could not start or keep the platform running.
@@ -318,7 +322,9 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         .collect::<Result<_, _>>()?;
     // A build can take minutes: check again right before binding.
     ports::check_free(&plan)?;
+    let receiver = crate::traces::wiring::start(&mut plan, args.otlp_endpoint.as_deref()).await?;
     write_files(&plan)?;
+    crate::traces::wiring::serve(receiver, &plan.data_dir)?;
 
     // Mesh identities: the CA (created once), a fresh certificate per
     // service, and a task per service renewing it while `tally up` runs.

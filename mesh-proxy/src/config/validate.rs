@@ -45,6 +45,15 @@ impl Config {
             check_identity(id, &bad)?;
         }
         check_limits(&self.limits, &bad)?;
+        if let Some(r) = self.telemetry.trace_sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(bad(
+                "telemetry.trace_sample_ratio".into(),
+                format!("{r} is not a share"),
+                "use a number from 0.0 to 1.0",
+            ));
+        }
         for (name, s) in &self.services {
             check_service(name, s, &bad)?;
         }

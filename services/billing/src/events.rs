@@ -33,7 +33,7 @@ pub fn envelope(aggregate_id: &str, sequence: u64, payload: Payload) -> OutboxEv
         sequence,
         occurred_at: Some(now()),
         schema_version: 1,
-        traceparent: String::new(),
+        traceparent: tally_chassis::trace::events::publish(&event_type),
         producer: PRODUCER.to_string(),
         payload: Some(payload),
     };

@@ -130,6 +130,9 @@ impl Default for AuthOptions {
     }
 }
 
+/// Origin of calls to the user service (the outbound channel routes by it).
+const USER_ORIGIN: &str = "http://user";
+
 /// The verifier; cheap to clone, shares its caches.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -153,7 +156,11 @@ fn status(e: AuthnError) -> Status {
 impl Authenticator {
     /// A verifier asking the user service behind `user_channel`.
     pub fn new(user_channel: Channel, opts: AuthOptions) -> Self {
-        let directory = Arc::new(GrpcUserDirectory::new(user_channel, opts.call_timeout));
+        let directory = Arc::new(GrpcUserDirectory::over(
+            crate::trace::client::transport(user_channel),
+            http::Uri::from_static(USER_ORIGIN),
+            opts.call_timeout,
+        ));
         Self::with_ports(directory.clone(), directory, opts)
     }
 

@@ -39,7 +39,19 @@ where
         }
     };
     let settings = telemetry(&cfg);
-    crate::telemetry::init(service, settings.log_format, settings.log_level.as_deref());
+    let traces = match crate::trace::provider(service, &settings.trace()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            return Err(ExitCode::from(CONFIG_ERROR_EXIT));
+        }
+    };
+    crate::telemetry::init_with_traces(
+        service,
+        settings.log_format,
+        settings.log_level.as_deref(),
+        traces,
+    );
     if let Some(path) = &settings.audit_file
         && let Err(e) = crate::audit::init(path)
     {

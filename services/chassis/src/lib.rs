@@ -26,3 +26,4 @@ pub mod status;
 pub mod storage;
 pub mod telemetry;
 pub mod wiring;
+pub mod trace;

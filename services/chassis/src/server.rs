@@ -137,6 +137,7 @@ where
     let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(crate::trace::server::ServerTraceLayer)
         .layer(RequestIdLayer)
         .layer(metrics_layer)
         .add_routes(routes.routes())

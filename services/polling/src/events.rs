@@ -40,7 +40,7 @@ fn envelope(
         sequence,
         occurred_at: Some(timestamp(at)),
         schema_version: SCHEMA_VERSION,
-        traceparent: String::new(),
+        traceparent: tally_chassis::trace::events::publish(event_type),
         producer: PRODUCER.to_string(),
         payload: Some(payload),
     };

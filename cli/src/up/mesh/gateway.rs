@@ -112,6 +112,7 @@ fn gateway_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
         identity: Some(identity(ctx)),
         limits: Default::default(),
         services: routes::service_configs(ctx),
+        telemetry: Default::default(),
     };
     to_table(&cfg)
 }

@@ -65,6 +65,7 @@ fn proxy_config(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
         identity: Some(identity(ctx)),
         limits: Default::default(),
         services: routes::service_configs(ctx),
+        telemetry: Default::default(),
     };
     to_table(&cfg)
 }

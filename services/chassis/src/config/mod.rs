@@ -312,6 +312,23 @@ pub struct TelemetrySettings {
     /// replays, key rotations); `tally audit verify` checks it. None when unset.
     #[serde(default)]
     pub audit_file: Option<std::path::PathBuf>,
+    /// OTLP/gRPC trace collector, e.g. `"http://127.0.0.1:4317"`; traces are
+    /// not exported when unset.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded (0.0..=1.0, parent-based); default 1.0.
+    #[serde(default)]
+    pub trace_sample_ratio: Option<f64>,
+}
+
+impl TelemetrySettings {
+    /// The tracing part of these settings.
+    pub fn trace(&self) -> crate::trace::TraceSettings {
+        crate::trace::TraceSettings {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sample_ratio: self.trace_sample_ratio,
+        }
+    }
 }
 
 /// Outbound addresses per target service. Every call to a peer goes to the

@@ -31,14 +31,15 @@ pub fn new_envelope(
     sequence: u64,
     payload: Payload,
 ) -> EventEnvelope {
+    let event_type = event_type(&payload).to_string();
     EventEnvelope {
         event_id: uuid::Uuid::now_v7().to_string(),
-        event_type: event_type(&payload).to_string(),
+        traceparent: crate::trace::events::publish(&event_type),
+        event_type,
         aggregate_id: aggregate_id.to_string(),
         sequence,
         occurred_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         schema_version: SCHEMA_VERSION,
-        traceparent: String::new(),
         producer: producer.to_string(),
         payload: Some(payload),
     }

@@ -55,6 +55,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
+use tracing::Instrument as _;
 
 /// Why a handler could not apply an event.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +346,14 @@ impl Consumer {
         if *self.inner.generation.borrow() != generation {
             return Ok(Outcome::Stale);
         }
-        self.process_locked(delivery, true).await
+        let env = &delivery.envelope;
+        let span = crate::trace::events::consume(
+            &self.inner.name,
+            &env.event_type,
+            &env.event_id,
+            &env.traceparent,
+        );
+        self.process_locked(delivery, true).instrument(span).await
     }
     /// The durable offset: the greatest position processed, skipped or dead-lettered.
     pub async fn offset(&self) -> Result<u64, ConsumerError> {

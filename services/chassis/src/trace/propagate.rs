@@ -1,0 +1,104 @@
+//! W3C trace context in and out of HTTP/2 headers and event envelopes.
+//! Small carriers over `http::HeaderMap` instead of `opentelemetry-http`,
+//! which would add a dependency for two trait impls.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use std::collections::HashMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The W3C header that carries trace id, parent span id and flags.
+pub const TRACEPARENT: &str = "traceparent";
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The caller's trace context from `traceparent`/`tracestate` (empty when absent or malformed).
+pub fn extract(headers: &HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&Headers(headers))
+}
+
+/// Writes `cx` as `traceparent`/`tracestate` (nothing when `cx` has no valid span).
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
+}
+
+/// The `traceparent` of `span`, or an empty string when it is not recorded.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove(TRACEPARENT).unwrap_or_default()
+}
+
+/// The `traceparent` of the current span (empty when tracing is off).
+pub fn current_traceparent() -> String {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The trace context a stored `traceparent` names (empty when blank or malformed).
+pub fn from_traceparent(traceparent: &str) -> Context {
+    let mut carrier = HashMap::new();
+    carrier.insert(TRACEPARENT.to_string(), traceparent.to_string());
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn headers_round_trip_the_context() {
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
+        h.insert("tracestate", HeaderValue::from_static("a=b"));
+        let cx = extract(&h);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let mut out = HeaderMap::new();
+        inject(&cx, &mut out);
+        assert_eq!(out[TRACEPARENT], PARENT);
+        assert_eq!(out["tracestate"], "a=b");
+    }
+
+    #[test]
+    fn malformed_or_missing_context_is_empty() {
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
+        assert!(!extract(&h).span().span_context().is_valid());
+        assert!(!from_traceparent("").span().span_context().is_valid());
+        assert!(from_traceparent(PARENT).span().span_context().is_valid());
+        let mut out = HeaderMap::new();
+        inject(&Context::new(), &mut out);
+        assert!(out.is_empty());
+    }
+}
