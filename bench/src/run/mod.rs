@@ -430,9 +430,9 @@ fn command_output(program: &str, args: &[&str]) -> String {
 }
 
 fn machine_line() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    // Online CPUs of the machine (this process may be pinned to fewer).
+    // SAFETY: sysconf only reads a system constant.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
