@@ -188,3 +188,76 @@ impl Drop for EchoServer {
         self.task.abort();
     }
 }
+
+/// `tally-bench --serve-echo`: serves on one thread until the process is killed, after
+/// printing `{"listen":"ADDR"}` on stdout.
+pub fn serve_process() -> Result<(), BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io("starting the echo runtime", e))?;
+    rt.block_on(async {
+        let server = EchoServer::start().await?;
+        println!("{{\"listen\":\"{}\"}}", server.addr);
+        // Serve until killed; `server` stays alive for as long.
+        std::future::pending::<()>().await;
+        drop(server);
+        Ok(())
+    })
+}
+
+/// The echo server in a process of its own, so that it runs on the system-under-test CPUs
+/// (beside the proxies) and not on the load generator's. Killed when dropped.
+pub struct EchoProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl EchoProcess {
+    /// Starts `tally-bench --serve-echo`, under `taskset -c cpus` when given.
+    pub fn start(cpus: Option<&str>) -> Result<EchoProcess, BenchError> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::io("finding tally-bench's own path", e))?;
+        let mut cmd = crate::setup::pinned(cpus, &exe);
+        cmd.arg("--serve-echo")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BenchError::io("starting the echo server process", e))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        #[derive(serde::Deserialize)]
+        struct Listen {
+            listen: SocketAddr,
+        }
+        match serde_json::from_str::<Listen>(line.trim()) {
+            Ok(l) => Ok(EchoProcess {
+                addr: l.listen,
+                child,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(BenchError::NotReady {
+                    name: "echo server".into(),
+                    detail: format!("start line {line:?}: {e}"),
+                })
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

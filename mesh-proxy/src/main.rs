@@ -51,6 +51,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// The variable tokio reads for its worker count; read here too, to pick the runtime.
+const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// One worker requested: a current-thread runtime, where every task of a call (connection,
+/// stream, upstream connection) runs on the thread that owns the sockets, with no
+/// cross-thread queue or wake-up between them (as a one-worker Envoy runs one event loop).
+/// Otherwise tokio's multi-thread runtime with its worker count (default: one per core).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var(WORKER_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
@@ -62,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tally-proxy: cannot start runtime: {e}");

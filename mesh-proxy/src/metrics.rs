@@ -37,6 +37,11 @@ impl LabelSet {
         }
     }
 
+    /// The configured values.
+    pub fn fixed(&self) -> impl Iterator<Item = &str> {
+        self.fixed.iter().map(String::as_str)
+    }
+
     /// `value` itself when known (or learnable), else [`OTHER`].
     pub fn get(&self, value: &str) -> String {
         if self.fixed.contains(value) {

@@ -3,9 +3,11 @@
 
 use crate::body::{self, End};
 use crate::error::respond::ResetStream;
+use crate::grpc::Code;
 use crate::layer::{Layer, Next};
-use crate::metrics::{CallLabels, Metrics, OTHER, route as route_labels};
-use crate::{PeerId, Req, Rsp, grpc};
+use crate::metrics::Metrics;
+use crate::metrics_handles::{CallHandles, DirectionHandles, Outcome};
+use crate::{Req, Rsp};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::time::Instant;
@@ -24,40 +26,59 @@ impl CallInfo {
     }
 }
 
-type Record = Box<dyn FnOnce(&str, Option<String>) + Send>;
+/// What a call's end updates: its metric handles and, when on, its access-log line.
+struct Recorder {
+    start: Instant,
+    handles: Arc<CallHandles>,
+    direction: Direction,
+    /// Only kept when the access log is on.
+    path: Option<String>,
+    info: CallInfo,
+}
 
-/// Records a call as CANCELLED if its future is dropped before it finished.
-struct RecordGuard(Option<Record>);
-
-impl Drop for RecordGuard {
-    fn drop(&mut self) {
-        if let Some(record) = self.0.take() {
-            record("CANCELLED", Some("cancelled".into()));
+impl Recorder {
+    fn record(self, outcome: Outcome, proxy_error: Option<&str>) {
+        let elapsed = self.start.elapsed();
+        self.handles.record(outcome, elapsed.as_secs_f64());
+        if let Some(path) = &self.path {
+            tracing::info!(
+                target: "tally_proxy::access",
+                direction = self.direction.as_str(),
+                caller = %self.handles.caller(),
+                route = %self.handles.route(),
+                path = %path,
+                grpc_status = outcome.name(),
+                proxy_error = proxy_error.unwrap_or(""),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                retries = self.info.retries.load(Ordering::Relaxed),
+                "call"
+            );
         }
     }
 }
 
-#[derive(Clone)]
+/// Records a call as CANCELLED if its future is dropped before it finished.
+struct RecordGuard(Option<Recorder>);
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.record(Outcome::Code(Code::Cancelled), Some("cancelled"));
+        }
+    }
+}
+
 pub struct ObserveLayer {
     direction: Direction,
-    metrics: Arc<Metrics>,
+    handles: DirectionHandles,
 }
 
 impl ObserveLayer {
     pub fn new(direction: Direction, metrics: Arc<Metrics>) -> Self {
-        Self { direction, metrics }
-    }
-}
-
-/// The route label of a call: the configured target service outbound, the gRPC service
-/// inbound when the config names it; anything else is `other` (labels stay bounded).
-pub fn route_of(direction: Direction, req: &Req, metrics: &Metrics) -> String {
-    let labels = &metrics.labels;
-    match direction {
-        Direction::Outbound => crate::route::service_name(req)
-            .map_or_else(|| OTHER.to_string(), |h| labels.outbound_route(&h)),
-        Direction::Inbound => grpc::split_path(req.uri().path())
-            .map_or_else(|| OTHER.to_string(), |(s, _)| labels.inbound.get(s)),
+        Self {
+            direction,
+            handles: DirectionHandles::new(direction, metrics),
+        }
     }
 }
 
@@ -66,50 +87,21 @@ impl<N: Next<Error = ResetStream>> Layer<N> for ObserveLayer {
 
     async fn handle(&self, mut req: Req, next: &N) -> Result<Rsp, ResetStream> {
         let start = Instant::now();
-        let direction = self.direction;
-        let metrics = self.metrics.clone();
-        let route = route_of(direction, &req, &metrics);
-        let caller = match (direction, req.extensions().get::<PeerId>()) {
-            (Direction::Outbound, _) => "local".to_string(),
-            (Direction::Inbound, Some(PeerId(Some(id)))) => metrics.labels.callers.get(id),
-            (Direction::Inbound, _) => "anonymous".to_string(),
-        };
-        let path = req.uri().path().to_string();
+        let handles = self.handles.for_call(&req);
+        let path = tracing::enabled!(target: "tally_proxy::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_string());
         let info = CallInfo::default();
         req.extensions_mut().insert(info.clone());
-        let record = move |status: &str, proxy_error: Option<String>| {
-            let elapsed = start.elapsed();
-            let retries = info.retries.load(Ordering::Relaxed);
-            metrics
-                .requests
-                .get_or_create(&CallLabels {
-                    direction: direction.as_str().into(),
-                    route: route.clone(),
-                    caller: caller.clone(),
-                    grpc_status: status.to_string(),
-                })
-                .inc();
-            metrics
-                .latency
-                .get_or_create(&route_labels(direction.as_str(), &route))
-                .observe(elapsed.as_secs_f64());
-            tracing::info!(
-                target: "tally_proxy::access",
-                direction = direction.as_str(),
-                caller = %caller,
-                route = %route,
-                path = %path,
-                grpc_status = status,
-                proxy_error = proxy_error.as_deref().unwrap_or(""),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                retries,
-                "call"
-            );
-        };
         // Calls the caller abandons before any response are logged and counted too.
-        let mut guard = RecordGuard(Some(Box::new(record)));
+        let mut guard = RecordGuard(Some(Recorder {
+            start,
+            handles,
+            direction: self.direction,
+            path,
+            info,
+        }));
         let result = next.call(req).await;
-        let Some(record) = guard.0.take() else {
+        let Some(recorder) = guard.0.take() else {
             return result;
         };
         match result {
@@ -120,11 +112,11 @@ impl<N: Next<Error = ResetStream>> Layer<N> for ObserveLayer {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 Ok(body::on_end(rsp, move |end: End| {
-                    record(end.code().name(), proxy_error);
+                    recorder.record(Outcome::Code(end.code()), proxy_error.as_deref());
                 }))
             }
             Err(e) => {
-                record("RESET", Some("fault-reset".into()));
+                recorder.record(Outcome::Reset, Some("fault-reset"));
                 Err(e)
             }
         }

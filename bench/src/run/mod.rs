@@ -1,14 +1,18 @@
-//! One benchmark run: certificates once, then rounds in which every setup is
-//! started fresh and measured in turn (direct, tally, envoy, direct, tally, …) so
+//! One benchmark run: certificates and the echo server once, then rounds in which every
+//! setup is started fresh and measured in turn (direct, floor, tally, envoy, direct, …) so
 //! slow drifts of a shared 2-core machine hit every setup alike. Every loop here is
 //! bounded by the options (rounds, steps, phase lengths, timeouts).
 
-use crate::echo::EchoServer;
+use crate::echo::EchoProcess;
 use crate::error::BenchError;
-use crate::load::{PhaseResult, Target, Workload, run_phase};
+use crate::load::{PhaseResult, Target, Workload, run_closed, run_phase};
 use crate::pki::Pki;
 use crate::procstat::{self, Memory};
 use crate::setup::{Kind, Programs, Running};
+
+mod ramp;
+pub use ramp::{RampOptions, Step};
+use ramp::{ramp, settle};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -25,25 +29,17 @@ pub struct Options {
     pub connections: usize,
     pub call_timeout: Duration,
     pub ramp: RampOptions,
+    pub closed: ClosedOptions,
     pub programs: Programs,
 }
 
-/// The maximum-throughput search: geometric steps up until a step fails, then a few
-/// bisection steps between the last good and the first failed rate.
+/// The closed-loop throughput phases (unary, then streaming).
 #[derive(Debug, Clone)]
-pub struct RampOptions {
+pub struct ClosedOptions {
     pub enabled: bool,
-    pub start_rate: f64,
-    pub factor: f64,
-    pub step: Duration,
-    pub max_steps: u32,
-    pub refine_steps: u32,
-    /// A step fails when its p99 is above this.
-    pub p99_limit_ms: f64,
-    /// A step fails when it achieves less than this fraction of its target rate.
-    pub min_achieved: f64,
-    /// Repetitions of a failing step before it counts as failed.
-    pub step_retries: u32,
+    /// Callers, each with one call in flight at a time.
+    pub concurrency: usize,
+    pub duration: Duration,
 }
 
 impl Options {
@@ -71,6 +67,13 @@ impl Options {
         }
         if self.connections == 0 || self.connections > 64 {
             return bad("--connections", "must be 1..=64");
+        }
+        if self.closed.enabled
+            && (self.closed.concurrency == 0
+                || self.closed.concurrency > 10_000
+                || self.closed.duration > Duration::from_secs(120))
+        {
+            return bad("--closed-*", "need 1..=10000 callers and at most 120 s");
         }
         let r = &self.ramp;
         if r.enabled
@@ -134,16 +137,6 @@ impl PhaseSummary {
     }
 }
 
-/// One step of the throughput search.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Step {
-    pub target_rate: f64,
-    pub achieved_rate: f64,
-    pub p99_ms: f64,
-    pub failed: u64,
-    pub passed: bool,
-}
-
 /// Everything measured for one setup in one round.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Measurement {
@@ -151,6 +144,10 @@ pub struct Measurement {
     pub setup: String,
     pub unary: PhaseSummary,
     pub stream: PhaseSummary,
+    /// Closed-loop unary and streaming phases (None: `--no-closed`); their rate is the
+    /// throughput, their CPU per 1000 calls the cost at maximum load.
+    pub closed_unary: Option<PhaseSummary>,
+    pub closed_stream: Option<PhaseSummary>,
     /// Highest achieved rate of a passing ramp step (None: ramp off or no step passed).
     pub max_throughput: Option<f64>,
     /// True when the ramp ran out of steps while still passing (the maximum is higher).
@@ -163,11 +160,18 @@ pub struct Measurement {
     /// The machine's 1-minute load average before and after the measurement.
     pub load_before: f64,
     pub load_after: f64,
+    /// CPU used by processes outside the benchmark during the measurement, in cores
+    /// (machine busy time minus that of tally-bench, the echo server and the proxies,
+    /// over wall time).
+    pub other_cpu_cores: f64,
 }
 
 /// A whole run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
+    /// When the run started (UTC) and the commit of the working tree it ran from.
+    pub date: String,
+    pub commit: String,
     pub rounds: u32,
     pub measurements: Vec<Measurement>,
     pub settings: String,
@@ -185,20 +189,36 @@ pub async fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<RunRe
         .tempdir()
         .map_err(|e| BenchError::io("creating the certificate directory", e))?;
     let pki = Pki::create(pki_dir.path())?;
-    let echo = EchoServer::start().await?;
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let commit = std::env::var("TALLY_BENCH_COMMIT").unwrap_or_else(|_| {
+        command_output(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        )
+    });
+    let echo = EchoProcess::start(opts.programs.sut_cpus.as_deref())?;
     let mut measurements = Vec::new();
     for round in 1..=opts.rounds {
         for kind in &opts.setups {
             let started = Instant::now();
-            let m = measure(opts, *kind, round, echo.addr, &pki).await?;
+            let m = measure(opts, *kind, round, &echo, &pki).await?;
             progress(&format!(
-                "round {round} {kind:>6}: unary p50 {:.3} p99 {:.3} p99.9 {:.3} ms ({} ok, {} failed); stream p99 {:.3} ms; max {} rps; RSS peak {:.1} MiB; CPU {} ms/1k  [{:.0} s]",
+                "round {round} {kind:>10}: unary p50 {:.3} p99 {:.3} p99.9 {:.3} ms ({} ok, {} failed); stream p99 {:.3} ms; closed {} rps; ramp {} rps; RSS peak {:.1} MiB; CPU {} ms/1k; other CPU {:.2} cores  [{:.0} s]",
                 m.unary.p50_ms,
                 m.unary.p99_ms,
                 m.unary.p999_ms,
                 m.unary.ok,
                 m.unary.failed,
                 m.stream.p99_ms,
+                m.closed_unary
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.0}", c.achieved_rate)),
                 m.max_throughput.map_or("-".into(), |t| format!(
                     "{t:.0}{}",
                     if m.max_throughput_capped { "+" } else { "" }
@@ -207,6 +227,7 @@ pub async fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<RunRe
                 m.unary
                     .cpu_ms_per_1k
                     .map_or("-".into(), |c| format!("{c:.1}")),
+                m.other_cpu_cores,
                 started.elapsed().as_secs_f64(),
             ));
             measurements.push(m);
@@ -214,6 +235,8 @@ pub async fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<RunRe
     }
     drop(echo);
     Ok(RunReport {
+        date,
+        commit,
         rounds: opts.rounds,
         measurements,
         settings: settings_line(opts),
@@ -225,12 +248,16 @@ async fn measure(
     opts: &Options,
     kind: Kind,
     round: u32,
-    upstream: std::net::SocketAddr,
+    echo: &EchoProcess,
     pki: &Pki,
 ) -> Result<Measurement, BenchError> {
     let load_before = procstat::load_average().unwrap_or(0.0);
-    let mut running = Running::start(kind, upstream, pki, &opts.programs).await?;
+    let mut running = Running::start(kind, echo.addr, pki, &opts.programs).await?;
     let pids = running.pids();
+    let mut ours = pids.clone();
+    ours.extend([std::process::id(), echo.pid()]);
+    let wall0 = Instant::now();
+    let (busy0, ours0) = (procstat::machine_busy(), procstat::cpu_total(&ours));
     let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
     wait_path(&target).await?;
 
@@ -278,6 +305,21 @@ async fn measure(
     let steady: Memory = procstat::memory_total(&pids);
     running.check_alive()?;
 
+    let (closed_unary, closed_stream) = if opts.closed.enabled {
+        let c = &opts.closed;
+        let mut out = Vec::new();
+        for load in [Workload::Unary, stream_load] {
+            let cpu0 = procstat::cpu_total(&pids);
+            let r = run_closed(&target, load, c.concurrency, c.duration, opts.call_timeout).await;
+            let cpu = (!pids.is_empty()).then(|| procstat::cpu_total(&pids).saturating_sub(cpu0));
+            out.push(Some(PhaseSummary::from(&r, cpu)));
+            settle().await;
+        }
+        (out[0].take(), out[1].take())
+    } else {
+        (None, None)
+    };
+
     let (steps, max_throughput, capped) = if opts.ramp.enabled {
         ramp(&target, &opts.ramp, opts.call_timeout).await
     } else {
@@ -285,6 +327,14 @@ async fn measure(
     };
     let peak = procstat::memory_total(&pids);
     running.check_alive()?;
+    let other_cpu_cores = match (busy0, procstat::machine_busy()) {
+        (Some(b0), Some(b1)) => {
+            let ours = procstat::cpu_total(&ours).saturating_sub(ours0);
+            let other = b1.saturating_sub(b0).saturating_sub(ours);
+            other.as_secs_f64() / wall0.elapsed().as_secs_f64().max(0.001)
+        }
+        _ => 0.0,
+    };
     drop(target);
     running.stop();
     Ok(Measurement {
@@ -292,6 +342,8 @@ async fn measure(
         setup: kind.to_string(),
         unary: PhaseSummary::from(&unary, cpu_unary),
         stream: PhaseSummary::from(&stream, cpu_stream),
+        closed_unary,
+        closed_stream,
         max_throughput,
         max_throughput_capped: capped,
         steps,
@@ -299,6 +351,7 @@ async fn measure(
         rss_peak_kib: peak.hwm_kib,
         load_before,
         load_after: procstat::load_average().unwrap_or(0.0),
+        other_cpu_cores,
     })
 }
 
@@ -326,95 +379,9 @@ async fn wait_path(target: &Target) -> Result<(), BenchError> {
     })
 }
 
-fn step_of(r: &PhaseResult, ramp: &RampOptions) -> Step {
-    let achieved = r.achieved_rate();
-    let p99 = r.quantile_ms(0.99);
-    // More than 0.1 % failed calls, too little throughput, or a p99 past the limit.
-    let passed = r.ok > 0
-        && r.failed() * 1_000 <= r.scheduled
-        && achieved >= ramp.min_achieved * r.target_rate
-        && p99 <= ramp.p99_limit_ms;
-    Step {
-        target_rate: r.target_rate,
-        achieved_rate: achieved,
-        p99_ms: p99,
-        failed: r.failed(),
-        passed,
-    }
-}
-
-async fn ramp(
-    target: &Target,
-    ramp: &RampOptions,
-    call_timeout: Duration,
-) -> (Vec<Step>, Option<f64>, bool) {
-    let mut steps = Vec::new();
-    let mut best: Option<f64> = None;
-    let mut good_rate: Option<f64> = None;
-    let mut bad_rate: Option<f64> = None;
-    let mut rate = ramp.start_rate;
-    let mut record = |step: Step, best: &mut Option<f64>| {
-        if step.passed {
-            *best = Some(best.map_or(step.achieved_rate, |b: f64| b.max(step.achieved_rate)));
-        }
-        steps.push(step);
-    };
-    for _ in 0..ramp.max_steps {
-        let passed = run_step(target, ramp, rate, call_timeout, &mut record, &mut best).await;
-        if passed {
-            good_rate = Some(rate);
-            rate *= ramp.factor;
-        } else {
-            bad_rate = Some(rate);
-            break;
-        }
-    }
-    let capped = bad_rate.is_none();
-    if let (Some(mut good), Some(mut bad)) = (good_rate, bad_rate) {
-        for _ in 0..ramp.refine_steps {
-            let mid = (good * bad).sqrt();
-            if run_step(target, ramp, mid, call_timeout, &mut record, &mut best).await {
-                good = mid;
-            } else {
-                bad = mid;
-            }
-        }
-    }
-    (steps, best, capped)
-}
-
-/// Runs one step at `rate`; a failing step is repeated up to `ramp.step_retries` times,
-/// so a burst of noise from other processes on the machine does not end the search
-/// (a saturated setup fails every repetition).
-async fn run_step(
-    target: &Target,
-    ramp: &RampOptions,
-    rate: f64,
-    call_timeout: Duration,
-    record: &mut impl FnMut(Step, &mut Option<f64>),
-    best: &mut Option<f64>,
-) -> bool {
-    for _ in 0..=ramp.step_retries {
-        let r = run_phase(target, Workload::Unary, rate, ramp.step, call_timeout).await;
-        let step = step_of(&r, ramp);
-        let passed = step.passed;
-        record(step, best);
-        settle().await;
-        if passed {
-            return true;
-        }
-    }
-    false
-}
-
-/// A pause between steps so the backlog of an overloaded step is gone.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 fn settings_line(o: &Options) -> String {
     format!(
-        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; ramp from {} rps x{} per {} s step (max {} steps + {} refinements, a failing step repeated {} time(s); a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); {} worker thread(s) per proxy (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}",
+        "rounds {}, warm-up {} s + phase {} s; unary {} rps; stream {} rps x {} messages; {} client connections; closed loop {}; ramp {}from {} rps x{} per {} s step (max {} steps + {} refinements, a failing step repeated {} time(s); a step passes with >= {:.0}% of target, p99 <= {} ms, <= 0.1% failed); {} worker thread(s) per proxy (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS; the floor relay: 1); access logs {}; {}",
         o.rounds,
         o.warmup.as_secs_f64(),
         o.phase.as_secs_f64(),
@@ -422,6 +389,16 @@ fn settings_line(o: &Options) -> String {
         o.stream_rate,
         o.stream_messages,
         o.connections,
+        if o.closed.enabled {
+            format!(
+                "{} callers x {} s",
+                o.closed.concurrency,
+                o.closed.duration.as_secs_f64()
+            )
+        } else {
+            "off".into()
+        },
+        if o.ramp.enabled { "" } else { "off; would go " },
         o.ramp.start_rate,
         o.ramp.factor,
         o.ramp.step.as_secs_f64(),
@@ -432,13 +409,31 @@ fn settings_line(o: &Options) -> String {
         o.ramp.p99_limit_ms,
         o.programs.proxy_threads,
         if o.programs.access_logs { "on" } else { "off" },
+        match &o.programs.sut_cpus {
+            Some(cpus) => format!(
+                "echo server and proxies pinned to CPU {cpus}, load generator to the others"
+            ),
+            None => "no CPU pinning".into(),
+        },
     )
 }
 
+/// The first line a command prints, or `unknown`.
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn machine_line() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    // Online CPUs of the machine (this process may be pinned to fewer).
+    // SAFETY: sysconf only reads a system constant.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

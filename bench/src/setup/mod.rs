@@ -1,8 +1,14 @@
-//! The three paths a call can take to the echo server, each started fresh for a
-//! measurement and stopped after it:
-//! - direct: load generator → echo server (the floor);
-//! - tally: → outbound `tally-proxy` → mTLS → inbound `tally-proxy` → echo;
+//! The paths a call can take to the echo server, each started fresh for a measurement
+//! and stopped after it:
+//! - direct: load generator → echo server (no proxy at all);
+//! - floor: → outbound floor relay → mTLS → inbound floor relay → echo (the least a
+//!   correct mTLS HTTP/2 sidecar pair can do, see `crate::floor`);
+//! - tally (and tally-base, a baseline build): → outbound `tally-proxy` → mTLS → inbound
+//!   `tally-proxy` → echo;
 //! - envoy: → egress Envoy → mTLS → ingress Envoy → echo (templates in deploy/envoy/).
+//!
+//! Every process started here runs under `taskset` on the system-under-test CPUs when
+//! pinning is on, away from the load generator's.
 
 use crate::error::BenchError;
 use crate::pki::{Identity, NAMESPACE, Pki, TARGET_SERVICE};
@@ -14,23 +20,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const EGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/egress.yaml");
-const INGRESS_TEMPLATE: &str = include_str!("../../deploy/envoy/ingress.yaml");
+mod envoy;
+mod floor;
+
+pub use envoy::render;
+
 /// How long a proxy may take to report ready.
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Direct,
+    Floor,
     Tally,
+    /// `tally-proxy` built from a baseline commit (`scripts/bench --compare BASE`).
+    TallyBase,
     Envoy,
 }
 
 impl Kind {
+    pub const NAMES: &str = "direct, floor, tally, tally-base, envoy";
+
     pub fn parse(s: &str) -> Option<Kind> {
         match s.trim() {
             "direct" => Some(Kind::Direct),
+            "floor" => Some(Kind::Floor),
             "tally" => Some(Kind::Tally),
+            "tally-base" => Some(Kind::TallyBase),
             "envoy" => Some(Kind::Envoy),
             _ => None,
         }
@@ -41,7 +57,9 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::Direct => "direct",
+            Kind::Floor => "floor",
             Kind::Tally => "tally",
+            Kind::TallyBase => "tally-base",
             Kind::Envoy => "envoy",
         })
     }
@@ -51,7 +69,13 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub tally_proxy: PathBuf,
+    /// The baseline build for `tally-base` (`--tally-base`).
+    pub tally_proxy_base: Option<PathBuf>,
+    pub floor_relay: PathBuf,
     pub envoy: PathBuf,
+    /// `taskset -c` CPU list for every process of the system under test (echo server and
+    /// proxies); `None`: no pinning.
+    pub sut_cpus: Option<String>,
     /// Worker threads of each proxy: Envoy's `--concurrency`, and `TOKIO_WORKER_THREADS`
     /// for `tally-proxy` (whose tokio runtime otherwise uses one worker per core).
     pub proxy_threads: usize,
@@ -63,8 +87,19 @@ pub struct Programs {
 
 impl Programs {
     pub fn check(&self, kind: Kind) -> Result<(), BenchError> {
+        let none = PathBuf::new();
         let (program, path, fix) = match kind {
             Kind::Direct => return Ok(()),
+            Kind::Floor => (
+                "tally-floor-relay",
+                &self.floor_relay,
+                "build it with `cargo build --release -p tally-bench` (scripts/bench does)",
+            ),
+            Kind::TallyBase => (
+                "tally-proxy (baseline)",
+                self.tally_proxy_base.as_ref().unwrap_or(&none),
+                "pass --tally-base PATH (scripts/bench --compare BASE builds one)",
+            ),
             Kind::Tally => (
                 "tally-proxy",
                 &self.tally_proxy,
@@ -160,10 +195,28 @@ impl Running {
         };
         match kind {
             Kind::Direct => {}
-            Kind::Tally => running.start_tally(upstream, pki, programs).await?,
+            Kind::Tally => {
+                let program = programs.tally_proxy.clone();
+                running
+                    .start_tally(&program, upstream, pki, programs)
+                    .await?
+            }
+            Kind::TallyBase => {
+                let program = programs.tally_proxy_base.clone().unwrap_or_default();
+                running
+                    .start_tally(&program, upstream, pki, programs)
+                    .await?
+            }
+            Kind::Floor => running.start_floor(upstream, pki, programs).await?,
             Kind::Envoy => running.start_envoy(upstream, pki, programs).await?,
         }
         Ok(running)
+    }
+
+    /// `program` under `taskset -c <sut_cpus>` when pinning is on (taskset execs it, so the
+    /// child's pid is the program's).
+    fn command(programs: &Programs, program: &Path) -> Command {
+        pinned(programs.sut_cpus.as_deref(), program)
     }
 
     fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), BenchError> {
@@ -180,6 +233,7 @@ impl Running {
 
     async fn start_tally(
         &mut self,
+        program: &Path,
         upstream: SocketAddr,
         pki: &Pki,
         programs: &Programs,
@@ -189,7 +243,7 @@ impl Running {
             identity_toml(&pki.server)
         );
         let inbound = self
-            .start_tally_one("tally-inbound", &inbound_cfg, programs)
+            .start_tally_one("tally-inbound", &inbound_cfg, program, programs)
             .await?;
         let inbound_addr = inbound.inbound.ok_or_else(|| BenchError::NotReady {
             name: "tally-inbound".into(),
@@ -200,7 +254,7 @@ impl Running {
             identity_toml(&pki.client)
         );
         let outbound = self
-            .start_tally_one("tally-outbound", &outbound_cfg, programs)
+            .start_tally_one("tally-outbound", &outbound_cfg, program, programs)
             .await?;
         self.entry = outbound.outbound.ok_or_else(|| BenchError::NotReady {
             name: "tally-outbound".into(),
@@ -213,17 +267,37 @@ impl Running {
         &mut self,
         name: &str,
         config: &str,
+        program: &Path,
         programs: &Programs,
     ) -> Result<Bound, BenchError> {
         let path = self.dir.as_path().join(format!("{name}.toml"));
         std::fs::write(&path, config)
             .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
-        let mut cmd = Command::new(&programs.tally_proxy);
+        let mut cmd = Self::command(programs, program);
         cmd.arg("--config")
             .arg(&path)
             .env("RUST_LOG", proxy_log_filter(programs.access_logs))
+            .env("TOKIO_WORKER_THREADS", programs.proxy_threads.to_string())
             .stdout(Stdio::piped());
         self.spawn(name, cmd)?;
+        let line = self.start_line(name).await?;
+        let bound: Bound = match serde_json::from_str(line.trim()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.check_alive()?;
+                return Err(BenchError::NotReady {
+                    name: name.into(),
+                    detail: format!("unreadable start line {line:?}: {e}"),
+                });
+            }
+        };
+        self.wait_admin_ready(name, bound.admin, "/ready").await?;
+        Ok(bound)
+    }
+
+    /// The first line the last spawned child prints on stdout (its bound addresses); the
+    /// rest of its stdout is drained so it never blocks on a full pipe.
+    pub(crate) async fn start_line(&mut self, name: &str) -> Result<String, BenchError> {
         let stdout = self
             .children
             .last_mut()
@@ -244,109 +318,16 @@ impl Running {
             });
             n.map(|_| line)
         });
-        let line = match tokio::time::timeout(READY_PATIENCE, read).await {
-            Ok(Ok(Ok(line))) => line,
+        match tokio::time::timeout(READY_PATIENCE, read).await {
+            Ok(Ok(Ok(line))) if !line.is_empty() => Ok(line),
             _ => {
                 self.check_alive()?;
-                return Err(BenchError::NotReady {
+                Err(BenchError::NotReady {
                     name: name.into(),
                     detail: "printed no bound addresses".into(),
-                });
+                })
             }
-        };
-        let bound: Bound = match serde_json::from_str(line.trim()) {
-            Ok(b) => b,
-            Err(e) => {
-                self.check_alive()?;
-                return Err(BenchError::NotReady {
-                    name: name.into(),
-                    detail: format!("unreadable start line {line:?}: {e}"),
-                });
-            }
-        };
-        self.wait_admin_ready(name, bound.admin, "/ready").await?;
-        Ok(bound)
-    }
-
-    async fn start_envoy(
-        &mut self,
-        upstream: SocketAddr,
-        pki: &Pki,
-        programs: &Programs,
-    ) -> Result<(), BenchError> {
-        let ingress_admin = free_port()?;
-        let ingress_port = free_port()?;
-        let egress_admin = free_port()?;
-        let egress_port = free_port()?;
-        let target_spiffe = pki.server.id.to_string();
-        let ingress = render(
-            INGRESS_TEMPLATE,
-            &[
-                ("ADMIN_PORT", ingress_admin.to_string()),
-                ("LISTEN_PORT", ingress_port.to_string()),
-                ("APP_PORT", upstream.port().to_string()),
-                ("CERT", path_str(&pki.server.cert)),
-                ("KEY", path_str(&pki.server.key)),
-                ("BUNDLE", path_str(&pki.server.bundle)),
-                ("TRUST_DOMAIN", pki.server.id.trust_domain().to_string()),
-                (
-                    "ACCESS_LOG",
-                    self.envoy_access_log("envoy-ingress", programs),
-                ),
-            ],
-        );
-        let egress = render(
-            EGRESS_TEMPLATE,
-            &[
-                ("ADMIN_PORT", egress_admin.to_string()),
-                ("LISTEN_PORT", egress_port.to_string()),
-                ("UPSTREAM_PORT", ingress_port.to_string()),
-                ("TARGET_SERVICE", TARGET_SERVICE.to_string()),
-                ("TARGET_SNI", pki.server.id.dns_name()),
-                ("TARGET_SPIFFE", target_spiffe),
-                ("CERT", path_str(&pki.client.cert)),
-                ("KEY", path_str(&pki.client.key)),
-                ("BUNDLE", path_str(&pki.client.bundle)),
-                (
-                    "ACCESS_LOG",
-                    self.envoy_access_log("envoy-egress", programs),
-                ),
-            ],
-        );
-        for (name, config, admin) in [
-            ("envoy-ingress", ingress, ingress_admin),
-            ("envoy-egress", egress, egress_admin),
-        ] {
-            let path = self.dir.as_path().join(format!("{name}.yaml"));
-            std::fs::write(&path, config)
-                .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
-            let mut cmd = Command::new(&programs.envoy);
-            cmd.arg("--config-path")
-                .arg(&path)
-                .arg("--concurrency")
-                .arg(programs.proxy_threads.to_string())
-                .arg("--disable-hot-restart")
-                .arg("--log-level")
-                .arg("warning")
-                .stdout(Stdio::null());
-            self.spawn(name, cmd)?;
-            self.wait_admin_ready(name, SocketAddr::from(([127, 0, 0, 1], admin)), "/ready")
-                .await?;
         }
-        self.entry = SocketAddr::from(([127, 0, 0, 1], egress_port));
-        Ok(())
-    }
-
-    /// The `access_log` block of a connection manager (empty unless access logs are on).
-    fn envoy_access_log(&self, name: &str, programs: &Programs) -> String {
-        if !programs.access_logs {
-            return String::new();
-        }
-        let path = self.dir.as_path().join(format!("{name}-access.log"));
-        format!(
-            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: \"{}\"",
-            path.display()
-        )
     }
 
     /// Polls `GET path` on an admin port until it answers 200.
@@ -413,6 +394,18 @@ struct Bound {
     outbound: Option<SocketAddr>,
 }
 
+/// `program` as a command, under `taskset -c cpus` when `cpus` is given.
+pub fn pinned(cpus: Option<&str>, program: &Path) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpus).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// `RUST_LOG` for tally-proxy: `TALLY_BENCH_PROXY_LOG` when set (to investigate a failing
 /// run together with `--keep-workdirs`), else `info` with access logs and `warn` without.
 fn proxy_log_filter(access_logs: bool) -> String {
@@ -435,23 +428,6 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Replaces every `{{NAME}}` in `template`.
-pub fn render(template: &str, values: &[(&str, String)]) -> String {
-    let mut out = template.to_string();
-    for (k, v) in values {
-        out = out.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    out
-}
-
-/// A port the OS handed out a moment ago (for Envoy, whose config needs fixed ports).
-fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::io("finding a free port", e))
-}
-
 /// The status code of a plain HTTP/1.1 GET, or `None` if the port does not answer.
 fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -464,32 +440,4 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut line = String::new();
     BufReader::new(tcp).read_line(&mut line).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_have_no_unfilled_placeholders_once_rendered() {
-        let names = [
-            "ADMIN_PORT",
-            "LISTEN_PORT",
-            "APP_PORT",
-            "UPSTREAM_PORT",
-            "TARGET_SERVICE",
-            "TARGET_SNI",
-            "TARGET_SPIFFE",
-            "CERT",
-            "KEY",
-            "BUNDLE",
-            "TRUST_DOMAIN",
-            "ACCESS_LOG",
-        ];
-        let values: Vec<(&str, String)> = names.iter().map(|n| (*n, "x".to_string())).collect();
-        for t in [EGRESS_TEMPLATE, INGRESS_TEMPLATE] {
-            let out = render(t, &values);
-            assert!(!out.contains("{{"), "{out}");
-        }
-    }
 }
