@@ -107,7 +107,7 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
     if cancelled_by_us(&e) {
         return ProxyError::Cancelled;
     }
-    let refused = refused_stream(&e);
+    let refused = refused_stream(&e) || drained_before_response(&e);
     ProxyError::Upstream {
         endpoint: endpoint.to_string(),
         refused,
@@ -116,10 +116,45 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
 }
 
 /// True when the local app certainly never received the request: the connection could not be
-/// made, the app refused the stream (REFUSED_STREAM), its GOAWAY came before our stream, or
-/// the connection closed before the request was sent. Such a request may always be retried.
+/// made, the app refused the stream (REFUSED_STREAM), its GOAWAY came before our stream, the
+/// connection closed before the request was sent, or the connection ended after a graceful
+/// GOAWAY before any response to it. Such a request may always be retried.
 pub fn local_app_never_saw(e: &hyper_util::client::legacy::Error) -> bool {
-    e.is_connect() || (!cancelled_by_us(e) && refused_stream(e))
+    e.is_connect() || (!cancelled_by_us(e) && (refused_stream(e) || drained_before_response(e)))
+}
+
+/// True when the request failed because its connection ended (closed or broken socket) after
+/// the peer had announced a graceful shutdown with GOAWAY, and before any response headers.
+/// A peer that drains finishes every stream it accepted before closing, so this one was never
+/// accepted: Envoy's `reset_before_request`. A connection that ends with no GOAWAY (a crash)
+/// does not qualify: the peer may have processed the request.
+fn drained_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    !cancelled_by_us(e)
+        && connection_ended(e)
+        && crate::transport::connector::drain_state(e).is_some_and(|d| d.drained())
+}
+
+/// True when the error chain says the connection itself ended (EOF, reset, broken pipe).
+fn connection_ended(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.is_io()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Classifies an error from the HTTP/2 client talking to the local app.

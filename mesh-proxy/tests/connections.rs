@@ -267,3 +267,122 @@ async fn empty_data_frames_from_the_app_do_not_reach_the_shared_connection() {
     );
     assert!(conns.load(Ordering::SeqCst) >= 5);
 }
+
+/// Reads one HTTP/2 frame: (type, flags, stream id).
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 9];
+    tcp.read_exact(&mut h).await.ok()?;
+    let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+    Some((h[3], h[4], stream))
+}
+
+/// An echo app whose first connection reads the proxy's request HEADERS and then, without
+/// handing the request to the application, ends the connection: after a graceful GOAWAY
+/// (`graceful`, what a draining app whose final GOAWAY the client never read looks like) or
+/// with no GOAWAY at all (a crash). Later connections answer normally. Returns the address,
+/// the calls the application served, and whether the first connection saw the HEADERS.
+async fn app_ending_its_first_connection(
+    graceful: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let headers_seen = Arc::new(AtomicUsize::new(0));
+    let (s, seen) = (served.clone(), headers_seen.clone());
+    tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        let mut preface = [0u8; 24];
+        first.read_exact(&mut preface).await.unwrap();
+        // SETTINGS (empty), and an ACK of the client's.
+        first
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        while let Some((kind, _, stream)) = read_frame(&mut first).await {
+            if kind == 0x1 && stream > 0 {
+                seen.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+        if graceful {
+            // GOAWAY, last stream id 2^31-1, NO_ERROR: the first step of a graceful drain.
+            let goaway = [
+                0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+            ];
+            first.write_all(&goaway).await.unwrap();
+        }
+        drop(first);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let msg = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let mut t = HeaderMap::new();
+                        t.insert("grpc-status", HeaderValue::from_static("0"));
+                        let frames = vec![
+                            Ok::<_, Infallible>(Frame::data(msg)),
+                            Ok(Frame::trailers(t)),
+                        ];
+                        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/grpc"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, served, headers_seen)
+}
+
+#[tokio::test]
+async fn a_call_cut_off_by_a_drained_connection_is_sent_again_but_not_after_a_crash() {
+    init();
+    // Drained: GOAWAY, then the connection ends before any response. The app never took the
+    // call, so the inbound sidecar sends it again on a new connection.
+    let (app, served, headers_seen) = app_ending_its_first_connection(true).await;
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let client = mesh.client().await;
+    let r = client.call_frames(SVC, PATH, &[], vec![message(1)]).await;
+    assert_eq!(r.status(), Some(OK), "{r:?}");
+    assert_eq!(r.messages.first().map(|m| m.to_vec()), Some(b"m1".to_vec()));
+    assert_eq!(
+        headers_seen.load(Ordering::SeqCst),
+        1,
+        "the request was written"
+    );
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "served once, on the new connection"
+    );
+
+    // Crashed: the same end without a GOAWAY. The app may have processed the call, so it is
+    // not sent again (the route has no retry policy): UNAVAILABLE.
+    let (app, served, headers_seen) = app_ending_its_first_connection(false).await;
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let client = mesh.client().await;
+    let r = client.call_frames(SVC, PATH, &[], vec![message(2)]).await;
+    assert_eq!(r.status(), Some(UNAVAILABLE), "{r:?}");
+    assert_eq!(r.proxy_error().as_deref(), Some("local-app-unavailable"));
+    assert_eq!(headers_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(served.load(Ordering::SeqCst), 0);
+}

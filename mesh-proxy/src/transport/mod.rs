@@ -2,6 +2,7 @@
 //! these traits, so plaintext (development) and mTLS are one choice made in `transport::build`.
 
 pub mod connector;
+pub mod drain;
 pub mod plaintext;
 pub mod tls;
 
