@@ -2,5 +2,6 @@
 //! whole platform (services, sidecars, gateway, mesh CA) on one machine.
 //! The commands themselves live in the binary (`main.rs`, `commands/`).
 
+pub mod chaos;
 pub mod rollout;
 pub mod up;
