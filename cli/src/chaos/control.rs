@@ -213,7 +213,19 @@ impl Platform {
 }
 
 impl Control for Platform {
+    /// Does `action` and prints its line as it happens.
     async fn apply(&mut self, action: Action) -> Result<String, String> {
+        let r = self.act(action).await;
+        match &r {
+            Ok(line) => println!("tally chaos: {line}"),
+            Err(e) => println!("tally chaos: FAILED {e}"),
+        }
+        r
+    }
+}
+
+impl Platform {
+    async fn act(&self, action: Action) -> Result<String, String> {
         match action {
             Action::SetFault(i) => self
                 .set_fault(&self.faults[i])

@@ -54,7 +54,7 @@ pub enum ChaosError {
     Scenario(#[from] scenario::ScenarioError),
     #[error("the run could not be carried out: {0}")]
     Run(String),
-    #[error("interrupted; fault settings put back: {0}")]
+    #[error("{0}")]
     Interrupted(String),
     #[error("verdicts not met: {}", .0.join("; "))]
     NotMet(Vec<String>),

@@ -458,6 +458,31 @@ max_p99 = "2s"
     }
 
     #[test]
+    fn the_shipped_scenarios_parse() {
+        for (file, text) in [
+            (
+                "abort-storm-polling",
+                include_str!("../../../tests/chaos/abort-storm-polling.toml"),
+            ),
+            (
+                "delay-storm-polling",
+                include_str!("../../../tests/chaos/delay-storm-polling.toml"),
+            ),
+            (
+                "kill-polling",
+                include_str!("../../../tests/chaos/kill-polling.toml"),
+            ),
+            (
+                "impossible-slo",
+                include_str!("../../../tests/chaos/impossible-slo.toml"),
+            ),
+        ] {
+            let s = Scenario::parse(file, text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.slos.is_empty(), "{file}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
