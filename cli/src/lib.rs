@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod chaos;
 pub mod rollout;
 pub mod traces;
 pub mod up;

@@ -53,6 +53,8 @@ pub enum Command {
     Events(events::EventsCommand),
     /// Canary rollouts under `tally up --canary`: shift traffic in steps, roll back on a breach.
     Rollout(tally::rollout::RolloutArgs),
+    /// Chaos experiments against a running `tally up`: load, faults, kills, verdicts.
+    Chaos(tally::chaos::ChaosArgs),
 }
 
 /// A command failure, printed as one line by `main`.
@@ -72,6 +74,8 @@ pub enum CliError {
     Rollout(#[from] tally::rollout::RolloutError),
     #[error("{0:#}")]
     Audit(anyhow::Error),
+    #[error("{0}")]
+    Chaos(#[from] tally::chaos::ChaosError),
 }
 
 impl CliError {
@@ -107,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             .await
             .map_err(CliError::Events),
         Command::Rollout(args) => Ok(tally::rollout::run(cli.json, args).await?),
+        Command::Chaos(args) => Ok(tally::chaos::run(args).await?),
     }
 }
 

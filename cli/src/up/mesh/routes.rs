@@ -38,13 +38,17 @@ pub const ROUTES: &[Route] = &[
         ],
     },
     // Event feeds: `Subscribe` is a long-lived stream (no route deadline);
-    // opening it again from the same cursor is safe, as is `GetHead`.
+    // opening it again from the same cursor is safe, as is `GetHead`, and so
+    // are the poll reads (a vote is never repeated by the mesh).
     Route {
         target: "polling",
         timeout_ms: 0,
         idempotent: &[
             "tally.events.v1.EventFeedService/Subscribe",
             "tally.events.v1.EventFeedService/GetHead",
+            "tally.poll.v1.PollService/GetPoll",
+            "tally.poll.v1.PollService/GetResults",
+            "tally.poll.v1.PollService/ListPolls",
         ],
     },
     Route {
@@ -132,6 +136,15 @@ mod tests {
             for m in r.idempotent {
                 assert!(m.contains('/'), "{m}: use pkg.Service/Method");
             }
+        }
+    }
+
+    #[test]
+    fn poll_reads_are_retried_and_poll_writes_never() {
+        let polling = route("polling").idempotent;
+        assert!(polling.contains(&"tally.poll.v1.PollService/GetResults"));
+        for w in ["CastVote", "CreatePoll", "ClosePoll"] {
+            assert!(!polling.iter().any(|m| m.ends_with(w)), "{w}");
         }
     }
 

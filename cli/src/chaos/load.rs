@@ -1,0 +1,297 @@
+//! The load of a run, through the gateway with the SDK: a few users and polls set up first,
+//! then each method called at its rate (open loop: a call starts every tick whether or not
+//! the previous ones answered), every outcome and latency recorded; votes are kept with their
+//! idempotency keys so that unknown outcomes can be settled after the faults are cleared.
+
+use super::scenario::{Load, Method};
+use super::verdict::{Call, Counts};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tally_sdk::{Client, Credentials, code_name};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Calls per second one load user makes at most (the gateway limits each user to 20).
+pub const PER_USER_RATE: f64 = 10.0;
+/// Most load users (and the pause between setup calls keeps sign-ups under the IP limit).
+pub const MAX_USERS: usize = 50;
+/// Pause between two setup calls.
+pub const SETUP_PAUSE: Duration = Duration::from_millis(110);
+/// Most polls a run creates.
+pub const MAX_POLLS: usize = 500;
+/// Most calls in flight at once; a tick finding none free waits for one.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// Attempts to learn the outcome of a vote that failed during the run.
+pub const SETTLE_ATTEMPTS: u32 = 5;
+/// Pause between two settle attempts.
+pub const SETTLE_PAUSE: Duration = Duration::from_millis(300);
+/// The options of every load poll.
+const OPTIONS: [&str; 2] = ["red", "blue"];
+/// Password of the load users.
+const PASSWORD: &str = "chaos load password 1";
+
+/// A cast vote and what is known of it.
+#[derive(Debug, Clone)]
+pub struct Vote {
+    pub voter: usize,
+    pub poll: String,
+    pub option: String,
+    pub key: String,
+    /// `Some(true)` accepted, `Some(false)` refused, `None` unknown.
+    pub accepted: Option<bool>,
+}
+
+/// What the load recorded.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub calls: Vec<Call>,
+    pub votes: Vec<Vote>,
+}
+
+/// The users and polls the load uses.
+pub struct Fixture {
+    pub users: Vec<Client>,
+    /// Poll ids and their option ids.
+    pub polls: Vec<(String, Vec<String>)>,
+}
+
+/// How many users and polls a load needs: enough users for the rate limit, enough polls
+/// that every vote is a first vote of its user in its poll.
+pub fn sizes(load: &Load) -> (usize, usize) {
+    let users = ((load.rate.total() / PER_USER_RATE).ceil() as usize).clamp(1, MAX_USERS);
+    let votes = (load.rate.cast_vote * load.duration.as_secs_f64()).ceil() as usize;
+    let polls = votes.div_ceil(users).max(1);
+    (users, polls)
+}
+
+/// Signs up `users` users (named after `run`) and creates `polls` polls through `gateway`.
+pub async fn setup(
+    gateway: &str,
+    run: &str,
+    users: usize,
+    polls: usize,
+    timeout: Duration,
+) -> Result<Fixture, String> {
+    if polls > MAX_POLLS {
+        return Err(format!(
+            "the load needs {polls} polls (CastVote rate x duration / users); at most {MAX_POLLS}"
+        ));
+    }
+    let anon = Client::connect_lazy(gateway, gateway)
+        .map_err(|e| format!("gateway {gateway}: {e}"))?
+        .with_timeout(timeout);
+    let mut fx = Fixture {
+        users: Vec::new(),
+        polls: Vec::new(),
+    };
+    for i in 0..users {
+        let email = format!("chaos-{run}-{i}@example.com");
+        anon.sign_up(&email, PASSWORD, &format!("chaos {i}"))
+            .await
+            .map_err(|e| format!("sign up {email}: {e}"))?;
+        tokio::time::sleep(SETUP_PAUSE).await;
+        let login = anon
+            .login(&email, PASSWORD)
+            .await
+            .map_err(|e| format!("login {email}: {e}"))?;
+        tokio::time::sleep(SETUP_PAUSE).await;
+        fx.users
+            .push(anon.with_credentials(Credentials::Bearer(login.access_token)));
+    }
+    for p in 0..polls {
+        let owner = &fx.users[p % users];
+        let poll = owner
+            .create_poll(&format!("chaos {run} #{p}"), OPTIONS, None)
+            .await
+            .map_err(|e| format!("create poll: {e}"))?;
+        let options = poll.options.iter().map(|o| o.option_id.clone()).collect();
+        fx.polls.push((poll.poll_id, options));
+        tokio::time::sleep(SETUP_PAUSE / 2).await;
+    }
+    Ok(fx)
+}
+
+/// Calls `method` at `rate` per second until `until`.
+pub async fn drive(
+    method: Method,
+    rate: f64,
+    until: Instant,
+    fx: Arc<Fixture>,
+    rec: Arc<Mutex<Recording>>,
+) {
+    if rate <= 0.0 {
+        return;
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut calls = JoinSet::new();
+    let mut n = 0usize;
+    loop {
+        tick.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (fx, rec) = (fx.clone(), rec.clone());
+        calls.spawn(async move {
+            call(method, n, &fx, &rec).await;
+            drop(permit);
+        });
+        n += 1;
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+/// One call; the `n`th of its method.
+async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
+    let users = fx.users.len();
+    let started = Instant::now();
+    let (result, vote) = match method {
+        Method::GetPoll => {
+            let (poll, _) = &fx.polls[n % fx.polls.len()];
+            (fx.users[n % users].get_poll(poll).await.map(|_| ()), None)
+        }
+        Method::GetResults => {
+            let (poll, _) = &fx.polls[n % fx.polls.len()];
+            (
+                fx.users[n % users].get_results(poll).await.map(|_| ()),
+                None,
+            )
+        }
+        Method::CastVote => {
+            let Some((poll, options)) = fx.polls.get(n / users) else {
+                return; // every pair used: sizes() made enough for the declared load
+            };
+            let option = options[n % options.len()].clone();
+            let key = uuid::Uuid::new_v4().to_string();
+            let voter = n % users;
+            let r = fx.users[voter].cast_vote(poll, &option, &key).await;
+            let vote = Vote {
+                voter,
+                poll: poll.clone(),
+                option,
+                key,
+                accepted: r.is_ok().then_some(true),
+            };
+            (r.map(|_| ()), Some(vote))
+        }
+    };
+    let latency = started.elapsed();
+    let error = result.err().map(|e| code_name(e.code()));
+    if let Ok(mut r) = rec.lock() {
+        r.calls.push(Call {
+            method,
+            latency,
+            error,
+        });
+        r.votes.extend(vote);
+    }
+}
+
+/// Learns the outcome of every vote that failed: sending it again with the same key
+/// returns the first vote if it was taken, or takes it now.
+pub async fn settle(fx: &Fixture, votes: &mut [Vote]) {
+    for v in votes.iter_mut().filter(|v| v.accepted.is_none()) {
+        for attempt in 0..SETTLE_ATTEMPTS {
+            match fx.users[v.voter]
+                .cast_vote(&v.poll, &v.option, &v.key)
+                .await
+            {
+                Ok(_) => v.accepted = Some(true),
+                Err(e) if definite(e.code()) => v.accepted = Some(false),
+                Err(_) if attempt + 1 < SETTLE_ATTEMPTS => {
+                    tokio::time::sleep(SETTLE_PAUSE).await;
+                    continue;
+                }
+                Err(_) => {}
+            }
+            break;
+        }
+    }
+}
+
+/// A refusal that says the vote was not and will not be taken.
+fn definite(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        InvalidArgument | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition
+    )
+}
+
+/// Accepted votes per poll and option.
+pub fn accepted(votes: &[Vote]) -> Counts {
+    let mut c = Counts::new();
+    for v in votes.iter().filter(|v| v.accepted == Some(true)) {
+        *c.entry(v.poll.clone())
+            .or_default()
+            .entry(v.option.clone())
+            .or_insert(0) += 1;
+    }
+    c
+}
+
+/// Polling's results for every load poll.
+pub async fn results(fx: &Fixture) -> Result<Counts, String> {
+    let mut c = Counts::new();
+    for (poll, _) in &fx.polls {
+        let r = fx.users[0]
+            .get_results(poll)
+            .await
+            .map_err(|e| format!("results of {poll}: {e}"))?;
+        let per = c.entry(poll.clone()).or_default();
+        for o in r.results {
+            per.insert(o.option_id, o.votes);
+        }
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::scenario::Rates;
+
+    fn load(secs: u64, get_poll: f64, cast_vote: f64) -> Load {
+        Load {
+            duration: Duration::from_secs(secs),
+            timeout: Duration::from_secs(1),
+            rate: Rates {
+                get_poll,
+                get_results: 0.0,
+                cast_vote,
+            },
+        }
+    }
+
+    #[test]
+    fn enough_users_for_the_rate_limit_and_polls_for_first_votes() {
+        assert_eq!(sizes(&load(10, 5.0, 0.0)), (1, 1));
+        assert_eq!(sizes(&load(10, 15.0, 5.0)), (2, 25));
+        assert_eq!(sizes(&load(3, 1.0, 2.5)), (1, 8));
+        assert_eq!(sizes(&load(10, 5000.0, 0.0)).0, MAX_USERS);
+    }
+
+    #[test]
+    fn only_accepted_votes_count() {
+        let vote = |poll: &str, option: &str, accepted| Vote {
+            voter: 0,
+            poll: poll.into(),
+            option: option.into(),
+            key: String::new(),
+            accepted,
+        };
+        let c = accepted(&[
+            vote("p", "a", Some(true)),
+            vote("p", "a", Some(true)),
+            vote("p", "b", Some(false)),
+            vote("q", "b", None),
+        ]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c["p"]["a"], 2);
+        assert!(!c["p"].contains_key("b"));
+    }
+}

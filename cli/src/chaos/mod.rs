@@ -1,0 +1,213 @@
+//! `tally chaos run <scenario.toml>`: runs a chaos experiment against a running `tally up`
+//! (found through its data directory, like `tally rollout`): the scenario's load through the
+//! gateway, its faults through the sidecars' admin API (with the admin token) and its kills
+//! by the pid files `tally up` keeps in `<data-dir>/run/`; then prints each verdict met or
+//! not, and fails when one is not. Fault settings are always put back, also when the run is
+//! interrupted (Ctrl-C or SIGTERM).
+
+pub mod control;
+pub mod load;
+pub mod scenario;
+pub mod schedule;
+pub mod verdict;
+
+use scenario::{Method, Scenario};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use verdict::{Observed, Verdict};
+
+/// `tally chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub command: ChaosCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ChaosCommand {
+    /// Run a scenario (load, faults, kills) and check its verdicts.
+    Run(RunArgs),
+    /// Parse and check a scenario without running it.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file (TOML; see tests/chaos/ and the README).
+    pub scenario: PathBuf,
+    /// The data directory of the running `tally up`.
+    #[arg(long, default_value = ".tally")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    pub scenario: PathBuf,
+}
+
+/// Why a run did not end with every verdict met.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Scenario(#[from] scenario::ScenarioError),
+    #[error("the run could not be carried out: {0}")]
+    Run(String),
+    #[error("{0}")]
+    Interrupted(String),
+    #[error("verdicts not met: {}", .0.join("; "))]
+    NotMet(Vec<String>),
+}
+
+/// Runs `tally chaos`.
+pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
+    match args.command {
+        ChaosCommand::Check(a) => {
+            let s = read(&a.scenario)?;
+            println!(
+                "scenario {}: {} fault(s), {} kill(s), {} SLO(s) over {:?}",
+                s.name,
+                s.faults.len(),
+                s.kills.len(),
+                s.slos.len(),
+                s.load.duration
+            );
+            Ok(())
+        }
+        ChaosCommand::Run(a) => run_scenario(&a).await,
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Scenario, ChaosError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ChaosError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Scenario::parse(&path.display().to_string(), &text)?)
+}
+
+async fn run_scenario(a: &RunArgs) -> Result<(), ChaosError> {
+    let s = read(&a.scenario)?;
+    let mut ctl = control::Platform::open(&a.data_dir, &s).map_err(ChaosError::Run)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let (users, polls) = load::sizes(&s.load);
+    say(&format!(
+        "{}: setting up {users} user(s) and {polls} poll(s) through the gateway {}",
+        s.name, ctl.gateway
+    ));
+    let fx = Arc::new(
+        load::setup(&ctl.gateway, &run_id, users, polls, s.load.timeout)
+            .await
+            .map_err(ChaosError::Run)?,
+    );
+    ctl.snapshot().await.map_err(ChaosError::Run)?;
+    // Everything from the first fault on runs under the interrupt guard.
+    let outcome = tokio::select! {
+        r = experiment(&s, &mut ctl, fx.clone()) => Ok(r),
+        why = interrupted() => Err(why),
+    };
+    let restored = ctl.restore_all().await;
+    let (rec, events) = match outcome {
+        Ok(r) => r,
+        Err(why) => {
+            return Err(ChaosError::Interrupted(format!(
+                "{why}; {}",
+                restored.unwrap_or_else(|e| format!("NOT ALL: {e}"))
+            )));
+        }
+    };
+    let mut events = events;
+    events.push(format!(
+        "end: {}",
+        restored.clone().unwrap_or_else(|e| format!("FAILED {e}"))
+    ));
+    let verdicts = judge(&s, &ctl, &fx, rec).await?;
+    let report = verdict::render(&s.name, &verdicts.0, &events, &verdicts.1);
+    print!("{report}");
+    let not_met: Vec<String> = verdicts
+        .1
+        .iter()
+        .filter(|v| !v.met)
+        .map(|v| v.name.clone())
+        .collect();
+    if not_met.is_empty() {
+        Ok(())
+    } else {
+        Err(ChaosError::NotMet(not_met))
+    }
+}
+
+/// The load and the schedule together; the recording and the schedule's log.
+async fn experiment(
+    s: &Scenario,
+    ctl: &mut control::Platform,
+    fx: Arc<load::Fixture>,
+) -> (load::Recording, Vec<String>) {
+    let rec = Arc::new(Mutex::new(load::Recording::default()));
+    let start = tokio::time::Instant::now();
+    let until = start + s.load.duration;
+    let mut drivers = tokio::task::JoinSet::new();
+    for m in Method::ALL {
+        drivers.spawn(load::drive(
+            m,
+            s.load.rate.of(m),
+            until,
+            fx.clone(),
+            rec.clone(),
+        ));
+    }
+    let steps = schedule::timeline(s);
+    let log = schedule::run(&steps, start, ctl).await;
+    while drivers.join_next().await.is_some() {}
+    let rec = match Arc::try_unwrap(rec) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(shared) => std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner())),
+    };
+    (rec, log)
+}
+
+/// SLOs on the calls, then the invariants (after the votes are settled).
+async fn judge(
+    s: &Scenario,
+    ctl: &control::Platform,
+    fx: &load::Fixture,
+    mut rec: load::Recording,
+) -> Result<(Observed, Vec<Verdict>), ChaosError> {
+    let observed = Observed {
+        calls: std::mem::take(&mut rec.calls),
+    };
+    let mut verdicts = verdict::slo_verdicts(&s.slos, &observed);
+    if s.invariants.votes_counted_once {
+        load::settle(fx, &mut rec.votes).await;
+        let unsettled = rec.votes.iter().filter(|v| v.accepted.is_none()).count();
+        let results = load::results(fx).await.map_err(ChaosError::Run)?;
+        verdicts.push(verdict::votes_counted_once(
+            &load::accepted(&rec.votes),
+            &results,
+            unsettled,
+        ));
+    }
+    if s.invariants.faults_cleared {
+        verdicts.push(ctl.faults_cleared().await);
+    }
+    Ok((observed, verdicts))
+}
+
+/// Resolves on Ctrl-C or SIGTERM, naming it.
+async fn interrupted() -> String {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return "interrupted (Ctrl-C)".into(),
+                _ = term.recv() => return "terminated (SIGTERM)".into(),
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted (Ctrl-C)".into()
+}
+
+fn say(line: &str) {
+    println!("tally chaos: {line}");
+}
