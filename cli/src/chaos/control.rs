@@ -200,6 +200,7 @@ impl Platform {
         };
         // SAFETY: kill(2) with a pid read from the instance's pid file that `tally up`
         // writes when it starts the process; no memory is shared.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::kill(pid, sig) };
         if rc != 0 {
             return Err(format!(

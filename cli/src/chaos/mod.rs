@@ -5,11 +5,11 @@
 //! not, and fails when one is not. Fault settings are always put back, also when the run is
 //! interrupted (Ctrl-C or SIGTERM).
 
-pub mod control;
-pub mod load;
-pub mod scenario;
-pub mod schedule;
-pub mod verdict;
+pub(crate) mod control;
+pub(crate) mod load;
+pub(crate) mod scenario;
+pub(crate) mod schedule;
+pub(crate) mod verdict;
 
 use scenario::{Method, Scenario};
 use std::path::PathBuf;
@@ -19,10 +19,12 @@ use verdict::{Observed, Verdict};
 /// `tally chaos`.
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
+    /// Whether to run a scenario or only check it.
     #[command(subcommand)]
     pub command: ChaosCommand,
 }
 
+/// The `tally chaos` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ChaosCommand {
     /// Run a scenario (load, faults, kills) and check its verdicts.
@@ -31,6 +33,7 @@ pub enum ChaosCommand {
     Check(CheckArgs),
 }
 
+/// What `tally chaos run` runs, and against which `tally up`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The scenario file (TOML; see tests/chaos/ and the README).
@@ -40,22 +43,29 @@ pub struct RunArgs {
     pub data_dir: PathBuf,
 }
 
+/// What `tally chaos check` parses.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// The scenario file (TOML) to parse and check.
     pub scenario: PathBuf,
 }
 
 /// Why a run did not end with every verdict met.
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
+    /// The command line named something unusable (e.g. an unreadable scenario file).
     #[error("{0}")]
     Usage(String),
+    /// The scenario file is not a valid scenario.
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
+    /// Setting up, driving or observing the platform failed.
     #[error("the run could not be carried out: {0}")]
     Run(String),
+    /// Ctrl-C or SIGTERM stopped the run; says whether the faults were put back.
     #[error("{0}")]
     Interrupted(String),
+    /// The run finished but these verdicts (by name) were not met.
     #[error("verdicts not met: {}", .0.join("; "))]
     NotMet(Vec<String>),
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tally::up::plan::AUDIT_DIR;
+use tally::up::AUDIT_DIR;
 use tally_audit::Entry;
 
 /// How often `tail` looks for new entries.

@@ -5,12 +5,12 @@
 //! threshold. `tally rollout status` prints the steps and the evidence, kept in
 //! `<data-dir>/rollout/<service>.json`.
 
-pub mod admin;
-pub mod judge;
-pub mod metrics;
-pub mod record;
-pub mod steps;
-pub mod topology;
+pub(crate) mod admin;
+pub(crate) mod judge;
+pub(crate) mod metrics;
+pub(crate) mod record;
+pub(crate) mod steps;
+pub(crate) mod topology;
 
 use judge::Thresholds;
 use metrics::Reading;
@@ -29,10 +29,12 @@ pub const DEFAULT_INTERVAL: &str = "1s";
 /// `tally rollout`.
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
+    /// Whether to start a rollout or show the last one.
     #[command(subcommand)]
     pub command: RolloutCommand,
 }
 
+/// The `tally rollout` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
     /// Shift calls to the canary of SERVICE step by step; roll back on a breach.
@@ -41,6 +43,7 @@ pub enum RolloutCommand {
     Status(StatusArgs),
 }
 
+/// Which canary `tally rollout start` promotes, and the steps and thresholds it uses.
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
     /// The service whose canary `tally up --canary SERVICE` started.
@@ -69,9 +72,12 @@ pub struct StartArgs {
     pub max_p99_ratio: f64,
 }
 
+/// Whose rollout record `tally rollout status` prints.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// The service whose last rollout to show.
     pub service: String,
+    /// The data directory of the `tally up` that ran the rollout.
     #[arg(long, default_value = ".tally")]
     pub data_dir: PathBuf,
 }
@@ -79,18 +85,26 @@ pub struct StatusArgs {
 /// Why a rollout stopped short of promoting the canary.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// The rollout cannot go ahead as asked (bad steps, unreadable admin token, unprintable record).
     #[error("{0}")]
     Usage(String),
+    /// The running platform's layout (callers, sidecars) could not be read.
     #[error(transparent)]
     Topology(#[from] topology::TopologyError),
+    /// A caller's admin API refused or failed to change the split.
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    /// The rollout record could not be read or written.
     #[error(transparent)]
     Record(#[from] record::RecordError),
+    /// The canary breached a threshold and its weight was set back to 0.
     #[error("rolled back {service} at {weight}%: {reason}")]
     RolledBack {
+        /// The service whose canary was rolled back.
         service: String,
+        /// The canary's percent of calls when the breach was seen.
         weight: u8,
+        /// Which threshold was breached, with the evidence.
         reason: String,
     },
 }

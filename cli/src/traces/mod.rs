@@ -4,10 +4,10 @@
 //! indented tree those commands print ([`tree`]).
 
 pub mod query;
-pub mod receiver;
+pub(crate) mod receiver;
 pub mod store;
 pub mod tree;
-pub mod wiring;
+pub(crate) mod wiring;
 
 /// File in the data directory holding the receiver's address (`127.0.0.1:PORT`).
 pub const ADDR_FILE: &str = "traces.addr";

@@ -14,10 +14,18 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The address file (path given) is missing or unreadable.
     #[error("cannot read {0}: is `tally up` running with this --data-dir? (or pass --traces-addr)")]
     NoAddress(String),
+    /// The receiver could not be reached or gave an unusable answer.
     #[error("trace receiver at {addr}: {message}")]
-    Http { addr: SocketAddr, message: String },
+    Http {
+        /// The receiver's query address.
+        addr: SocketAddr,
+        /// What went wrong with the request or its answer.
+        message: String,
+    },
+    /// The receiver holds no trace with this id.
     #[error("no trace `{0}` in the receiver (only recent traces are kept)")]
     NotFound(String),
 }

@@ -20,26 +20,36 @@ pub const MAX_VALUE_LEN: usize = 256;
 /// One finished span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpanRecord {
+    /// The trace it belongs to, lowercase hex.
     pub trace_id: String,
+    /// Its own id, lowercase hex.
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// The operation, e.g. `tally.poll.v1.PollService/Vote` (truncated to [`MAX_VALUE_LEN`]).
     pub name: String,
     /// The `service.name` of the process that recorded it.
     pub service: String,
+    /// `server`, `client`, `producer`, `consumer`, `internal` or `unspecified`.
     pub kind: String,
+    /// When it started, in nanoseconds since the Unix epoch.
     pub start_unix_nanos: u64,
+    /// When it ended, in nanoseconds since the Unix epoch.
     pub end_unix_nanos: u64,
     /// `ok`, `error` or `unset`.
     pub status: String,
+    /// The error description that came with the status, if any.
     pub status_message: String,
+    /// Key and value text of its attributes, at most [`MAX_ATTRIBUTES`].
     pub attributes: Vec<(String, String)>,
+    /// Names of the events recorded in it, at most [`MAX_ATTRIBUTES`].
     pub events: Vec<String>,
     /// `(trace_id, span_id)` of each linked span.
     pub links: Vec<(String, String)>,
 }
 
 impl SpanRecord {
+    /// How long it ran, in milliseconds (0 if the clock went backwards).
     pub fn duration_ms(&self) -> f64 {
         self.end_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / 1e6
     }
@@ -48,12 +58,19 @@ impl SpanRecord {
 /// A line of `tally traces`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceSummary {
+    /// The trace's id, lowercase hex.
     pub trace_id: String,
+    /// Name of its first root span (`?` while no root has arrived).
     pub root: String,
+    /// The services that recorded its spans, sorted, each once.
     pub services: Vec<String>,
+    /// Spans received for it.
     pub spans: usize,
+    /// Start of its earliest span, in nanoseconds since the Unix epoch.
     pub start_unix_nanos: u64,
+    /// From its earliest start to its latest end, in milliseconds.
     pub duration_ms: f64,
+    /// Spans whose status is `error`.
     pub errors: usize,
 }
 
@@ -172,6 +189,7 @@ pub fn records(resource_spans: &[ResourceSpans]) -> Vec<SpanRecord> {
 }
 
 impl TraceStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

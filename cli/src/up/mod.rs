@@ -25,6 +25,7 @@ pub mod scrape;
 mod supervisor;
 mod table;
 
+pub use plan::AUDIT_DIR;
 use plan::{Instance, ReplicaArg};
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +68,7 @@ pub struct UpArgs {
     /// least 1m); each is renewed at 70% of it while `tally up` runs.
     #[arg(long, default_value = mesh::DEFAULT_CERT_VALIDITY, value_parser = mesh::parse_validity)]
     pub cert_validity: Duration,
+    /// Which service, if any, gets a canary version beside its stable one.
     #[command(flatten)]
     pub canary: canary::CanaryArgs,
     /// Send traces to this OTLP/gRPC collector instead of the embedded receiver

@@ -27,7 +27,9 @@ pub const GATEWAY_JOB: &str = "tally-gateway";
 /// One scrape target: the job it belongs to and its `/metrics` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The Prometheus job (service or sidecar kind) it is scraped under.
     pub job: &'static str,
+    /// Where its `/metrics` endpoint listens.
     pub addr: SocketAddr,
 }
 

@@ -37,11 +37,17 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 256;
 /// The tunables of one client's stack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// Deadline of one call, and of each attempt of a read.
     pub call_timeout: Duration,
+    /// Attempts an idempotent read gets, the first included.
     pub read_attempts: usize,
+    /// Base pause before a read is tried again (grows exponentially).
     pub retry_backoff: Duration,
+    /// Consecutive outages that open the breaker.
     pub consecutive_failures: usize,
+    /// How long the open breaker refuses calls before it lets a probe through.
     pub open_wait: Duration,
+    /// Calls allowed in flight at once; the bulkhead refuses the rest at once.
     pub max_concurrent: usize,
 }
 
@@ -62,7 +68,9 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 #[error("resilience settings of {client}: {problem}")]
 pub struct SettingsError {
+    /// The client (metric label) whose stack failed to build.
     pub client: String,
+    /// What the resilience library rejected.
     pub problem: String,
 }
 

@@ -15,7 +15,7 @@ mod slots;
 mod stages;
 
 pub use files::{AUDIT_DIR, audit_file, directories};
-pub use replicas::{MAX_REPLICAS, ReplicaArg, parse_replicas};
+pub use replicas::{ReplicaArg, parse_replicas};
 pub use shared_state::refuse_split_state;
 pub use slots::METRICS_PORT;
 

@@ -14,14 +14,21 @@ use tower_resilience::circuitbreaker::CircuitState;
 
 /// One session-port call, as the stack sees it.
 #[derive(Clone)]
-pub enum SessionCall {
+pub(crate) enum SessionCall {
+    /// Stores a new session; never retried.
     Create {
+        /// The session id to store it under.
         id: String,
+        /// The session record.
         session: Session,
+        /// How long the backend keeps it.
         ttl: Duration,
     },
+    /// Looks up the session with this id.
     Get(String),
+    /// Revokes the session with this id.
     Revoke(String),
+    /// Checks the backend answers, for health.
     Ping,
 }
 
@@ -32,9 +39,12 @@ impl Call for SessionCall {
 }
 
 /// What a call returned.
-pub enum SessionReply {
+pub(crate) enum SessionReply {
+    /// A create or ping succeeded.
     Done,
+    /// The answer to a get: the session, if it exists.
     Found(Option<Session>),
+    /// The answer to a revoke: whether a session was removed.
     Revoked(bool),
 }
 

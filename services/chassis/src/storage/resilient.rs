@@ -14,23 +14,37 @@ use tower_resilience::circuitbreaker::CircuitState;
 
 /// One storage-port call, as the stack sees it.
 #[derive(Clone)]
-pub enum StoreCall {
+pub(crate) enum StoreCall {
+    /// Reads one row.
     Get {
+        /// The table to read.
         table: &'static str,
+        /// The row's partition.
         partition: String,
+        /// The row's key within the partition.
         key: String,
     },
+    /// Reads a page of one partition in key order.
     Scan {
+        /// The table to read.
         table: &'static str,
+        /// The partition to page through.
         partition: String,
+        /// Only keys after this one (the previous page's last key).
         after: Option<String>,
+        /// Most rows in the page.
         limit: usize,
     },
+    /// Applies a write batch; the one call never retried.
     Commit(WriteBatch),
+    /// Reads a page of outbox entries for the relay.
     ReadOutbox {
+        /// Only entries after this sequence number.
         after: u64,
+        /// Most entries in the page.
         limit: usize,
     },
+    /// Checks the backend answers, for health.
     Ping,
 }
 
@@ -41,10 +55,14 @@ impl Call for StoreCall {
 }
 
 /// What a call returned.
-pub enum StoreReply {
+pub(crate) enum StoreReply {
+    /// A commit or ping succeeded.
     Done,
+    /// The answer to a get: the row's value, if it exists.
     Value(Option<Vec<u8>>),
+    /// The answer to a scan.
     Rows(Vec<Row>),
+    /// The answer to an outbox read.
     Outbox(Vec<OutboxEntry>),
 }
 

@@ -48,10 +48,17 @@ pub struct TraceSettings {
 /// Errors starting the exporter.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// The configured sample ratio is outside 0.0..=1.0.
     #[error("`telemetry.trace_sample_ratio` must be between 0 and 1, got {0}")]
     Ratio(f64),
+    /// The OTLP exporter could not be built for the configured endpoint.
     #[error("cannot build the OTLP exporter for `{endpoint}`: {message}")]
-    Exporter { endpoint: String, message: String },
+    Exporter {
+        /// The collector endpoint from `[telemetry] otlp_endpoint`.
+        endpoint: String,
+        /// Why the exporter builder refused it.
+        message: String,
+    },
 }
 
 /// The provider of this process, kept so the last spans are flushed at exit.

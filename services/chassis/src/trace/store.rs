@@ -14,6 +14,7 @@ pub struct TracedStore {
 }
 
 impl TracedStore {
+    /// Puts `inner` behind the spans, as the store port `open` hands out.
     pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
         Arc::new(Self { inner })
     }
