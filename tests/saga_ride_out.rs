@@ -11,7 +11,7 @@
 
 use futures::StreamExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::billing::v1 as bpb;
 use tally_api::billing::v1::billing_service_client::BillingServiceClient;
 use tally_api::payment::v1 as ppb;
@@ -20,6 +20,7 @@ use tally_api::user::v1 as upb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const READY: Duration = Duration::from_secs(240);

@@ -115,8 +115,8 @@ async fn rollout(data: &std::path::Path, extra: &[&str]) -> (bool, String) {
         .args(["--min-calls", &MIN_CALLS.to_string()])
         .args(extra);
     let mut p = Process::spawn_command(cmd);
-    let deadline = std::time::Instant::now() + ROLLOUT_TIMEOUT;
-    while p.is_running() && std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + ROLLOUT_TIMEOUT;
+    while p.is_running() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = p

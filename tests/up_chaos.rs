@@ -25,8 +25,8 @@ async fn chaos(data: &Path, scenario: &Path) -> (bool, String) {
         .arg("--data-dir")
         .arg(data);
     let mut p = Process::spawn_command(cmd);
-    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    while p.is_running() && std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while p.is_running() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = p

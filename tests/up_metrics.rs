@@ -11,10 +11,11 @@ mod metric_names;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, bin_path, free_port, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 const READY: Duration = Duration::from_secs(240);
 /// How long Prometheus may take to see every target up and rates move.

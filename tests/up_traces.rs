@@ -6,12 +6,13 @@
 
 use serde_json::Value;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tally_api::poll::v1::{CastVoteRequest, CreatePollRequest};
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_api::user::v1::{LoginRequest, SignUpRequest};
 use tally_testkit::{Process, bin_path, free_port_range};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const READY: Duration = Duration::from_secs(240);

@@ -100,10 +100,12 @@ impl Upstream {
 fn unavailable() -> Response<Body> {
     let mut rsp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *rsp.status_mut() = StatusCode::OK;
+    rsp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
     rsp.headers_mut()
-        .insert("content-type", "application/grpc".parse().expect("static"));
-    rsp.headers_mut()
-        .insert("grpc-status", "14".parse().expect("static"));
+        .insert("grpc-status", hyper::header::HeaderValue::from_static("14"));
     rsp
 }
 

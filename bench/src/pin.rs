@@ -33,6 +33,7 @@ pub fn pin_self_away_from(sut: &str) -> Result<(), String> {
     }
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
     // touch that set and this thread's affinity.
+    #[allow(unsafe_code)]
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for c in &mine {

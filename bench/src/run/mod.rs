@@ -433,6 +433,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
 fn machine_line() -> String {
     // Online CPUs of the machine (this process may be pinned to fewer).
     // SAFETY: sysconf only reads a system constant.
+    #[allow(unsafe_code)]
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -193,7 +193,10 @@ fn user_config_without_gateway(ctx: &ConfigContext<'_>) -> Result<toml::Table, S
     user_config_trusting(ctx, &[])
 }
 
-fn user_config_trusting(ctx: &ConfigContext<'_>, proxies: &[IpAddr]) -> Result<toml::Table, String> {
+fn user_config_trusting(
+    ctx: &ConfigContext<'_>,
+    proxies: &[IpAddr],
+) -> Result<toml::Table, String> {
     let mut root = standard_config(ctx)?;
     let mut user = toml::Table::new();
     let token = ctx.state_dir.join(USER_ADMIN_TOKEN_FILE);

@@ -44,6 +44,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// A plain UNAVAILABLE with `message`.
+    #[cfg(test)]
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::Unavailable {
             message: message.into(),

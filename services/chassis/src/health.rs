@@ -67,7 +67,7 @@ impl HealthHub {
     /// `None`); a name already reported keeps what it follows.
     pub async fn cover(&self, service_name: &str, needs: Option<&[&str]>) {
         {
-            let mut names = lock(&self.service_names);
+            let mut names = self.service_names.lock();
             names
                 .entry(service_name.to_string())
                 .or_insert_with(|| needs.map(|n| n.iter().map(|d| d.to_string()).collect()));
@@ -137,7 +137,9 @@ impl HealthHub {
         let overall = self.is_serving();
         crate::metrics::record_health(None, overall);
         self.reporter.set_service_status("", word(overall)).await;
-        let names: Vec<(String, Needs)> = lock(&self.service_names)
+        let names: Vec<(String, Needs)> = self
+            .service_names
+            .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -163,13 +165,6 @@ impl HealthHub {
                 tokio::time::sleep(interval).await;
             }
         });
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

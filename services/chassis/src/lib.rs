@@ -25,5 +25,5 @@ pub mod shutdown;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
-pub mod wiring;
 pub mod trace;
+pub mod wiring;

@@ -10,12 +10,13 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{ServingStatus, UserProcess};
 use tally_api::user::v1 as pb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::RedisServer;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -116,7 +116,7 @@ mod tests {
         assert!(msg.contains("sign tokens with its own key"), "{msg}");
     }
 
-    fn shared_store(ctx: &ConfigContext) -> Result<toml::Table, String> {
+    fn shared_store(ctx: &ConfigContext<'_>) -> Result<toml::Table, String> {
         let mut t = crate::up::platform::standard_config(ctx)?;
         let storage: toml::Table = toml::from_str(
             "backend = \"scylla\"\nnodes = [\"10.0.0.1:9042\"]\nkeyspace = \"tally_polling\"",

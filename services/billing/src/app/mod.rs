@@ -23,7 +23,7 @@ mod steps;
 
 use crate::domain::plans::PlanId;
 use crate::domain::ride_out::Policy;
-use crate::domain::saga::{Notice, Payment, Saga, SagaError, SagaEvent, SubscriptionState};
+use crate::domain::saga::{Notice, Saga, SagaError, SagaEvent, SubscriptionState};
 use crate::events;
 use crate::payment::PaymentGateway;
 use crate::store::{Entitlement, Records, StepLog, SubscriptionRecord};
@@ -101,6 +101,7 @@ pub enum Clock {
     System,
     /// Tokio's clock counted from a fixed origin: it follows paused time,
     /// for tests of the timing rules.
+    #[cfg(test)]
     Tokio {
         origin: tokio::time::Instant,
         origin_ms: i64,
@@ -109,6 +110,7 @@ pub enum Clock {
 
 impl Clock {
     /// Tokio's clock, starting at the system time now.
+    #[cfg(test)]
     pub fn tokio() -> Self {
         Clock::Tokio {
             origin: tokio::time::Instant::now(),
@@ -120,6 +122,7 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         match self {
             Clock::System => now_ms(),
+            #[cfg(test)]
             Clock::Tokio { origin, origin_ms } => {
                 let elapsed = i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX);
                 origin_ms.saturating_add(elapsed)

@@ -44,7 +44,8 @@ impl PaymentGateway for Scripted {
         self.charge_calls.lock().push(key.to_string());
         self.charge_times.lock().push(tokio::time::Instant::now());
         let default = self.charge_default.lock().clone();
-        self.charges.lock()
+        self.charges
+            .lock()
             .pop_front()
             .unwrap_or_else(|| match default {
                 Some(e) => Err(e),
@@ -59,7 +60,8 @@ impl PaymentGateway for Scripted {
     ) -> Result<paypb::Charge, GatewayError> {
         self.settle_calls.lock().push(refund_key.to_string());
         let default = self.settle_default.lock().clone();
-        self.settles.lock()
+        self.settles
+            .lock()
             .pop_front()
             .unwrap_or_else(|| match default {
                 Some(e) => Err(e),
@@ -271,7 +273,10 @@ async fn compensation_starts_only_at_the_step_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_charge_must_be_refunded_before_the_saga_fails() {
     let script = Scripted::default();
-    script.charges.lock().push_back(Err(GatewayError::TimedOut("DeadlineExceeded: slow".into())));
+    script
+        .charges
+        .lock()
+        .push_back(Err(GatewayError::TimedOut("DeadlineExceeded: slow".into())));
     *script.charge_default.lock() = Some(down());
     *script.settle_default.lock() = Some(down());
     let policy = Policy {

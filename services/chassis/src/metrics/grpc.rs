@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 /// Label value for a service or method outside the bounded set.

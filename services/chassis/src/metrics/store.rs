@@ -5,7 +5,7 @@
 use crate::storage::{OutboxEntry, Row, Store, StoreError, WriteBatch};
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// A store whose operations are timed.
 pub struct TimedStore {

@@ -244,7 +244,9 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
     match settings {
         StorageSettings::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path).await?;
-            Ok(crate::trace::store::TracedStore::wrap(timed(Arc::new(store))))
+            Ok(crate::trace::store::TracedStore::wrap(timed(Arc::new(
+                store,
+            ))))
         }
         StorageSettings::Scylla { .. } => {
             let store: Arc<dyn Store> = Arc::new(scylla::ScyllaStore::connect(settings).await?);
@@ -254,7 +256,9 @@ pub async fn open(settings: &StorageSettings) -> Result<Arc<dyn Store>, StoreErr
                 &crate::resilience::Settings::default(),
             )
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(crate::trace::store::TracedStore::wrap(timed(Arc::new(guarded))))
+            Ok(crate::trace::store::TracedStore::wrap(timed(Arc::new(
+                guarded,
+            ))))
         }
     }
 }
