@@ -19,22 +19,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match tally_chassis::bootstrap::start(
+    tally_chassis::bootstrap::run_binary(
         "tally-billing",
         "billing",
         args.config.as_deref(),
         ENV_PREFIX,
         |cfg: &BillingConfig| &cfg.telemetry,
-    ) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match tally_billing::run::run(config, tally_chassis::shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tally-billing stopped");
-            eprintln!("tally-billing: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        |config| tally_billing::run::run(config, tally_chassis::shutdown::signal()),
+    )
+    .await
 }

@@ -1,10 +1,12 @@
 //! The start-up prologue every service binary runs before its own work:
 //! install the TLS crypto provider, load and validate the typed config, and
-//! start logging. Kept in one place so every binary fails the same way on a
-//! bad config (the error on stderr, exit code 2).
+//! start logging; then, for [`run_binary`], run the service until a
+//! shutdown signal. Kept in one place so every binary fails the same way on a
+//! bad config (the error on stderr, exit code 2) or a failed run (exit 1).
 
 use crate::config::{self, TelemetrySettings, Validate};
 use serde::de::DeserializeOwned;
+use std::fmt::Display;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -68,4 +70,34 @@ where
         }
     }
     Ok(cfg)
+}
+
+/// The whole `main` of a service binary: [`start`], then `run` with the
+/// loaded config until it returns. A failed run is logged and printed as
+/// `<binary>: <error>`, and the binary exits with 1.
+pub async fn run_binary<C, E, Fut>(
+    binary: &str,
+    service: &str,
+    file: Option<&Path>,
+    env_prefix: &str,
+    telemetry: impl FnOnce(&C) -> &TelemetrySettings,
+    run: impl FnOnce(C) -> Fut,
+) -> ExitCode
+where
+    C: DeserializeOwned + Validate,
+    E: Display,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let config = match start(binary, service, file, env_prefix, telemetry) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{binary} stopped");
+            eprintln!("{binary}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

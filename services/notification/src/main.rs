@@ -19,22 +19,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match tally_chassis::bootstrap::start(
+    tally_chassis::bootstrap::run_binary(
         "tally-notification",
         "notification",
         args.config.as_deref(),
         ENV_PREFIX,
         |cfg: &Config| &cfg.telemetry,
-    ) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match tally_notification::run::run(config, tally_chassis::shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tally-notification stopped");
-            eprintln!("tally-notification: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        |config| tally_notification::run::run(config, tally_chassis::shutdown::signal()),
+    )
+    .await
 }

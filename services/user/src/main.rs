@@ -20,20 +20,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match tally_chassis::bootstrap::start(
+    tally_chassis::bootstrap::run_binary(
         "tally-user",
         "tally-user",
         args.config.as_deref(),
         ENV_PREFIX,
         |cfg: &Config| &cfg.telemetry,
-    ) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(e) = tally_user::run::run(config, tally_chassis::shutdown::signal()).await {
-        tracing::error!(error = %e, "tally-user stopped");
-        eprintln!("tally-user: {e}");
-        std::process::exit(1);
-    }
-    ExitCode::SUCCESS
+        |config| tally_user::run::run(config, tally_chassis::shutdown::signal()),
+    )
+    .await
 }
