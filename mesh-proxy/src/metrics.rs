@@ -215,7 +215,7 @@ impl Metrics {
         Self::with_labels(LabelPolicy::default())
     }
 
-    fn with_labels(labels: LabelPolicy) -> Arc<Self> {
+    pub(crate) fn with_labels(labels: LabelPolicy) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tally_proxy");
         let requests = Family::<CallLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(

@@ -275,3 +275,78 @@ impl DirectionHandles {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{LabelPolicy, LabelSet};
+
+    fn req(authority: &str, path: &str, peer: Option<&str>) -> Req {
+        let mut r = http::Request::builder()
+            .uri(format!("http://{authority}{path}"))
+            .body(crate::body::empty())
+            .unwrap();
+        r.extensions_mut().insert(PeerId(peer.map(str::to_string)));
+        r
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::with_labels(LabelPolicy {
+            outbound: LabelSet::new(["user".to_string()], 0),
+            inbound: LabelSet::new(["tally.Poll".to_string()], 0),
+            callers: LabelSet::new(["spiffe://a".to_string()], 1),
+        })
+    }
+
+    #[test]
+    fn outbound_routes_resolve_like_the_router() {
+        let h = DirectionHandles::new(Direction::Outbound, metrics());
+        for a in ["user", "user:80", "USER.tally.svc:80"] {
+            let c = h.for_call(&req(a, "/x.Y/Z", None));
+            assert_eq!((c.route(), c.caller()), ("user", "local"), "{a}");
+        }
+        assert_eq!(h.for_call(&req("junk", "/x.Y/Z", None)).route(), OTHER);
+    }
+
+    #[test]
+    fn inbound_labels_stay_bounded_and_series_appear_on_first_use() {
+        let m = metrics();
+        let h = DirectionHandles::new(Direction::Inbound, m.clone());
+        let known = h.for_call(&req("x", "/tally.Poll/Get", Some("spiffe://a")));
+        assert_eq!(
+            (known.route(), known.caller()),
+            ("tally.Poll", "spiffe://a")
+        );
+        // One caller may be learned, the next one is `other`; unknown services are `other`.
+        let learned = h.for_call(&req("x", "/tally.Poll/Get", Some("spiffe://b")));
+        assert_eq!(learned.caller(), "spiffe://b");
+        let past = h.for_call(&req("x", "/tally.Poll/Get", Some("spiffe://c")));
+        assert_eq!(past.caller(), OTHER);
+        for i in 0..50 {
+            let c = h.for_call(&req("x", &format!("/junk.S{i}/M"), None));
+            assert_eq!((c.route(), c.caller()), (OTHER, "anonymous"));
+        }
+        assert_eq!(
+            h.routes.read().unwrap().len(),
+            1,
+            "only accepted label values are cached"
+        );
+        assert!(
+            !m.encode().contains("tally.Poll"),
+            "no series before a call ends"
+        );
+        known.record(Outcome::Code(Code::Ok), 0.001);
+        past.record(Outcome::Reset, 0.001);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"direction="inbound",route="tally.Poll",caller="spiffe://a",grpc_status="OK"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"caller="other",grpc_status="RESET"} 1"#),
+            "{text}"
+        );
+    }
+}
