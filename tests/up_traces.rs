@@ -249,6 +249,7 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
     // The tree as a person reads it.
     let (ok, tree, err) = tally(data.path(), &["trace", &id[..12]]);
     assert!(ok, "{err}");
+    eprintln!("{tree}");
     assert!(tree.starts_with(&format!("trace {id} (")), "{tree}");
     let line = |name: &str| {
         tree.lines()
