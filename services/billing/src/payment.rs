@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use std::time::Duration;
 use tally_api::payment::v1 as pb;
 use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
+use tally_chassis::trace::client::ClientTraceService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -140,14 +141,14 @@ pub trait PaymentGateway: Send + Sync + 'static {
 /// The gRPC adapter.
 #[derive(Clone)]
 pub struct GrpcPayment {
-    client: PaymentServiceClient<Channel>,
+    client: PaymentServiceClient<ClientTraceService<Channel>>,
     timeout: Duration,
 }
 
 impl GrpcPayment {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
         Self {
-            client: PaymentServiceClient::new(channel),
+            client: PaymentServiceClient::new(ClientTraceService::new(channel)),
             timeout,
         }
     }

@@ -161,6 +161,8 @@ where
         }
     }
     tracing::info!("server stopped");
+    // The last calls' spans are still queued for export.
+    let _ = tokio::task::spawn_blocking(crate::trace::flush).await;
     Ok(())
 }
 

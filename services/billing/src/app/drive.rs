@@ -66,7 +66,11 @@ impl Orchestrator {
             self.crash_point(&format!("{}:intent", step.name()));
 
             // 2. The step itself.
-            let outcome = self.execute(&rec, &command).await?;
+            let outcome = tracing::Instrument::instrument(
+                self.execute(&rec, &command),
+                tally_chassis::trace::saga::step(step.name()),
+            )
+            .await?;
             if matches!(step, Step::ChargePayment | Step::RefundPayment) {
                 self.crash_point(&format!("{}:called", step.name()));
             }

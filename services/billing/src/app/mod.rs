@@ -282,11 +282,15 @@ impl Orchestrator {
     pub fn spawn_drive(&self, id: &str) {
         let this = self.clone();
         let id = id.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = this.drive(&id).await {
-                tracing::warn!(subscription_id = %id, error = %e, "saga paused; will resume");
-            }
-        });
+        let span = tally_chassis::trace::saga::run("subscription", &id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = this.drive(&id).await {
+                    tracing::warn!(subscription_id = %id, error = %e, "saga paused; will resume");
+                }
+            },
+            span,
+        ));
     }
 
     /// Drives every unfinished saga; used at start-up and periodically.

@@ -26,6 +26,13 @@ pub struct ClientTraceService<S> {
     inner: S,
 }
 
+impl<S> ClientTraceService<S> {
+    /// Traces the calls made through `inner` (e.g. a generated client's channel).
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
 impl<S, B, RB> Service<Request<B>> for ClientTraceService<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod events;
 pub mod propagate;
+pub mod saga;
 pub mod server;
 pub mod store;
 
