@@ -17,6 +17,9 @@ use tonic::{Code, Status};
 pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";
 /// Header with which a callee asks for a pause before the next try.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+/// The message of the CANCELLED status tonic returns when the call's own
+/// deadline passes on the client side (`tonic::TimeoutExpired`).
+const CLIENT_TIMEOUT_MESSAGE: &str = "Timeout expired";
 /// Proxy reasons meaning "refused without trying": no endpoint could take it.
 pub const FAST_FAIL_REASONS: [&str; 2] = ["breaker-open", "no-endpoints"];
 
@@ -89,6 +92,8 @@ impl GatewayError {
                 pushback,
             },
             Code::DeadlineExceeded => Self::TimedOut(text),
+            // tonic reports its own client-side deadline as CANCELLED.
+            Code::Cancelled if status.message() == CLIENT_TIMEOUT_MESSAGE => Self::TimedOut(text),
             Code::Unknown
             | Code::Internal
             | Code::Cancelled
@@ -269,6 +274,17 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            kind(Status::cancelled("Timeout expired")),
+            Some(Failure::Transient {
+                processed_possibly: true,
+                ..
+            })
+        ));
+        assert_eq!(
+            kind(Status::cancelled("by the caller")),
+            Some(Failure::Doubtful)
+        );
         assert_eq!(kind(Status::internal("boom")), Some(Failure::Doubtful));
         assert_eq!(kind(Status::invalid_argument("bad")), None);
         assert_eq!(kind(Status::failed_precondition("no")), None);
