@@ -32,8 +32,8 @@ const SERVICES: [&str; 6] = [
     "billing",
     "payment",
 ];
-/// Six service ports, three per sidecar, the gateway's two.
-const PORTS: u16 = 6 + 6 * 3 + 2;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Users starting a subscription during the outage.
 const USERS: usize = 60;
 /// How long payment's sidecar injects faults: the minute, twelve

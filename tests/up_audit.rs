@@ -12,9 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
 const FOLLOWED: Duration = Duration::from_secs(60);
-/// Six services, three ports per sidecar, the gateway's two, then each
-/// service's metrics listener.
-const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 const FAULTS: &str = r#"{"route": "user", "faults": {"abort_percent": 0}}"#;
 
 fn tally(args: &[&str]) -> Output {

@@ -20,9 +20,8 @@ const READY: Duration = Duration::from_secs(240);
 const BUILD: Duration = Duration::from_secs(180);
 /// The browser scenario; drive.mjs gives up by itself after 240 s.
 const DRIVE: Duration = Duration::from_secs(300);
-/// Six services, three ports per sidecar, the gateway's listener and admin,
-/// then each service's metrics listener.
-const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// The page's allowed origin: one of `tally up`'s dev origins for the gateway.
 const APP_ORIGIN: &str = "http://localhost:5173";
 /// Oldest Node the pinned npm packages support (Debian bookworm ships 18).

@@ -16,8 +16,8 @@ use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
-/// Seven service instances (analytics twice), three ports per sidecar, the gateway's two.
-const PORTS: u16 = 7 + 7 * 3 + 2;
+/// `tally up` with one more analytics instance (the canary) and its sidecar.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS + tally_testkit::TALLY_UP_PORTS_PER_EXTRA_INSTANCE;
 /// Canary calls a rollout step needs before it judges (`--min-calls`).
 const MIN_CALLS: u64 = 5;
 /// The stated bound: a faulty canary at the first step (5 %) fails at most the calls it

@@ -12,8 +12,8 @@ use tally_testkit::{Process, bin_path, free_port_range, repo_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
-/// Six service instances and their sidecars (three ports each), the gateway's two.
-const PORTS: u16 = 6 * 4 + 2;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// How long one chaos run may take at most (setup, load, settling, verdicts).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 

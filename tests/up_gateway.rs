@@ -13,9 +13,8 @@ use tally_testkit::{Process, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
-/// Six services, three ports per sidecar, the gateway's listener and admin,
-/// then each service's metrics listener.
-const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 
 /// One gRPC-Web answer: HTTP status and headers, message frames, trailers.
 struct WebReply {

@@ -25,10 +25,8 @@ const SERVICES: [&str; 6] = [
     "billing",
     "payment",
 ];
-/// Six service ports, then inbound, outbound and admin for each sidecar,
-/// then the gateway's listener and admin port, then each service's metrics
-/// listener.
-const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 
 /// A running `tally up` (mesh on) on free ports in a temp data dir.
 struct Up {

@@ -24,9 +24,8 @@ const SCRAPED: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
 /// Scrape interval the test rewrites the written config to.
 const TEST_SCRAPE_INTERVAL: &str = "1s";
-/// Six services, three ports per sidecar, the gateway's listener and admin,
-/// then each service's metrics listener.
-const PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Six services, six sidecars and the gateway.
 const TARGETS: usize = 13;
 const SERVICES: [&str; 6] = [

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const READY: Duration = Duration::from_secs(240);
-/// Six services, three ports per sidecar, the gateway's listener and admin.
-const PORTS: u16 = 6 + 6 * 3 + 2;
+/// Every port `tally up` takes from `--base-port`.
+const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Longest wait for the exported trace to be complete in the receiver.
 const EXPORTED: Duration = Duration::from_secs(60);
 /// How often the receiver is asked while waiting.

@@ -310,7 +310,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
             args.canary.canary.as_deref().unwrap_or_default()
         ));
     }
-    plan::refuse_split_state(&plan)?;
+    plan::refuse_split_state(&plan, &platform)?;
     ports::check_free(&plan)?;
 
     let bin_dir = binaries::dir(args.bin_dir.as_deref())?;

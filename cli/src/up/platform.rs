@@ -45,6 +45,10 @@ pub struct ServiceSpec {
     /// move), and [`Platform::without_mesh`] drops it. Without a `grpc` port
     /// it is ready when its `admin` port answers `/ready`.
     pub mesh_only: bool,
+    /// Its embedded store holds only what it rebuilds from the event feed (a
+    /// read model, consumer positions): every replica keeps a whole copy of
+    /// its own, so replicas on embedded storage do not split its state.
+    pub read_model: bool,
     /// Writes the instance's config file.
     pub config: ConfigFn,
 }
@@ -229,6 +233,7 @@ pub fn platform() -> Platform {
                 outbound: &[],
                 sidecar: true,
                 mesh_only: false,
+                read_model: false,
                 config: user_config,
             },
             ServiceSpec {
@@ -244,6 +249,7 @@ pub fn platform() -> Platform {
                 outbound: &["user", "billing"],
                 sidecar: true,
                 mesh_only: false,
+                read_model: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -257,6 +263,7 @@ pub fn platform() -> Platform {
                 outbound: &["user", "polling"],
                 sidecar: true,
                 mesh_only: false,
+                read_model: true,
                 config: standard_config,
             },
             ServiceSpec {
@@ -269,6 +276,7 @@ pub fn platform() -> Platform {
                 outbound: &["user", "polling"],
                 sidecar: true,
                 mesh_only: false,
+                read_model: true,
                 config: standard_config,
             },
             ServiceSpec {
@@ -282,6 +290,7 @@ pub fn platform() -> Platform {
                 outbound: &["payment", "user"],
                 sidecar: true,
                 mesh_only: false,
+                read_model: false,
                 config: standard_config,
             },
             ServiceSpec {
@@ -294,6 +303,7 @@ pub fn platform() -> Platform {
                 outbound: &[],
                 sidecar: true,
                 mesh_only: false,
+                read_model: false,
                 config: standard_config,
             },
             // The browser entry point: gRPC-Web and gRPC with edge JWT

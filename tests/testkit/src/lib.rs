@@ -17,7 +17,7 @@ mod services;
 
 pub use health::{is_serving, wait_for_health};
 pub use paths::{bin_path, grpcurl, repo_root};
-pub use ports::{free_port, free_port_range};
+pub use ports::{TALLY_UP_PORTS, TALLY_UP_PORTS_PER_EXTRA_INSTANCE, free_port, free_port_range};
 pub use process::Process;
 pub use redis::RedisServer;
 pub use service::{CALL_TIMEOUT, ServiceProcess};

@@ -14,6 +14,16 @@ pub fn free_port() -> u16 {
     free_port_range(1)
 }
 
+/// Ports `tally up` (with the mesh) takes in a row from `--base-port`: six
+/// service ports, inbound, outbound and admin for each sidecar, the
+/// gateway's two, then a metrics port per service. The CLI's plan tests
+/// check this figure against the plan `tally up` builds.
+pub const TALLY_UP_PORTS: u16 = 6 + 6 * 3 + 2 + 6;
+
+/// Ports each extra service instance (a replica or a canary) adds to
+/// [`TALLY_UP_PORTS`]: its gRPC and metrics ports and its sidecar's three.
+pub const TALLY_UP_PORTS_PER_EXTRA_INSTANCE: u16 = 5;
+
 /// The first of `n` consecutive ports that are all free right now, for
 /// launchers such as `tally up --base-port` that allocate ports in a row.
 ///

@@ -21,6 +21,7 @@ pub fn gateway() -> ServiceSpec {
         outbound: &["user", "polling", "notification", "analytics", "billing"],
         sidecar: false,
         mesh_only: true,
+        read_model: false,
         config: gateway_config,
     }
 }

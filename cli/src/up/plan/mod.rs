@@ -329,6 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn the_port_counts_the_tests_reserve_are_what_the_plan_takes() {
+        let plan = build(&platform(), &opts(vec![])).expect("plan");
+        assert_eq!(
+            plan.ports().len(),
+            usize::from(tally_testkit::TALLY_UP_PORTS)
+        );
+        let canary = crate::up::canary::with_canary_replica(&[], "analytics");
+        let plan = build(&platform(), &opts(canary)).expect("plan");
+        assert_eq!(
+            plan.ports().len(),
+            usize::from(
+                tally_testkit::TALLY_UP_PORTS + tally_testkit::TALLY_UP_PORTS_PER_EXTRA_INSTANCE
+            )
+        );
+    }
+
+    #[test]
     fn default_plan_puts_user_on_50051_and_polling_on_50052() {
         let plan = build(&two(), &opts(vec![])).expect("plan");
         let names: Vec<&str> = plan.instances.iter().map(|i| i.name.as_str()).collect();

@@ -4,20 +4,34 @@
 //! file per replica: each would hold a different part of the data, and
 //! user replicas would each sign tokens with their own key (the signing-key
 //! ring lives in the service's store, so replicas on a shared store share
-//! it). Such a plan is refused with the reason and the fix.
+//! it). Such a plan is refused with the reason and the fix. Read models
+//! (analytics, notification) are exempt: each replica rebuilds a whole copy
+//! from the event feed, which is also what lets `tally up --canary analytics`
+//! run a second analytics instance.
 
 use super::super::UpError;
+use super::super::platform::Platform;
 use super::Plan;
 use std::collections::BTreeMap;
 
 /// The storage backend that keeps one file per instance.
 const EMBEDDED_BACKEND: &str = "embedded";
 
-/// Refuses `plan` when a service runs more than one instance on embedded
-/// storage.
-pub fn refuse_split_state(plan: &Plan) -> Result<(), UpError> {
+/// Refuses `plan` when a service of `platform` that is not a read model runs
+/// more than one instance on embedded storage.
+pub fn refuse_split_state(plan: &Plan, platform: &Platform) -> Result<(), UpError> {
+    let read_model = |service: &str| {
+        platform
+            .services
+            .iter()
+            .any(|s| s.name == service && s.read_model)
+    };
     let mut embedded: BTreeMap<&str, u32> = BTreeMap::new();
-    for inst in plan.instances.iter().filter(|i| i.sidecar_of.is_none()) {
+    for inst in plan
+        .instances
+        .iter()
+        .filter(|i| i.sidecar_of.is_none() && !read_model(&i.service))
+    {
         let backend = inst.config.parse::<toml::Table>().ok().and_then(|t| {
             t.get("storage")?
                 .get("backend")?
@@ -76,18 +90,17 @@ mod tests {
     fn one_instance_each_is_fine_with_or_without_the_mesh() {
         for p in [platform(), platform().without_mesh()] {
             let plan = build(&p, &opts(vec![])).expect("plan");
-            refuse_split_state(&plan).expect("one instance each");
+            refuse_split_state(&plan, &p).expect("one instance each");
         }
     }
 
     #[test]
     fn replicas_of_a_service_on_embedded_storage_are_refused_with_the_fix() {
-        let plan = build(
-            &platform(),
-            &opts(vec![ReplicaArg::One("polling".into(), 2)]),
-        )
-        .expect("plan");
-        let msg = refuse_split_state(&plan).expect_err("split").to_string();
+        let p = platform();
+        let plan = build(&p, &opts(vec![ReplicaArg::One("polling".into(), 2)])).expect("plan");
+        let msg = refuse_split_state(&plan, &p)
+            .expect_err("split")
+            .to_string();
         assert!(msg.contains("--replicas polling=2 refused"), "{msg}");
         assert!(msg.contains("embedded database file"), "{msg}");
         assert!(msg.contains("different part of the data"), "{msg}");
@@ -97,21 +110,20 @@ mod tests {
 
     #[test]
     fn user_replicas_name_the_signing_key_and_every_split_service_is_listed() {
-        let plan =
-            build(&platform().without_mesh(), &opts(vec![ReplicaArg::All(3)])).expect("plan");
-        let msg = refuse_split_state(&plan).expect_err("split").to_string();
-        for s in [
-            "user",
-            "polling",
-            "notification",
-            "analytics",
-            "billing",
-            "payment",
-        ] {
+        let p = platform().without_mesh();
+        let plan = build(&p, &opts(vec![ReplicaArg::All(3)])).expect("plan");
+        let msg = refuse_split_state(&plan, &p)
+            .expect_err("split")
+            .to_string();
+        for s in ["user", "polling", "billing", "payment"] {
             assert!(
                 msg.contains(&format!("--replicas {s}=3 refused")),
                 "{s}: {msg}"
             );
+        }
+        // Read models keep a whole copy per replica: not refused.
+        for s in ["notification", "analytics"] {
+            assert!(!msg.contains(&format!("--replicas {s}=")), "{s}: {msg}");
         }
         assert!(msg.contains("sign tokens with its own key"), "{msg}");
     }
@@ -143,6 +155,14 @@ mod tests {
             ]),
         )
         .expect("plan");
-        refuse_split_state(&plan).expect("shared store");
+        refuse_split_state(&plan, &p).expect("shared store");
+    }
+
+    #[test]
+    fn a_canary_of_a_read_model_runs_on_embedded_storage() {
+        let p = platform();
+        let replicas = crate::up::canary::with_canary_replica(&[], "analytics");
+        let plan = build(&p, &opts(replicas)).expect("plan");
+        refuse_split_state(&plan, &p).expect("analytics rebuilds from the feed");
     }
 }

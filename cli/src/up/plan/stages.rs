@@ -69,6 +69,7 @@ mod tests {
             outbound: deps,
             sidecar: false,
             mesh_only: false,
+            read_model: false,
             config: standard_config,
         }
     }
