@@ -818,6 +818,30 @@ pub async fn http1_from(
 }
 
 /// A gRPC-Web call as a browser library makes it.
+/// The `Host` the gateway tests call.
+pub const GATEWAY_HOST: &str = "gateway.test";
+
+/// A POST to the gateway for `path`, addressed as the tests address it.
+pub fn gateway_post(path: &str) -> http::request::Builder {
+    Request::post(path).header("host", GATEWAY_HOST)
+}
+
+/// A CORS preflight for `ECHO` from `origin`, asking for gRPC-Web's request headers.
+pub async fn preflight(addr: SocketAddr, origin: &str) -> (u16, HeaderMap) {
+    let req = Request::options(ECHO)
+        .header("host", GATEWAY_HOST)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,x-user-agent,authorization,grpc-timeout",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, _) = http1(addr, req).await;
+    (status, headers)
+}
+
 pub async fn web_call(
     addr: SocketAddr,
     path: &str,
@@ -853,8 +877,7 @@ pub async fn web_call_from(
             Bytes::from(STANDARD.encode(&body)),
         ),
     };
-    let mut req = Request::post(path)
-        .header("host", "gateway.test")
+    let mut req = gateway_post(path)
         .header("content-type", ct)
         .header("accept", accept)
         .header("x-grpc-web", "1")
