@@ -128,10 +128,11 @@ pub const TRUST_DOMAIN: &str = "tally.local";
 pub const PEER_ID_HEADER: &str = "x-tally-peer-spiffe-id";
 /// Header naming why the proxy itself failed a call.
 pub const PROXY_ERROR_HEADER: &str = "tally-proxy-error";
-/// Header carrying a call's request id, shown to browsers in proxy errors.
+/// Header carrying a call's request id (as Envoy and the services' chassis name it), shown to
+/// browsers in every error the gateway answers.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Longest request id the gateway keeps from a request; longer or odd ones are replaced.
-pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Longest request id the gateway keeps from a trusted proxy; longer or odd ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 // Gateway (browser-facing listener).
 /// Request headers a browser may send (CORS `access-control-allow-headers`).
@@ -150,6 +151,7 @@ pub const GATEWAY_CORS_EXPOSE_HEADERS: &[&str] = &[
     "grpc-message",
     "grpc-retry-pushback-ms",
     "tally-proxy-error",
+    "x-request-id",
 ];
 /// How long a browser may cache a preflight answer.
 pub const GATEWAY_CORS_MAX_AGE: Duration = Duration::from_secs(86_400);

@@ -7,7 +7,7 @@
 
 use crate::balance::ServedBy;
 use crate::body::{Body, BodyError};
-use crate::defaults::{MAX_REQUEST_ID_LEN, PROXY_ERROR_HEADER, REQUEST_ID_HEADER};
+use crate::defaults::PROXY_ERROR_HEADER;
 use crate::grpc::{self, Code};
 use crate::layer::{Layer, Next};
 use crate::{Direction, ProxyError, Req, Rsp};
@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use rand::Rng;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -101,27 +100,9 @@ pub fn public_message(reason: &str) -> &'static str {
         .map_or("proxy error", |(_, m)| m)
 }
 
-/// The request id of a call entering at the edge: the request's `x-request-id` when it is a
-/// short printable token, else a new one, set on the request so the services log it too.
-pub fn request_id(req: &mut Req) -> String {
-    let given = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_LEN
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .map(str::to_string);
-    if let Some(id) = given {
-        return id;
-    }
-    let id = format!("{:016x}", rand::rng().random::<u64>());
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    id
+/// A message shown at the edge, naming the call's request id (the id in the gateway's logs).
+pub fn with_request_id(message: &str, request_id: &str) -> String {
+    format!("{message} (request id {request_id})")
 }
 
 /// Replaces the message of a proxy error (found by its reason, in headers or trailers) with
@@ -142,7 +123,7 @@ fn redact(map: &mut HeaderMap, request_id: &str) -> bool {
         detail,
         "proxy error returned to a browser"
     );
-    let message = format!("{public} (request id {request_id})");
+    let message = with_request_id(public, request_id);
     match HeaderValue::from_str(&grpc::encode_message(&message)) {
         Ok(v) => map.insert("grpc-message", v),
         Err(_) => map.remove("grpc-message"),
@@ -408,19 +389,5 @@ mod tests {
         let msg = t["grpc-message"].to_str().unwrap();
         assert!(!msg.contains("10.0.0.7"), "{msg}");
         assert!(msg.contains("abc123"), "{msg}");
-    }
-
-    #[test]
-    fn request_ids_are_kept_when_sane_and_issued_otherwise() {
-        let mut req = Req::new(body::empty());
-        req.headers_mut()
-            .insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42"));
-        assert_eq!(request_id(&mut req), "req-42");
-        let mut req = Req::new(body::empty());
-        req.headers_mut()
-            .insert(REQUEST_ID_HEADER, HeaderValue::from_static("<script>"));
-        let id = request_id(&mut req);
-        assert_eq!(id.len(), 16);
-        assert_eq!(req.headers()[REQUEST_ID_HEADER], id.as_str());
     }
 }

@@ -4,12 +4,10 @@
 //! `x-request-id` and starts a new trace, unless the TCP peer is a trusted proxy, whose
 //! request id (when well formed) and trace context are kept.
 
+use crate::defaults::MAX_REQUEST_ID_LEN;
+pub use crate::defaults::REQUEST_ID_HEADER;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The request id header, as Envoy and the services' chassis name it.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Longest request id accepted from a trusted proxy.
-const MAX_REQUEST_ID_LEN: usize = 128;
 /// Prefixes of headers only the mesh may set.
 const INTERNAL_PREFIXES: [&str; 4] = ["x-envoy-", "tally-", "x-tally-", "l5d-"];
 /// Internal headers without one of those prefixes.

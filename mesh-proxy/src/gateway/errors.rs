@@ -2,7 +2,8 @@
 //! The answer is built by `error::respond` (trailers-only gRPC, or a plain HTTP error where the
 //! request is not a usable gRPC call at all: bad base64 → 400, not gRPC → 415); for gRPC-Web
 //! this module moves the status into the trailer frame of the body. Messages never name
-//! identities or endpoint addresses: those go to the logs.
+//! identities or endpoint addresses (those go to the logs) and end with the request id, as
+//! forwarded proxy errors do (`respond::for_browser`).
 
 use super::auth::AuthError;
 use super::grpc_web::{Protocol, trailer_frame};
@@ -70,13 +71,20 @@ impl GatewayError {
         }
     }
 
-    pub fn to_response(&self, protocol: Option<Protocol>) -> Rsp {
-        let message = self.public_message();
+    /// The HTTP status when the answer is a plain HTTP error rather than a gRPC status.
+    pub fn http_status(&self) -> Option<StatusCode> {
+        match self {
+            GatewayError::NotGrpc(_) => Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            GatewayError::BadRequest(_) => Some(StatusCode::BAD_REQUEST),
+            _ => None,
+        }
+    }
+
+    /// The answer for call `request_id` (also sent as `x-request-id` by the gateway).
+    pub fn to_response(&self, protocol: Option<Protocol>, request_id: &str) -> Rsp {
+        let message = respond::with_request_id(&self.public_message(), request_id);
         let Some(code) = self.code() else {
-            let status = match self {
-                GatewayError::NotGrpc(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                _ => StatusCode::BAD_REQUEST,
-            };
+            let status = self.http_status().unwrap_or(StatusCode::BAD_REQUEST);
             return respond::http_error(status, &message, self.reason());
         };
         let mut rsp = respond::grpc_response(code, &message, self.reason());

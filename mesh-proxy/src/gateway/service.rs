@@ -91,20 +91,24 @@ impl Gateway {
 
     /// Serves one request from `client` (the TCP peer).
     pub async fn handle(&self, mut req: Req, client: IpAddr) -> Rsp {
-        if Cors::is_preflight(req.method(), req.headers()) {
-            return self.inner.cors.preflight(req.headers());
-        }
         let trusted = self.inner.trusted_proxies.contains(&client);
         let request_id = edge::sanitize(req.headers_mut(), trusted);
+        if Cors::is_preflight(req.method(), req.headers()) {
+            // A refused preflight carries the id too, so a report of it can be found in logs.
+            let mut rsp = self.inner.cors.preflight(req.headers());
+            rsp.headers_mut().insert(REQUEST_ID_HEADER, request_id.0);
+            return rsp;
+        }
         req.extensions_mut().insert(request_id.clone());
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut rsp = self.serve(req, client).await;
+        let id = request_id.0.to_str().unwrap_or_default().to_string();
+        let mut rsp = self.serve(req, client, &id).await;
         self.inner.cors.decorate(origin.as_ref(), &mut rsp);
         rsp.headers_mut().insert(REQUEST_ID_HEADER, request_id.0);
         rsp
     }
 
-    async fn serve(&self, req: Req, client: IpAddr) -> Rsp {
+    async fn serve(&self, req: Req, client: IpAddr, request_id: &str) -> Rsp {
         let Some(protocol) = grpc_web::classify(req.headers()) else {
             let ct = req
                 .headers()
@@ -112,25 +116,25 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            return self.fail(GatewayError::NotGrpc(ct), None, "unknown");
+            return self.fail(GatewayError::NotGrpc(ct), None, "unknown", request_id);
         };
         let route = self.inner.routes.lookup(req.uri().path()).cloned();
         let label = route
             .as_ref()
             .map_or_else(|| "unknown".to_string(), |r| r.prefix.clone());
-        let mut req = match self.admit(req, protocol, route, client).await {
+        let req = match self.admit(req, protocol, route, client).await {
             Ok(r) => r,
-            Err(e) => return self.fail(e, Some(protocol), &label),
+            Err(e) => return self.fail(e, Some(protocol), &label, request_id),
         };
-        let request_id = respond::request_id(&mut req);
         let rsp = match self.inner.outbound.clone().oneshot(req).await {
-            Ok(r) => respond::for_browser(r, &request_id),
+            Ok(r) => respond::for_browser(r, request_id),
             // A reset cannot reach an HTTP/1.1 caller; answer with the status instead.
             Err(_reset) => {
                 return self.fail(
                     GatewayError::Proxy(ProxyError::FaultReset),
                     Some(protocol),
                     &label,
+                    request_id,
                 );
             }
         };
@@ -250,12 +254,18 @@ impl Gateway {
     }
 
     /// The response for a gateway-made failure, counted under `route`.
-    fn fail(&self, e: GatewayError, protocol: Option<Protocol>, route: &str) -> Rsp {
-        let status = match e.code() {
-            Some(c) => c.name().to_string(),
-            None => format!("HTTP_{}", e.to_response(None).status().as_u16()),
+    fn fail(
+        &self,
+        e: GatewayError,
+        protocol: Option<Protocol>,
+        route: &str,
+        request_id: &str,
+    ) -> Rsp {
+        let status = match (e.code(), e.http_status()) {
+            (Some(c), _) => c.name().to_string(),
+            (None, s) => format!("HTTP_{}", s.map_or(0, |s| s.as_u16())),
         };
-        tracing::debug!(error = %e, reason = e.reason(), route, "gateway refused a call");
+        tracing::debug!(error = %e, reason = e.reason(), route, request_id, "gateway refused a call");
         self.inner
             .metrics
             .gateway_requests
@@ -264,7 +274,7 @@ impl Gateway {
                 grpc_status: status,
             })
             .inc();
-        e.to_response(protocol)
+        e.to_response(protocol, request_id)
     }
 }
 
