@@ -115,7 +115,7 @@ pub async fn guard_panics<T>(
 }
 
 /// What a caller sees when its call handler panicked.
-fn panic_response() -> crate::Rsp {
+pub(crate) fn panic_response() -> crate::Rsp {
     let mut rsp = grpc::trailers_only(Code::Internal, "internal proxy error");
     rsp.headers_mut()
         .insert(PROXY_ERROR_HEADER, http::HeaderValue::from_static("panic"));

@@ -8,12 +8,16 @@
 //! `idle_timeout` is closed (HTTP/2: GOAWAY first). hyper has no idle timeout of its own for
 //! HTTP/2 or for a connection that has not sent enough bytes to pick a protocol, so the
 //! listener counts each connection's requests in flight and watches for idleness itself.
+//!
+//! A panic in a connection task or a call handler is caught, logged and counted in
+//! `tally_proxy_panics_total{direction="gateway"}`, as on the mesh listeners.
 
 use super::config::{Bounds, GatewayTls};
 use super::service::Gateway;
 use crate::body::{self, Body, BodyError};
 use crate::config::LimitsConfig;
 use crate::metrics::{DirectionLabels, Metrics};
+use crate::server::{guard_panics, panic_response};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Metric label of this listener.
 const DIRECTION: &str = "gateway";
@@ -209,8 +213,8 @@ impl GatewayListener {
             let label = label.clone();
             let mut shutdown = shutdown.clone();
             let handshake_timeout = Duration::from_millis(self.limits.tls_handshake_timeout_ms);
-            tokio::spawn(async move {
-                let _permit = permit;
+            let panic_metrics = self.metrics.clone();
+            spawn_connection(panic_metrics, permit, async move {
                 let io: crate::transport::BoxIo = match tls {
                     None => Box::new(tcp),
                     Some(acceptor) => {
@@ -231,12 +235,17 @@ impl GatewayListener {
                 let client = remote.ip();
                 let in_flight = InFlight::new();
                 let counter = in_flight.clone();
+                let call_metrics = metrics.clone();
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let gateway = gateway.clone();
                         let guard = counter.start();
+                        let metrics = call_metrics.clone();
                         async move {
-                            let rsp = gateway.handle(req.map(body::incoming), client).await;
+                            let call = gateway.handle(req.map(body::incoming), client);
+                            let rsp = guard_panics(call, &metrics, DIRECTION, "call")
+                                .await
+                                .unwrap_or_else(panic_response);
                             Ok::<_, Infallible>(rsp.map(|inner| Tracked {
                                 inner,
                                 _in_flight: guard,
@@ -273,9 +282,48 @@ impl GatewayListener {
     }
 }
 
+/// Runs one connection's task holding its slot; a panic in it is logged and counted under the
+/// gateway's label and the slot is returned, like any other end of the connection.
+fn spawn_connection(
+    metrics: Arc<Metrics>,
+    permit: OwnedSemaphorePermit,
+    conn: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _permit = permit;
+        guard_panics(conn, &metrics, DIRECTION, "connection").await;
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_counted_logged_and_frees_its_slot() {
+        let metrics = Metrics::new();
+        let conns = Arc::new(Semaphore::new(1));
+        let permit = conns.clone().try_acquire_owned().unwrap();
+        spawn_connection(metrics.clone(), permit, async {
+            panic!("boom in a gateway task")
+        })
+        .await
+        .expect("the panic stays inside the task's guard");
+        let label = DirectionLabels {
+            direction: DIRECTION.into(),
+        };
+        assert_eq!(metrics.panics.get_or_create(&label).get(), 1);
+        assert_eq!(
+            conns.available_permits(),
+            1,
+            "the connection slot is returned"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("tally_proxy_panics_total{direction=\"gateway\"} 1")
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_means_no_request_in_flight_for_the_whole_period() {
