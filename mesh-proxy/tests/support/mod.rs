@@ -356,6 +356,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client over an HTTP/2 connection the test made itself (e.g. over mTLS).
+    pub fn from_sender(send: hyper::client::conn::http2::SendRequest<TestBody>) -> Client {
+        Client { send }
+    }
+
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (send, conn) =
@@ -450,6 +455,28 @@ impl Client {
         })
         .await
         .expect("call finished in time")
+    }
+
+    /// Sends a whole request (`messages`, then the end of the stream) and returns the response
+    /// as soon as its headers arrive, for reading a server stream message by message.
+    pub async fn start_stream(
+        &self,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        messages: &[&[u8]],
+    ) -> Response<Incoming> {
+        let mut data = BytesMut::new();
+        for m in messages {
+            data.extend_from_slice(&frame(m));
+        }
+        let req = Self::request(authority, path, headers, Full::new(data.freeze()).boxed());
+        let mut send = self.send.clone();
+        send.ready().await.unwrap();
+        tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .expect("response headers in time")
+            .expect("response")
     }
 
     /// Opens a bidi stream: returns the sender of request messages and the response.
