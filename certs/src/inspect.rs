@@ -26,6 +26,8 @@ pub struct CertSummary {
     pub not_after: SystemTime,
     /// Whether the certificate is a CA.
     pub is_ca: bool,
+    /// The serial number, as colon-separated hex (as `openssl x509 -serial` groups it).
+    pub serial: String,
 }
 
 impl CertSummary {
@@ -43,6 +45,7 @@ impl CertSummary {
             not_before: to_system_time(cert.validity().not_before.timestamp()),
             not_after: to_system_time(cert.validity().not_after.timestamp()),
             is_ca: cert.is_ca(),
+            serial: cert.tbs_certificate.raw_serial_as_string(),
         })
     }
 }
