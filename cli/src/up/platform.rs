@@ -81,6 +81,12 @@ impl Platform {
     pub fn without_mesh(mut self) -> Self {
         self.sidecar = None;
         self.services.retain(|s| !s.mesh_only);
+        // No gateway: nobody the user service could trust sets `x-forwarded-for`.
+        for s in &mut self.services {
+            if s.name == "user" {
+                s.config = user_config_without_gateway;
+            }
+        }
         self
     }
 }
@@ -160,8 +166,24 @@ pub fn standard_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
 /// `tally keys rotate` needs; the user service creates it 0600.
 pub const USER_ADMIN_TOKEN_FILE: &str = "admin-token";
 
-/// [`standard_config`] plus the user service's admin token file.
+/// The peers from which the user service takes the client address from `x-forwarded-for`
+/// (`[user.login_throttle] trusted_proxies`): the gateway reaches the user service through
+/// the user's own sidecar, whose connection to the service comes from loopback, and the
+/// gateway writes `x-forwarded-for` itself (a value a browser sent never gets through).
+pub const GATEWAY_PATH_PEERS: [IpAddr; 1] = [HOST];
+
+/// [`standard_config`] plus the user service's admin token file, trusting the gateway's
+/// `x-forwarded-for` (see [`GATEWAY_PATH_PEERS`]).
 pub fn user_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
+    user_config_trusting(ctx, &GATEWAY_PATH_PEERS)
+}
+
+/// [`user_config`] for a platform without the mesh (and so without a gateway).
+fn user_config_without_gateway(ctx: &ConfigContext) -> Result<toml::Table, String> {
+    user_config_trusting(ctx, &[])
+}
+
+fn user_config_trusting(ctx: &ConfigContext, proxies: &[IpAddr]) -> Result<toml::Table, String> {
     let mut root = standard_config(ctx)?;
     let mut user = toml::Table::new();
     let token = ctx.state_dir.join(USER_ADMIN_TOKEN_FILE);
@@ -169,6 +191,12 @@ pub fn user_config(ctx: &ConfigContext) -> Result<toml::Table, String> {
         "admin_token_file".into(),
         token.display().to_string().into(),
     );
+    if !proxies.is_empty() {
+        let list: Vec<toml::Value> = proxies.iter().map(|ip| ip.to_string().into()).collect();
+        let mut throttle = toml::Table::new();
+        throttle.insert("trusted_proxies".into(), list.into());
+        user.insert("login_throttle".into(), throttle.into());
+    }
     root.insert("user".into(), user.into());
     Ok(root)
 }
@@ -319,6 +347,47 @@ mod tests {
             !standard_config(&ctx)
                 .expect("config")
                 .contains_key("outbound")
+        );
+    }
+
+    #[test]
+    fn the_user_service_trusts_the_gateways_forwarded_for_only_with_the_mesh() {
+        let ports = BTreeMap::from([("grpc", 1u16)]);
+        let outbound = BTreeMap::new();
+        let ctx = ConfigContext {
+            service: "user",
+            instance: "user",
+            ports: &ports,
+            state_dir: Path::new("/d"),
+            data_dir: Path::new("/"),
+            outbound: &outbound,
+            app_addr: None,
+            endpoints: &BTreeMap::new(),
+            log_format: "pretty",
+        };
+        let config_of = |p: &Platform| {
+            let user = p.services.iter().find(|s| s.name == "user").expect("user");
+            (user.config)(&ctx).expect("config")
+        };
+        let with_mesh = config_of(&platform());
+        let trusted = with_mesh["user"]["login_throttle"]["trusted_proxies"]
+            .as_array()
+            .expect("trusted_proxies");
+        assert_eq!(trusted, &vec![toml::Value::from("127.0.0.1")]);
+        assert!(with_mesh["user"]["admin_token_file"].is_str());
+        let without = config_of(&platform().without_mesh());
+        assert!(
+            !without["user"]
+                .as_table()
+                .expect("user")
+                .contains_key("login_throttle")
+        );
+        // It serialises as the `[user.login_throttle]` table the user service reads.
+        let text = toml::to_string(&with_mesh).expect("toml");
+        let parsed: toml::Table = toml::from_str(&text).expect("parses");
+        assert_eq!(
+            parsed["user"]["login_throttle"]["trusted_proxies"][0].as_str(),
+            Some("127.0.0.1")
         );
     }
 
