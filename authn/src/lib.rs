@@ -34,7 +34,7 @@ pub use error::{AuthnError, SourceError};
 pub use keys::{JWKS_MIN_REFETCH, KeyCache, MAX_KEYS, MAX_UNKNOWN_KIDS, UNKNOWN_KID_TTL};
 pub use source::{
     ApiKeyIdentity, ApiKeyResolver, BoxError, FileJwks, GrpcTransport, JwksSource, MAX_JWKS_BYTES,
-    TransportError, UserDirectory,
+    TransportError, UserDirectory, parse_jwks_json,
 };
 pub use tally_api::user::v1::Jwk;
 pub use token::{MAX_TOKEN_BYTES, TokenVerifier, VerifiedToken, VerifierOptions, bearer_token};

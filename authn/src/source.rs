@@ -163,7 +163,7 @@ struct FileJwkSet {
 }
 
 /// Parses a JWKS JSON document.
-pub(crate) fn parse_jwks_json(text: &[u8]) -> Result<Vec<userpb::Jwk>, String> {
+pub fn parse_jwks_json(text: &[u8]) -> Result<Vec<userpb::Jwk>, String> {
     let set: FileJwkSet =
         serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     Ok(set

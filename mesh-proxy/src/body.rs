@@ -67,14 +67,6 @@ impl End {
             End::Dropped => Code::Cancelled,
         }
     }
-    /// Counts against the endpoint's health (breaker, outlier ejection, EWMA penalty).
-    pub fn is_endpoint_failure(self) -> bool {
-        match self {
-            End::Status(c) => c.is_endpoint_failure(),
-            End::Error => true,
-            End::NoStatus | End::Dropped => false,
-        }
-    }
 }
 
 type Callback = Box<dyn FnOnce(End) + Send>;

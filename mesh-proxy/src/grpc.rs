@@ -62,13 +62,6 @@ impl Code {
     pub fn as_u16(self) -> u16 {
         self as u16
     }
-    /// Statuses that say "this endpoint is unhealthy" (Envoy's gateway-error / 5xx family for gRPC).
-    pub fn is_endpoint_failure(self) -> bool {
-        matches!(
-            self,
-            Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss
-        )
-    }
     /// The gRPC code for an HTTP status, per the gRPC HTTP-to-gRPC mapping.
     pub fn from_http(status: u16) -> Code {
         match status {

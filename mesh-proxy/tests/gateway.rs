@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{Bytes, BytesMut};
 use gateway_fixture::*;
-use http::{HeaderMap, Request};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -211,8 +211,7 @@ async fn server_streaming_reaches_the_browser_message_by_message() {
                 Bytes::from(STANDARD.encode(&frame)),
             ),
         };
-        let req = Request::post("/tally.poll.v1.PollService/Gated")
-            .header("host", "gateway.test")
+        let req = gateway_post("/tally.poll.v1.PollService/Gated")
             .header("content-type", ct)
             .header("accept", ct)
             .header("authorization", &auth)
@@ -276,21 +275,6 @@ async fn trailers_only_error_status_reaches_the_browser() {
     );
 }
 
-async fn preflight(addr: SocketAddr, origin: &str) -> (u16, HeaderMap) {
-    let req = Request::options(ECHO)
-        .header("host", "gateway.test")
-        .header("origin", origin)
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "content-type,x-grpc-web,x-user-agent,authorization,grpc-timeout",
-        )
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let (status, headers, _) = http1(addr, req).await;
-    (status, headers)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflight_bad_base64_and_unknown_service() {
     let f = Fixture::start(NO_LIMITS).await;
@@ -323,8 +307,7 @@ async fn cors_preflight_bad_base64_and_unknown_service() {
     assert!(!h.contains_key("access-control-allow-origin"));
 
     // Bad base64 in a -text body: HTTP 400, nothing forwarded.
-    let req = Request::post("/tally.user.v1.UserService/Login")
-        .header("host", "gateway.test")
+    let req = gateway_post("/tally.user.v1.UserService/Login")
         .header("content-type", "application/grpc-web-text")
         .body(Full::new(Bytes::from_static(b"AAAA*not-base64*")))
         .unwrap();
@@ -476,7 +459,7 @@ async fn rate_limit_per_client_after_the_burst() {
     // Plain gRPC over h2 is limited by the same bucket.
     let c = support::Client::connect(f.gateway.addr).await;
     let r = c
-        .call("gateway.test", ECHO, &[("authorization", &alice)], &[b"x"])
+        .call(GATEWAY_HOST, ECHO, &[("authorization", &alice)], &[b"x"])
         .await;
     assert_eq!(r.status(), Some(8), "{r:?}");
     assert!(r.header("grpc-retry-pushback-ms").is_some());
@@ -527,7 +510,7 @@ async fn plain_grpc_over_h2_passes_through_the_gateway() {
     let auth = f.bearer("alice");
     let r = c
         .call(
-            "gateway.test",
+            GATEWAY_HOST,
             ECHO,
             &[("authorization", &auth)],
             &[b"one", b"two"],
@@ -543,18 +526,18 @@ async fn plain_grpc_over_h2_passes_through_the_gateway() {
     assert_eq!(r.trailer("grpc-status").as_deref(), Some("0"));
     let r = c
         .call(
-            "gateway.test",
+            GATEWAY_HOST,
             "/tally.poll.v1.PollService/Items",
             &[("authorization", &auth)],
             &[b"3"],
         )
         .await;
     assert_eq!(r.messages.len(), 3);
-    let r = c.call("gateway.test", ECHO, &[], &[b"x"]).await;
+    let r = c.call(GATEWAY_HOST, ECHO, &[], &[b"x"]).await;
     assert_eq!(r.status(), Some(16), "{r:?}");
     assert_eq!(r.proxy_error().as_deref(), Some("unauthenticated"));
     let r = c
-        .call("gateway.test", "/tally.none.v1.X/Y", &[], &[b"x"])
+        .call(GATEWAY_HOST, "/tally.none.v1.X/Y", &[], &[b"x"])
         .await;
     assert_eq!(r.status(), Some(12), "{r:?}");
 }

@@ -66,7 +66,7 @@ async fn fault_headers_from_the_browser_never_take_effect() {
     }
     // Plain gRPC through the gateway too.
     let c = support::Client::connect(f.gateway.addr).await;
-    let r = c.call("gateway.test", ECHO, &headers, &[b"x"]).await;
+    let r = c.call(GATEWAY_HOST, ECHO, &headers, &[b"x"]).await;
     assert_eq!(r.status(), Some(0), "{r:?}");
     let m = metrics(f._sidecars[0].admin).await;
     assert_eq!(
@@ -296,8 +296,7 @@ async fn streaming_web_request(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::post(ECHO)
-        .header("host", "gateway.test")
+    let mut req = gateway_post(ECHO)
         .header("origin", ORIGIN)
         .body(body)
         .unwrap();

@@ -327,11 +327,10 @@ impl HttpBody for WebBody {
                 Some(Err(e)) => {
                     // An HTTP/1.1 caller cannot see a stream reset: end with a status instead.
                     tracing::debug!(error = %e, "upstream stream failed under a grpc-web call");
-                    let mut t = HeaderMap::new();
-                    t.insert("grpc-status", HeaderValue::from(Code::Unavailable.as_u16()));
-                    t.insert(
-                        "grpc-message",
-                        HeaderValue::from_static("upstream stream failed"),
+                    let t = crate::error::respond::grpc_trailers(
+                        Code::Unavailable,
+                        crate::error::respond::public_message("upstream-failed"),
+                        "upstream-failed",
                     );
                     self.finish(&t)
                 }
