@@ -8,7 +8,8 @@
 //! `storage::open` puts the stack in front of it and calls round-trip.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use kassandra_tester::KassandraTester;
 use kassandra_tester::kassandra::session::KassandraSession;
