@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// Calls per second one load user makes at most (the gateway limits each user to 20).
-pub const PER_USER_RATE: f64 = 10.0;
+pub const PER_USER_RATE: f64 = 8.0;
 /// Most load users (and the pause between setup calls keeps sign-ups under the IP limit).
 pub const MAX_USERS: usize = 50;
 /// Pause between two setup calls.
@@ -192,7 +192,7 @@ async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
 }
 
 /// Learns the outcome of every vote that failed: sending it again with the same key
-/// returns the first vote if it was taken, or takes it now.
+/// returns the first vote if it was taken, or takes it now (at the setup pace).
 pub async fn settle(fx: &Fixture, votes: &mut [Vote]) {
     for v in votes.iter_mut().filter(|v| v.accepted.is_none()) {
         for attempt in 0..SETTLE_ATTEMPTS {
@@ -210,6 +210,7 @@ pub async fn settle(fx: &Fixture, votes: &mut [Vote]) {
             }
             break;
         }
+        tokio::time::sleep(SETUP_PAUSE).await;
     }
 }
 
@@ -234,14 +235,24 @@ pub fn accepted(votes: &[Vote]) -> Counts {
     c
 }
 
-/// Polling's results for every load poll.
+/// Polling's results for every load poll, read at the setup pace (under the rate limit),
+/// each read tried again a few times.
 pub async fn results(fx: &Fixture) -> Result<Counts, String> {
     let mut c = Counts::new();
-    for (poll, _) in &fx.polls {
-        let r = fx.users[0]
-            .get_results(poll)
-            .await
-            .map_err(|e| format!("results of {poll}: {e}"))?;
+    for (i, (poll, _)) in fx.polls.iter().enumerate() {
+        let user = &fx.users[i % fx.users.len()];
+        let mut attempt = 1;
+        let r = loop {
+            match user.get_results(poll).await {
+                Ok(r) => break r,
+                Err(_) if attempt < SETTLE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(SETTLE_PAUSE).await;
+                }
+                Err(e) => return Err(format!("results of {poll}: {e}")),
+            }
+        };
+        tokio::time::sleep(SETUP_PAUSE / fx.users.len().max(1) as u32).await;
         let per = c.entry(poll.clone()).or_default();
         for o in r.results {
             per.insert(o.option_id, o.votes);
@@ -270,7 +281,7 @@ mod tests {
     #[test]
     fn enough_users_for_the_rate_limit_and_polls_for_first_votes() {
         assert_eq!(sizes(&load(10, 5.0, 0.0)), (1, 1));
-        assert_eq!(sizes(&load(10, 15.0, 5.0)), (2, 25));
+        assert_eq!(sizes(&load(10, 15.0, 5.0)), (3, 17));
         assert_eq!(sizes(&load(3, 1.0, 2.5)), (1, 8));
         assert_eq!(sizes(&load(10, 5000.0, 0.0)).0, MAX_USERS);
     }
