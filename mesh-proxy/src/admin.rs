@@ -284,9 +284,9 @@ async fn handle(
                 .headers()
                 .get(http::header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
-            if crate::exposition::wanted(accept) {
-                let text = crate::exposition::from_open_metrics(&state.metrics.encode());
-                reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, text)
+            if tally_exposition::wanted(accept) {
+                let text = tally_exposition::from_open_metrics(&state.metrics.encode());
+                reply(StatusCode::OK, tally_exposition::CONTENT_TYPE, text)
             } else {
                 reply(
                     StatusCode::OK,

@@ -19,7 +19,6 @@ pub mod config;
 pub mod deadline;
 pub mod defaults;
 pub mod error;
-pub mod exposition;
 pub mod faults;
 pub mod forward;
 pub mod gateway;

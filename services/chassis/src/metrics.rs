@@ -12,7 +12,6 @@
 
 pub mod grpc;
 pub mod store;
-pub mod text;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -349,8 +348,11 @@ fn respond(req: &Request<Incoming>) -> Response<String> {
             .headers()
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok());
-        let (body, content_type) = if text::wanted(accept) {
-            (text::from_open_metrics(&encode()), text::CONTENT_TYPE)
+        let (body, content_type) = if tally_exposition::wanted(accept) {
+            (
+                tally_exposition::from_open_metrics(&encode()),
+                tally_exposition::CONTENT_TYPE,
+            )
         } else {
             (encode(), CONTENT_TYPE)
         };

@@ -1,7 +1,12 @@
 //! The Prometheus text format (0.0.4) for callers that ask for it with
 //! `Accept: text/plain`, such as `promtool check metrics`: prometheus-client
 //! writes only OpenMetrics, whose counter families are named without the
-//! `_total` their samples carry, and which ends with `# EOF`.
+//! `_total` their samples carry, and which ends with `# EOF`. The services'
+//! chassis and the proxy both serve `/metrics` through it; it is its own
+//! crate because the proxy does not depend on the chassis.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 /// Content type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
