@@ -423,7 +423,8 @@ fn reads(path: &[&str]) -> &'static [&'static str] {
         | ["consumers"]
         | ["rollout", ..]
         | ["traces"]
-        | ["trace"] => &[],
+        | ["trace"]
+        | ["chaos", ..] => &[],
         ["user", "signup" | "login" | "logout"] | ["keys", "rotate"] => USER,
         ["user", "profile"] | ["user", "api-key", ..] => USER_AS_CALLER,
         ["poll", "list"] => POLL_AND_USER,
@@ -472,6 +473,6 @@ fn each_command_shows_only_the_flags_it_reads() {
     // up; certs x4; user x4 + api-key x3; poll x6; keys rotate; dlq x3, replay, consumers;
     // rollout start, status.
     // audit verify, tail.
-    // traces, trace.
-    assert_eq!(leaves, 26);
+    // traces, trace; chaos run, check.
+    assert_eq!(leaves, 32);
 }

@@ -59,9 +59,6 @@ async fn put_faults(addr: &str, token: Option<&str>) -> u16 {
 fn admin_addr(data: &Path, instance: &str) -> String {
     let cfg: toml::Table = std::fs::read_to_string(data.join(format!("config/{instance}.toml")))
         .expect("config")
-        .split_once("\n\n")
-        .map(|(_, t)| t.to_string())
-        .unwrap_or_default()
         .parse()
         .expect("toml");
     cfg["admin"]["listen"].as_str().expect("admin").to_string()
