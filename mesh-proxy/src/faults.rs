@@ -9,9 +9,10 @@ use crate::layer::{Layer, Next};
 use crate::metrics::{FaultLabels, Metrics};
 use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
+use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Route name for the inbound listener's faults.
@@ -29,22 +30,13 @@ pub struct FaultStore(Arc<RwLock<BTreeMap<String, FaultConfig>>>);
 
 impl FaultStore {
     pub fn get(&self, route: &str) -> Option<FaultConfig> {
-        match self.0.read() {
-            Ok(m) => m.get(route).cloned(),
-            Err(p) => p.into_inner().get(route).cloned(),
-        }
+        self.0.read().get(route).cloned()
     }
     pub fn set(&self, route: &str, f: FaultConfig) {
-        match self.0.write() {
-            Ok(mut m) => m.insert(route.to_string(), f),
-            Err(p) => p.into_inner().insert(route.to_string(), f),
-        };
+        self.0.write().insert(route.to_string(), f);
     }
     pub fn snapshot(&self) -> BTreeMap<String, FaultConfig> {
-        match self.0.read() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.0.read().clone()
     }
 }
 

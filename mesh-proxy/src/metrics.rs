@@ -2,6 +2,7 @@
 //! Every label value comes from a bounded set: route labels are configured service names (or
 //! `other`), so no request can add a series.
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The label value for anything not in the configured set.
 pub const OTHER: &str = "other";
@@ -50,7 +51,7 @@ impl LabelSet {
         if self.learn == 0 {
             return OTHER.to_string();
         }
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut learned = self.learned.lock();
         if learned.contains(value) {
             return value.to_string();
         }

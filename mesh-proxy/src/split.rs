@@ -9,11 +9,12 @@
 
 use crate::layer::Next;
 use crate::{Req, Rsp};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Highest weight: every call goes to the canary.
 pub const MAX_WEIGHT: u8 = 100;
@@ -75,14 +76,14 @@ impl SplitStore {
     /// Registers `service` with its configured weight; returns the handle its route reads.
     pub fn register(&self, service: &str, weight: u8) -> Arc<AtomicU8> {
         let w = Arc::new(AtomicU8::new(weight.min(MAX_WEIGHT)));
-        self.lock().insert(service.to_string(), w.clone());
+        self.0.lock().insert(service.to_string(), w.clone());
         w
     }
 
     /// Sets the weight of a registered service.
     pub fn set(&self, service: &str, weight: u16) -> Result<u8, SplitError> {
         let weight = check_weight(weight)?;
-        let map = self.lock();
+        let map = self.0.lock();
         let w = map.get(service).ok_or_else(|| {
             SplitError::Unknown(service.to_string(), map.keys().cloned().collect())
         })?;
@@ -92,7 +93,8 @@ impl SplitStore {
 
     /// Every registered split.
     pub fn snapshot(&self) -> BTreeMap<String, SplitView> {
-        self.lock()
+        self.0
+            .lock()
             .iter()
             .map(|(k, w)| {
                 (
@@ -103,10 +105,6 @@ impl SplitStore {
                 )
             })
             .collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<AtomicU8>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
