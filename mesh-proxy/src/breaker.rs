@@ -78,6 +78,7 @@ impl Breaker {
         self.gauge.set(s.gauge());
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.inner.lock().state
     }

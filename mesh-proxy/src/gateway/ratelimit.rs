@@ -195,6 +195,7 @@ impl RateLimiter {
     }
 
     /// Client buckets currently held.
+    #[cfg(test)]
     pub fn tracked_clients(&self) -> usize {
         self.clients.lock().buckets.len()
     }
