@@ -24,11 +24,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// Upper bound on messages per stream, whatever the request asks.
-pub const MAX_STREAM_MESSAGES: u64 = 1_000;
+pub(crate) const MAX_STREAM_MESSAGES: u64 = 1_000;
 
 /// Answers `GetPoll` with the requested id and `Subscribe` with N events.
 #[derive(Clone, Default)]
-pub struct Echo;
+pub(crate) struct Echo;
 
 #[tonic::async_trait]
 impl PollService for Echo {
@@ -136,15 +136,15 @@ impl EventFeedService for Echo {
 }
 
 /// A running echo server; stops when dropped.
-pub struct EchoServer {
-    pub addr: SocketAddr,
+pub(crate) struct EchoServer {
+    pub(crate) addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl EchoServer {
     /// Binds `127.0.0.1:0` and serves on the current runtime.
-    pub async fn start() -> Result<EchoServer, BenchError> {
+    pub(crate) async fn start() -> Result<EchoServer, BenchError> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| BenchError::io("binding the echo server", e))?;
@@ -208,14 +208,14 @@ pub fn serve_process() -> Result<(), BenchError> {
 
 /// The echo server in a process of its own, so that it runs on the system-under-test CPUs
 /// (beside the proxies) and not on the load generator's. Killed when dropped.
-pub struct EchoProcess {
-    pub addr: SocketAddr,
+pub(crate) struct EchoProcess {
+    pub(crate) addr: SocketAddr,
     child: std::process::Child,
 }
 
 impl EchoProcess {
     /// Starts `tally-bench --serve-echo`, under `taskset -c cpus` when given.
-    pub fn start(cpus: Option<&str>) -> Result<EchoProcess, BenchError> {
+    pub(crate) fn start(cpus: Option<&str>) -> Result<EchoProcess, BenchError> {
         use std::io::BufRead;
         let exe = std::env::current_exe()
             .map_err(|e| BenchError::io("finding tally-bench's own path", e))?;
@@ -250,7 +250,7 @@ impl EchoProcess {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }

@@ -22,10 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 /// HTTP/2 windows of the relay (the same as Tally's defaults and the Envoy pair's).
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 4 << 20;
+pub(crate) const STREAM_WINDOW: u32 = 1 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 4 << 20;
 /// Concurrent streams per connection, served and opened.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1_000;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1_000;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -35,12 +35,16 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 pub enum Mode {
     /// Plaintext in, mTLS out to `upstream`, which must present `expect`.
     Outbound {
+        /// The inbound relay to forward to.
         upstream: SocketAddr,
+        /// SPIFFE id the inbound relay must present.
         expect: SpiffeId,
     },
     /// mTLS in (the caller must present `expect`), plaintext out to the app at `upstream`.
     Inbound {
+        /// The local app to forward to.
         upstream: SocketAddr,
+        /// SPIFFE id callers must present.
         expect: SpiffeId,
     },
 }

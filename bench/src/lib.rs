@@ -3,15 +3,16 @@
 //! and an Envoy pair (both with mTLS), interleaved and repeated, and reports the
 //! latency each adds, its maximum throughput, memory and CPU, and Tally/Envoy ratios.
 
+#![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod echo;
-pub mod error;
+mod error;
 pub mod floor;
-pub mod load;
+mod load;
 pub mod pin;
-pub mod pki;
-pub mod procstat;
+mod pki;
+mod procstat;
 pub mod report;
 pub mod run;
 pub mod setup;

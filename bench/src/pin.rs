@@ -2,7 +2,7 @@
 //! under test's (the children started for the system under test go through `taskset`).
 
 /// CPUs named by a taskset-style list (`1`, `0,2`, `2-3`).
-pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+pub(crate) fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {

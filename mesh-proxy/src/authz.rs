@@ -8,12 +8,14 @@ use crate::metrics::{DenyLabels, Metrics, OTHER};
 use crate::{PeerId, ProxyError, Req, Rsp, grpc};
 use std::sync::Arc;
 
+/// The inbound allow-lists: which caller identities may call which gRPC methods.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<AuthzRule>,
 }
 
 impl Policy {
+    /// A policy from `[[inbound.authz]]` rules; no rules means every caller is allowed.
     pub fn new(rules: Vec<AuthzRule>) -> Self {
         Self { rules }
     }
@@ -50,13 +52,13 @@ impl Policy {
     }
 }
 
-pub struct AuthzLayer {
+pub(crate) struct AuthzLayer {
     policy: Policy,
     metrics: Arc<Metrics>,
 }
 
 impl AuthzLayer {
-    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(policy: Policy, metrics: Arc<Metrics>) -> Self {
         Self { policy, metrics }
     }
 }

@@ -166,12 +166,6 @@ pub enum Peeked {
     Error,
 }
 
-/// Reads the first frame of `body` and returns it with an equivalent body that still yields it.
-pub async fn peek(mut body: Body) -> (Peeked, Body) {
-    let first = body.frame().await;
-    unread(first, body)
-}
-
 /// Puts an already-read first frame back in front of the rest of its body.
 pub fn unread(first: Option<Result<Frame<Bytes>, BodyError>>, rest: Body) -> (Peeked, Body) {
     let peeked = match &first {

@@ -5,10 +5,10 @@
 //! balancer must be able to ask "may this endpoint take a call?" before choosing it.
 
 use crate::config::BreakerConfig;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -70,13 +70,6 @@ impl Breaker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-
     fn set_state(&self, g: &mut Inner, s: State) {
         if g.state != s {
             tracing::info!(endpoint = %self.name, from = ?g.state, to = ?s, "circuit breaker state change");
@@ -85,13 +78,14 @@ impl Breaker {
         self.gauge.set(s.gauge());
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> State {
-        self.lock().state
+        self.inner.lock().state
     }
 
     /// True when a call could be admitted now (without claiming it).
     pub fn available(&self) -> bool {
-        let g = self.lock();
+        let g = self.inner.lock();
         match g.state {
             State::Closed => true,
             State::Open => Instant::now() >= g.open_until,
@@ -101,7 +95,7 @@ impl Breaker {
 
     /// Claims admission for one call.
     pub fn try_acquire(&self) -> Option<Admission> {
-        let mut g = self.lock();
+        let mut g = self.inner.lock();
         match g.state {
             State::Closed => Some(Admission::Normal),
             State::Open if Instant::now() >= g.open_until => {
@@ -130,7 +124,7 @@ impl Breaker {
     /// Records a call's outcome: `Some(true)` failure, `Some(false)` success, `None` neutral
     /// (cancelled by the caller, says nothing about the endpoint).
     pub fn record(&self, admission: Admission, failed: Option<bool>) {
-        let mut g = self.lock();
+        let mut g = self.inner.lock();
         match (g.state, admission) {
             (State::HalfOpen, Admission::Probe) => match failed {
                 Some(true) => self.open(&mut g),

@@ -2,8 +2,8 @@
 //! `ratio` of the requests seen in the window, plus `min_per_second`, so retries cannot turn an
 //! outage into a retry storm. tower-resilience's retry has attempt limits but no shared budget.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -35,10 +35,7 @@ impl RetryBudget {
 
     fn with_current<T>(&self, f: impl FnOnce(&mut VecDeque<Bucket>) -> T) -> T {
         let now = Instant::now();
-        let mut q = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut q = self.state.lock();
         while q
             .front()
             .is_some_and(|b| now.duration_since(b.start) > self.window)

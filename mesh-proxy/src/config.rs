@@ -17,28 +17,46 @@ use std::path::PathBuf;
 /// A configuration problem, naming the file, the key and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("config {file}: cannot read: {source}")]
     Read {
+        /// Path of the config file.
         file: String,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The file could not be parsed as TOML or does not match the schema.
     #[error("config {file}: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// Path of the config file.
+        file: String,
+        /// The parser's description, with the line and key.
+        message: String,
+    },
+    /// A key has a value the proxy cannot run with.
     #[error("config {file}: key `{key}`: {problem}; fix: {fix}")]
     Invalid {
+        /// Path of the config file (or the environment variable that overrode it).
         file: String,
+        /// Dotted name of the offending key.
         key: String,
+        /// What is wrong with the value.
         problem: String,
+        /// What to write instead.
         fix: String,
     },
 }
 
+/// The whole proxy configuration, one section per TOML table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Admin API listener (metrics, health, faults).
     pub admin: AdminConfig,
+    /// Listener for calls from peer sidecars to the local app; absent in gateway-only setups.
     #[serde(default)]
     pub inbound: Option<InboundConfig>,
+    /// Listener for the local app's calls out to other services.
     #[serde(default)]
     pub outbound: Option<OutboundConfig>,
     /// Browser-facing gRPC-Web / gRPC listener in front of the outbound routes.
@@ -47,6 +65,7 @@ pub struct Config {
     /// Absent: plaintext between sidecars (development only; logged loudly).
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
+    /// Connection and HTTP/2 bounds shared by every listener and client.
     #[serde(default)]
     pub limits: LimitsConfig,
     /// Target services this sidecar may call, by name (the `:authority` host the app uses).
@@ -57,6 +76,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+/// Trace export settings (`[telemetry]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -71,9 +91,11 @@ pub struct TelemetryConfig {
     pub service_name: Option<String>,
 }
 
+/// The `[admin]` section: where the admin API listens and how it is guarded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address of the admin API (keep it on loopback).
     pub listen: SocketAddr,
     /// File holding the bearer token that admin mutations (`PUT /faults`) must carry; must be
     /// mode 0600. Absent: every mutation is refused.
@@ -89,16 +111,21 @@ pub struct AdminConfig {
     pub audit_file: Option<PathBuf>,
 }
 
+/// The `[inbound]` section: the listener peers call and the local app behind it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
+    /// Address peer sidecars connect to (mTLS when `identity` is set).
     pub listen: SocketAddr,
     /// Plaintext HTTP/2 address of the local application.
     pub local_app: SocketAddr,
+    /// Connections served at once; further ones are refused.
     #[serde(default = "max_connections")]
     pub max_connections: usize,
+    /// Concurrency and queue bound for calls into the local app.
     #[serde(default)]
     pub bulkhead: BulkheadConfig,
+    /// Faults injected into calls to the local app.
     #[serde(default)]
     pub faults: FaultConfig,
     /// Allow-lists of caller identities. When any entry exists, everything not allowed is denied.
@@ -106,6 +133,7 @@ pub struct InboundConfig {
     pub authz: Vec<AuthzRule>,
 }
 
+/// One allow-list entry of `[[inbound.authz]]`: which callers may call which methods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzRule {
@@ -118,37 +146,56 @@ pub struct AuthzRule {
     pub allow: Vec<String>,
 }
 
+/// The `[outbound]` section: the listener the local app sends its calls to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
+    /// Address the local app connects to (plaintext, loopback).
     pub listen: SocketAddr,
+    /// Connections served at once; further ones are refused.
     #[serde(default = "max_connections")]
     pub max_connections: usize,
 }
 
+/// The `[identity]` section: this sidecar's mTLS certificate and SPIFFE name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// PEM trust bundle (one or more mesh roots).
     pub bundle: PathBuf,
+    /// PEM certificate chain presented to peers.
     pub cert: PathBuf,
+    /// PEM private key of `cert` (mode 0600).
     pub key: PathBuf,
+    /// Namespace part of the SPIFFE id, also the default namespace of targets.
     pub namespace: String,
+    /// Service name part of this sidecar's SPIFFE id.
     pub service: String,
 }
 
+/// The `[limits]` section: bounds on headers, buffers, HTTP/2 and connection setup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// Largest accepted header block in bytes; larger requests are refused.
     pub max_header_list_size: u32,
+    /// Largest request body buffered for retries; larger calls are sent once.
     pub max_retry_buffer_bytes: usize,
+    /// HTTP/2 streams a peer may open at once on one connection.
     pub http2_max_concurrent_streams: u32,
+    /// Reset streams a peer may leave pending before it gets a GOAWAY (rapid-reset guard).
     pub http2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 flow-control window per stream, in bytes.
     pub http2_initial_stream_window_size: u32,
+    /// HTTP/2 flow-control window per connection, in bytes.
     pub http2_initial_connection_window_size: u32,
+    /// Interval between HTTP/2 PINGs on an idle connection.
     pub http2_keepalive_interval_ms: u64,
+    /// Time a PING may go unanswered before the connection is closed.
     pub http2_keepalive_timeout_ms: u64,
+    /// Time allowed to open a TCP connection to an endpoint.
     pub connect_timeout_ms: u64,
+    /// Time allowed for a TLS handshake on either side.
     pub tls_handshake_timeout_ms: u64,
     /// Time a mesh connection gets, after its handshake, to send the HTTP/2 preface.
     pub http2_preface_timeout_ms: u64,
@@ -172,6 +219,7 @@ impl Default for LimitsConfig {
     }
 }
 
+/// One `[services.<name>]` section: a target service and the resilience policy for calls to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -186,16 +234,22 @@ pub struct ServiceConfig {
     /// End a stream with no frame in either direction for this long; 0 = none.
     #[serde(default = "stream_idle_timeout")]
     pub stream_idle_timeout_ms: u64,
+    /// Retry policy and retry budget.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Circuit breaker kept per endpoint.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Concurrency and queue bound for calls to this service.
     #[serde(default)]
     pub bulkhead: BulkheadConfig,
+    /// Ejection of endpoints that keep failing.
     #[serde(default)]
     pub outlier: OutlierConfig,
+    /// Peak-EWMA settings of the balancer.
     #[serde(default)]
     pub load_balancer: LoadBalancerConfig,
+    /// Faults injected into calls to this service.
     #[serde(default)]
     pub faults: FaultConfig,
     /// Which outcomes count as endpoint failures (breaker, outlier ejection, EWMA penalty).
@@ -206,6 +260,7 @@ pub struct ServiceConfig {
     pub canary: Option<crate::split::CanaryConfig>,
 }
 
+/// The `load_balancer` subsection: how the peak-EWMA latency estimate behaves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadBalancerConfig {
@@ -227,6 +282,7 @@ impl Default for LoadBalancerConfig {
     }
 }
 
+/// The `retry` subsection: when a failed call is tried again and how much retrying may add.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
@@ -236,10 +292,15 @@ pub struct RetryConfig {
     pub retryable_statuses: Vec<String>,
     /// Methods safe to repeat: `Method`, `pkg.Service/Method` or `*`.
     pub idempotent_methods: Vec<String>,
+    /// Backoff before the first retry; doubles per attempt (full jitter).
     pub backoff_base_ms: u64,
+    /// Upper bound on the backoff between attempts.
     pub backoff_max_ms: u64,
+    /// Retries allowed as a fraction of recent requests (0.2 = at most 20 % extra load).
     pub budget_ratio: f64,
+    /// Retries per second always allowed, whatever the ratio.
     pub budget_min_per_second: u32,
+    /// Window over which the budget counts requests and retries.
     pub budget_window_ms: u64,
 }
 
@@ -258,13 +319,19 @@ impl Default for RetryConfig {
     }
 }
 
+/// The `breaker` subsection: when an endpoint's circuit opens and for how long.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
+    /// Failures in a row that open the circuit.
     pub consecutive_failures: u32,
+    /// Failure share within the window that opens the circuit (0.0..=1.0).
     pub failure_rate: f64,
+    /// Number of most recent calls the failure rate is computed over.
     pub window: u32,
+    /// Calls the window must hold before the failure rate counts.
     pub min_calls: u32,
+    /// Time the circuit stays open before a trial call is let through.
     pub open_ms: u64,
 }
 
@@ -280,10 +347,13 @@ impl Default for BreakerConfig {
     }
 }
 
+/// The `bulkhead` subsection: how many calls may run and wait at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BulkheadConfig {
+    /// Calls in flight at once.
     pub max_concurrent: usize,
+    /// Calls waiting for a slot; further ones are refused with RESOURCE_EXHAUSTED.
     pub max_queue: usize,
 }
 
@@ -296,12 +366,17 @@ impl Default for BulkheadConfig {
     }
 }
 
+/// The `outlier` subsection: when an endpoint is taken out of the balancer for a while.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
+    /// Endpoint failures in a row that eject it.
     pub consecutive_5xx: u32,
+    /// Healthy time after a return that forgives one earlier ejection (Envoy-style decay).
     pub interval_ms: u64,
+    /// First ejection time; grows with each further ejection of the same endpoint.
     pub base_ejection_time_ms: u64,
+    /// Largest share of a service's endpoints ejected at once, in percent.
     pub max_ejection_percent: u32,
 }
 
@@ -316,11 +391,15 @@ impl Default for OutlierConfig {
     }
 }
 
+/// The `faults` subsection: delays, aborts and resets injected for chaos tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
+    /// Share of calls delayed, in percent.
     pub delay_percent: f64,
+    /// Delay added to a delayed call.
     pub delay_ms: u64,
+    /// Share of calls aborted with `abort_grpc_status`, in percent.
     pub abort_percent: f64,
     /// gRPC status code number used by aborts.
     pub abort_grpc_status: u16,

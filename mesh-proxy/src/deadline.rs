@@ -80,7 +80,8 @@ mod tests {
     use crate::grpc::Code;
     use crate::layer::Layers;
     use http_body_util::BodyExt;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
 
     /// Never answers.
     struct Silent;
@@ -100,7 +101,7 @@ mod tests {
         type Error = ProxyError;
         async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
             let sent = req.headers().get("grpc-timeout");
-            *self.0.lock().unwrap() = sent.map(|v| v.to_str().unwrap().to_string());
+            *self.0.lock() = sent.map(|v| v.to_str().unwrap().to_string());
             let never = futures::stream::pending::<Result<http_body::Frame<bytes::Bytes>, _>>();
             Ok(Rsp::new(
                 http_body_util::StreamBody::new(never).boxed_unsync(),
@@ -135,7 +136,7 @@ mod tests {
         let start = Instant::now();
         let rsp = stack.call(req).await.unwrap();
         // What is left of the caller's deadline went upstream, not the route default.
-        let sent = seen.lock().unwrap().clone().unwrap();
+        let sent = seen.lock().clone().unwrap();
         assert_eq!(grpc::parse_timeout(&sent), Some(Duration::from_millis(50)));
         let t = rsp.into_body().collect().await.unwrap().trailers().cloned();
         let t = t.unwrap();

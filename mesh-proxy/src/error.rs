@@ -7,39 +7,66 @@ pub mod respond;
 use crate::body::BoxError;
 use crate::grpc::Code;
 
+/// A failure the proxy produced (not an answer relayed from the app); each maps to one gRPC status.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The call's `:authority` names no configured service.
     #[error("no route for authority `{0}`")]
     NoRoute(String),
+    /// Every endpoint of the service is ejected or none is configured.
     #[error("service `{0}` has no available endpoint")]
     NoEndpoints(String),
+    /// Every endpoint's circuit breaker is open.
     #[error("circuit breaker open for every endpoint of `{0}`")]
     BreakerOpen(String),
+    /// The route's concurrency and queue bound are both used up.
     #[error("bulkhead full for `{0}`")]
     BulkheadFull(String),
+    /// The call's deadline passed while the proxy held it.
     #[error("deadline exceeded in proxy")]
     DeadlineExceeded,
+    /// No frame moved in either direction for the route's idle timeout.
     #[error("stream idle timeout in proxy")]
     StreamIdleTimeout,
+    /// The authorization policy does not allow this caller on this method.
     #[error("caller `{caller}` may not call `{path}`")]
-    Denied { caller: String, path: String },
+    Denied {
+        /// SPIFFE id of the refused caller.
+        caller: String,
+        /// gRPC path that was called.
+        path: String,
+    },
+    /// An anonymous caller reached a method whose policy requires an identity.
     #[error("caller has no verified identity and `{0}` requires one")]
     Unauthenticated(String),
+    /// Opening a connection (TCP or TLS) to an endpoint failed.
     #[error("connect to {endpoint} failed: {source}")]
-    Connect { endpoint: String, source: BoxError },
+    Connect {
+        /// Address of the endpoint.
+        endpoint: String,
+        /// The connect or handshake error.
+        source: BoxError,
+    },
+    /// The HTTP/2 exchange with an endpoint failed after connecting.
     #[error("upstream {endpoint} failed: {source}")]
     Upstream {
+        /// Address of the endpoint.
         endpoint: String,
         /// The upstream refused the stream before processing it (safe to retry).
         refused: bool,
+        /// The HTTP/2 error.
         source: BoxError,
     },
+    /// The inbound side could not reach the local application.
     #[error("local application unavailable: {0}")]
     LocalApp(BoxError),
+    /// An injected abort fault answered the call with this status.
     #[error("fault injected: abort with {0:?}")]
     FaultAbort(Code),
+    /// An injected reset fault ended the stream.
     #[error("fault injected: stream reset")]
     FaultReset,
+    /// The caller went away before the call finished.
     #[error("cancelled by the caller")]
     Cancelled,
 }

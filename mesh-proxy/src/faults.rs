@@ -9,51 +9,52 @@ use crate::layer::{Layer, Next};
 use crate::metrics::{FaultLabels, Metrics};
 use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
+use parking_lot::RwLock;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Route name for the inbound listener's faults.
-pub const INBOUND_ROUTE: &str = "inbound";
+pub(crate) const INBOUND_ROUTE: &str = "inbound";
 
+/// Envoy header: gRPC status code to abort the call with.
 pub const H_ABORT_GRPC: &str = "x-envoy-fault-abort-grpc-request";
+/// Envoy header: HTTP status to abort with, mapped to the matching gRPC code.
 pub const H_ABORT_HTTP: &str = "x-envoy-fault-abort-request";
+/// Envoy header: percentage of calls the requested abort applies to.
 pub const H_ABORT_PCT: &str = "x-envoy-fault-abort-request-percentage";
+/// Envoy header: delay in milliseconds to add before forwarding.
 pub const H_DELAY: &str = "x-envoy-fault-delay-request";
+/// Envoy header: percentage of calls the requested delay applies to.
 pub const H_DELAY_PCT: &str = "x-envoy-fault-delay-request-percentage";
 
 /// Current fault settings per route, shared with the admin API.
 #[derive(Clone, Default)]
-pub struct FaultStore(Arc<RwLock<BTreeMap<String, FaultConfig>>>);
+pub(crate) struct FaultStore(Arc<RwLock<BTreeMap<String, FaultConfig>>>);
 
 impl FaultStore {
-    pub fn get(&self, route: &str) -> Option<FaultConfig> {
-        match self.0.read() {
-            Ok(m) => m.get(route).cloned(),
-            Err(p) => p.into_inner().get(route).cloned(),
-        }
+    pub(crate) fn get(&self, route: &str) -> Option<FaultConfig> {
+        self.0.read().get(route).cloned()
     }
-    pub fn set(&self, route: &str, f: FaultConfig) {
-        match self.0.write() {
-            Ok(mut m) => m.insert(route.to_string(), f),
-            Err(p) => p.into_inner().insert(route.to_string(), f),
-        };
+    pub(crate) fn set(&self, route: &str, f: FaultConfig) {
+        self.0.write().insert(route.to_string(), f);
     }
-    pub fn snapshot(&self) -> BTreeMap<String, FaultConfig> {
-        match self.0.read() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, FaultConfig> {
+        self.0.read().clone()
     }
 }
 
 /// Faults requested by headers, already capped.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HeaderFaults {
+    /// Status to abort with; None when no valid abort was requested.
     pub abort: Option<Code>,
+    /// Share of calls (0–100) that get the abort.
     pub abort_percent: f64,
+    /// Delay to add; None when no valid delay was requested.
     pub delay: Option<Duration>,
+    /// Share of calls (0–100) that get the delay.
     pub delay_percent: f64,
 }
 
@@ -109,7 +110,7 @@ pub fn header_faults(h: &HeaderMap, cap: f64) -> HeaderFaults {
 }
 
 /// An injected delay clamped to the route's `max_delay_ms`, however it was requested.
-pub fn capped_delay(d: Duration, cfg: &FaultConfig) -> Duration {
+pub(crate) fn capped_delay(d: Duration, cfg: &FaultConfig) -> Duration {
     d.min(Duration::from_millis(cfg.max_delay_ms))
 }
 
@@ -117,7 +118,7 @@ fn roll(percent: f64) -> bool {
     percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent
 }
 
-pub struct FaultLayer {
+pub(crate) struct FaultLayer {
     store: FaultStore,
     route: String,
     direction: Direction,
@@ -125,7 +126,7 @@ pub struct FaultLayer {
 }
 
 impl FaultLayer {
-    pub fn new(
+    pub(crate) fn new(
         store: FaultStore,
         route: &str,
         direction: Direction,

@@ -9,22 +9,39 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Code {
+    /// The call succeeded.
     Ok = 0,
+    /// The caller cancelled the call.
     Cancelled = 1,
+    /// An error with no better code (also unmapped HTTP statuses).
     Unknown = 2,
+    /// The request itself is malformed, whatever the server's state.
     InvalidArgument = 3,
+    /// The deadline passed before the call finished.
     DeadlineExceeded = 4,
+    /// The requested entity does not exist.
     NotFound = 5,
+    /// The entity to create already exists.
     AlreadyExists = 6,
+    /// The caller is known but not allowed to make this call.
     PermissionDenied = 7,
+    /// A quota, rate limit or bound was hit.
     ResourceExhausted = 8,
+    /// The system is not in the state the call requires.
     FailedPrecondition = 9,
+    /// The call lost a concurrency conflict; retrying at a higher level may help.
     Aborted = 10,
+    /// A value is past the valid range.
     OutOfRange = 11,
+    /// The method is not served here.
     Unimplemented = 12,
+    /// The server broke an invariant.
     Internal = 13,
+    /// The endpoint cannot serve now; safe to retry elsewhere.
     Unavailable = 14,
+    /// Data was lost or corrupted.
     DataLoss = 15,
+    /// The caller could not be identified.
     Unauthenticated = 16,
 }
 
@@ -49,16 +66,20 @@ const NAMES: [(&str, Code); 17] = [
 ];
 
 impl Code {
+    /// The code for a wire number; None outside 0–16.
     pub fn from_u16(n: u16) -> Option<Code> {
         NAMES.get(usize::from(n)).map(|(_, c)| *c)
     }
+    /// The code for a canonical name such as `UNAVAILABLE` (case-insensitive, as in config and fault headers).
     pub fn from_name(s: &str) -> Option<Code> {
         let up = s.trim().to_ascii_uppercase();
         NAMES.iter().find(|(n, _)| *n == up).map(|(_, c)| *c)
     }
+    /// The canonical upper-case name, as used in metric labels and logs.
     pub fn name(self) -> &'static str {
         NAMES[self as usize].0
     }
+    /// The wire number, as sent in `grpc-status`.
     pub fn as_u16(self) -> u16 {
         self as u16
     }

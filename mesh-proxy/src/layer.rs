@@ -185,7 +185,7 @@ where
 mod tests {
     use super::*;
     use crate::body;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     /// Records its name on the way in, then calls the next service.
     struct Mark(&'static str, Arc<Mutex<Vec<&'static str>>>);
@@ -193,7 +193,7 @@ mod tests {
     impl<N: Next<Error = ()>> Layer<N> for Mark {
         type Error = ();
         async fn handle(&self, req: Req, next: &N) -> Result<Rsp, ()> {
-            self.1.lock().unwrap().push(self.0);
+            self.1.lock().push(self.0);
             next.call(req).await
         }
     }
@@ -203,7 +203,7 @@ mod tests {
     impl Next for Leaf {
         type Error = ();
         async fn call(&self, _req: Req) -> Result<Rsp, ()> {
-            self.0.lock().unwrap().push("leaf");
+            self.0.lock().push("leaf");
             Ok(Rsp::new(body::empty()))
         }
     }
@@ -218,6 +218,6 @@ mod tests {
         let mut svc = Service::new(Boxed::new(stack));
         let req = Req::new(body::empty());
         tower::Service::call(&mut svc, req).await.unwrap();
-        assert_eq!(*seen.lock().unwrap(), ["outer", "inner", "leaf"]);
+        assert_eq!(*seen.lock(), ["outer", "inner", "leaf"]);
     }
 }

@@ -2,6 +2,7 @@
 //! Every label value comes from a bounded set: route labels are configured service names (or
 //! `other`), so no request can add a series.
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,27 +10,27 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The label value for anything not in the configured set.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 /// Inbound gRPC service names learned from traffic when no authz rule names any (first come);
 /// later names are `other`.
 pub const MAX_LEARNED_ROUTE_LABELS: usize = 16;
 /// Caller identities learned from traffic besides those the authz rules name; later ones
 /// are `other`. Callers are certificate holders, so this only guards against a noisy CA.
-pub const MAX_LEARNED_CALLER_LABELS: usize = 64;
+pub(crate) const MAX_LEARNED_CALLER_LABELS: usize = 64;
 
 /// A bounded set of label values: the configured ones, plus up to `learn` values seen first.
 #[derive(Debug, Default)]
-pub struct LabelSet {
+pub(crate) struct LabelSet {
     fixed: BTreeSet<String>,
     learned: Mutex<BTreeSet<String>>,
     learn: usize,
 }
 
 impl LabelSet {
-    pub fn new(fixed: impl IntoIterator<Item = String>, learn: usize) -> Self {
+    pub(crate) fn new(fixed: impl IntoIterator<Item = String>, learn: usize) -> Self {
         Self {
             fixed: fixed.into_iter().collect(),
             learned: Mutex::new(BTreeSet::new()),
@@ -38,19 +39,19 @@ impl LabelSet {
     }
 
     /// The configured values.
-    pub fn fixed(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn fixed(&self) -> impl Iterator<Item = &str> {
         self.fixed.iter().map(String::as_str)
     }
 
     /// `value` itself when known (or learnable), else [`OTHER`].
-    pub fn get(&self, value: &str) -> String {
+    pub(crate) fn get(&self, value: &str) -> String {
         if self.fixed.contains(value) {
             return value.to_string();
         }
         if self.learn == 0 {
             return OTHER.to_string();
         }
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut learned = self.learned.lock();
         if learned.contains(value) {
             return value.to_string();
         }
@@ -64,17 +65,17 @@ impl LabelSet {
 
 /// Where route and caller label values may come from, fixed at start from the config.
 #[derive(Debug, Default)]
-pub struct LabelPolicy {
+pub(crate) struct LabelPolicy {
     /// Outbound: configured target service names.
-    pub outbound: LabelSet,
+    pub(crate) outbound: LabelSet,
     /// Inbound: gRPC services the authz rules name.
-    pub inbound: LabelSet,
+    pub(crate) inbound: LabelSet,
     /// Inbound callers: identities the authz rules name.
-    pub callers: LabelSet,
+    pub(crate) callers: LabelSet,
 }
 
 impl LabelPolicy {
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
+    pub(crate) fn from_config(cfg: &crate::config::Config) -> Self {
         let rules = cfg.inbound.as_ref().map_or(&[][..], |i| &i.authz[..]);
         let services: BTreeSet<String> = rules
             .iter()
@@ -100,7 +101,8 @@ impl LabelPolicy {
 
     /// The outbound route label for a target host, resolved as the router does
     /// (`user`, `user.tally.svc` → `user`).
-    pub fn outbound_route(&self, host: &str) -> String {
+    #[cfg(test)]
+    pub(crate) fn outbound_route(&self, host: &str) -> String {
         let first = host.split('.').next().unwrap_or(host);
         for candidate in [host, first] {
             let v = self.outbound.get(candidate);
@@ -113,105 +115,106 @@ impl LabelPolicy {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    pub direction: String,
-    pub route: String,
-    pub caller: String,
-    pub grpc_status: String,
+pub(crate) struct CallLabels {
+    pub(crate) direction: String,
+    pub(crate) route: String,
+    pub(crate) caller: String,
+    pub(crate) grpc_status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub direction: String,
-    pub route: String,
+pub(crate) struct RouteLabels {
+    pub(crate) direction: String,
+    pub(crate) route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub route: String,
-    pub endpoint: String,
+pub(crate) struct EndpointLabels {
+    pub(crate) route: String,
+    pub(crate) endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
-    pub route: String,
-    pub endpoint: String,
+pub(crate) struct FailureLabels {
+    pub(crate) route: String,
+    pub(crate) endpoint: String,
     /// A failure kind name (`connect-failure`, `reset`, ...) or `grpc-<STATUS>` / `http-<code>`.
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
-    pub direction: String,
+pub(crate) struct DirectionLabels {
+    pub(crate) direction: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DenyLabels {
-    pub route: String,
-    pub caller: String,
+pub(crate) struct DenyLabels {
+    pub(crate) route: String,
+    pub(crate) caller: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FaultLabels {
-    pub direction: String,
-    pub route: String,
-    pub kind: String,
+pub(crate) struct FaultLabels {
+    pub(crate) direction: String,
+    pub(crate) route: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GatewayLabels {
-    pub route: String,
-    pub grpc_status: String,
+pub(crate) struct GatewayLabels {
+    pub(crate) route: String,
+    pub(crate) grpc_status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScopeLabels {
-    pub scope: String,
+pub(crate) struct ScopeLabels {
+    pub(crate) scope: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: String,
 }
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Where route and caller label values may come from.
-    pub labels: LabelPolicy,
-    pub requests: Family<CallLabels, Counter>,
-    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    pub retries: Family<RouteLabels, Counter>,
-    pub retry_budget_exhausted: Family<RouteLabels, Counter>,
-    pub breaker_state: Family<EndpointLabels, Gauge>,
-    pub breaker_opens: Family<EndpointLabels, Counter>,
-    pub bulkhead_rejections: Family<RouteLabels, Counter>,
-    pub outlier_ejections: Family<EndpointLabels, Counter>,
-    pub outlier_ejection_floor: Family<RouteLabels, Counter>,
-    pub endpoint_failures: Family<FailureLabels, Counter>,
-    pub tls_handshake_failures: Family<DirectionLabels, Counter>,
-    pub connections_rejected: Family<DirectionLabels, Counter>,
-    pub preface_timeouts: Family<DirectionLabels, Counter>,
-    pub panics: Family<DirectionLabels, Counter>,
-    pub cert_expiry: Gauge,
-    pub authz_denied: Family<DenyLabels, Counter>,
-    pub faults: Family<FaultLabels, Counter>,
-    pub gateway_requests: Family<GatewayLabels, Counter>,
-    pub gateway_rate_limited: Family<ScopeLabels, Counter>,
-    pub gateway_auth_failures: Family<ReasonLabels, Counter>,
+    pub(crate) labels: LabelPolicy,
+    pub(crate) requests: Family<CallLabels, Counter>,
+    pub(crate) latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub(crate) retries: Family<RouteLabels, Counter>,
+    pub(crate) retry_budget_exhausted: Family<RouteLabels, Counter>,
+    pub(crate) breaker_state: Family<EndpointLabels, Gauge>,
+    pub(crate) breaker_opens: Family<EndpointLabels, Counter>,
+    pub(crate) bulkhead_rejections: Family<RouteLabels, Counter>,
+    pub(crate) outlier_ejections: Family<EndpointLabels, Counter>,
+    pub(crate) outlier_ejection_floor: Family<RouteLabels, Counter>,
+    pub(crate) endpoint_failures: Family<FailureLabels, Counter>,
+    pub(crate) tls_handshake_failures: Family<DirectionLabels, Counter>,
+    pub(crate) connections_rejected: Family<DirectionLabels, Counter>,
+    pub(crate) preface_timeouts: Family<DirectionLabels, Counter>,
+    pub(crate) panics: Family<DirectionLabels, Counter>,
+    pub(crate) cert_expiry: Gauge,
+    pub(crate) authz_denied: Family<DenyLabels, Counter>,
+    pub(crate) faults: Family<FaultLabels, Counter>,
+    pub(crate) gateway_requests: Family<GatewayLabels, Counter>,
+    pub(crate) gateway_rate_limited: Family<ScopeLabels, Counter>,
+    pub(crate) gateway_auth_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
     /// Metrics whose route labels come from `cfg`'s services and authz rules.
-    pub fn for_config(cfg: &crate::config::Config) -> Arc<Self> {
+    pub(crate) fn for_config(cfg: &crate::config::Config) -> Arc<Self> {
         Self::with_labels(LabelPolicy::from_config(cfg))
     }
 
     /// Metrics with no configured route names (every route label is `other`).
-    pub fn new() -> Arc<Self> {
+    #[cfg(test)]
+    pub(crate) fn new() -> Arc<Self> {
         Self::with_labels(LabelPolicy::default())
     }
 
@@ -357,7 +360,7 @@ impl Metrics {
         })
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -366,14 +369,14 @@ impl Metrics {
     }
 }
 
-pub fn route(direction: &str, route: &str) -> RouteLabels {
+pub(crate) fn route(direction: &str, route: &str) -> RouteLabels {
     RouteLabels {
         direction: direction.to_string(),
         route: route.to_string(),
     }
 }
 
-pub fn endpoint(route: &str, endpoint: &str) -> EndpointLabels {
+pub(crate) fn endpoint(route: &str, endpoint: &str) -> EndpointLabels {
     EndpointLabels {
         route: route.to_string(),
         endpoint: endpoint.to_string(),

@@ -8,10 +8,11 @@
 use crate::grpc::Code;
 use crate::metrics::{CallLabels, Metrics, OTHER, RouteLabels};
 use crate::{Direction, PeerId, Req, grpc, route};
+use parking_lot::RwLock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 /// The final status of a call, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +145,7 @@ impl DirectionHandles {
             direction,
         };
         if direction == Direction::Outbound {
-            let mut routes = this.routes.write().unwrap_or_else(|p| p.into_inner());
+            let mut routes = this.routes.write();
             for name in this.metrics.labels.outbound.fixed() {
                 routes.insert(
                     name.to_string(),
@@ -218,7 +219,7 @@ impl DirectionHandles {
         } else {
             host
         };
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let routes = self.routes.read();
         let first = host.split('.').next().unwrap_or(host);
         routes
             .get(host)
@@ -228,12 +229,7 @@ impl DirectionHandles {
     }
 
     fn inbound_route(&self, service: &str) -> Arc<RouteHandles> {
-        if let Some(r) = self
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(service)
-        {
+        if let Some(r) = self.routes.read().get(service) {
             return r.clone();
         }
         // First sight of this value: the label set decides (and may learn it).
@@ -241,7 +237,7 @@ impl DirectionHandles {
         if label == OTHER {
             return self.other.clone();
         }
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut routes = self.routes.write();
         routes
             .entry(label.clone())
             .or_insert_with(|| Self::route_handles(&self.metrics, self.direction, &label))
@@ -249,19 +245,14 @@ impl DirectionHandles {
     }
 
     fn caller(&self, route: &Arc<RouteHandles>, id: &str) -> Arc<CallHandles> {
-        if let Some(c) = route
-            .callers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-        {
+        if let Some(c) = route.callers.read().get(id) {
             return c.clone();
         }
         let label = self.metrics.labels.callers.get(id);
         if label == OTHER {
             return route.fixed[OTHER_CALLER].clone();
         }
-        let mut callers = route.callers.write().unwrap_or_else(|p| p.into_inner());
+        let mut callers = route.callers.write();
         callers
             .entry(label.clone())
             .or_insert_with(|| {
@@ -327,7 +318,7 @@ mod tests {
             assert_eq!((c.route(), c.caller()), (OTHER, "anonymous"));
         }
         assert_eq!(
-            h.routes.read().unwrap().len(),
+            h.routes.read().len(),
             1,
             "only accepted label values are cached"
         );

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::time::Instant;
 
-pub use crate::Direction;
+pub(crate) use crate::Direction;
 
 /// Per-call facts other layers add to (the retry layer counts its retries here).
 #[derive(Clone, Default)]

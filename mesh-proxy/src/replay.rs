@@ -13,9 +13,10 @@ use crate::body::{Body, BodyError};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame};
+use parking_lot::Mutex;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 
 struct State {
@@ -53,13 +54,6 @@ pub struct ReplayBody {
 #[derive(Clone)]
 pub struct Replay {
     shared: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Replay {
@@ -123,7 +117,7 @@ impl ReplayBody {
         if self.state.is_some() {
             return Poll::Ready(());
         }
-        let mut slot = lock(&self.shared.slot);
+        let mut slot = self.shared.slot.lock();
         match slot.0.take() {
             Some(s) => {
                 drop(slot);
@@ -246,7 +240,7 @@ impl Drop for ReplayBody {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
             let wakers = {
-                let mut slot = lock(&self.shared.slot);
+                let mut slot = self.shared.slot.lock();
                 slot.0 = Some(state);
                 std::mem::take(&mut slot.1)
             };

@@ -6,7 +6,7 @@ use crate::{BoxService, ProxyError, Req, Rsp};
 use std::collections::HashMap;
 
 /// The target service name of a request: the host of `:authority` (or `Host`), without port.
-pub fn service_name(req: &Req) -> Option<String> {
+pub(crate) fn service_name(req: &Req) -> Option<String> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
         None => req
@@ -31,12 +31,12 @@ pub fn host_of(authority: &str) -> Option<&str> {
 }
 
 /// Innermost service of the outbound listener: picks the target service's stack.
-pub struct Router {
+pub(crate) struct Router {
     routes: HashMap<String, BoxService>,
 }
 
 impl Router {
-    pub fn new(routes: HashMap<String, BoxService>) -> Self {
+    pub(crate) fn new(routes: HashMap<String, BoxService>) -> Self {
         Self { routes }
     }
 

@@ -18,32 +18,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Why the proxy could not start; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A listener address could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
+        /// Config key that named the address.
         key: &'static str,
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The mTLS identity could not be loaded.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    /// The admin token file is missing, unreadable or too open.
     #[error(transparent)]
     AdminToken(#[from] admin::AdminTokenError),
+    /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] tally_audit::AuditError),
+    /// The gateway's TLS certificate or key could not be loaded.
     #[error(transparent)]
     GatewayTls(#[from] crate::gateway::listener::GatewayTlsError),
 }
 
 /// The bound addresses, printed as one JSON line on stdout at start (useful with port 0).
 #[derive(Debug, serde::Serialize)]
-pub struct Bound {
-    pub admin: SocketAddr,
-    pub inbound: Option<SocketAddr>,
-    pub outbound: Option<SocketAddr>,
+pub(crate) struct Bound {
+    pub(crate) admin: SocketAddr,
+    pub(crate) inbound: Option<SocketAddr>,
+    pub(crate) outbound: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<SocketAddr>,
+    pub(crate) gateway: Option<SocketAddr>,
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -56,6 +65,7 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
 }
 
+/// Runs the configured listeners until `shutdown_signal` resolves, then drains in-flight calls.
 pub async fn run(cfg: Config, shutdown_signal: impl Future<Output = ()>) -> Result<(), RunError> {
     let admin_auth = Arc::new(admin::AdminAuth::load(&cfg.admin)?);
     if let Some(path) = &cfg.admin.audit_file {

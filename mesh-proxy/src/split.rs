@@ -9,14 +9,15 @@
 
 use crate::layer::Next;
 use crate::{Req, Rsp};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Highest weight: every call goes to the canary.
-pub const MAX_WEIGHT: u8 = 100;
+pub(crate) const MAX_WEIGHT: u8 = 100;
 /// Weight of a canary table that does not name one: no traffic until a rollout sets it.
 pub const DEFAULT_CANARY_WEIGHT: u8 = 0;
 
@@ -38,7 +39,7 @@ fn default_weight() -> u8 {
 
 /// Why a weight or a split change is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SplitError {
+pub(crate) enum SplitError {
     #[error("weight {0} is out of range; use 0 to {MAX_WEIGHT} (percent of calls to the canary)")]
     Weight(u16),
     #[error("service `{0}` has no canary; known: {1:?}")]
@@ -46,7 +47,7 @@ pub enum SplitError {
 }
 
 /// Checks a weight (config or admin API).
-pub fn check_weight(weight: u16) -> Result<u8, SplitError> {
+pub(crate) fn check_weight(weight: u16) -> Result<u8, SplitError> {
     u8::try_from(weight)
         .ok()
         .filter(|w| *w <= MAX_WEIGHT)
@@ -55,34 +56,34 @@ pub fn check_weight(weight: u16) -> Result<u8, SplitError> {
 
 /// The live weights of every target that has a canary, shared by the stacks and the admin API.
 #[derive(Clone, Default)]
-pub struct SplitStore(Arc<Mutex<BTreeMap<String, Arc<AtomicU8>>>>);
+pub(crate) struct SplitStore(Arc<Mutex<BTreeMap<String, Arc<AtomicU8>>>>);
 
 /// One target's split as `GET /split` shows it.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct SplitView {
-    pub weight: u8,
+pub(crate) struct SplitView {
+    pub(crate) weight: u8,
 }
 
 /// `PUT /split` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SplitUpdate {
-    pub service: String,
-    pub weight: u16,
+pub(crate) struct SplitUpdate {
+    pub(crate) service: String,
+    pub(crate) weight: u16,
 }
 
 impl SplitStore {
     /// Registers `service` with its configured weight; returns the handle its route reads.
-    pub fn register(&self, service: &str, weight: u8) -> Arc<AtomicU8> {
+    pub(crate) fn register(&self, service: &str, weight: u8) -> Arc<AtomicU8> {
         let w = Arc::new(AtomicU8::new(weight.min(MAX_WEIGHT)));
-        self.lock().insert(service.to_string(), w.clone());
+        self.0.lock().insert(service.to_string(), w.clone());
         w
     }
 
     /// Sets the weight of a registered service.
-    pub fn set(&self, service: &str, weight: u16) -> Result<u8, SplitError> {
+    pub(crate) fn set(&self, service: &str, weight: u16) -> Result<u8, SplitError> {
         let weight = check_weight(weight)?;
-        let map = self.lock();
+        let map = self.0.lock();
         let w = map.get(service).ok_or_else(|| {
             SplitError::Unknown(service.to_string(), map.keys().cloned().collect())
         })?;
@@ -91,8 +92,9 @@ impl SplitStore {
     }
 
     /// Every registered split.
-    pub fn snapshot(&self) -> BTreeMap<String, SplitView> {
-        self.lock()
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, SplitView> {
+        self.0
+            .lock()
             .iter()
             .map(|(k, w)| {
                 (
@@ -104,10 +106,6 @@ impl SplitStore {
             })
             .collect()
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<AtomicU8>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// Largest `PUT /split` body.
@@ -115,7 +113,7 @@ const MAX_SPLIT_BODY: usize = 4 * 1024;
 
 /// `PUT /split` with `{"service": "<name>", "weight": <0-100>}` (the admin listener has
 /// already checked the bearer token): the status and a one-line answer.
-pub async fn admin_put<B>(store: &SplitStore, body: B) -> (http::StatusCode, String)
+pub(crate) async fn admin_put<B>(store: &SplitStore, body: B) -> (http::StatusCode, String)
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -149,7 +147,7 @@ where
 }
 
 /// Sends each call to `stable` or `canary` by the current weight.
-pub struct Split<S, C> {
+pub(crate) struct Split<S, C> {
     stable: S,
     canary: C,
     weight: Arc<AtomicU8>,
@@ -157,7 +155,7 @@ pub struct Split<S, C> {
 }
 
 impl<S, C> Split<S, C> {
-    pub fn new(stable: S, canary: C, weight: Arc<AtomicU8>) -> Self {
+    pub(crate) fn new(stable: S, canary: C, weight: Arc<AtomicU8>) -> Self {
         Self {
             stable,
             canary,

@@ -256,7 +256,8 @@ impl<N: Next> Layer<N> for TraceLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -272,7 +273,7 @@ mod tests {
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            self.0.lock().unwrap().push(seen);
+            self.0.lock().push(seen);
             Ok(Rsp::new(body::empty()))
         }
     }
@@ -310,7 +311,7 @@ mod tests {
         };
         layer.handle(request(Some(PARENT)), &leaf).await.unwrap();
         layer.handle(request(None), &leaf).await.unwrap();
-        assert_eq!(*leaf.0.lock().unwrap(), [Some(PARENT.to_string()), None]);
+        assert_eq!(*leaf.0.lock(), [Some(PARENT.to_string()), None]);
     }
 
     #[tokio::test]
@@ -320,9 +321,7 @@ mod tests {
             .handle(request(Some(PARENT)), &leaf)
             .await
             .unwrap();
-        let seen = leaf.0.lock().unwrap()[0]
-            .clone()
-            .expect("traceparent sent on");
+        let seen = leaf.0.lock()[0].clone().expect("traceparent sent on");
         let (p, s) = (parts(PARENT), parts(&seen));
         assert_eq!(s[1], p[1], "same trace");
         assert_ne!(s[2], p[2], "the proxy's own span is the parent downstream");
@@ -342,7 +341,7 @@ mod tests {
             .handle(request(None), &leaf)
             .await
             .unwrap();
-        let seen = leaf.0.lock().unwrap().clone();
+        let seen = leaf.0.lock().clone();
         let a = parts(seen[0].as_deref().expect("new trace"));
         let b = parts(seen[1].as_deref().expect("new trace"));
         assert_ne!(a[1], b[1], "each call its own trace");

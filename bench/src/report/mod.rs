@@ -10,19 +10,19 @@ mod rounds;
 use rounds::rounds_table;
 
 /// Targets (same run, medians): Tally's max throughput ≥ 2× Envoy's.
-pub const TARGET_THROUGHPUT_VS_ENVOY: f64 = 2.0;
+pub(crate) const TARGET_THROUGHPUT_VS_ENVOY: f64 = 2.0;
 /// Added p50 at the fixed rate ≤ 0.5× Envoy's.
-pub const TARGET_ADDED_P50_VS_ENVOY: f64 = 0.5;
+pub(crate) const TARGET_ADDED_P50_VS_ENVOY: f64 = 0.5;
 /// Added p99 ≤ 2× the floor relay's.
-pub const TARGET_ADDED_P99_VS_FLOOR: f64 = 2.0;
+pub(crate) const TARGET_ADDED_P99_VS_FLOOR: f64 = 2.0;
 /// Added p99.9 ≤ Envoy's.
-pub const TARGET_ADDED_P999_VS_ENVOY: f64 = 1.0;
+pub(crate) const TARGET_ADDED_P999_VS_ENVOY: f64 = 1.0;
 /// Proxy CPU per call (fixed rate and max) ≤ 0.5× Envoy's ...
-pub const TARGET_CPU_VS_ENVOY: f64 = 0.5;
+pub(crate) const TARGET_CPU_VS_ENVOY: f64 = 0.5;
 /// ... and ≤ 1.2× the floor relay's.
-pub const TARGET_CPU_VS_FLOOR: f64 = 1.2;
+pub(crate) const TARGET_CPU_VS_FLOOR: f64 = 1.2;
 /// RSS of the pair ≤ 1/3 of Envoy's.
-pub const TARGET_RSS_VS_ENVOY: f64 = 1.0 / 3.0;
+pub(crate) const TARGET_RSS_VS_ENVOY: f64 = 1.0 / 3.0;
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
@@ -78,27 +78,27 @@ fn added(r: &RunReport, setup: &str, f: impl Fn(&Measurement) -> f64) -> Vec<f64
 
 /// Median-based summary of one setup (latencies in ms, RSS in MiB, CPU in ms per 1000 calls).
 #[derive(Debug, Clone, Default)]
-pub struct SetupSummary {
-    pub setup: String,
-    pub unary: [Option<f64>; 3],
-    pub unary_added: [Option<f64>; 3],
-    pub stream: [Option<f64>; 3],
-    pub stream_added: [Option<f64>; 3],
+pub(crate) struct SetupSummary {
+    pub(crate) setup: String,
+    pub(crate) unary: [Option<f64>; 3],
+    pub(crate) unary_added: [Option<f64>; 3],
+    pub(crate) stream: [Option<f64>; 3],
+    pub(crate) stream_added: [Option<f64>; 3],
     /// Closed-loop throughput (calls per second).
-    pub closed_unary: Option<f64>,
-    pub closed_stream: Option<f64>,
+    pub(crate) closed_unary: Option<f64>,
+    pub(crate) closed_stream: Option<f64>,
     /// Open-loop ramp maximum (only with `--ramp`).
-    pub ramp_max: Option<f64>,
-    pub rss_peak_mib: Option<f64>,
-    pub rss_steady_mib: Option<f64>,
-    pub cpu_unary: Option<f64>,
-    pub cpu_stream: Option<f64>,
-    pub cpu_unary_max: Option<f64>,
-    pub cpu_stream_max: Option<f64>,
-    pub failed: u64,
+    pub(crate) ramp_max: Option<f64>,
+    pub(crate) rss_peak_mib: Option<f64>,
+    pub(crate) rss_steady_mib: Option<f64>,
+    pub(crate) cpu_unary: Option<f64>,
+    pub(crate) cpu_stream: Option<f64>,
+    pub(crate) cpu_unary_max: Option<f64>,
+    pub(crate) cpu_stream_max: Option<f64>,
+    pub(crate) failed: u64,
 }
 
-pub fn summarize(r: &RunReport, setup: &str) -> SetupSummary {
+pub(crate) fn summarize(r: &RunReport, setup: &str) -> SetupSummary {
     let q = |f: fn(&Measurement) -> f64| median(per_round(r, setup, |m| Some(f(m))));
     let o = |f: fn(&Measurement) -> Option<f64>| median(per_round(r, setup, f));
     let a = |f: fn(&Measurement) -> f64| median(added(r, setup, f));
@@ -209,16 +209,16 @@ const MEASURES: &[Measure] = &[
 
 /// One target: Tally's value over a reference setup's, against a bound.
 #[derive(Debug, Clone)]
-pub struct Verdict {
-    pub name: String,
-    pub ratio: Option<f64>,
+pub(crate) struct Verdict {
+    pub(crate) name: String,
+    pub(crate) ratio: Option<f64>,
     /// `<= x` or `>= x`.
-    pub target: String,
-    pub met: Option<bool>,
+    pub(crate) target: String,
+    pub(crate) met: Option<bool>,
 }
 
 /// The targets of the performance issue, each met or not (n/a when a setup is missing).
-pub fn verdicts(r: &RunReport) -> Vec<Verdict> {
+pub(crate) fn verdicts(r: &RunReport) -> Vec<Verdict> {
     let t = summarize(r, "tally");
     let e = summarize(r, "envoy");
     let f = summarize(r, "floor");

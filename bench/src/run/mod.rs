@@ -11,7 +11,8 @@ use crate::procstat::{self, Memory};
 use crate::setup::{Kind, Programs, Running};
 
 mod ramp;
-pub use ramp::{RampOptions, Step};
+pub use ramp::RampOptions;
+pub(crate) use ramp::Step;
 use ramp::{ramp, settle};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -19,31 +20,45 @@ use tokio::time::Instant;
 /// Everything a run needs to know; see `tally-bench --help` for the meaning of each.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Setups measured each round, in this order.
     pub setups: Vec<Kind>,
+    /// Interleaved rounds; each measures every setup once.
     pub rounds: u32,
+    /// Load before each measured phase, not recorded.
     pub warmup: Duration,
+    /// Length of each measured open-loop phase.
     pub phase: Duration,
+    /// Open-loop unary calls per second.
     pub unary_rate: f64,
+    /// Open-loop server-streaming calls per second.
     pub stream_rate: f64,
+    /// Messages each streaming call receives.
     pub stream_messages: u64,
+    /// HTTP/2 connections the load is spread over.
     pub connections: usize,
+    /// Deadline of each call; a call past it counts as failed.
     pub call_timeout: Duration,
+    /// The maximum-throughput search.
     pub ramp: RampOptions,
+    /// The closed-loop throughput phases.
     pub closed: ClosedOptions,
+    /// Binaries the setups start, and CPU pinning.
     pub programs: Programs,
 }
 
 /// The closed-loop throughput phases (unary, then streaming).
 #[derive(Debug, Clone)]
 pub struct ClosedOptions {
+    /// Run these phases at all.
     pub enabled: bool,
     /// Callers, each with one call in flight at a time.
     pub concurrency: usize,
+    /// Length of each closed-loop phase.
     pub duration: Duration,
 }
 
 impl Options {
-    pub fn validate(&self) -> Result<(), BenchError> {
+    pub(crate) fn validate(&self) -> Result<(), BenchError> {
         let bad = |option: &str, problem: &str| {
             Err(BenchError::Options {
                 option: option.into(),
@@ -95,21 +110,21 @@ impl Options {
 
 /// Latency and rate of one fixed-rate phase.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PhaseSummary {
-    pub workload: String,
-    pub target_rate: f64,
-    pub achieved_rate: f64,
+pub(crate) struct PhaseSummary {
+    pub(crate) workload: String,
+    pub(crate) target_rate: f64,
+    pub(crate) achieved_rate: f64,
     /// Calls the schedule held; each ends up counted once, in `ok` or in `failed`.
-    pub scheduled: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
+    pub(crate) scheduled: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
     /// Proxy CPU time (both proxies) per 1000 calls of this phase, in ms.
-    pub cpu_ms_per_1k: Option<f64>,
-    pub first_error: Option<String>,
+    pub(crate) cpu_ms_per_1k: Option<f64>,
+    pub(crate) first_error: Option<String>,
 }
 
 impl PhaseSummary {
@@ -139,43 +154,43 @@ impl PhaseSummary {
 
 /// Everything measured for one setup in one round.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Measurement {
-    pub round: u32,
-    pub setup: String,
-    pub unary: PhaseSummary,
-    pub stream: PhaseSummary,
+pub(crate) struct Measurement {
+    pub(crate) round: u32,
+    pub(crate) setup: String,
+    pub(crate) unary: PhaseSummary,
+    pub(crate) stream: PhaseSummary,
     /// Closed-loop unary and streaming phases (None: `--no-closed`); their rate is the
     /// throughput, their CPU per 1000 calls the cost at maximum load.
-    pub closed_unary: Option<PhaseSummary>,
-    pub closed_stream: Option<PhaseSummary>,
+    pub(crate) closed_unary: Option<PhaseSummary>,
+    pub(crate) closed_stream: Option<PhaseSummary>,
     /// Highest achieved rate of a passing ramp step (None: ramp off or no step passed).
-    pub max_throughput: Option<f64>,
+    pub(crate) max_throughput: Option<f64>,
     /// True when the ramp ran out of steps while still passing (the maximum is higher).
-    pub max_throughput_capped: bool,
-    pub steps: Vec<Step>,
+    pub(crate) max_throughput_capped: bool,
+    pub(crate) steps: Vec<Step>,
     /// Both proxies, after the fixed-rate phases (KiB).
-    pub rss_steady_kib: u64,
+    pub(crate) rss_steady_kib: u64,
     /// Both proxies' peak resident memory over the whole measurement (KiB).
-    pub rss_peak_kib: u64,
+    pub(crate) rss_peak_kib: u64,
     /// The machine's 1-minute load average before and after the measurement.
-    pub load_before: f64,
-    pub load_after: f64,
+    pub(crate) load_before: f64,
+    pub(crate) load_after: f64,
     /// CPU used by processes outside the benchmark during the measurement, in cores
     /// (machine busy time minus that of tally-bench, the echo server and the proxies,
     /// over wall time).
-    pub other_cpu_cores: f64,
+    pub(crate) other_cpu_cores: f64,
 }
 
 /// A whole run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
     /// When the run started (UTC) and the commit of the working tree it ran from.
-    pub date: String,
-    pub commit: String,
-    pub rounds: u32,
-    pub measurements: Vec<Measurement>,
-    pub settings: String,
-    pub machine: String,
+    pub(crate) date: String,
+    pub(crate) commit: String,
+    pub(crate) rounds: u32,
+    pub(crate) measurements: Vec<Measurement>,
+    pub(crate) settings: String,
+    pub(crate) machine: String,
 }
 
 /// Runs every round; `progress` gets one line per finished measurement.

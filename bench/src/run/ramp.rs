@@ -8,11 +8,17 @@ use std::time::Duration;
 /// bisection steps between the last good and the first failed rate.
 #[derive(Debug, Clone)]
 pub struct RampOptions {
+    /// Run the search at all.
     pub enabled: bool,
+    /// Calls per second of the first step.
     pub start_rate: f64,
+    /// Rate multiplier from one step to the next while steps pass.
     pub factor: f64,
+    /// Length of each step.
     pub step: Duration,
+    /// Most geometric steps before the search stops.
     pub max_steps: u32,
+    /// Bisection steps between the last passing and the first failing rate.
     pub refine_steps: u32,
     /// A step fails when its p99 is above this.
     pub p99_limit_ms: f64,
@@ -24,12 +30,12 @@ pub struct RampOptions {
 
 /// One step of the throughput search.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Step {
-    pub target_rate: f64,
-    pub achieved_rate: f64,
-    pub p99_ms: f64,
-    pub failed: u64,
-    pub passed: bool,
+pub(crate) struct Step {
+    pub(crate) target_rate: f64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) failed: u64,
+    pub(crate) passed: bool,
 }
 
 fn step_of(r: &PhaseResult, ramp: &RampOptions) -> Step {

@@ -23,24 +23,29 @@ use tokio::time::Instant;
 mod envoy;
 mod floor;
 
-pub use envoy::render;
-
 /// How long a proxy may take to report ready.
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 
+/// A path the load can take to the echo server; each is measured the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// Straight to the echo server, no proxy: the baseline the others add to.
     Direct,
+    /// A minimal mTLS relay pair (`tally-floor-relay`): the cost any sidecar pair cannot avoid.
     Floor,
+    /// A Tally sidecar pair with mTLS.
     Tally,
     /// `tally-proxy` built from a baseline commit (`scripts/bench --compare BASE`).
     TallyBase,
+    /// An Envoy sidecar pair with mTLS.
     Envoy,
 }
 
 impl Kind {
+    /// The names `--setups` accepts, for its error message.
     pub const NAMES: &str = "direct, floor, tally, tally-base, envoy";
 
+    /// The setup named on the command line; None for an unknown name.
     pub fn parse(s: &str) -> Option<Kind> {
         match s.trim() {
             "direct" => Some(Kind::Direct),
@@ -68,10 +73,13 @@ impl fmt::Display for Kind {
 /// Programs the sidecar setups run.
 #[derive(Debug, Clone)]
 pub struct Programs {
+    /// The `tally-proxy` binary measured as setup `tally`.
     pub tally_proxy: PathBuf,
     /// The baseline build for `tally-base` (`--tally-base`).
     pub tally_proxy_base: Option<PathBuf>,
+    /// The `tally-floor-relay` binary of setup `floor`.
     pub floor_relay: PathBuf,
+    /// The Envoy binary of setup `envoy`.
     pub envoy: PathBuf,
     /// `taskset -c` CPU list for every process of the system under test (echo server and
     /// proxies); `None`: no pinning.
@@ -86,7 +94,7 @@ pub struct Programs {
 }
 
 impl Programs {
-    pub fn check(&self, kind: Kind) -> Result<(), BenchError> {
+    pub(crate) fn check(&self, kind: Kind) -> Result<(), BenchError> {
         let none = PathBuf::new();
         let (program, path, fix) = match kind {
             Kind::Direct => return Ok(()),
@@ -124,11 +132,10 @@ impl Programs {
 }
 
 /// A started setup: where the load generator connects, and the proxy processes.
-pub struct Running {
-    pub kind: Kind,
-    pub entry: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) entry: SocketAddr,
     /// `:authority` for calls (the target service name; the sidecars route on it).
-    pub authority: String,
+    pub(crate) authority: String,
     children: Vec<(String, Child)>,
     dir: PathBuf,
     /// Removes `dir` when dropped; `None` when the work directory is kept.
@@ -137,12 +144,12 @@ pub struct Running {
 
 impl Running {
     /// Process ids of the proxies (empty for direct).
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|(_, c)| c.id()).collect()
     }
 
     /// Fails if a proxy has exited, with the tail of its log.
-    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), BenchError> {
         for (name, child) in &mut self.children {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(self.dir.as_path().join(format!("{name}.log")))
@@ -165,7 +172,7 @@ impl Running {
         Ok(())
     }
 
-    pub async fn start(
+    pub(crate) async fn start(
         kind: Kind,
         upstream: SocketAddr,
         pki: &Pki,
@@ -186,7 +193,6 @@ impl Running {
             (dir.path().to_path_buf(), Some(dir))
         };
         let mut running = Running {
-            kind,
             entry: upstream,
             authority: TARGET_SERVICE.into(),
             children: Vec::new(),
@@ -359,7 +365,7 @@ impl Running {
     }
 
     /// Stops the proxies: SIGTERM, then SIGKILL after a short grace.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for (_, child) in &mut self.children {
             // SAFETY: kill(2) on our own child, which we have not reaped yet.
             #[allow(unsafe_code)]
@@ -395,7 +401,7 @@ struct Bound {
 }
 
 /// `program` as a command, under `taskset -c cpus` when `cpus` is given.
-pub fn pinned(cpus: Option<&str>, program: &Path) -> Command {
+pub(crate) fn pinned(cpus: Option<&str>, program: &Path) -> Command {
     match cpus {
         Some(cpus) => {
             let mut cmd = Command::new("taskset");

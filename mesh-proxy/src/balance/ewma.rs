@@ -2,9 +2,8 @@
 //! faster ones blend in with an exponential decay, and the estimate decays while the endpoint
 //! is idle so that one that was slow or failing is tried again eventually.
 
-use super::lock;
 use crate::config::LoadBalancerConfig;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -48,7 +47,7 @@ impl PeakEwma {
     pub fn observe(&self, rtt: Duration) {
         let rtt_ns = rtt.as_nanos() as f64;
         let now = Instant::now();
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if rtt_ns > s.estimate_ns {
             s.estimate_ns = rtt_ns;
         } else {
@@ -68,7 +67,7 @@ impl PeakEwma {
 
     /// The current estimate in nanoseconds, decayed for the time since the last observation.
     pub fn estimate_ns(&self) -> f64 {
-        let s = lock(&self.state);
+        let s = self.state.lock();
         s.estimate_ns * self.weight(s.updated.elapsed())
     }
 

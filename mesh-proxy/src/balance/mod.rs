@@ -22,8 +22,8 @@ use crate::transport::ClientTransport;
 use crate::{BoxFuture, ProxyError, Req, Rsp, grpc};
 use ewma::PeakEwma;
 use outlier::{Availability, Outliers, Recorded};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,11 +35,6 @@ pub struct AvoidEndpoint(pub String);
 /// Response extension: the endpoint that answered.
 #[derive(Clone, Debug)]
 pub struct ServedBy(pub String);
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The first endpoint listed twice, if any (config validation refuses such lists).
 pub fn duplicate_endpoint(endpoints: &[String]) -> Option<&str> {

@@ -3,10 +3,9 @@
 //! `base_ejection_time × times ejected` (capped), with one floor rule: never eject more than
 //! `max_ejection_percent` of the set (but at least one may go), and always keep one endpoint.
 
-use super::lock;
 use crate::config::OutlierConfig;
 use crate::defaults as d;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -65,7 +64,7 @@ impl Outliers {
         let Some(m) = self.states.get(i) else {
             return Availability::Available;
         };
-        let mut o = lock(m);
+        let mut o = m.lock();
         match o.ejected_until {
             Some(t) if now < t => Availability::Ejected,
             Some(_) => {
@@ -94,7 +93,7 @@ impl Outliers {
             return Recorded::Nothing;
         };
         {
-            let mut o = lock(m);
+            let mut o = m.lock();
             if !failed {
                 o.consecutive = 0;
                 return Recorded::Nothing;
@@ -108,11 +107,11 @@ impl Outliers {
         let ejected = self
             .states
             .iter()
-            .filter(|s| lock(s).ejected_until.is_some_and(|t| t > now))
+            .filter(|s| s.lock().ejected_until.is_some_and(|t| t > now))
             .count();
         let by_percent = ((n as u64 * u64::from(self.max_ejection_percent)) / 100).max(1) as usize;
         let limit = by_percent.min(n.saturating_sub(1));
-        let mut o = lock(m);
+        let mut o = m.lock();
         o.consecutive = 0;
         if ejected >= limit {
             return Recorded::FloorReached { ejected, limit };

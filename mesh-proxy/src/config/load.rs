@@ -19,6 +19,7 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Parses config text without env overrides or validation; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_string(),

@@ -27,11 +27,13 @@ pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// arrives for this long (Envoy's `stream_idle_timeout` default).
 pub const DEFAULT_REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The `[gateway]` section: the browser-facing listener, its bounds, edge auth, rate limits, CORS and routes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// HTTP/1.1 and h2c (or TLS with `[gateway.tls]`).
     pub listen: SocketAddr,
+    /// Connections served at once; further ones are refused.
     #[serde(default = "max_connections")]
     pub max_connections: usize,
     /// Largest gRPC-Web request body after base64 decoding, enforced as it streams in.
@@ -53,10 +55,13 @@ pub struct GatewayConfig {
     /// Absent: plaintext (keep the listener on loopback behind a TLS terminator).
     #[serde(default)]
     pub tls: Option<GatewayTls>,
+    /// Which browser origins may call, and which headers they may send and read.
     #[serde(default)]
     pub cors: CorsConfig,
+    /// Access-token and API-key checks at the edge; required when any route is `authenticated`.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Per-client and global token buckets.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
     /// Longest prefix wins: `pkg`, `pkg.Service` or `pkg.Service/Method`.
@@ -85,6 +90,7 @@ impl GatewayConfig {
     }
 }
 
+/// The `[gateway.tls]` section: certificate the gateway serves browsers with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayTls {
@@ -94,13 +100,17 @@ pub struct GatewayTls {
     pub key: PathBuf,
 }
 
+/// The `[gateway.cors]` section: answers to browser preflights and CORS response headers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// Exact origins (`https://app.example`) or `*`. Empty: no CORS headers at all.
     pub allowed_origins: Vec<String>,
+    /// Request headers a browser may send (`access-control-allow-headers`).
     pub allow_headers: Vec<String>,
+    /// Response headers browser code may read (`access-control-expose-headers`).
     pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds.
     pub max_age_s: u64,
 }
 
@@ -121,6 +131,7 @@ impl Default for CorsConfig {
     }
 }
 
+/// What a route asks of the caller before the call goes into the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
@@ -131,6 +142,7 @@ pub enum Access {
     Authenticated,
 }
 
+/// One `[[gateway.routes]]` entry: which gRPC names go to which service, and with what access.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -138,10 +150,12 @@ pub struct RouteConfig {
     pub prefix: String,
     /// A `[services.<name>]` table.
     pub service: String,
+    /// Credentials the route requires; default `authenticated`.
     #[serde(default = "authenticated")]
     pub access: Access,
 }
 
+/// The `[gateway.auth]` section: how access tokens are verified and where the signing keys come from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -169,15 +183,18 @@ pub struct AuthConfig {
     pub jwks_min_refetch_ms: u64,
 }
 
+/// The `[gateway.rate_limit]` section: token buckets per client and for the whole gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Tokens per second for each client (its authenticated principal, else its IP); 0 = no
     /// per-client limit.
     pub per_client_per_second: f64,
+    /// Tokens a client may spend at once above its steady rate.
     pub per_client_burst: u32,
     /// Tokens per second for the whole gateway; 0 = no global limit.
     pub global_per_second: f64,
+    /// Tokens the gateway may spend at once above its steady rate.
     pub global_burst: u32,
     /// Most client buckets kept; idle (full) buckets are evicted first, and clients beyond
     /// this share one overflow bucket.
@@ -243,12 +260,12 @@ fn jwks_min_refetch() -> u64 {
 
 /// The gateway's time and size bounds, typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub max_request_bytes: usize,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub request_body_timeout: Duration,
-    pub request_body_idle_timeout: Duration,
+pub(crate) struct Bounds {
+    pub(crate) max_request_bytes: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) request_body_timeout: Duration,
+    pub(crate) request_body_idle_timeout: Duration,
 }
 
 impl Default for Bounds {
@@ -275,7 +292,7 @@ fn is_route_prefix(prefix: &str) -> bool {
 
 impl GatewayConfig {
     /// The configured bounds as typed values.
-    pub fn bounds(&self) -> Bounds {
+    pub(crate) fn bounds(&self) -> Bounds {
         Bounds {
             max_request_bytes: self.max_request_bytes,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
@@ -285,6 +302,7 @@ impl GatewayConfig {
         }
     }
 
+    /// Checks the section against the `[services]` it routes to; errors name the key and the fix.
     pub fn validate(
         &self,
         file: &str,

@@ -5,7 +5,7 @@
 //! request id (when well formed) and trace context are kept.
 
 use crate::defaults::MAX_REQUEST_ID_LEN;
-pub use crate::defaults::REQUEST_ID_HEADER;
+pub(crate) use crate::defaults::REQUEST_ID_HEADER;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Prefixes of headers only the mesh may set.

@@ -6,22 +6,22 @@
 //! request bodies in time and size. Everything past the edge (retries, breakers, balancing,
 //! mTLS to the inbound sidecars) is the outbound stack, reused as it is.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod config;
-pub mod cors;
-pub mod edge;
-pub mod errors;
-pub mod grpc_web;
-pub mod listener;
-pub mod ratelimit;
+pub(crate) mod cors;
+pub(crate) mod edge;
+pub(crate) mod errors;
+pub(crate) mod grpc_web;
+pub(crate) mod listener;
+pub(crate) mod ratelimit;
 pub mod request_body;
-pub mod routes;
-pub mod service;
+pub(crate) mod routes;
+pub(crate) mod service;
 
 use crate::ListenerService;
 use crate::metrics::Metrics;
 use config::GatewayConfig;
-pub use service::Gateway;
+pub(crate) use service::Gateway;
 use std::sync::Arc;
 
 impl Gateway {

@@ -11,8 +11,8 @@
 //! bucket instead of growing the table.
 
 use super::config::RateLimitConfig;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -110,10 +110,6 @@ fn rate(per_second: f64, burst: u32) -> Option<Rate> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl RateLimiter {
     pub fn new(cfg: &RateLimitConfig) -> Self {
         Self {
@@ -138,7 +134,7 @@ impl RateLimiter {
 
     fn refund_client(&self, key: &str) {
         let Some(rate) = self.per_client else { return };
-        let mut c = lock(&self.clients);
+        let mut c = self.clients.lock();
         match c.buckets.get_mut(key) {
             Some(b) => b.refund(rate),
             None => {
@@ -154,7 +150,7 @@ impl RateLimiter {
         let Some((rate, bucket)) = &self.global else {
             return Ok(());
         };
-        let mut b = lock(bucket);
+        let mut b = bucket.lock();
         b.get_or_insert_with(|| Bucket::full(*rate, now))
             .take(*rate, now)
             .map_err(|retry_after| Limited {
@@ -168,7 +164,7 @@ impl RateLimiter {
         let Some(rate) = self.per_client else {
             return Ok(());
         };
-        let mut c = lock(&self.clients);
+        let mut c = self.clients.lock();
         let limited = |retry_after| Limited {
             scope: Scope::Client,
             retry_after,
@@ -199,8 +195,9 @@ impl RateLimiter {
     }
 
     /// Client buckets currently held.
+    #[cfg(test)]
     pub fn tracked_clients(&self) -> usize {
-        lock(&self.clients).buckets.len()
+        self.clients.lock().buckets.len()
     }
 }
 

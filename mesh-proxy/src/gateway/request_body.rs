@@ -77,7 +77,7 @@ impl TextDecoder {
 
 /// Reads a whole gRPC-Web request body: decoded (for `-text`), at most `max` bytes after
 /// decoding, within `timeout`.
-pub async fn read_web_body(
+pub(crate) async fn read_web_body(
     body: Body,
     content_length: Option<u64>,
     text: bool,
@@ -122,10 +122,10 @@ async fn read_bounded(mut body: Body, text: bool, max: usize) -> Result<Bytes, R
 
 #[derive(Debug, thiserror::Error)]
 #[error("no request data for {0:?}: request body idle timeout")]
-pub struct BodyIdle(Duration);
+pub(crate) struct BodyIdle(Duration);
 
 /// A streaming request body that fails when no frame arrives for `idle`.
-pub fn idle_bounded(body: Body, idle: Duration) -> Body {
+pub(crate) fn idle_bounded(body: Body, idle: Duration) -> Body {
     IdleBounded {
         inner: body,
         idle,

@@ -129,6 +129,7 @@ fn spawn_audit_reloads(mut configs: watch::Receiver<Arc<TlsConfigs>>, identity: 
     });
 }
 
+/// Builds the mTLS transports from `[identity]`, reloading the certificate when its files change.
 pub fn build(id: &IdentityConfig, handshake_timeout_ms: u64) -> Result<Transports, TransportError> {
     let paths = IdentityPaths {
         bundle: id.bundle.clone(),
