@@ -22,6 +22,9 @@ const READY: Duration = Duration::from_secs(240);
 const SCRAPED: Duration = Duration::from_secs(120);
 /// Between two looks at Prometheus's API.
 const POLL: Duration = Duration::from_millis(500);
+/// How long a metrics or admin listener may take to accept connections (an
+/// instance `tally up` just restarted is not listening at once).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// Scrape interval the test rewrites the written config to.
 const TEST_SCRAPE_INTERVAL: &str = "1s";
 /// Every port `tally up` takes from `--base-port`.
@@ -66,9 +69,21 @@ async fn http_get(addr: &str, path: &str) -> (String, String) {
 
 /// [`http_get`] with an `Accept` header.
 async fn http_get_accepting(addr: &str, path: &str, accept: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // A service restarted by `tally up` may not be listening yet: retry a
+    // refused connection until a deadline.
+    let deadline = Instant::now() + CONNECT_WITHIN;
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    };
     stream
         .write_all(
             format!(

@@ -107,8 +107,10 @@ async fn logins_fail_fast_while_redis_restarts_and_sessions_survive_it() {
         .collect();
 
     tokio::time::sleep(WARM_UP).await;
-    redis.stop();
+    // Taken before the stop: a login cut off while redis-server shuts down
+    // (connection reset) fails after this instant, not before it.
     let down_at = Instant::now();
+    redis.stop();
     p.wait_health(ServingStatus::NotServing).await;
     tokio::time::sleep(DOWN_FOR.saturating_sub(down_at.elapsed())).await;
     redis.restart().await;
