@@ -318,6 +318,25 @@ pub fn platform() -> Platform {
 mod tests {
     use super::*;
 
+    /// The user service's context with these ports and no peers.
+    fn user_context<'a>(
+        ports: &'a BTreeMap<&'static str, u16>,
+        outbound: &'a BTreeMap<String, String>,
+    ) -> ConfigContext<'a> {
+        static NO_ENDPOINTS: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+        ConfigContext {
+            service: "user",
+            instance: "user",
+            ports,
+            state_dir: Path::new("/d"),
+            data_dir: Path::new("/"),
+            outbound,
+            app_addr: None,
+            endpoints: &NO_ENDPOINTS,
+            log_format: "pretty",
+        }
+    }
+
     #[test]
     fn standard_config_has_every_chassis_section() {
         let ports = BTreeMap::from([("grpc", 50052u16), ("metrics", 50058u16)]);
@@ -359,17 +378,7 @@ mod tests {
     fn services_without_peers_get_no_outbound_section() {
         let ports = BTreeMap::from([("grpc", 1u16)]);
         let outbound = BTreeMap::new();
-        let ctx = ConfigContext {
-            service: "user",
-            instance: "user",
-            ports: &ports,
-            state_dir: Path::new("/d"),
-            data_dir: Path::new("/"),
-            outbound: &outbound,
-            app_addr: None,
-            endpoints: &BTreeMap::new(),
-            log_format: "pretty",
-        };
+        let ctx = user_context(&ports, &outbound);
         assert!(
             !standard_config(&ctx)
                 .expect("config")
@@ -381,17 +390,7 @@ mod tests {
     fn the_user_service_trusts_the_gateways_forwarded_for_only_with_the_mesh() {
         let ports = BTreeMap::from([("grpc", 1u16)]);
         let outbound = BTreeMap::new();
-        let ctx = ConfigContext {
-            service: "user",
-            instance: "user",
-            ports: &ports,
-            state_dir: Path::new("/d"),
-            data_dir: Path::new("/"),
-            outbound: &outbound,
-            app_addr: None,
-            endpoints: &BTreeMap::new(),
-            log_format: "pretty",
-        };
+        let ctx = user_context(&ports, &outbound);
         let config_of = |p: &Platform| {
             let user = p.services.iter().find(|s| s.name == "user").expect("user");
             (user.config)(&ctx).expect("config")
