@@ -8,223 +8,14 @@
 //! command, turns its result into the next event, and persists every
 //! transition, so the saga can be resumed from any step after a crash.
 
+mod cancel;
+mod messages;
+mod state;
+
+pub use messages::{Command, Notice, SagaError, SagaEvent, Transition};
+pub use state::{CANCELLED_BEFORE_ACTIVATION, Payment, Phase, Saga, Step, SubscriptionState};
+
 use super::plans::PlanId;
-use super::ride_out::Parked;
-use serde::{Deserialize, Serialize};
-
-/// A step of the saga, by the name used in records and crash points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    ReserveSeat,
-    ChargePayment,
-    ActivateSubscription,
-    GrantLimits,
-    RefundPayment,
-    ReleaseSeat,
-    MarkFailed,
-}
-
-impl Step {
-    /// Every step, forward ones first.
-    #[cfg(test)]
-    pub const ALL: [Step; 7] = [
-        Step::ReserveSeat,
-        Step::ChargePayment,
-        Step::ActivateSubscription,
-        Step::GrantLimits,
-        Step::RefundPayment,
-        Step::ReleaseSeat,
-        Step::MarkFailed,
-    ];
-
-    /// `reserve_seat`, `charge_payment`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::ReserveSeat => "reserve_seat",
-            Step::ChargePayment => "charge_payment",
-            Step::ActivateSubscription => "activate_subscription",
-            Step::GrantLimits => "grant_limits",
-            Step::RefundPayment => "refund_payment",
-            Step::ReleaseSeat => "release_seat",
-            Step::MarkFailed => "mark_failed",
-        }
-    }
-
-    /// True for the compensating steps.
-    #[cfg(test)]
-    pub fn is_compensation(self) -> bool {
-        matches!(
-            self,
-            Step::RefundPayment | Step::ReleaseSeat | Step::MarkFailed
-        )
-    }
-}
-
-/// Where the saga is; each non-final phase has exactly one next command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    ReservingSeat,
-    Charging,
-    Activating,
-    Granting,
-    Active,
-    Refunding,
-    ReleasingSeat,
-    MarkingFailed,
-    Failed,
-    Cancelled,
-}
-
-/// What is known about the payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Payment {
-    /// No charge attempted yet.
-    NotAttempted,
-    /// The plan is free; nothing to charge.
-    Skipped,
-    /// Money was taken.
-    Charged { charge_id: String },
-    /// The provider declined; no money was taken.
-    Declined { charge_id: String, reason: String },
-    /// Every attempt was refused before processing (UNAVAILABLE): nothing was
-    /// charged, but a void by key is still tried once for good measure.
-    NotCharged { reason: String },
-    /// Some attempt may have been processed (timeout, lost response): the
-    /// charge key must be settled (refund or void) before the saga can end.
-    Uncertain { reason: String },
-    /// Refunded, or voided, by the compensation.
-    Settled { charge_id: String },
-}
-
-/// The saga's persisted state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Saga {
-    pub plan: PlanId,
-    pub phase: Phase,
-    pub payment: Payment,
-    /// Why it failed (or was cancelled), once known.
-    #[serde(default)]
-    pub failure_reason: Option<String>,
-    /// The user asked to cancel before activation.
-    #[serde(default)]
-    pub cancel_requested: bool,
-    /// The current step failed transiently and waits to be tried again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parked: Option<Parked>,
-}
-
-/// What the orchestrator must do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    ReserveSeat,
-    ChargePayment {
-        amount_cents: u64,
-    },
-    ActivateSubscription,
-    GrantLimits {
-        plan: PlanId,
-    },
-    /// Refund (or void) the charge made with the saga's charge key.
-    /// `best_effort`: nothing was charged, so a failure may be ignored.
-    RefundPayment {
-        best_effort: bool,
-    },
-    ReleaseSeat,
-    MarkFailed,
-}
-
-impl Command {
-    /// The step this command runs.
-    pub fn step(&self) -> Step {
-        match self {
-            Command::ReserveSeat => Step::ReserveSeat,
-            Command::ChargePayment { .. } => Step::ChargePayment,
-            Command::ActivateSubscription => Step::ActivateSubscription,
-            Command::GrantLimits { .. } => Step::GrantLimits,
-            Command::RefundPayment { .. } => Step::RefundPayment,
-            Command::ReleaseSeat => Step::ReleaseSeat,
-            Command::MarkFailed => Step::MarkFailed,
-        }
-    }
-}
-
-/// The outcome of a command, or a request from outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SagaEvent {
-    SeatReserved,
-    SeatUnavailable {
-        reason: String,
-    },
-    PaymentCharged {
-        charge_id: String,
-    },
-    PaymentDeclined {
-        charge_id: String,
-        reason: String,
-    },
-    /// The charge failed transiently: try it again later, still pending.
-    PaymentParked(Parked),
-    /// Retries exhausted. `processed_possibly`: some attempt may have reached
-    /// the provider (see [`Payment::Uncertain`]).
-    PaymentUnavailable {
-        reason: String,
-        processed_possibly: bool,
-    },
-    SubscriptionActivated,
-    LimitsGranted,
-    /// The charge key is settled; `charge_id` is the refunded or voided charge.
-    PaymentRefunded {
-        charge_id: String,
-    },
-    /// A best-effort void could not be made; nothing was charged anyway.
-    RefundSkipped,
-    SeatReleased,
-    MarkedFailed,
-    CancelRequested,
-}
-
-/// Facts to publish as events, decided by the transition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    SubscriptionActivated { plan: PlanId },
-    PlanLimitsGranted { plan: PlanId },
-    PaymentFailed { reason: String },
-    SubscriptionCancelled { reason: String },
-}
-
-/// The result of applying one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub saga: Saga,
-    pub command: Option<Command>,
-    pub notices: Vec<Notice>,
-}
-
-/// An event that does not apply in the saga's phase.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SagaError {
-    #[error("event {event} does not apply while the saga is {phase:?}")]
-    Unexpected { phase: Phase, event: String },
-    #[error("the subscription is being activated; retry in a moment")]
-    Busy,
-    #[error("the subscription already ended ({0:?})")]
-    Ended(Phase),
-}
-
-/// Subscription state as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriptionState {
-    Pending,
-    Active,
-    Failed,
-    Cancelled,
-}
-
-/// Why a cancel before activation stops the saga.
-pub const CANCELLED_BEFORE_ACTIVATION: &str = "cancelled by the user before activation";
 
 impl Saga {
     /// A new saga for `plan` and its first command.
@@ -286,11 +77,12 @@ impl Saga {
 
     /// Applies `event`: the new saga, the next command and what to publish.
     pub fn apply(&self, event: SagaEvent) -> Result<Transition, SagaError> {
+        if matches!(event, SagaEvent::CancelRequested) {
+            return self.cancel();
+        }
         let mut next = self.clone();
         // Any answer ends a park; a new park replaces it below.
-        if !matches!(event, SagaEvent::CancelRequested) {
-            next.parked = None;
-        }
+        next.parked = None;
         let mut notices = Vec::new();
         match (&self.phase, event) {
             (Phase::ReservingSeat, SagaEvent::SeatReserved) => {
@@ -381,41 +173,6 @@ impl Saga {
                     next.phase = Phase::Failed;
                 }
             }
-            (Phase::Active, SagaEvent::CancelRequested) => {
-                next.cancel_requested = true;
-                next.failure_reason = Some("cancelled by the user".into());
-                notices.push(Notice::SubscriptionCancelled {
-                    reason: "cancelled by the user".into(),
-                });
-                notices.push(Notice::PlanLimitsGranted { plan: PlanId::Free });
-                next.phase = Phase::Cancelled;
-            }
-            (
-                Phase::ReservingSeat | Phase::Charging | Phase::Activating,
-                SagaEvent::CancelRequested,
-            ) => {
-                next.cancel_requested = true;
-                if self.phase == Phase::Activating {
-                    // Nothing is in flight outside: compensate right away.
-                    next.fail(CANCELLED_BEFORE_ACTIVATION);
-                    next.phase = if matches!(self.payment, Payment::Charged { .. }) {
-                        Phase::Refunding
-                    } else {
-                        Phase::ReleasingSeat
-                    };
-                }
-            }
-            (Phase::Granting, SagaEvent::CancelRequested) => return Err(SagaError::Busy),
-            (Phase::Failed | Phase::Cancelled, SagaEvent::CancelRequested) => {
-                return Err(SagaError::Ended(self.phase.clone()));
-            }
-            (
-                Phase::Refunding | Phase::ReleasingSeat | Phase::MarkingFailed,
-                SagaEvent::CancelRequested,
-            ) => {
-                // Already compensating; it will end as requested.
-                next.cancel_requested = true;
-            }
             (phase, event) => {
                 return Err(SagaError::Unexpected {
                     phase: phase.clone(),
@@ -440,9 +197,10 @@ impl Saga {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ride_out::Parked;
     use super::*;
 
-    fn run(saga: &Saga, events: Vec<SagaEvent>) -> (Saga, Vec<Notice>) {
+    pub(super) fn run(saga: &Saga, events: Vec<SagaEvent>) -> (Saga, Vec<Notice>) {
         let mut s = saga.clone();
         let mut all = Vec::new();
         for e in events {
@@ -454,7 +212,7 @@ mod tests {
         (s, all)
     }
 
-    fn charged() -> SagaEvent {
+    pub(super) fn charged() -> SagaEvent {
         SagaEvent::PaymentCharged {
             charge_id: "ch_1".into(),
         }
@@ -651,62 +409,6 @@ mod tests {
     }
 
     #[test]
-    fn cancel_while_charging_refunds_and_ends_cancelled() {
-        let (s, _) = Saga::start(PlanId::Pro);
-        let s = s.apply(SagaEvent::SeatReserved).expect("reserve").saga;
-        let s = s.apply(SagaEvent::CancelRequested).expect("cancel").saga;
-        assert_eq!(
-            s.phase,
-            Phase::Charging,
-            "the charge in flight finishes first"
-        );
-        let t = s.apply(charged()).expect("charged");
-        assert_eq!(
-            t.command,
-            Some(Command::RefundPayment { best_effort: false })
-        );
-        let (end, notices) = run(
-            &t.saga,
-            vec![
-                SagaEvent::PaymentRefunded {
-                    charge_id: "ch_1".into(),
-                },
-                SagaEvent::SeatReleased,
-                SagaEvent::MarkedFailed,
-            ],
-        );
-        assert_eq!(end.state(), SubscriptionState::Cancelled);
-        assert!(matches!(
-            notices.as_slice(),
-            [Notice::SubscriptionCancelled { .. }]
-        ));
-    }
-
-    #[test]
-    fn cancel_active_resets_limits() {
-        let (s, _) = Saga::start(PlanId::Pro);
-        let (s, _) = run(
-            &s,
-            vec![
-                SagaEvent::SeatReserved,
-                charged(),
-                SagaEvent::SubscriptionActivated,
-                SagaEvent::LimitsGranted,
-            ],
-        );
-        let t = s.apply(SagaEvent::CancelRequested).expect("cancel");
-        assert_eq!(t.saga.state(), SubscriptionState::Cancelled);
-        assert!(
-            t.notices
-                .contains(&Notice::PlanLimitsGranted { plan: PlanId::Free })
-        );
-        assert_eq!(
-            t.saga.apply(SagaEvent::CancelRequested),
-            Err(SagaError::Ended(Phase::Cancelled))
-        );
-    }
-
-    #[test]
     fn out_of_order_events_are_rejected() {
         let (s, _) = Saga::start(PlanId::Pro);
         assert!(matches!(
@@ -744,7 +446,7 @@ mod tests {
         assert_eq!(names.len(), 7);
     }
 
-    fn parked(attempts: u32) -> Parked {
+    pub(super) fn parked(attempts: u32) -> Parked {
         Parked {
             attempts,
             since_ms: 1,
@@ -784,37 +486,6 @@ mod tests {
             t.command,
             Some(Command::RefundPayment { best_effort: false })
         );
-    }
-
-    #[test]
-    fn giving_up_on_a_cancelled_parked_charge_ends_cancelled_without_payment_failed() {
-        let (s, _) = Saga::start(PlanId::Pro);
-        let s = s.apply(SagaEvent::SeatReserved).expect("reserve").saga;
-        let s = s
-            .apply(SagaEvent::PaymentParked(parked(1)))
-            .expect("parked")
-            .saga;
-        let s = s.apply(SagaEvent::CancelRequested).expect("cancel").saga;
-        let t = s
-            .apply(SagaEvent::PaymentUnavailable {
-                reason: "cancelled".into(),
-                processed_possibly: false,
-            })
-            .expect("give up");
-        assert!(t.notices.is_empty(), "{:?}", t.notices);
-        let (end, notices) = run(
-            &t.saga,
-            vec![
-                SagaEvent::RefundSkipped,
-                SagaEvent::SeatReleased,
-                SagaEvent::MarkedFailed,
-            ],
-        );
-        assert_eq!(end.state(), SubscriptionState::Cancelled);
-        assert!(matches!(
-            notices.as_slice(),
-            [Notice::SubscriptionCancelled { .. }]
-        ));
     }
 
     #[test]
