@@ -10,7 +10,6 @@
 //! for FAILED ones, never two charges for one subscription).
 
 use futures::StreamExt;
-use std::process::Command;
 use std::time::Duration;
 use tally_api::billing::v1 as bpb;
 use tally_api::billing::v1::billing_service_client::BillingServiceClient;
@@ -18,22 +17,11 @@ use tally_api::payment::v1 as ppb;
 use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
 use tally_api::user::v1 as upb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::TallyUp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-const READY: Duration = Duration::from_secs(240);
-const SERVICES: [&str; 6] = [
-    "user",
-    "polling",
-    "notification",
-    "analytics",
-    "billing",
-    "payment",
-];
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Users starting a subscription during the outage.
 const USERS: usize = 60;
 /// How long payment's sidecar injects faults: the minute, twelve
@@ -50,82 +38,6 @@ const SIGNUP_CONCURRENCY: usize = 4;
 const TARGET_ACTIVE: f64 = 0.95;
 /// Deadline of each test call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Up {
-    _process: Process,
-    data: tempfile::TempDir,
-    base: u16,
-}
-
-impl Up {
-    async fn start() -> Self {
-        for b in SERVICES.map(|s| format!("tally-{s}")) {
-            bin_path(&b);
-        }
-        bin_path("tally-proxy");
-        let data = tempfile::Builder::new()
-            .prefix("tally-ride-out-")
-            .tempdir()
-            .expect("temp dir");
-        let base = free_port_range(PORTS);
-        let mut cmd = Command::new(bin_path("tally"));
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--base-port")
-            .arg(base.to_string())
-            .arg("--no-build")
-            .env_remove("CARGO");
-        let mut process = Process::spawn_command(cmd);
-        process.wait_for_stdout("tally up: ready", READY).await;
-        Self {
-            _process: process,
-            data,
-            base,
-        }
-    }
-
-    fn uri(&self, service: &str) -> String {
-        let i = SERVICES
-            .iter()
-            .position(|s| *s == service)
-            .expect("service");
-        format!("http://127.0.0.1:{}", self.base + i as u16)
-    }
-
-    fn admin_addr(&self, instance: &str) -> String {
-        let path = self
-            .data
-            .path()
-            .join("config")
-            .join(format!("{instance}.toml"));
-        let cfg: toml::Table = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .parse()
-            .expect("toml");
-        cfg["admin"]["listen"]
-            .as_str()
-            .expect("admin listen")
-            .to_string()
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("admin-token"))
-            .expect("admin token")
-            .trim()
-            .to_string()
-    }
-
-    fn log(&self, instance: &str) -> String {
-        std::fs::read_to_string(
-            self.data
-                .path()
-                .join("logs")
-                .join(format!("{instance}.log")),
-        )
-        .unwrap_or_default()
-    }
-}
 
 /// One HTTP/1.1 request to a sidecar's admin listener: (status, body).
 async fn admin(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
@@ -239,10 +151,10 @@ fn set_faults(abort: f64, delay: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_ride_out_a_payment_outage_through_the_mesh() {
-    let up = Up::start().await;
-    let user = channel(&up.uri("user"));
-    let billing = channel(&up.uri("billing"));
-    let payment = channel(&up.uri("payment"));
+    let up = TallyUp::start(&[]).await;
+    let user = channel(&format!("http://{}", up.addr("user")));
+    let billing = channel(&format!("http://{}", up.addr("billing")));
+    let payment = channel(&format!("http://{}", up.addr("payment")));
     let accounts: Vec<Account> = futures::stream::iter(0..USERS)
         .map(|n| account(user.clone(), n))
         .buffered(SIGNUP_CONCURRENCY)

@@ -4,16 +4,12 @@
 //! then names a modified and a removed entry; `tally audit tail` follows
 //! new entries.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::{Process, TallyUp, bin_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const READY: Duration = Duration::from_secs(240);
 const FOLLOWED: Duration = Duration::from_secs(60);
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 const FAULTS: &str = r#"{"route": "user", "faults": {"abort_percent": 0}}"#;
 
 fn tally(args: &[&str]) -> Output {
@@ -56,35 +52,11 @@ async fn put_faults(addr: &str, token: Option<&str>) -> u16 {
         .unwrap_or(0)
 }
 
-fn admin_addr(data: &Path, instance: &str) -> String {
-    let cfg: toml::Table = std::fs::read_to_string(data.join(format!("config/{instance}.toml")))
-        .expect("config")
-        .parse()
-        .expect("toml");
-    cfg["admin"]["listen"].as_str().expect("admin").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_logs_record_operator_actions_and_reveal_tampering() {
-    let data = tempfile::Builder::new()
-        .prefix("tally-audit-")
-        .tempdir()
-        .expect("temp dir");
-    let d = data.path();
+    let mut up = TallyUp::start(&[]).await;
+    let d = up.data().to_path_buf();
     let data_arg = d.display().to_string();
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(bin_path("tally"));
-    cmd.args([
-        "up",
-        "--data-dir",
-        &data_arg,
-        "--base-port",
-        &base.to_string(),
-        "--no-build",
-    ])
-    .env_remove("CARGO");
-    let mut up = Process::spawn_command(cmd);
-    up.wait_for_stdout("tally up: ready", READY).await;
 
     // Follow polling's sidecar log from now on.
     let mut tail = Process::spawn(
@@ -93,14 +65,11 @@ async fn audit_logs_record_operator_actions_and_reveal_tampering() {
     );
 
     // A refused and an accepted admin change, and a key rotation.
-    let admin = admin_addr(d, "polling-proxy");
-    let token = std::fs::read_to_string(d.join("admin-token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let admin = up.admin_addr("polling-proxy");
+    let token = up.admin_token();
     assert_eq!(put_faults(&admin, None).await, 401);
     assert_eq!(put_faults(&admin, Some(&token)).await, 200);
-    let user_addr = format!("127.0.0.1:{base}");
+    let user_addr = up.addr("user");
     let token_file = d.join("data/user/admin-token").display().to_string();
     for _ in 0..2 {
         let rotated = tally(&[

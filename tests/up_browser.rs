@@ -13,15 +13,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tally_testkit::{Process, bin_path, free_port_range, repo_root};
+use tally_testkit::{Process, TallyUp, repo_root};
 
-const READY: Duration = Duration::from_secs(240);
 /// Code generation and bundling (buf, protoc-gen-es, esbuild).
 const BUILD: Duration = Duration::from_secs(180);
 /// The browser scenario; drive.mjs gives up by itself after 240 s.
 const DRIVE: Duration = Duration::from_secs(300);
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// The page's allowed origin: one of `tally up`'s dev origins for the gateway.
 const APP_ORIGIN: &str = "http://localhost:5173";
 /// Oldest Node the pinned npm packages support (Debian bookworm ships 18).
@@ -121,18 +118,6 @@ fn error_code<'a>(v: &'a Value, key: &str) -> &'a str {
 async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
     let browser_dir = repo_root().join("tests/browser");
     let (node, chromium) = prerequisites(&browser_dir);
-    for b in [
-        "tally-user",
-        "tally-polling",
-        "tally-notification",
-        "tally-analytics",
-        "tally-billing",
-        "tally-payment",
-        "tally-proxy",
-    ] {
-        bin_path(b);
-    }
-
     // The page: code generated from proto/ and bundled.
     let started = tokio::time::Instant::now();
     let work = tempfile::tempdir().expect("tmp");
@@ -148,27 +133,10 @@ async fn a_browser_uses_the_gateway_through_a_grpc_web_client_library() {
     let site = work.path().join("site");
     assert!(site.join("app.js").is_file(), "build.mjs made no app.js");
 
-    let data = tempfile::tempdir().expect("tmp");
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--no-build")
-        .env_remove("CARGO");
-    let mut up = Process::spawn_command(cmd);
-    up.wait_for_stdout("tally up: ready", READY).await;
+    let up = TallyUp::start(&[]).await;
     eprintln!("tally up ready after {:?}", started.elapsed());
-    let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/gateway.toml"))
-        .expect("gateway config")
-        .parse()
-        .expect("toml");
-    let gateway = format!(
-        "http://{}",
-        cfg["gateway"]["listen"].as_str().expect("gateway listen")
-    );
+    let cfg = up.config("gateway");
+    let gateway = format!("http://{}", up.gateway_addr());
     let origins: Vec<&str> = cfg["gateway"]["cors"]["allowed_origins"]
         .as_array()
         .expect("allowed_origins")

@@ -10,12 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tally_api::analytics::v1::ListTopPollsRequest;
 use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
-use tally_api::user::v1::user_service_client::UserServiceClient;
-use tally_api::user::v1::{LoginRequest, SignUpRequest};
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::{Process, TallyUp, bin_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const READY: Duration = Duration::from_secs(240);
 /// `tally up` with one more analytics instance (the canary) and its sidecar.
 const PORTS: u16 = tally_testkit::TALLY_UP_PORTS + tally_testkit::TALLY_UP_PORTS_PER_EXTRA_INSTANCE;
 /// Canary calls a rollout step needs before it judges (`--min-calls`).
@@ -97,15 +94,6 @@ async fn admin(addr: &str, method: &str, path: &str, token: &str, body: &str) ->
         .unwrap_or(0)
 }
 
-/// `listen` of section `section` in `<data>/config/<name>.toml`.
-fn listen(data: &std::path::Path, name: &str, section: &str) -> String {
-    let cfg: toml::Table = std::fs::read_to_string(data.join(format!("config/{name}.toml")))
-        .expect("config")
-        .parse()
-        .expect("toml");
-    cfg[section]["listen"].as_str().expect("listen").to_string()
-}
-
 /// Runs `tally rollout start analytics` to its end.
 async fn rollout(data: &std::path::Path, extra: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(bin_path("tally"));
@@ -137,72 +125,30 @@ fn status_text(data: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
-    for b in [
-        "tally-analytics",
-        "tally-proxy",
-        "tally-user",
-        "tally-polling",
-    ] {
-        bin_path(b);
-    }
-    let data = tempfile::tempdir().expect("tmp");
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--base-port",
-            &base.to_string(),
-            "--no-build",
-            "--canary",
-            "analytics",
-        ])
-        .env_remove("CARGO");
-    let mut up = Process::spawn_command(cmd);
-    let out = up.wait_for_stdout("tally up: ready", READY).await;
+    let mut up = TallyUp::builder()
+        .args(["--canary", "analytics"])
+        .ports(PORTS)
+        .start()
+        .await;
+    let out = up.ready_output();
     assert!(
         out.contains("canary: analytics-2 gets 0% of the calls to analytics"),
         "{out}"
     );
-    let gateway = listen(data.path(), "gateway", "gateway");
-    let gw_admin = listen(data.path(), "gateway", "admin");
-    let canary_admin = listen(data.path(), "analytics-2-proxy", "admin");
-    let token = std::fs::read_to_string(data.path().join("admin-token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let data = up.data().to_path_buf();
+    let gateway = up.gateway_addr();
+    let gw_admin = up.admin_addr("gateway");
+    let canary_admin = up.admin_addr("analytics-2-proxy");
+    let token = up.admin_token();
 
-    // A user, through the gateway.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("gateway");
-    let mut users = UserServiceClient::new(channel);
-    users
-        .sign_up(SignUpRequest {
-            email: "canary@example.com".into(),
-            password: "correct horse battery".into(),
-            display_name: "Canary".into(),
-        })
-        .await
-        .expect("sign up");
-    let access = users
-        .login(LoginRequest {
-            email: "canary@example.com".into(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .expect("login")
-        .into_inner()
-        .access_token;
+    // A user.
+    let access = up.sign_up("canary@example.com").await;
     let traffic = Arc::new(Traffic::default());
     let driver = tokio::spawn(drive(gateway.clone(), access, traffic.clone()));
 
     // 1. A healthy canary goes 5 -> 25 -> 50 -> 100 % and is promoted. Latency is not what
     // this test is about, and debug builds on a busy machine jitter: a wide p99 ratio.
-    let (ok, output) = rollout(data.path(), &["--max-p99-ratio", "1000"]).await;
+    let (ok, output) = rollout(&data, &["--max-p99-ratio", "1000"]).await;
     assert!(ok, "{output}");
     assert!(output.contains("analytics: promoted"), "{output}");
     assert_eq!(
@@ -211,7 +157,7 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
         "no user call fails while a healthy canary rolls out: {:?}\n{output}",
         traffic.errors()
     );
-    let status = status_text(data.path());
+    let status = status_text(&data);
     assert!(
         status.contains("rollout of analytics: promoted"),
         "{status}"
@@ -240,7 +186,7 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
     );
 
     let (ok_before, failed_before) = (traffic.ok(), traffic.failed());
-    let (ok, output) = rollout(data.path(), &[]).await;
+    let (ok, output) = rollout(&data, &[]).await;
     assert!(!ok, "a faulty canary is not promoted:\n{output}");
     assert!(output.contains("rolled back at 5%"), "{output}");
     let failed = traffic.failed() - failed_before;
@@ -262,7 +208,7 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
         failed_after,
         "calls fail after the rollback"
     );
-    let status = status_text(data.path());
+    let status = status_text(&data);
     assert!(
         status.contains("rollout of analytics: rolled back"),
         "{status}"

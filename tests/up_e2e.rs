@@ -7,86 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use tally_sdk::{Client, Credentials};
-use tally_testkit::{Process, bin_path, free_port_range, grpcurl, is_serving, repo_root};
+use tally_testkit::{TALLY_UP_SERVICES as SERVICES, TallyUp, grpcurl, is_serving, repo_root};
 
-const READY: Duration = Duration::from_secs(240);
-
-/// Every service `tally up` runs, in port order.
-const SERVICES: [&str; 6] = [
-    "user",
-    "polling",
-    "notification",
-    "analytics",
-    "billing",
-    "payment",
-];
-
-/// Ports `tally up` takes: one per service instance, then three (inbound,
-/// outbound, admin) per mesh sidecar beside each, then the browser
-/// gateway's two (gateway, admin), then a metrics port per instance.
-const fn ports(instances: u16) -> u16 {
-    instances * 5 + 2
-}
-
-/// A running `tally up` on free ports in a temp data dir.
-struct Up {
-    process: Process,
-    data: tempfile::TempDir,
-    base: u16,
-}
-
-impl Up {
-    async fn start(extra: &[&str], ports: u16) -> Self {
-        // The services must already be built next to `tally`.
-        for b in SERVICES.map(|s| format!("tally-{s}")) {
-            bin_path(&b);
-        }
-        let data = tempfile::Builder::new()
-            .prefix("tally-up-")
-            .tempdir()
-            .expect("temp dir");
-        let base = free_port_range(ports);
-        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--base-port")
-            .arg(base.to_string())
-            .arg("--no-build")
-            .args(extra)
-            .env_remove("CARGO");
-        let mut process = Process::spawn_command(cmd);
-        process.wait_for_stdout("tally up: ready", READY).await;
-        Self {
-            process,
-            data,
-            base,
-        }
-    }
-
-    fn user_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.base)
-    }
-
-    fn poll_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.base + 1)
-    }
-
-    fn pid(&self, instance: &str) -> u32 {
-        let path = self.data.path().join("run").join(format!("{instance}.pid"));
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .trim()
-            .parse()
-            .expect("pid file holds a number")
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.user_addr(), &self.poll_addr())
-            .await
-            .expect("connect")
-    }
-}
+const READY: Duration = tally_testkit::TALLY_UP_READY_TIMEOUT;
 
 /// The ```sh blocks of the README between `<!-- {name}:start -->` and
 /// `<!-- {name}:end -->`.
@@ -171,7 +94,7 @@ fn json_docs(text: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_walkthrough_works_against_tally_up() {
-    let up = Up::start(&[], ports(6)).await;
+    let up = TallyUp::start(&[]).await;
     // Every service is SERVING on its port, in the documented order.
     let health = [
         "tally.user.v1.UserService",
@@ -182,7 +105,7 @@ async fn readme_walkthrough_works_against_tally_up() {
         "tally.payment.v1.PaymentService",
     ];
     for (i, service) in health.iter().enumerate() {
-        let addr = format!("127.0.0.1:{}", up.base + i as u16);
+        let addr = format!("127.0.0.1:{}", up.base_port() + i as u16);
         assert!(is_serving(&addr, service).await, "{service} at {addr}");
     }
     let tmp = tempfile::tempdir().expect("tmp");
@@ -190,8 +113,8 @@ async fn readme_walkthrough_works_against_tally_up() {
     let blocks: Vec<String> = readme_blocks("walkthrough")
         .into_iter()
         .map(|b| {
-            b.replace("127.0.0.1:50051", &up.user_addr())
-                .replace("127.0.0.1:50052", &up.poll_addr())
+            b.replace("127.0.0.1:50051", &up.addr("user"))
+                .replace("127.0.0.1:50052", &up.addr("polling"))
                 .replace("/tmp/tally-poll.json", &poll_file.display().to_string())
         })
         .collect();
@@ -282,8 +205,8 @@ async fn readme_walkthrough_works_against_tally_up() {
     let out = run_blocks(
         &cli_blocks,
         &[
-            ("TALLY_USER_ADDR", up.user_addr()),
-            ("TALLY_POLL_ADDR", up.poll_addr()),
+            ("TALLY_USER_ADDR", up.addr("user")),
+            ("TALLY_POLL_ADDR", up.addr("polling")),
         ],
     );
     let all = out.join("\n");
@@ -297,17 +220,12 @@ async fn readme_walkthrough_works_against_tally_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tally_up_restarts_a_killed_service_with_its_data() {
-    let mut up = Up::start(&[], ports(6)).await;
-    let client = up.client().await;
-    client
-        .sign_up("kim@example.com", "correct horse battery", "Kim")
+    let mut up = TallyUp::start(&[]).await;
+    let token = up.sign_up("kim@example.com").await;
+    let kim = Client::connect(&up.addr("user"), &up.addr("polling"))
         .await
-        .expect("sign up");
-    let login = client
-        .login("kim@example.com", "correct horse battery")
-        .await
-        .expect("login");
-    let kim = client.with_credentials(Credentials::Bearer(login.access_token));
+        .expect("connect")
+        .with_credentials(Credentials::Bearer(token));
     let poll = kim
         .create_poll("Still here?", ["yes", "no"], None)
         .await
@@ -316,20 +234,18 @@ async fn tally_up_restarts_a_killed_service_with_its_data() {
         .await
         .expect("vote");
 
-    let old = up.pid("polling");
+    let old = up.instance_pid("polling");
     // SAFETY: kill(2) on a pid this test's `tally up` started.
     #[allow(unsafe_code)]
     unsafe {
         libc::kill(old as i32, libc::SIGKILL);
     }
-    up.process
-        .wait_for_stdout("polling is SERVING again", READY)
-        .await;
-    let out = up.process.stdout();
+    up.wait_for_stdout("polling is SERVING again", READY).await;
+    let out = up.stdout();
     assert!(out.contains("polling exited (signal: 9"), "{out}");
-    let new = up.pid("polling");
+    let new = up.instance_pid("polling");
     assert_ne!(old, new, "a new process runs");
-    assert!(is_serving(&up.poll_addr(), "tally.poll.v1.PollService").await);
+    assert!(is_serving(&up.addr("polling"), "tally.poll.v1.PollService").await);
 
     // The restarted instance kept its data.
     let results = kim
@@ -341,19 +257,14 @@ async fn tally_up_restarts_a_killed_service_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_child_and_exits_zero() {
-    let mut up = Up::start(&[], ports(6)).await;
-    let pids: Vec<u32> = SERVICES.iter().map(|s| up.pid(s)).collect();
-    up.process.signal(libc::SIGTERM);
+    let mut up = TallyUp::start(&[]).await;
+    let pids: Vec<u32> = SERVICES.iter().map(|s| up.instance_pid(s)).collect();
+    up.signal(libc::SIGTERM);
     let status = up
-        .process
         .wait_exit(Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("tally up did not exit\n{}", up.process.output()));
-    assert!(
-        status.success(),
-        "exit status {status}\n{}",
-        up.process.output()
-    );
-    let out = up.process.stdout();
+        .unwrap_or_else(|| panic!("tally up did not exit\n{}", up.output()));
+    assert!(status.success(), "exit status {status}\n{}", up.output());
+    let out = up.stdout();
     assert!(out.contains("tally up: stopped"), "{out}");
     for s in SERVICES {
         assert!(
@@ -367,7 +278,7 @@ async fn sigterm_stops_every_child_and_exits_zero() {
             "child {pid} still exists after tally up exited"
         );
     }
-    for port in up.base..up.base + SERVICES.len() as u16 {
+    for port in up.base_port()..up.base_port() + SERVICES.len() as u16 {
         let addr = format!("127.0.0.1:{port}");
         assert!(
             std::net::TcpStream::connect(&addr).is_err(),
@@ -375,7 +286,7 @@ async fn sigterm_stops_every_child_and_exits_zero() {
         );
     }
     assert!(
-        !up.data.path().join("run/user.pid").exists(),
+        !up.data().join("run/user.pid").exists(),
         "pid files are removed"
     );
 }

@@ -5,16 +5,11 @@
 
 use prost::Message;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 use tally_api::poll::v1::{CreatePollRequest, CreatePollResponse};
 use tally_api::user::v1::{LoginRequest, LoginResponse, SignUpRequest};
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::TallyUp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const READY: Duration = Duration::from_secs(240);
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 
 /// One gRPC-Web answer: HTTP status and headers, message frames, trailers.
 struct WebReply {
@@ -137,38 +132,10 @@ async fn grpc_web(addr: &str, path: &str, msg: &[u8], bearer: Option<&str>) -> W
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_reach_the_services_through_the_gateway_with_grpc_web() {
-    for b in [
-        "tally-user",
-        "tally-polling",
-        "tally-notification",
-        "tally-analytics",
-        "tally-billing",
-        "tally-payment",
-        "tally-proxy",
-    ] {
-        bin_path(b);
-    }
-    let data = tempfile::tempdir().expect("tmp");
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(tally_testkit::bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--no-build")
-        .env_remove("CARGO");
-    let mut process = Process::spawn_command(cmd);
-    let out = process.wait_for_stdout("tally up: ready", READY).await;
+    let up = TallyUp::start(&[]).await;
+    let out = up.ready_output();
     assert!(out.contains("browsers: gRPC-Web"), "{out}");
-    let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/gateway.toml"))
-        .expect("gateway config")
-        .parse()
-        .expect("toml");
-    let gw = cfg["gateway"]["listen"]
-        .as_str()
-        .expect("listen")
-        .to_string();
+    let gw = up.gateway_addr();
     let port = gw.rsplit(':').next().expect("port");
     assert!(out.contains(&format!("gateway :{port}")), "{out}");
 

@@ -4,7 +4,6 @@
 //! access logs; callers without a valid identity are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tally_api::analytics::v1::GetPollResultsRequest;
 use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
@@ -12,98 +11,21 @@ use tally_api::user::v1::GetJwksRequest;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_certs::{CertAuthority, SpiffeId};
 use tally_sdk::{Client, Credentials};
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::{Process, TallyUp, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-const READY: Duration = Duration::from_secs(240);
-const SERVICES: [&str; 6] = [
-    "user",
-    "polling",
-    "notification",
-    "analytics",
-    "billing",
-    "payment",
-];
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
+const READY: Duration = tally_testkit::TALLY_UP_READY_TIMEOUT;
 
-/// A running `tally up` (mesh on) on free ports in a temp data dir.
-struct Up {
-    _process: Process,
-    data: tempfile::TempDir,
-    base: u16,
+/// The address of one listener (`inbound`, `outbound`, `admin`) of a
+/// service's sidecar.
+fn sidecar_addr(up: &TallyUp, service: &str, listener: &str) -> String {
+    up.listen(&format!("{service}-proxy"), listener)
 }
 
-impl Up {
-    async fn start() -> Self {
-        for b in SERVICES.map(|s| format!("tally-{s}")) {
-            bin_path(&b);
-        }
-        bin_path("tally-proxy");
-        let data = tempfile::Builder::new()
-            .prefix("tally-up-mesh-")
-            .tempdir()
-            .expect("temp dir");
-        let base = free_port_range(PORTS);
-        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--base-port")
-            .arg(base.to_string())
-            .arg("--no-build")
-            .env_remove("CARGO");
-        let mut process = Process::spawn_command(cmd);
-        process.wait_for_stdout("tally up: ready", READY).await;
-        Self {
-            _process: process,
-            data,
-            base,
-        }
-    }
-
-    fn addr(&self, service: &str) -> String {
-        let i = SERVICES
-            .iter()
-            .position(|s| *s == service)
-            .expect("service");
-        format!("127.0.0.1:{}", self.base + i as u16)
-    }
-
-    /// The generated config of an instance, e.g. `polling-proxy`.
-    fn config(&self, instance: &str) -> toml::Table {
-        let path = self
-            .data
-            .path()
-            .join("config")
-            .join(format!("{instance}.toml"));
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .parse()
-            .expect("toml")
-    }
-
-    fn sidecar_addr(&self, service: &str, listener: &str) -> String {
-        self.config(&format!("{service}-proxy"))[listener]["listen"]
-            .as_str()
-            .expect("listen")
-            .to_string()
-    }
-
-    async fn metrics(&self, service: &str) -> Metrics {
-        Metrics(http_get(&self.sidecar_addr(service, "admin"), "/metrics").await)
-    }
-
-    fn log(&self, instance: &str) -> String {
-        std::fs::read_to_string(
-            self.data
-                .path()
-                .join("logs")
-                .join(format!("{instance}.log")),
-        )
-        .unwrap_or_default()
-    }
+/// The metrics page of a service's sidecar.
+async fn metrics(up: &TallyUp, service: &str) -> Metrics {
+    Metrics(http_get(&sidecar_addr(up, service, "admin"), "/metrics").await)
 }
 
 /// A Prometheus text page.
@@ -164,18 +86,18 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_between_services_goes_through_the_sidecars() {
-    let up = Up::start().await;
+    let up = TallyUp::start(&[]).await;
 
     // The plumbing: polling's outbound addresses are its own sidecar, whose
     // routes lead to the targets' inbound sidecars.
     let polling = up.config("polling");
-    let out = format!("http://{}", up.sidecar_addr("polling", "outbound"));
+    let out = format!("http://{}", sidecar_addr(&up, "polling", "outbound"));
     assert_eq!(polling["outbound"]["user"].as_str(), Some(out.as_str()));
     assert_eq!(polling["outbound"]["billing"].as_str(), Some(out.as_str()));
     let proxy = up.config("polling-proxy");
     assert_eq!(
         proxy["services"]["user"]["endpoints"][0].as_str(),
-        Some(up.sidecar_addr("user", "inbound").as_str())
+        Some(sidecar_addr(&up, "user", "inbound").as_str())
     );
     assert_eq!(
         proxy["inbound"]["local_app"].as_str(),
@@ -188,15 +110,8 @@ async fn every_call_between_services_goes_through_the_sidecars() {
     let client = Client::connect(&up.addr("user"), &up.addr("polling"))
         .await
         .expect("connect");
-    client
-        .sign_up("mia@example.com", "correct horse battery", "Mia")
-        .await
-        .expect("sign up");
-    let login = client
-        .login("mia@example.com", "correct horse battery")
-        .await
-        .expect("login");
-    let mia = client.with_credentials(Credentials::Bearer(login.access_token.clone()));
+    let token = up.sign_up("mia@example.com").await;
+    let mia = client.with_credentials(Credentials::Bearer(token.clone()));
     let poll = mia
         .create_poll("Through the mesh?", ["yes", "no"], None)
         .await
@@ -225,7 +140,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
 
     // Polling's sidecar counted its calls to user, and user's sidecar saw
     // them arrive from polling's identity.
-    let m = up.metrics("polling").await;
+    let m = metrics(&up, "polling").await;
     let to_user = m.sum(
         "requests_total",
         &[
@@ -235,7 +150,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
         ],
     );
     assert!(to_user >= 1.0, "polling-proxy metrics:\n{}", m.0);
-    let m = up.metrics("user").await;
+    let m = metrics(&up, "user").await;
     let from_polling = m.sum(
         "requests_total",
         &[
@@ -261,7 +176,6 @@ async fn every_call_between_services_goes_through_the_sidecars() {
             .await
             .expect("connect analytics");
     let analytics = AnalyticsServiceClient::new(channel);
-    let token = login.access_token.clone();
     let poll_id = poll.poll_id.clone();
     let total = eventually("analytics counts the vote", READY, || {
         let mut analytics = analytics.clone();
@@ -282,7 +196,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
     })
     .await;
     assert_eq!(total, 1);
-    let m = up.metrics("polling").await;
+    let m = metrics(&up, "polling").await;
     let feed_calls = m.sum(
         "requests_total",
         &[
@@ -294,7 +208,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
     assert!(feed_calls >= 1.0, "polling-proxy metrics:\n{}", m.0);
 
     // Billing reaches payment only through the mesh as well.
-    let m = up.metrics("payment").await;
+    let m = metrics(&up, "payment").await;
     let from_billing = m.sum(
         "requests_total",
         &[
@@ -306,8 +220,8 @@ async fn every_call_between_services_goes_through_the_sidecars() {
     assert!(from_billing >= 1.0, "payment-proxy metrics:\n{}", m.0);
 
     // No call was denied: the shipped policy lets through what the platform needs.
-    for s in SERVICES {
-        let m = up.metrics(s).await;
+    for s in tally_testkit::TALLY_UP_SERVICES {
+        let m = metrics(&up, s).await;
         assert_eq!(
             m.sum("authz_denied_total", &[]),
             0.0,
@@ -423,12 +337,12 @@ fn platform_ca(data: &Path) -> (CertAuthority, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_cannot_be_reached_without_a_valid_identity() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let up = Up::start().await;
-    let user_inbound = up.sidecar_addr("user", "inbound");
-    let (ca, bundle) = platform_ca(up.data.path());
+    let up = TallyUp::start(&[]).await;
+    let user_inbound = sidecar_addr(&up, "user", "inbound");
+    let (ca, bundle) = platform_ca(up.data());
     let handshake_failures =
         |m: &Metrics| m.sum("tls_handshake_failures_total", &[r#"direction="inbound""#]);
-    let before = handshake_failures(&up.metrics("user").await);
+    let before = handshake_failures(&metrics(&up, "user").await);
 
     // The control: a certificate of polling from the platform CA gets through.
     let (cert, key) = issue(&ca, "polling");
@@ -482,7 +396,7 @@ async fn a_service_cannot_be_reached_without_a_valid_identity() {
         || {
             let up = &up;
             async move {
-                let n = handshake_failures(&up.metrics("user").await);
+                let n = handshake_failures(&metrics(up, "user").await);
                 if n >= before + 2.0 {
                     Ok(n)
                 } else {
@@ -503,7 +417,7 @@ async fn a_service_cannot_be_reached_without_a_valid_identity() {
         .expect_err("payment may not call user");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert_eq!(proxy_error(&err), "unauthorized", "{err:?}");
-    let m = up.metrics("user").await;
+    let m = metrics(&up, "user").await;
     assert!(
         m.sum(
             "authz_denied_total",
@@ -534,24 +448,17 @@ async fn a_service_cannot_be_reached_without_a_valid_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_mesh_runs_the_services_without_sidecars() {
-    for b in SERVICES.map(|s| format!("tally-{s}")) {
-        bin_path(&b);
-    }
     let data = tempfile::tempdir().expect("tmp");
     open_to_others(data.path());
-    // A gRPC and a metrics port per service.
-    let base = free_port_range(12);
-    let mut cmd = Command::new(tally_testkit::bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--no-build")
-        .arg("--no-mesh")
-        .env_remove("CARGO");
-    let mut process = Process::spawn_command(cmd);
-    let out = process.wait_for_stdout("tally up: ready", READY).await;
+    let up = TallyUp::builder()
+        .data_dir(data.path())
+        .args(["--no-mesh"])
+        // A gRPC and a metrics port per service.
+        .ports(12)
+        .start()
+        .await;
+    let base = up.base_port();
+    let out = up.ready_output();
     assert!(out.contains("ready: 6 instances"), "{out}");
     assert!(out.contains("no browser gateway"), "{out}");
     assert!(!out.contains("gateway :"), "{out}");
@@ -580,16 +487,9 @@ async fn no_mesh_runs_the_services_without_sidecars() {
     )
     .await
     .expect("connect");
+    let token = up.sign_up("nomesh@example.com").await;
     client
-        .sign_up("nomesh@example.com", "correct horse battery", "Nomesh")
-        .await
-        .expect("sign up");
-    let login = client
-        .login("nomesh@example.com", "correct horse battery")
-        .await
-        .expect("login");
-    client
-        .with_credentials(Credentials::Bearer(login.access_token))
+        .with_credentials(Credentials::Bearer(token))
         .create_poll("Direct?", ["y", "n"], None)
         .await
         .expect("polling verifies the token with user directly");
@@ -652,23 +552,17 @@ fn admin_token(data: &Path, out: &str) -> String {
 async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     let data = tempfile::tempdir().expect("tmp");
     open_to_others(data.path());
-    let base = free_port_range(PORTS);
+    let base = free_port_range(tally_testkit::TALLY_UP_PORTS);
     let start = |validity: &str| {
-        let mut cmd = Command::new(tally_testkit::bin_path("tally"));
-        cmd.arg("up")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--base-port")
-            .arg(base.to_string())
-            .arg("--no-build")
-            .arg("--cert-validity")
-            .arg(validity)
-            .env_remove("CARGO");
-        Process::spawn_command(cmd)
+        TallyUp::builder()
+            .data_dir(data.path())
+            .base_port(base)
+            .args(["--cert-validity", validity])
+            .start()
     };
     // One minute, the shortest: renewed at 70%, i.e. after about 42 s.
-    let mut first = start("1m");
-    let out = first.wait_for_stdout("tally up: ready", READY).await;
+    let mut first = start("1m").await;
+    let out = first.ready_output().to_string();
     let token = admin_token(data.path(), &out);
     let ca_pem = std::fs::read_to_string(data.path().join("mesh/ca/ca.pem")).expect("CA");
     let cert_path = data.path().join("mesh/certs/user.pem");
@@ -737,11 +631,11 @@ async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     assert!(status.success(), "{status}\n{}", first.output());
 
     // A restart reuses the CA.
-    let mut second = start("24h");
-    let out = second.wait_for_stdout("tally up: ready", READY).await;
+    let second = start("24h").await;
+    let out = second.ready_output();
     assert!(!out.contains("creating the mesh CA"), "{out}");
     assert_ne!(
-        admin_token(data.path(), &out),
+        admin_token(data.path(), out),
         token,
         "a new token each start"
     );

@@ -13,11 +13,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tally_sdk::{Client, Credentials};
-use tally_testkit::{Process, bin_path, free_port, free_port_range};
+use tally_testkit::{Process, TallyUp, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-const READY: Duration = Duration::from_secs(240);
 /// How long Prometheus may take to see every target up and rates move.
 const SCRAPED: Duration = Duration::from_secs(120);
 /// Between two looks at Prometheus's API.
@@ -27,18 +26,8 @@ const POLL: Duration = Duration::from_millis(500);
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// Scrape interval the test rewrites the written config to.
 const TEST_SCRAPE_INTERVAL: &str = "1s";
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Six services, six sidecars and the gateway.
 const TARGETS: usize = 13;
-const SERVICES: [&str; 6] = [
-    "user",
-    "polling",
-    "notification",
-    "analytics",
-    "billing",
-    "payment",
-];
 const PASSWORD: &str = "correct horse battery";
 
 /// The repository root: this test belongs to the root package.
@@ -203,24 +192,8 @@ async fn drive_calls(user: &str, poll: &str) {
 async fn prometheus_scrapes_every_instance_of_tally_up() {
     tool("promtool");
     tool("prometheus");
-    for b in SERVICES.map(|s| format!("tally-{s}")) {
-        bin_path(&b);
-    }
-    let data = tempfile::Builder::new()
-        .prefix("tally-metrics-")
-        .tempdir()
-        .expect("temp dir");
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--no-build")
-        .env_remove("CARGO");
-    let mut up = Process::spawn_command(cmd);
-    let stdout = up.wait_for_stdout("tally up: ready", READY).await;
+    let mut up = TallyUp::start(&[]).await;
+    let stdout = up.ready_output().to_string();
     assert!(
         stdout.contains("METRICS"),
         "the table lists metrics:\n{stdout}"
@@ -228,7 +201,7 @@ async fn prometheus_scrapes_every_instance_of_tally_up() {
     assert!(stdout.contains("prometheus.yml"), "{stdout}");
 
     // The written config names every instance and promtool accepts it.
-    let config = std::fs::read_to_string(data.path().join("prometheus.yml")).expect("config");
+    let config = std::fs::read_to_string(up.data().join("prometheus.yml")).expect("config");
     let addrs = targets(&config);
     assert_eq!(addrs.len(), TARGETS, "{config}");
     let test_config = config
@@ -304,8 +277,8 @@ async fn prometheus_scrapes_every_instance_of_tally_up() {
             format!("--web.listen-address={web}"),
         ],
     );
-    let user = format!("127.0.0.1:{base}");
-    let poll = format!("127.0.0.1:{}", base + 1);
+    let user = up.addr("user");
+    let poll = up.addr("polling");
     let deadline = Instant::now() + SCRAPED;
     let mut last = String::from("no answer yet");
     let mut rates = (0.0, 0.0);

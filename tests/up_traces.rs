@@ -9,15 +9,12 @@ use std::process::Command;
 use std::time::Duration;
 use tally_api::poll::v1::poll_service_client::PollServiceClient;
 use tally_api::poll::v1::{CastVoteRequest, CreatePollRequest};
+use tally_api::user::v1::LoginRequest;
 use tally_api::user::v1::user_service_client::UserServiceClient;
-use tally_api::user::v1::{LoginRequest, SignUpRequest};
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::{TallyUp, bin_path};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-const READY: Duration = Duration::from_secs(240);
-/// Every port `tally up` takes from `--base-port`.
-const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// Longest wait for the exported trace to be complete in the receiver.
 const EXPORTED: Duration = Duration::from_secs(60);
 /// How often the receiver is asked while waiting.
@@ -58,7 +55,7 @@ async fn login(users: &mut UserServiceClient<Channel>) -> String {
     users
         .login(LoginRequest {
             email: "tracer@example.com".into(),
-            password: "correct horse battery".into(),
+            password: tally_testkit::TALLY_UP_PASSWORD.into(),
         })
         .await
         .expect("login")
@@ -132,41 +129,16 @@ async fn vote_trace(data: &std::path::Path) -> (String, Vec<Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
-    for b in [
-        "tally-user",
-        "tally-polling",
-        "tally-notification",
-        "tally-analytics",
-        "tally-billing",
-        "tally-payment",
-        "tally-proxy",
-    ] {
-        bin_path(b);
-    }
-    let data = tempfile::tempdir().expect("tmp");
-    let base = free_port_range(PORTS);
-    let mut cmd = Command::new(bin_path("tally"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--no-build")
+    let mut up = TallyUp::builder()
         // Polling's health probe refreshes the key set; once an hour here, so the
         // rotated key below is fetched by the vote itself.
         .env("TALLY_POLLING_POLLING__HEALTH_INTERVAL_SECS", "3600")
-        .env_remove("CARGO");
-    let mut process = Process::spawn_command(cmd);
-    let out = process.wait_for_stdout("tally up: ready", READY).await;
+        .start()
+        .await;
+    let data = up.data();
+    let out = up.ready_output();
     assert!(out.contains("traces: OTLP receiver at"), "{out}");
-    let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/gateway.toml"))
-        .expect("gateway config")
-        .parse()
-        .expect("toml");
-    let gateway = format!(
-        "http://{}",
-        cfg["gateway"]["listen"].as_str().expect("listen")
-    );
+    let gateway = format!("http://{}", up.gateway_addr());
     let channel = Channel::from_shared(gateway)
         .expect("uri")
         .connect()
@@ -175,15 +147,7 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
     let mut users = UserServiceClient::new(channel.clone());
     let mut polls = PollServiceClient::new(channel);
 
-    users
-        .sign_up(SignUpRequest {
-            email: "tracer@example.com".into(),
-            password: "correct horse battery".into(),
-            display_name: "Tracer".into(),
-        })
-        .await
-        .expect("sign up");
-    let token = login(&mut users).await;
+    let token = up.sign_up("tracer@example.com").await;
     let poll = polls
         .create_poll(bearer(
             CreatePollRequest {
@@ -200,11 +164,11 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
         .expect("poll");
 
     // A new signing key: the next token has a kid polling has not seen.
-    let admin_token = data.path().join("data/user/admin-token");
+    let admin_token = data.join("data/user/admin-token");
     let rotate = Command::new(bin_path("tally"))
         .args(["keys", "rotate", "--admin-token-file"])
         .arg(&admin_token)
-        .args(["--user-addr", &format!("127.0.0.1:{base}")])
+        .args(["--user-addr", &up.addr("user")])
         .output()
         .expect("tally keys rotate");
     assert!(
@@ -226,7 +190,7 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
         .await
         .expect("cast vote");
 
-    let (id, trace) = vote_trace(data.path()).await;
+    let (id, trace) = vote_trace(data).await;
     assert!(trace.iter().all(|s| s["trace_id"] == id.as_str()));
     for (service, name) in expected() {
         assert!(
@@ -256,7 +220,7 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
     assert_eq!(consumer["parent_span_id"], publish["span_id"]);
 
     // The tree as a person reads it.
-    let (ok, tree, err) = tally(data.path(), &["trace", &id[..12]]);
+    let (ok, tree, err) = tally(data, &["trace", &id[..12]]);
     assert!(ok, "{err}");
     eprintln!("{tree}");
     assert!(tree.starts_with(&format!("trace {id} (")), "{tree}");
@@ -272,8 +236,8 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
     assert!(depth(&gateway) < depth(&inbound), "{tree}");
     assert!(gateway.contains(" ms"), "{tree}");
     assert!(line(POLL_VOTED).contains("linked to publish"), "{tree}");
-    let (ok, list, _) = tally(data.path(), &["traces"]);
+    let (ok, list, _) = tally(data, &["traces"]);
     assert!(ok && list.contains(&id), "{list}");
 
-    process.stop(Duration::from_secs(30)).await;
+    up.stop(Duration::from_secs(30)).await;
 }

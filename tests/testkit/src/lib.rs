@@ -14,6 +14,7 @@ mod process;
 mod redis;
 mod service;
 mod services;
+mod up;
 
 pub use health::{is_serving, wait_for_health};
 pub use paths::{bin_path, grpcurl, repo_root};
@@ -22,6 +23,10 @@ pub use process::Process;
 pub use redis::RedisServer;
 pub use service::{CALL_TIMEOUT, ServiceProcess};
 pub use services::{Platform, start_polling, start_user};
+pub use up::{
+    TALLY_UP_PASSWORD, TALLY_UP_READY_LINE, TALLY_UP_READY_TIMEOUT, TALLY_UP_SERVICES, TallyUp,
+    TallyUpBuilder,
+};
 
 /// A generous default for "wait until ready" loops on a loaded 2-core machine.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
