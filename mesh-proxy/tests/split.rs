@@ -60,36 +60,19 @@ async fn the_canary_gets_exactly_its_weight_and_the_weight_moves_at_runtime() {
     calls(&caller, 100).await;
     assert_eq!(canary.calls(), 0, "the refused change did nothing");
 
-    let (status, body) = admin(caller.admin, "PUT", "/split", update).await;
+    let put_split = |body: &'static str| admin(caller.admin, "PUT", "/split", body);
+    let (status, body) = put_split(update).await;
     assert_eq!(status, 200, "{body}");
     calls(&caller, 100).await;
     assert_eq!((stable.calls(), canary.calls()), (275, 25), "weight 25");
 
-    let (status, body) = admin(
-        caller.admin,
-        "PUT",
-        "/split",
-        r#"{"service":"echo","weight":101}"#,
-    )
-    .await;
+    // Out of range, an unknown service, then all calls to the canary.
+    let (status, body) = put_split(r#"{"service":"echo","weight":101}"#).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = admin(
-        caller.admin,
-        "PUT",
-        "/split",
-        r#"{"service":"nope","weight":5}"#,
-    )
-    .await;
+    let (status, body) = put_split(r#"{"service":"nope","weight":5}"#).await;
     assert_eq!(status, 404, "{body}");
-
-    let (status, _) = admin(
-        caller.admin,
-        "PUT",
-        "/split",
-        r#"{"service":"echo","weight":100}"#,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (status, body) = put_split(r#"{"service":"echo","weight":100}"#).await;
+    assert_eq!(status, 200, "{body}");
     calls(&caller, 50).await;
     assert_eq!((stable.calls(), canary.calls()), (275, 75), "weight 100");
 }
