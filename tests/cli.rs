@@ -67,37 +67,22 @@ async fn cli_commands_against_running_services() {
         platform: &platform,
     };
 
-    let out = cli.ok(
-        &[
-            "user",
-            "signup",
-            "--email",
-            "lin@example.com",
-            "--password",
-            PASSWORD,
-            "--display-name",
-            "Lin",
-        ],
-        None,
-    );
+    let signup = [
+        "user",
+        "signup",
+        "--email",
+        "lin@example.com",
+        "--password",
+        PASSWORD,
+        "--display-name",
+        "Lin",
+    ];
+    let out = cli.ok(&signup, None);
     assert!(
         out.contains("signed up Lin") && out.contains("lin@example.com"),
         "{out}"
     );
-    cli.fails_with(
-        &[
-            "user",
-            "signup",
-            "--email",
-            "lin@example.com",
-            "--password",
-            PASSWORD,
-            "--display-name",
-            "Lin",
-        ],
-        None,
-        "ALREADY_EXISTS",
-    );
+    cli.fails_with(&signup, None, "ALREADY_EXISTS");
     cli.fails_with(
         &[
             "user",
@@ -111,34 +96,21 @@ async fn cli_commands_against_running_services() {
         "UNAUTHENTICATED",
     );
 
-    let token = cli.ok(
-        &[
-            "user",
-            "login",
-            "--email",
-            "lin@example.com",
-            "--password",
-            PASSWORD,
-            "--token-only",
-        ],
-        None,
-    );
+    let login_args = [
+        "user",
+        "login",
+        "--email",
+        "lin@example.com",
+        "--password",
+        PASSWORD,
+    ];
+    let token = cli.ok(&[&login_args[..], &["--token-only"]].concat(), None);
     let token = token.trim();
     assert_eq!(token.lines().count(), 1);
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     let tok = Some(token);
 
-    let login = cli.json(
-        &[
-            "user",
-            "login",
-            "--email",
-            "lin@example.com",
-            "--password",
-            PASSWORD,
-        ],
-        None,
-    );
+    let login = cli.json(&login_args, None);
     assert_eq!(login["user"]["email"], "lin@example.com");
     assert!(
         login["access_token"]

@@ -18,7 +18,6 @@ use tally_api::payment::v1::payment_service_client::PaymentServiceClient;
 use tally_api::user::v1 as upb;
 use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_testkit::TallyUp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -38,34 +37,6 @@ const SIGNUP_CONCURRENCY: usize = 4;
 const TARGET_ACTIVE: f64 = 0.95;
 /// Deadline of each test call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One HTTP/1.1 request to a sidecar's admin listener: (status, body).
-async fn admin(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut text))
-        .await
-        .expect("admin answers in time")
-        .expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn channel(uri: &str) -> Channel {
     Channel::from_shared(uri.to_string())
@@ -162,17 +133,10 @@ async fn sagas_ride_out_a_payment_outage_through_the_mesh() {
         .await;
 
     // The outage: half of payment's inbound calls fail, some are slow.
-    let payment_admin = up.admin_addr("payment-proxy");
-    let token = up.admin_token();
-    let (status, body) = admin(
-        &payment_admin,
-        "PUT",
-        "/faults",
-        &token,
-        &set_faults(50.0, 30.0),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let r = up
+        .admin("payment-proxy", "PUT", "/faults", &set_faults(50.0, 30.0))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let outage_started = Instant::now();
 
     let starts = accounts.iter().enumerate().map(|(n, acct)| {
@@ -209,19 +173,14 @@ async fn sagas_ride_out_a_payment_outage_through_the_mesh() {
             failed_during += 1;
         }
     }
-    let (status, body) = admin(
-        &payment_admin,
-        "PUT",
-        "/faults",
-        &token,
-        &set_faults(0.0, 0.0),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let r = up
+        .admin("payment-proxy", "PUT", "/faults", &set_faults(0.0, 0.0))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let outage_ended = Instant::now();
 
     // The faults really hit the sagas (the test can fail for its reason).
-    let (_, metrics) = admin(&payment_admin, "GET", "/metrics", &token, "").await;
+    let metrics = up.admin("payment-proxy", "GET", "/metrics", "").await.body;
     let injected = metric_sum(&metrics, "tally_proxy_faults_injected");
     assert!(
         injected >= 10.0,
@@ -254,17 +213,10 @@ async fn sagas_ride_out_a_payment_outage_through_the_mesh() {
         .iter()
         .filter(|s| state_of(s) == bpb::SubscriptionState::Active)
         .count();
-    let breaker_opens = {
-        let (_, m) = admin(
-            &up.admin_addr("billing-proxy"),
-            "GET",
-            "/metrics",
-            &token,
-            "",
-        )
-        .await;
-        metric_sum(&m, "tally_proxy_breaker_opens")
-    };
+    let breaker_opens = metric_sum(
+        &up.admin("billing-proxy", "GET", "/metrics", "").await.body,
+        "tally_proxy_breaker_opens",
+    );
     eprintln!(
         "ride-out: {active}/{USERS} ACTIVE, {failed_during} FAILED during the outage, \
          {injected} faults injected, billing's breaker opened {breaker_opens} times, \

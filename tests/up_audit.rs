@@ -6,8 +6,7 @@
 
 use std::process::{Command, Output};
 use std::time::Duration;
-use tally_testkit::{Process, TallyUp, bin_path};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tally_testkit::{Process, TallyUp, admin_request, bin_path};
 
 const FOLLOWED: Duration = Duration::from_secs(60);
 const FAULTS: &str = r#"{"route": "user", "faults": {"abort_percent": 0}}"#;
@@ -28,30 +27,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `PUT /faults` on an admin listener; the HTTP status code.
-async fn put_faults(addr: &str, token: Option<&str>) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "PUT /faults HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{FAULTS}",
-        FAULTS.len()
-    );
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut out))
-        .await
-        .expect("answers in time")
-        .expect("read");
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_logs_record_operator_actions_and_reveal_tampering() {
     let mut up = TallyUp::start(&[]).await;
@@ -66,9 +41,10 @@ async fn audit_logs_record_operator_actions_and_reveal_tampering() {
 
     // A refused and an accepted admin change, and a key rotation.
     let admin = up.admin_addr("polling-proxy");
-    let token = up.admin_token();
-    assert_eq!(put_faults(&admin, None).await, 401);
-    assert_eq!(put_faults(&admin, Some(&token)).await, 200);
+    let refused = admin_request(&admin, None, "PUT", "/faults", FAULTS).await;
+    assert_eq!(refused.status, 401);
+    let accepted = up.admin("polling-proxy", "PUT", "/faults", FAULTS).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
     let user_addr = up.addr("user");
     let token_file = d.join("data/user/admin-token").display().to_string();
     for _ in 0..2 {

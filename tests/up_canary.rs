@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tally_api::analytics::v1::ListTopPollsRequest;
 use tally_api::analytics::v1::analytics_service_client::AnalyticsServiceClient;
-use tally_testkit::{Process, TallyUp, bin_path};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tally_testkit::{Process, TallyUp, admin_request, bin_path};
 
 /// `tally up` with one more analytics instance (the canary) and its sidecar.
 const PORTS: u16 = tally_testkit::TALLY_UP_PORTS + tally_testkit::TALLY_UP_PORTS_PER_EXTRA_INSTANCE;
@@ -77,23 +76,6 @@ async fn drive(gateway: String, token: String, traffic: Arc<Traffic>) {
     }
 }
 
-/// One HTTP/1.1 request to a proxy's admin API with the admin token; the status code.
-async fn admin(addr: &str, method: &str, path: &str, token: &str, body: &str) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nauthorization: Bearer {token}\r\n\
-         content-length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.expect("read");
-    raw.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Runs `tally rollout start analytics` to its end.
 async fn rollout(data: &std::path::Path, extra: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(bin_path("tally"));
@@ -103,12 +85,9 @@ async fn rollout(data: &std::path::Path, extra: &[&str]) -> (bool, String) {
         .args(["--min-calls", &MIN_CALLS.to_string()])
         .args(extra);
     let mut p = Process::spawn_command(cmd);
-    let deadline = tokio::time::Instant::now() + ROLLOUT_TIMEOUT;
-    while p.is_running() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let status = p
-        .try_exit()
+        .exited(ROLLOUT_TIMEOUT)
+        .await
         .unwrap_or_else(|| panic!("rollout hangs:\n{}", p.output()));
     (status.success(), p.output())
 }
@@ -138,8 +117,6 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
     let data = up.data().to_path_buf();
     let gateway = up.gateway_addr();
     let gw_admin = up.admin_addr("gateway");
-    let canary_admin = up.admin_addr("analytics-2-proxy");
-    let token = up.admin_token();
 
     // A user.
     let access = up.sign_up("canary@example.com").await;
@@ -170,14 +147,18 @@ async fn a_healthy_canary_is_promoted_and_a_faulty_one_rolled_back_by_itself() {
     // receives is aborted with UNAVAILABLE.
     let split = r#"{"service":"analytics","weight":0}"#;
     // The weight is a control-plane change: the admin token is required.
-    assert_eq!(admin(&gw_admin, "PUT", "/split", "wrong", split).await, 403);
+    let wrong = admin_request(&gw_admin, Some("wrong"), "PUT", "/split", split).await;
+    assert_eq!(wrong.status, 403);
     assert_eq!(traffic.failed(), 0);
-    assert_eq!(admin(&gw_admin, "PUT", "/split", &token, split).await, 200);
-    let faults = r#"{"route":"inbound","faults":{"abort_percent":100.0,"abort_grpc_status":14}}"#;
     assert_eq!(
-        admin(&canary_admin, "PUT", "/faults", &token, faults).await,
+        up.admin("gateway", "PUT", "/split", split).await.status,
         200
     );
+    let faults = r#"{"route":"inbound","faults":{"abort_percent":100.0,"abort_grpc_status":14}}"#;
+    let r = up
+        .admin("analytics-2-proxy", "PUT", "/faults", faults)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         traffic.failed(),

@@ -3,7 +3,7 @@
 //! crash restarts, clean shutdown, replicas refused on embedded storage and
 //! bad input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tally_sdk::{Client, Credentials};
@@ -291,18 +291,28 @@ async fn sigterm_stops_every_child_and_exits_zero() {
     );
 }
 
+/// `tally up <args>` (after `--no-build --data-dir <data>` when given), which
+/// must exit with `code` before starting anything; its stderr.
+fn refused(data: Option<&Path>, args: &[&str], code: i32) -> String {
+    let mut cmd = Command::new(tally_testkit::bin_path("tally"));
+    cmd.arg("up");
+    if let Some(data) = data {
+        cmd.arg("--no-build").arg("--data-dir").arg(data);
+    }
+    let out = cmd
+        .args(args)
+        .env_remove("CARGO")
+        .output()
+        .expect("run tally up");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
 #[test]
 fn replicas_on_embedded_storage_are_refused_with_the_reason_and_the_fix() {
     let data = tempfile::tempdir().expect("tmp");
-    let out = tally_up(&[
-        "--no-build",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--replicas",
-        "polling=2",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused(Some(data.path()), &["--replicas", "polling=2"], 1);
     assert!(stderr.contains("--replicas polling=2 refused"), "{stderr}");
     assert!(stderr.contains("embedded database file"), "{stderr}");
     assert!(stderr.contains("shared store"), "{stderr}");
@@ -312,29 +322,12 @@ fn replicas_on_embedded_storage_are_refused_with_the_reason_and_the_fix() {
     );
 }
 
-fn tally_up(args: &[&str]) -> std::process::Output {
-    Command::new(tally_testkit::bin_path("tally"))
-        .arg("up")
-        .args(args)
-        .env_remove("CARGO")
-        .output()
-        .expect("run tally up")
-}
-
 #[test]
 fn a_port_in_use_is_named_with_the_flag_to_change_it() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = held.local_addr().expect("addr").port();
     let data = tempfile::tempdir().expect("tmp");
-    let out = tally_up(&[
-        "--no-build",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--base-port",
-        &port.to_string(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused(Some(data.path()), &["--base-port", &port.to_string()], 1);
     assert!(stderr.contains(&format!("port {port}")), "{stderr}");
     assert!(stderr.contains("--base-port"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -342,29 +335,17 @@ fn a_port_in_use_is_named_with_the_flag_to_change_it() {
 
 #[test]
 fn bad_flags_get_a_clear_message() {
-    let out = tally_up(&["--replicas", "0"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(None, &["--replicas", "0"], 2);
     assert!(
         stderr.contains("replicas must be between 1 and 16"),
         "{stderr}"
     );
 
-    let out = tally_up(&["--base-port", "80"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(None, &["--base-port", "80"], 2);
     assert!(stderr.contains("--base-port"), "{stderr}");
 
     let data = tempfile::tempdir().expect("tmp");
-    let out = tally_up(&[
-        "--no-build",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--replicas",
-        "pollnig=2",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused(Some(data.path()), &["--replicas", "pollnig=2"], 1);
     assert!(stderr.contains("no service `pollnig`"), "{stderr}");
     assert!(stderr.contains("user, polling"), "{stderr}");
 }

@@ -12,7 +12,6 @@ use tally_api::user::v1::user_service_client::UserServiceClient;
 use tally_certs::{CertAuthority, SpiffeId};
 use tally_sdk::{Client, Credentials};
 use tally_testkit::{Process, TallyUp, bin_path, free_port_range};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const READY: Duration = tally_testkit::TALLY_UP_READY_TIMEOUT;
@@ -43,28 +42,22 @@ impl Metrics {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+
+    /// OK calls this sidecar let in from `caller`'s sidecar.
+    fn ok_calls_from(&self, caller: &str) -> f64 {
+        let caller = format!(r#"caller="spiffe://tally.local/ns/tally/sa/{caller}""#);
+        self.sum(
+            "requests_total",
+            &[r#"direction="inbound""#, &caller, r#"grpc_status="OK""#],
+        )
+    }
 }
 
-/// `GET path` over HTTP/1.1; the body.
+/// `GET path` on an admin listener; the body of its 200 answer.
 async fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut text))
-        .await
-        .expect("admin answers in time")
-        .expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    let r = tally_testkit::http_get(addr, path).await;
+    assert_eq!(r.status, 200, "{path}: {}\n{}", r.head, r.body);
+    r.body
 }
 
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
@@ -151,14 +144,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
     );
     assert!(to_user >= 1.0, "polling-proxy metrics:\n{}", m.0);
     let m = metrics(&up, "user").await;
-    let from_polling = m.sum(
-        "requests_total",
-        &[
-            r#"direction="inbound""#,
-            r#"caller="spiffe://tally.local/ns/tally/sa/polling""#,
-            r#"grpc_status="OK""#,
-        ],
-    );
+    let from_polling = m.ok_calls_from("polling");
     assert!(from_polling >= 1.0, "user-proxy metrics:\n{}", m.0);
     let log = up.log("polling-proxy");
     assert!(
@@ -209,14 +195,7 @@ async fn every_call_between_services_goes_through_the_sidecars() {
 
     // Billing reaches payment only through the mesh as well.
     let m = metrics(&up, "payment").await;
-    let from_billing = m.sum(
-        "requests_total",
-        &[
-            r#"direction="inbound""#,
-            r#"caller="spiffe://tally.local/ns/tally/sa/billing""#,
-            r#"grpc_status="OK""#,
-        ],
-    );
+    let from_billing = m.ok_calls_from("billing");
     assert!(from_billing >= 1.0, "payment-proxy metrics:\n{}", m.0);
 
     // No call was denied: the shipped policy lets through what the platform needs.
@@ -588,22 +567,8 @@ async fn certificates_are_short_lived_renewed_and_the_ca_reused() {
     assert!(renewed.not_after > issued.not_after, "a later certificate");
     // The platform keeps working on the renewed certificates: polling's
     // health needs user's JWKS through the mesh, checked again and again.
-    let user_sidecar_metrics = {
-        let cfg: toml::Table = std::fs::read_to_string(data.path().join("config/user-proxy.toml"))
-            .expect("config")
-            .parse()
-            .expect("toml");
-        cfg["admin"]["listen"].as_str().expect("admin").to_string()
-    };
-    let count = |text: &str| {
-        Metrics(text.to_string()).sum(
-            "requests_total",
-            &[
-                r#"caller="spiffe://tally.local/ns/tally/sa/polling""#,
-                r#"grpc_status="OK""#,
-            ],
-        )
-    };
+    let user_sidecar_metrics = first.admin_addr("user-proxy");
+    let count = |text: &str| Metrics(text.to_string()).ok_calls_from("polling");
     let seen = count(&http_get(&user_sidecar_metrics, "/metrics").await);
     eventually("calls keep succeeding after the renewal", READY, || {
         let addr = user_sidecar_metrics.clone();

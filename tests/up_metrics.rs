@@ -13,17 +13,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tally_sdk::{Client, Credentials};
-use tally_testkit::{Process, TallyUp, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tally_testkit::{HttpReply, Process, TallyUp, free_port, http_get, http_request};
 use tokio::time::Instant;
 
 /// How long Prometheus may take to see every target up and rates move.
 const SCRAPED: Duration = Duration::from_secs(120);
 /// Between two looks at Prometheus's API.
 const POLL: Duration = Duration::from_millis(500);
-/// How long a metrics or admin listener may take to accept connections (an
-/// instance `tally up` just restarted is not listening at once).
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// Scrape interval the test rewrites the written config to.
 const TEST_SCRAPE_INTERVAL: &str = "1s";
 /// Six services, six sidecars and the gateway.
@@ -48,71 +44,6 @@ fn tool(tool: &str) -> &str {
          (apt-get install prometheus)"
     );
     tool
-}
-
-/// `GET path` over HTTP/1.1 (the admin and metrics listeners speak it); the
-/// status line and the body.
-async fn http_get(addr: &str, path: &str) -> (String, String) {
-    http_get_accepting(addr, path, "*/*").await
-}
-
-/// [`http_get`] with an `Accept` header.
-async fn http_get_accepting(addr: &str, path: &str, accept: &str) -> (String, String) {
-    // A service restarted by `tally up` may not be listening yet: retry a
-    // refused connection until a deadline.
-    let deadline = Instant::now() + CONNECT_WITHIN;
-    let mut stream = loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => break s,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("connect {addr}: {e}"),
-        }
-    };
-    stream
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .expect("answers in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or_default().to_string();
-    // Prometheus answers chunked; the JSON is one chunk between size lines.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The `targets: ["addr"]` of the written scrape config.
@@ -149,8 +80,8 @@ fn promtool(args: &[&str], input: &str, what: &str) {
 
 /// Queries Prometheus's HTTP API; the `data` of a successful answer.
 async fn api(prometheus: &str, path: &str) -> Option<serde_json::Value> {
-    let (status, body) = http_get(prometheus, path).await;
-    if !status.contains(" 200") {
+    let HttpReply { status, body, .. } = http_get(prometheus, path).await;
+    if status != 200 {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -224,14 +155,16 @@ async fn prometheus_scrapes_every_instance_of_tally_up() {
     // promtool; the names of its OpenMetrics output are collected.
     let mut names = BTreeSet::new();
     for addr in &addrs {
-        let (status, text) = http_get_accepting(addr, "/metrics", "text/plain").await;
-        assert!(status.contains(" 200"), "{addr}: {status}");
+        let HttpReply {
+            status, body: text, ..
+        } = http_request(addr, "GET", "/metrics", &[("Accept", "text/plain")], "").await;
+        assert_eq!(status, 200, "{addr}");
         promtool(
             &["check", "metrics"],
             &text,
             &format!("the metrics of {addr}"),
         );
-        let (_, open_metrics) = http_get(addr, "/metrics").await;
+        let open_metrics = http_get(addr, "/metrics").await.body;
         assert!(
             open_metrics.ends_with("# EOF\n"),
             "{addr} serves OpenMetrics by default"
@@ -255,11 +188,10 @@ async fn prometheus_scrapes_every_instance_of_tally_up() {
     // The proxies (sidecars and gateway) are ready with their upstreams.
     let mut proxies = 0;
     for addr in &addrs {
-        let (status, _) = http_get(addr, "/ready").await;
-        if status.contains(" 200") {
+        if http_get(addr, "/ready").await.status == 200 {
             proxies += 1;
-            let (status, body) = http_get(addr, "/ready/upstreams").await;
-            assert!(status.contains(" 200"), "{addr}: {status} {body}");
+            let r = http_get(addr, "/ready/upstreams").await;
+            assert_eq!(r.status, 200, "{addr}: {}", r.body);
         }
     }
     assert_eq!(proxies, 7, "six sidecars and the gateway");

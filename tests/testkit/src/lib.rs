@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod health;
+mod http;
 mod paths;
 mod ports;
 mod process;
@@ -17,6 +18,9 @@ mod services;
 mod up;
 
 pub use health::{is_serving, wait_for_health};
+pub use http::{
+    HTTP_ANSWER_TIMEOUT, HTTP_CONNECT_WITHIN, HttpReply, admin_request, http_get, http_request,
+};
 pub use paths::{bin_path, grpcurl, repo_root};
 pub use ports::{TALLY_UP_PORTS, TALLY_UP_PORTS_PER_EXTRA_INSTANCE, free_port, free_port_range};
 pub use process::Process;

@@ -158,15 +158,27 @@ impl Process {
     /// the runtime) up to `timeout` for the drain; SIGKILL if it lingers.
     pub async fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(s) = self.try_exit() {
-                return Some(s);
-            }
-            tokio::time::sleep(EXIT_POLL).await;
+        if let Some(s) = self.exited(timeout).await {
+            return Some(s);
         }
         self.kill();
         self.exit
+    }
+
+    /// Waits, without blocking the runtime, up to `timeout` for the process
+    /// to exit by itself (e.g. a command run to its end); `None` if it still
+    /// runs.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
     }
 
     /// SIGKILL and reap.

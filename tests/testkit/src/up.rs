@@ -2,7 +2,7 @@
 //! (below the ephemeral range) and its own data directory, started until it
 //! prints "tally up: ready" and stopped with SIGTERM on drop.
 
-use crate::{Process, TALLY_UP_PORTS, bin_path, free_port_range};
+use crate::{HttpReply, Process, TALLY_UP_PORTS, admin_request, bin_path, free_port_range};
 use std::ffi::OsString;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -232,6 +232,13 @@ impl TallyUp {
             .expect("admin token")
             .trim()
             .to_string()
+    }
+
+    /// A request to a proxy's admin API with the admin token, e.g.
+    /// `admin("payment-proxy", "PUT", "/faults", body)`.
+    pub async fn admin(&self, instance: &str, method: &str, path: &str, body: &str) -> HttpReply {
+        let token = self.admin_token();
+        admin_request(&self.admin_addr(instance), Some(&token), method, path, body).await
     }
 
     /// An instance's log so far (empty if it has none yet).
