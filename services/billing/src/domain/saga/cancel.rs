@@ -56,6 +56,20 @@ mod tests {
     use super::super::tests::{charged, parked, run};
     use super::super::*;
 
+    /// Runs the rest of the compensation after `settled` (the refund step's
+    /// answer): the saga ends cancelled, with one notice saying so.
+    fn ends_cancelled(saga: &Saga, settled: SagaEvent) {
+        let (end, notices) = run(
+            saga,
+            vec![settled, SagaEvent::SeatReleased, SagaEvent::MarkedFailed],
+        );
+        assert_eq!(end.state(), SubscriptionState::Cancelled);
+        assert!(matches!(
+            notices.as_slice(),
+            [Notice::SubscriptionCancelled { .. }]
+        ));
+    }
+
     #[test]
     fn cancel_while_charging_refunds_and_ends_cancelled() {
         let (s, _) = Saga::start(PlanId::Pro);
@@ -71,21 +85,12 @@ mod tests {
             t.command,
             Some(Command::RefundPayment { best_effort: false })
         );
-        let (end, notices) = run(
+        ends_cancelled(
             &t.saga,
-            vec![
-                SagaEvent::PaymentRefunded {
-                    charge_id: "ch_1".into(),
-                },
-                SagaEvent::SeatReleased,
-                SagaEvent::MarkedFailed,
-            ],
+            SagaEvent::PaymentRefunded {
+                charge_id: "ch_1".into(),
+            },
         );
-        assert_eq!(end.state(), SubscriptionState::Cancelled);
-        assert!(matches!(
-            notices.as_slice(),
-            [Notice::SubscriptionCancelled { .. }]
-        ));
     }
 
     #[test]
@@ -128,18 +133,6 @@ mod tests {
             })
             .expect("give up");
         assert!(t.notices.is_empty(), "{:?}", t.notices);
-        let (end, notices) = run(
-            &t.saga,
-            vec![
-                SagaEvent::RefundSkipped,
-                SagaEvent::SeatReleased,
-                SagaEvent::MarkedFailed,
-            ],
-        );
-        assert_eq!(end.state(), SubscriptionState::Cancelled);
-        assert!(matches!(
-            notices.as_slice(),
-            [Notice::SubscriptionCancelled { .. }]
-        ));
+        ends_cancelled(&t.saga, SagaEvent::RefundSkipped);
     }
 }
