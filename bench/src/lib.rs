@@ -7,14 +7,17 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod echo;
+pub mod edge;
 mod error;
 pub mod floor;
+pub mod limits;
 mod load;
 pub mod pin;
 mod pki;
 mod procstat;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod setup;
 
 pub use error::BenchError;

@@ -1,0 +1,85 @@
+//! The idle-connection steps: one setup, client connections opened up to each step's
+//! count and held (plaintext HTTP/2 to the outbound sidecar, as an application holds
+//! them; each made one call first, so both sides have set up the connection fully),
+//! then the pair's memory and its CPU while nothing happens.
+
+use super::{Dimension, OtherCpu, ScaleOptions, ScalePoint, base_shape, open_idle, ours};
+use crate::echo::EchoProcess;
+use crate::error::BenchError;
+use crate::limits::idle_connections_within;
+use crate::load::Target;
+use crate::pki::Pki;
+use crate::procstat;
+use crate::run::wait_path;
+use crate::setup::{Kind, Running};
+use std::time::Duration;
+
+/// Pause after opening connections before measuring (handshake tasks finish, buffers settle).
+const SETTLE: Duration = Duration::from_millis(500);
+
+pub(super) async fn walk(
+    opts: &ScaleOptions,
+    kind: Kind,
+    echo: &EchoProcess,
+    pki: &Pki,
+) -> Result<Vec<ScalePoint>, BenchError> {
+    let dim = Dimension::IdleConnections;
+    let mut running =
+        Running::start_shaped(kind, echo.addr, pki, &opts.programs, &base_shape()).await?;
+    let pids = running.pids();
+    let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
+    wait_path(&target).await?;
+    let cap = idle_connections_within(opts.nofile) as usize;
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    for x in dim.steps(opts.quick) {
+        let want = (x as usize).min(cap);
+        let mut failed = 0;
+        let mut first_error = None;
+        if want < x as usize {
+            failed += x - want as u64;
+            first_error = Some(format!(
+                "open-file limit {} allows {cap} idle connections",
+                opts.nofile
+            ));
+        }
+        if held.len() < want {
+            let (mut more, bad, err) =
+                open_idle(&running, want - held.len(), held.len() as u64).await;
+            held.append(&mut more);
+            failed += bad;
+            first_error = first_error.or(err);
+        }
+        tokio::time::sleep(SETTLE).await;
+        let ours = ours(&pids, echo);
+        let other = OtherCpu::start(&ours);
+        let cpu0 = procstat::cpu_total(&pids);
+        tokio::time::sleep(opts.hold).await;
+        let cpu = procstat::cpu_total(&pids).saturating_sub(cpu0);
+        let mem = procstat::memory_total(&pids);
+        running.check_alive()?;
+        // The path still works with the connections held.
+        if let Err(e) = wait_path(&target).await {
+            failed += 1;
+            first_error.get_or_insert(e.to_string());
+        }
+        out.push(ScalePoint {
+            dimension: dim.title().into(),
+            setup: kind.to_string(),
+            x,
+            rss_kib: mem.rss_kib,
+            hwm_kib: mem.hwm_kib,
+            cpu: Some(cpu.as_secs_f64() * 1e3 / opts.hold.as_secs_f64().max(0.001)),
+            rate: None,
+            ok: held.len() as u64,
+            failed,
+            first_error,
+            other_cpu_cores: other.cores(&ours),
+            load: procstat::load_average().unwrap_or(0.0),
+        });
+    }
+    drop(held);
+    drop(target);
+    running.stop();
+    Ok(out)
+}
