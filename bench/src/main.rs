@@ -259,7 +259,7 @@ fn cores() -> usize {
         .unwrap_or(2)
 }
 
-fn scale_options(a: &Args, nofile: u64) -> Result<ScaleOptions, String> {
+fn scale_options(a: &Args, nofile: u64, programs: Programs) -> Result<ScaleOptions, String> {
     let mut dimensions = Vec::new();
     for d in &a.scale_dims {
         dimensions
@@ -274,7 +274,6 @@ fn scale_options(a: &Args, nofile: u64) -> Result<ScaleOptions, String> {
             _ => return Err(format!("--scale-setups: `{s}` is not one of tally, envoy")),
         }
     }
-    let (exe_dir, repo) = exe_dir_and_repo();
     let q = a.quick;
     Ok(ScaleOptions {
         quick: q,
@@ -285,11 +284,11 @@ fn scale_options(a: &Args, nofile: u64) -> Result<ScaleOptions, String> {
         connections: a.connections.clamp(1, 64),
         call_timeout: secs(a.call_timeout_secs),
         nofile,
-        programs: programs(a, cores(), &exe_dir, &repo),
+        programs,
     })
 }
 
-fn edge_options(a: &Args) -> Result<EdgeOptions, String> {
+fn edge_options(a: &Args, programs: Programs) -> Result<EdgeOptions, String> {
     let mut modes = Vec::new();
     for m in &a.edge_modes {
         modes.push(match m.trim() {
@@ -302,7 +301,6 @@ fn edge_options(a: &Args) -> Result<EdgeOptions, String> {
             }
         });
     }
-    let (exe_dir, repo) = exe_dir_and_repo();
     let q = a.quick;
     Ok(EdgeOptions {
         rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }).clamp(1, 20),
@@ -314,7 +312,7 @@ fn edge_options(a: &Args) -> Result<EdgeOptions, String> {
         connections: a.connections.clamp(1, 64),
         call_timeout: secs(a.call_timeout_secs),
         modes,
-        programs: programs(a, cores(), &exe_dir, &repo),
+        programs,
     })
 }
 
@@ -356,7 +354,9 @@ async fn overhead(opts: Options) -> Result<Outcome, String> {
     })
 }
 
-async fn scale(args: &Args) -> Result<Outcome, String> {
+/// `programs` come from the overhead options, made before this process pinned itself
+/// (after that it sees only its own CPUs).
+async fn scale(args: &Args, programs: Programs) -> Result<Outcome, String> {
     // Each idle connection is a descriptor here and one in the proxy (which inherits
     // this limit); ask for enough for the largest step.
     let want = Dimension::IdleConnections
@@ -373,7 +373,7 @@ async fn scale(args: &Args) -> Result<Outcome, String> {
              idle steps are capped and their missing connections reported as failed"
         );
     }
-    let opts = scale_options(args, nofile)?;
+    let opts = scale_options(args, nofile, programs)?;
     let report = tally_bench::scale::run(&opts, |line| eprintln!("{line}"))
         .await
         .map_err(|e| e.to_string())?;
@@ -385,8 +385,8 @@ async fn scale(args: &Args) -> Result<Outcome, String> {
     })
 }
 
-async fn edge(args: &Args) -> Result<Outcome, String> {
-    let opts = edge_options(args)?;
+async fn edge(args: &Args, programs: Programs) -> Result<Outcome, String> {
+    let opts = edge_options(args, programs)?;
     let report = tally_bench::edge::run(&opts, |line| eprintln!("{line}"))
         .await
         .map_err(|e| e.to_string())?;
@@ -434,9 +434,9 @@ fn main() -> ExitCode {
     };
     let outcome = rt.block_on(async {
         if args.scale {
-            scale(&args).await
+            scale(&args, opts.programs).await
         } else if args.edge {
-            edge(&args).await
+            edge(&args, opts.programs).await
         } else {
             overhead(opts).await
         }

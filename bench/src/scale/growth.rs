@@ -37,10 +37,10 @@ pub enum Growth {
     Unknown,
     /// Never rose out of the noise over the first point.
     Flat,
-    /// Rose, with every measured slope at most 1 + [`LINEAR_SLACK`]; the steepest slope
-    /// (None when only one step rose out of the noise: it cannot be steeper than linear
-    /// from there on as far as the data can tell).
-    AtMostLinear(Option<f64>),
+    /// Rose over a single step (two points): a rise, but no shape to judge.
+    OneStep,
+    /// Rose, with every measured slope at most 1 + [`LINEAR_SLACK`]; the steepest slope.
+    AtMostLinear(f64),
     /// Some step rose faster than linearly; the steepest slope.
     FasterThanLinear(f64),
 }
@@ -49,7 +49,7 @@ impl Growth {
     /// True unless the curve grew faster than linearly (unknown counts as not judged: None).
     pub fn at_most_linear(&self) -> Option<bool> {
         match self {
-            Growth::Unknown => None,
+            Growth::Unknown | Growth::OneStep => None,
             Growth::Flat | Growth::AtMostLinear(_) => Some(true),
             Growth::FasterThanLinear(_) => Some(false),
         }
@@ -60,8 +60,8 @@ impl Growth {
         match self {
             Growth::Unknown => "not judged (fewer than two points)".into(),
             Growth::Flat => "flat (within noise)".into(),
-            Growth::AtMostLinear(Some(e)) => format!("at most linear (log-log slope {e:.2})"),
-            Growth::AtMostLinear(None) => "at most linear (one step above noise)".into(),
+            Growth::OneStep => "rose over its only step (more steps needed to judge)".into(),
+            Growth::AtMostLinear(e) => format!("at most linear (log-log slope {e:.2})"),
             Growth::FasterThanLinear(e) => {
                 format!("**faster than linear** (log-log slope {e:.2})")
             }
@@ -121,7 +121,11 @@ pub fn judge(points: &[Point], noise: f64) -> Growth {
     }
     match steepest {
         Some(e) if e > 1.0 + LINEAR_SLACK => Growth::FasterThanLinear(e),
-        other => Growth::AtMostLinear(other),
+        Some(e) => Growth::AtMostLinear(e),
+        // No pair of steps to compare: two points only, or every later step fell back
+        // into the noise.
+        None if added.len() == 1 => Growth::OneStep,
+        None => Growth::Flat,
     }
 }
 
@@ -139,7 +143,7 @@ mod tests {
     fn a_straight_line_is_at_most_linear_with_slope_one() {
         let g = judge(&curve(&XS, |x| 5000.0 + 8.0 * x), 100.0);
         match g {
-            Growth::AtMostLinear(Some(e)) => assert!((e - 1.0).abs() < 0.05, "{e}"),
+            Growth::AtMostLinear(e) => assert!((e - 1.0).abs() < 0.05, "{e}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(g.at_most_linear(), Some(true));
@@ -158,10 +162,7 @@ mod tests {
     #[test]
     fn a_square_root_is_at_most_linear() {
         let g = judge(&curve(&XS, |x| 1000.0 + 400.0 * x.sqrt()), 100.0);
-        assert!(
-            matches!(g, Growth::AtMostLinear(Some(e)) if e < 0.7),
-            "{g:?}"
-        );
+        assert!(matches!(g, Growth::AtMostLinear(e) if e < 0.7), "{g:?}");
     }
 
     #[test]
@@ -171,6 +172,19 @@ mod tests {
             Growth::Flat
         );
         assert_eq!(judge(&curve(&XS, |x| 1000.0 - x), 100.0), Growth::Flat);
+    }
+
+    #[test]
+    fn a_rise_over_one_step_or_one_that_falls_back_is_not_a_shape() {
+        let two = curve(&[1.0, 100.0], |x| 10.0 * x);
+        assert_eq!(judge(&two, 1.0), Growth::OneStep);
+        assert_eq!(Growth::OneStep.at_most_linear(), None);
+        let back = [
+            Point { x: 1.0, y: 0.0 },
+            Point { x: 100.0, y: 10.0 },
+            Point { x: 1000.0, y: 0.0 },
+        ];
+        assert_eq!(judge(&back, 5.0), Growth::Flat);
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Dimension {
             (Dimension::Streams, false) => vec![1, 10, 100, 1_000],
             (Dimension::Streams, true) => vec![1, 10, 100],
             (Dimension::Services | Dimension::Endpoints, false) => vec![1, 10, 100, 1_000],
-            (Dimension::Services | Dimension::Endpoints, true) => vec![1, 100],
+            (Dimension::Services | Dimension::Endpoints, true) => vec![1, 10, 100],
             (Dimension::MessageSize, false) => vec![128, 1_024, 16_384, 131_072, 1_048_576],
             (Dimension::MessageSize, true) => vec![128, 16_384, 1_048_576],
         }
@@ -343,6 +343,17 @@ async fn config_walk(
         let pids = running.pids();
         let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
         wait_path(&target).await?;
+        // Unmeasured first pass: connections to every endpoint (mTLS handshakes) are made
+        // here, so the measured pass costs calls, not connection set-up.
+        run_closed(
+            &target,
+            Workload::Unary,
+            CONFIG_CONCURRENCY,
+            opts.phase,
+            opts.call_timeout,
+        )
+        .await;
+        settle().await;
         out.push(
             closed_step(
                 opts,
@@ -458,11 +469,10 @@ fn settings_line(o: &ScaleOptions) -> String {
         })
         .collect();
     format!(
-        "{}; idle hold {} s; call steps {} s closed loop ({} streams of {} messages per step value; message sizes with {} callers; services/endpoints with {} callers of unary calls); {} load-generator connections; outbound max_connections {}; open-file limit {}; {} worker thread(s) per proxy; {}",
+        "{}; idle hold {} s; call steps {} s closed loop (streams: as many callers as the step, each with one server-streaming call of {} messages in flight; message sizes: {} callers; services and endpoints: {} callers of unary calls); {} load-generator connections; outbound max_connections {}; open-file limit {}; {} worker thread(s) per proxy; {}",
         steps.join("; "),
         o.hold.as_secs_f64(),
         o.phase.as_secs_f64(),
-        "x",
         STREAM_MESSAGES,
         SIZE_CONCURRENCY,
         CONFIG_CONCURRENCY,
