@@ -53,6 +53,10 @@ struct Args {
     /// Edge run: gRPC-Web encodings, comma separated: binary, text.
     #[arg(long, default_value = "binary,text", value_delimiter = ',')]
     edge_modes: Vec<String>,
+    /// Edge run: Envoy also checks the tokens (jwt_authn) and keeps a non-binding
+    /// local_ratelimit, as the gateway does.
+    #[arg(long)]
+    edge_envoy_auth: bool,
     /// Setups to measure, in order, comma separated: direct, floor, tally, tally-base, envoy.
     #[arg(
         long,
@@ -312,6 +316,7 @@ fn edge_options(a: &Args, programs: Programs) -> Result<EdgeOptions, String> {
         connections: a.connections.clamp(1, 64),
         call_timeout: secs(a.call_timeout_secs),
         modes,
+        envoy_auth: a.edge_envoy_auth,
         programs,
     })
 }

@@ -70,6 +70,8 @@ pub struct EdgeOptions {
     pub call_timeout: Duration,
     /// gRPC-Web encodings measured.
     pub modes: Vec<Mode>,
+    /// Envoy also checks the tokens (`jwt_authn`) and keeps a non-binding rate limit.
+    pub envoy_auth: bool,
     /// Binaries and pinning.
     pub programs: Programs,
 }
@@ -132,7 +134,12 @@ pub async fn run(
                         .start_gateway(echo.addr, &creds.jwks_json, &opts.programs)
                         .await?
                 }
-                EdgeKind::Envoy => running.start_envoy_edge(echo.addr, &opts.programs).await?,
+                EdgeKind::Envoy => {
+                    let auth = opts.envoy_auth.then_some(creds.jwks_json.as_str());
+                    running
+                        .start_envoy_edge(echo.addr, &opts.programs, auth)
+                        .await?
+                }
             }
             let modes: Vec<Option<Mode>> = match kind {
                 EdgeKind::Direct => vec![None],
@@ -238,7 +245,7 @@ async fn measure(
 fn settings_line(o: &EdgeOptions) -> String {
     let modes: Vec<&str> = o.modes.iter().map(|m| m.label()).collect();
     format!(
-        "rounds {}; warm-up {} s + phase {} s at {} calls/s; closed loop {}; {} h2c client connections; gRPC-Web {}; every call carries a bearer token (EdDSA) and an Origin; {} worker thread(s) per edge (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}; {}",
+        "rounds {}; warm-up {} s + phase {} s at {} calls/s; closed loop {}; {} h2c client connections; gRPC-Web {}; every call carries a bearer token (EdDSA) and an Origin; Envoy: grpc_web + cors{}; {} worker thread(s) per edge (Envoy --concurrency, tally-proxy TOKIO_WORKER_THREADS); access logs {}; {}",
         o.rounds,
         o.warmup.as_secs_f64(),
         o.phase.as_secs_f64(),
@@ -249,6 +256,11 @@ fn settings_line(o: &EdgeOptions) -> String {
         )),
         o.connections,
         modes.join(" and "),
+        if o.envoy_auth {
+            " + jwt_authn + local_ratelimit (non-binding)"
+        } else {
+            " (no token check, no rate limit)"
+        },
         o.programs.proxy_threads,
         if o.programs.access_logs { "on" } else { "off" },
         match &o.programs.sut_cpus {

@@ -2,7 +2,8 @@
 //! server over plaintext HTTP/2: `tally-proxy` in gateway mode (gRPC-Web binary and text,
 //! CORS, access-token checks against a JWKS file, rate limits set far above the load so
 //! they are checked on every call but never refuse one), and Envoy with its `grpc_web`
-//! and `cors` filters (bench/envoy/edge.yaml).
+//! and `cors` filters (bench/envoy/edge.yaml), optionally also checking the same tokens
+//! (`jwt_authn`) and keeping a non-binding `local_ratelimit` bucket, like the gateway.
 
 use super::envoy::{free_port, render};
 use super::{Programs, Running, path_str, proxy_log_filter};
@@ -52,6 +53,34 @@ endpoints = ["{app}"]
     )
 }
 
+/// Envoy's `jwt_authn` (the same issuer, audience and JWKS as the gateway's, on the same
+/// routes) and a non-binding `local_ratelimit`, for `--edge-envoy-auth`.
+pub fn envoy_auth_filters(jwks_json: &str) -> String {
+    use crate::edge::token::{AUDIENCE, ISSUER};
+    format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                tally:
+                  issuer: "{ISSUER}"
+                  audiences: ["{AUDIENCE}"]
+                  local_jwks:
+                    inline_string: '{jwks_json}'
+                  forward: true
+              rules:
+              - match: {{ prefix: "/tally.poll.v1." }}
+                requires: {{ provider_name: tally }}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: edge_rate_limit
+              token_bucket: {{ max_tokens: {NON_BINDING_BURST}, tokens_per_fill: {NON_BINDING_BURST}, fill_interval: 1s }}
+              filter_enabled: {{ runtime_key: rl_enabled, default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+              filter_enforced: {{ runtime_key: rl_enforced, default_value: {{ numerator: 100, denominator: HUNDRED }} }}"#
+    )
+}
+
 #[derive(serde::Deserialize)]
 struct GatewayBound {
     admin: SocketAddr,
@@ -96,11 +125,13 @@ impl Running {
         Ok(())
     }
 
-    /// Envoy with `grpc_web` and `cors` in front of `upstream`.
+    /// Envoy with `grpc_web` and `cors` in front of `upstream`; with `auth_jwks`, also
+    /// `jwt_authn` against that JWKS and a non-binding `local_ratelimit`.
     pub(crate) async fn start_envoy_edge(
         &mut self,
         upstream: SocketAddr,
         programs: &Programs,
+        auth_jwks: Option<&str>,
     ) -> Result<(), BenchError> {
         let admin = free_port()?;
         let listen = free_port()?;
@@ -112,6 +143,10 @@ impl Running {
                 ("APP_PORT", upstream.port().to_string()),
                 ("ORIGIN", ORIGIN.to_string()),
                 ("ACCESS_LOG", self.envoy_access_log("envoy-edge", programs)),
+                (
+                    "AUTH_FILTERS",
+                    auth_jwks.map(envoy_auth_filters).unwrap_or_default(),
+                ),
             ],
         );
         let path = self.dir.as_path().join("envoy-edge.yaml");
@@ -150,6 +185,7 @@ mod tests {
             "APP_PORT",
             "ORIGIN",
             "ACCESS_LOG",
+            "AUTH_FILTERS",
         ];
         let values: Vec<(&str, String)> = names.iter().map(|n| (*n, "1".to_string())).collect();
         let out = render(EDGE_TEMPLATE, &values);
@@ -157,6 +193,25 @@ mod tests {
         for filter in ["grpc_web", "filters.http.cors", "router"] {
             assert!(out.contains(filter), "{filter} missing");
         }
+    }
+
+    #[test]
+    fn envoys_auth_filters_carry_the_jwks_and_go_before_the_router() {
+        let jwks = r#"{"keys":[{"kty":"OKP","x":"abc"}]}"#;
+        let values: Vec<(&str, String)> = vec![
+            ("ADMIN_PORT", "1".into()),
+            ("LISTEN_PORT", "2".into()),
+            ("APP_PORT", "3".into()),
+            ("ORIGIN", ORIGIN.into()),
+            ("ACCESS_LOG", String::new()),
+            ("AUTH_FILTERS", envoy_auth_filters(jwks)),
+        ];
+        let out = render(EDGE_TEMPLATE, &values);
+        assert!(out.contains(&format!("inline_string: '{jwks}'")), "{out}");
+        let jwt = out.find("jwt_authn").unwrap();
+        let rl = out.find("local_ratelimit").unwrap();
+        let router = out.find("filters.http.router").unwrap();
+        assert!(jwt < router && rl < router, "{out}");
     }
 
     #[test]
