@@ -29,10 +29,10 @@ struct Args {
     /// concurrent streams, services, endpoints and message size (bench/README.md).
     #[arg(long, conflicts_with = "edge")]
     scale: bool,
-    /// Scale dimensions, comma separated: idle, streams, services, endpoints, size.
+    /// Scale dimensions, comma separated: idle, idle-mtls, streams, services, endpoints, size.
     #[arg(
         long,
-        default_value = "idle,streams,services,endpoints,size",
+        default_value = "idle,idle-mtls,streams,services,endpoints,size",
         value_delimiter = ','
     )]
     scale_dims: Vec<String>,

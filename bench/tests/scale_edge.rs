@@ -21,7 +21,7 @@ fn a_quick_scale_run_measures_every_step_and_gives_verdicts() {
         .args(["--scale", "--quick", "--allow-busy"])
         .args([
             "--scale-dims",
-            "idle,services,size",
+            "idle,idle-mtls,services,size",
             "--scale-setups",
             "tally",
         ])
@@ -54,6 +54,7 @@ fn a_quick_scale_run_measures_every_step_and_gives_verdicts() {
             .collect()
     };
     assert_eq!(xs("idle client connections"), vec![1, 100, 1000]);
+    assert_eq!(xs("idle peer connections (mTLS)"), vec![1, 100, 1000]);
     assert_eq!(xs("configured services"), vec![1, 10, 100]);
     assert_eq!(xs("message size (bytes)"), vec![128, 16_384, 1_048_576]);
     for p in points {

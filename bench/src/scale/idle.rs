@@ -1,8 +1,10 @@
-//! The idle-connection steps: one setup, client connections opened up to each step's
-//! count and held (plaintext HTTP/2 to the outbound sidecar, as an application holds
-//! them; each made one call first, so both sides have set up the connection fully),
-//! then the pair's memory and its CPU while nothing happens.
+//! The idle-connection steps: one setup, connections opened up to each step's count and
+//! held, then the pair's memory and its CPU while nothing happens. Client connections are
+//! plaintext HTTP/2 to the outbound side, as an application holds them; peer connections
+//! are mTLS HTTP/2 to the inbound side, as other sidecars hold them. Each made one call
+//! first, so both ends have set the connection up fully.
 
+use super::peer::{PeerConn, PeerDialer};
 use super::{Dimension, OtherCpu, ScaleOptions, ScalePoint, base_shape, open_idle, ours};
 use crate::echo::EchoProcess;
 use crate::error::BenchError;
@@ -17,20 +19,46 @@ use std::time::Duration;
 /// Pause after opening connections before measuring (handshake tasks finish, buffers settle).
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// The connections held so far, of either kind.
+#[derive(Default)]
+struct Held {
+    client: Vec<tonic::transport::Channel>,
+    peer: Vec<PeerConn>,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.client.len() + self.peer.len()
+    }
+}
+
+/// `dim` is `IdleConnections` (client side) or `IdlePeerConnections` (mTLS, inbound side).
 pub(super) async fn walk(
     opts: &ScaleOptions,
+    dim: Dimension,
     kind: Kind,
     echo: &EchoProcess,
     pki: &Pki,
 ) -> Result<Vec<ScalePoint>, BenchError> {
-    let dim = Dimension::IdleConnections;
     let mut running =
         Running::start_shaped(kind, echo.addr, pki, &opts.programs, &base_shape()).await?;
     let pids = running.pids();
     let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
     wait_path(&target).await?;
+    let dialer = match (dim, running.peer_entry) {
+        (Dimension::IdlePeerConnections, Some(addr)) => {
+            Some(PeerDialer::new(addr, pki, &running.authority)?)
+        }
+        (Dimension::IdlePeerConnections, None) => {
+            return Err(BenchError::Options {
+                option: "--scale-dims idle-mtls".into(),
+                problem: format!("setup {kind} has no mTLS listener for peers"),
+            });
+        }
+        _ => None,
+    };
     let cap = idle_connections_within(opts.nofile) as usize;
-    let mut held = Vec::new();
+    let mut held = Held::default();
     let mut out = Vec::new();
     for x in dim.steps(opts.quick) {
         let want = (x as usize).min(cap);
@@ -44,9 +72,19 @@ pub(super) async fn walk(
             ));
         }
         if held.len() < want {
-            let (mut more, bad, err) =
-                open_idle(&running, want - held.len(), held.len() as u64).await;
-            held.append(&mut more);
+            let (n, seq) = (want - held.len(), held.len() as u64);
+            let (bad, err) = match &dialer {
+                Some(d) => {
+                    let (mut more, bad, err) = d.open(n, seq).await;
+                    held.peer.append(&mut more);
+                    (bad, err)
+                }
+                None => {
+                    let (mut more, bad, err) = open_idle(&running, n, seq).await;
+                    held.client.append(&mut more);
+                    (bad, err)
+                }
+            };
             failed += bad;
             first_error = first_error.or(err);
         }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 pub mod growth;
 mod idle;
+mod peer;
 pub mod report;
 
 /// Messages per call in the concurrent-streams steps (as the overhead benchmark's streams).
@@ -35,6 +36,8 @@ pub const SCALE_MAX_CONNECTIONS: usize = 20_000;
 pub enum Dimension {
     /// Open, idle HTTP/2 connections from the client side (each made one call first).
     IdleConnections,
+    /// Open, idle mTLS HTTP/2 connections from peers to the inbound side (each made one call).
+    IdlePeerConnections,
     /// Calls in flight at once (server-streaming calls, closed loop).
     Streams,
     /// Services configured in the outbound sidecar.
@@ -47,20 +50,22 @@ pub enum Dimension {
 
 impl Dimension {
     /// Every dimension, in report order.
-    pub const ALL: [Dimension; 5] = [
+    pub const ALL: [Dimension; 6] = [
         Dimension::IdleConnections,
+        Dimension::IdlePeerConnections,
         Dimension::Streams,
         Dimension::Services,
         Dimension::Endpoints,
         Dimension::MessageSize,
     ];
     /// The names `--scale-dims` accepts.
-    pub const NAMES: &str = "idle, streams, services, endpoints, size";
+    pub const NAMES: &str = "idle, idle-mtls, streams, services, endpoints, size";
 
     /// The dimension named on the command line.
     pub fn parse(s: &str) -> Option<Dimension> {
         match s.trim() {
             "idle" => Some(Dimension::IdleConnections),
+            "idle-mtls" => Some(Dimension::IdlePeerConnections),
             "streams" => Some(Dimension::Streams),
             "services" => Some(Dimension::Services),
             "endpoints" => Some(Dimension::Endpoints),
@@ -73,6 +78,7 @@ impl Dimension {
     pub fn title(&self) -> &'static str {
         match self {
             Dimension::IdleConnections => "idle client connections",
+            Dimension::IdlePeerConnections => "idle peer connections (mTLS)",
             Dimension::Streams => "concurrent streams",
             Dimension::Services => "configured services",
             Dimension::Endpoints => "endpoints of the called service",
@@ -83,8 +89,12 @@ impl Dimension {
     /// The steps walked up (full run or `--quick`).
     pub fn steps(&self, quick: bool) -> Vec<u64> {
         match (self, quick) {
-            (Dimension::IdleConnections, false) => vec![1, 1_000, 10_000],
-            (Dimension::IdleConnections, true) => vec![1, 100, 1_000],
+            (Dimension::IdleConnections | Dimension::IdlePeerConnections, false) => {
+                vec![1, 1_000, 10_000]
+            }
+            (Dimension::IdleConnections | Dimension::IdlePeerConnections, true) => {
+                vec![1, 100, 1_000]
+            }
             (Dimension::Streams, false) => vec![1, 10, 100, 1_000],
             (Dimension::Streams, true) => vec![1, 10, 100],
             (Dimension::Services | Dimension::Endpoints, false) => vec![1, 10, 100, 1_000],
@@ -98,7 +108,7 @@ impl Dimension {
     /// them; every other step runs calls, so its CPU is per 1000 calls.
     pub fn cpu_label(&self) -> &'static str {
         match self {
-            Dimension::IdleConnections => "CPU ms/s idle",
+            Dimension::IdleConnections | Dimension::IdlePeerConnections => "CPU ms/s idle",
             _ => "CPU ms / 1k calls",
         }
     }
@@ -110,7 +120,10 @@ impl Dimension {
             Kind::Tally | Kind::TallyBase => true,
             Kind::Envoy | Kind::Floor => matches!(
                 self,
-                Dimension::IdleConnections | Dimension::Streams | Dimension::MessageSize
+                Dimension::IdleConnections
+                    | Dimension::IdlePeerConnections
+                    | Dimension::Streams
+                    | Dimension::MessageSize
             ),
             Kind::Direct => false,
         }
@@ -231,7 +244,9 @@ pub async fn run(
         for kind in opts.setups.iter().filter(|k| dim.measures(**k)) {
             let started = Instant::now();
             let got = match dim {
-                Dimension::IdleConnections => idle::walk(opts, *kind, &echo, &pki).await?,
+                Dimension::IdleConnections | Dimension::IdlePeerConnections => {
+                    idle::walk(opts, *dim, *kind, &echo, &pki).await?
+                }
                 Dimension::Streams | Dimension::MessageSize => {
                     calls_walk(opts, *dim, *kind, &echo, &pki).await?
                 }

@@ -69,7 +69,7 @@ pub fn verdict(dim: Dimension, setup: &str, points: &[&ScalePoint]) -> Dimension
         (p.y * RSS_NOISE_SHARE).max(RSS_NOISE_KIB)
     });
     let cpu_noise = match dim {
-        Dimension::IdleConnections => IDLE_CPU_NOISE_MS_PER_S,
+        Dimension::IdleConnections | Dimension::IdlePeerConnections => IDLE_CPU_NOISE_MS_PER_S,
         _ => cpu.first().map_or(0.0, |p| p.y * CALL_CPU_NOISE_SHARE),
     };
     DimensionVerdict {
@@ -111,7 +111,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The unit a per-step growth is per.
 fn per_what(dim: Dimension) -> &'static str {
     match dim {
-        Dimension::IdleConnections => "connection",
+        Dimension::IdleConnections | Dimension::IdlePeerConnections => "connection",
         Dimension::Streams => "stream",
         Dimension::Services => "service",
         Dimension::Endpoints => "endpoint",

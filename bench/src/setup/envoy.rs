@@ -77,6 +77,7 @@ impl Running {
                 .await?;
         }
         self.entry = SocketAddr::from(([127, 0, 0, 1], egress_port));
+        self.peer_entry = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
         Ok(())
     }
 

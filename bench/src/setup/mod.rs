@@ -138,6 +138,8 @@ impl Programs {
 /// A started setup: where the load generator connects, and the proxy processes.
 pub(crate) struct Running {
     pub(crate) entry: SocketAddr,
+    /// The mTLS listener peers connect to (the inbound side of a pair), when there is one.
+    pub(crate) peer_entry: Option<SocketAddr>,
     /// `:authority` for calls (the target service name; the sidecars route on it).
     pub(crate) authority: String,
     children: Vec<(String, Child)>,
@@ -236,6 +238,7 @@ impl Running {
         };
         Ok(Running {
             entry: upstream,
+            peer_entry: None,
             authority: TARGET_SERVICE.into(),
             children: Vec::new(),
             dir,
@@ -277,6 +280,7 @@ impl Running {
             name: "tally-inbound".into(),
             detail: "reported no inbound address".into(),
         })?;
+        self.peer_entry = Some(SocketAddr::from(([127, 0, 0, 1], inbound_addr.port())));
         let outbound_cfg = tally_config::outbound(
             &identity_toml(&pki.client),
             inbound_addr.port(),
