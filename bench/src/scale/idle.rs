@@ -5,15 +5,16 @@
 //! first, so both ends have set the connection up fully.
 
 use super::peer::{PeerConn, PeerDialer};
-use super::{Dimension, OtherCpu, ScaleOptions, ScalePoint, base_shape, open_idle, ours};
+use super::{Dimension, OtherCpu, ScaleOptions, ScalePoint, base_shape, ours};
 use crate::echo::EchoProcess;
 use crate::error::BenchError;
 use crate::limits::idle_connections_within;
-use crate::load::Target;
+use crate::load::{Target, grpc_channel, one_unary};
 use crate::pki::Pki;
 use crate::procstat;
 use crate::run::wait_path;
 use crate::setup::{Kind, Running};
+use futures::StreamExt as _;
 use std::time::Duration;
 
 /// Pause after opening connections before measuring (handshake tasks finish, buffers settle).
@@ -120,4 +121,46 @@ pub(super) async fn walk(
     drop(target);
     running.stop();
     Ok(out)
+}
+
+/// Opens idle connections in parallel batches of this many.
+const OPEN_BATCH: usize = 256;
+
+/// Opens `n` connections to `running`'s entry, each making one checked call; returns the
+/// connections that succeeded and the first error.
+async fn open_idle(
+    running: &Running,
+    n: usize,
+    first_seq: u64,
+) -> (Vec<tonic::transport::Channel>, u64, Option<String>) {
+    let entry = running.entry;
+    let authority = running.authority.clone();
+    let results: Vec<Result<tonic::transport::Channel, String>> =
+        futures::stream::iter(0..n as u64)
+            .map(|i| {
+                let authority = authority.clone();
+                async move {
+                    let ch = grpc_channel(entry, &authority)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    one_unary(ch.clone(), first_seq + i).await?;
+                    Ok(ch)
+                }
+            })
+            .buffer_unordered(OPEN_BATCH)
+            .collect()
+            .await;
+    let mut ok = Vec::with_capacity(n);
+    let mut failed = 0;
+    let mut first = None;
+    for r in results {
+        match r {
+            Ok(ch) => ok.push(ch),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    (ok, failed, first)
 }

@@ -7,12 +7,11 @@
 
 use crate::echo::EchoProcess;
 use crate::error::BenchError;
-use crate::load::{Target, Workload, grpc_channel, one_unary, run_closed};
+use crate::load::{Target, Workload, run_closed};
 use crate::pki::Pki;
 use crate::procstat;
 use crate::run::{date_and_commit, machine_line, settle, wait_path};
 use crate::setup::{Kind, Programs, Running, Shape};
-use futures::StreamExt as _;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -430,48 +429,6 @@ pub(crate) fn ours(pids: &[u32], echo: &EchoProcess) -> Vec<u32> {
     let mut v = pids.to_vec();
     v.extend([std::process::id(), echo.pid()]);
     v
-}
-
-/// Opens idle connections in parallel batches of this many.
-const OPEN_BATCH: usize = 256;
-
-/// Opens `n` connections to `running`'s entry, each making one checked call; returns the
-/// connections that succeeded and the first error.
-pub(crate) async fn open_idle(
-    running: &Running,
-    n: usize,
-    first_seq: u64,
-) -> (Vec<tonic::transport::Channel>, u64, Option<String>) {
-    let entry = running.entry;
-    let authority = running.authority.clone();
-    let results: Vec<Result<tonic::transport::Channel, String>> =
-        futures::stream::iter(0..n as u64)
-            .map(|i| {
-                let authority = authority.clone();
-                async move {
-                    let ch = grpc_channel(entry, &authority)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    one_unary(ch.clone(), first_seq + i).await?;
-                    Ok(ch)
-                }
-            })
-            .buffer_unordered(OPEN_BATCH)
-            .collect()
-            .await;
-    let mut ok = Vec::with_capacity(n);
-    let mut failed = 0;
-    let mut first = None;
-    for r in results {
-        match r {
-            Ok(ch) => ok.push(ch),
-            Err(e) => {
-                failed += 1;
-                first.get_or_insert(e);
-            }
-        }
-    }
-    (ok, failed, first)
 }
 
 fn settings_line(o: &ScaleOptions) -> String {

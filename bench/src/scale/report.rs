@@ -146,6 +146,7 @@ rise over the first step stays at most {:.2} (1 is a straight line, 2 a square; 
         1.0 + super::growth::LINEAR_SLACK
     );
     let names = setups(r);
+    summary(&mut s, r, &names);
     for dim in Dimension::ALL {
         let present: Vec<&String> = names
             .iter()
@@ -232,6 +233,54 @@ rise over the first step stays at most {:.2} (1 is a straight line, 2 a square; 
     s
 }
 
+/// One line per dimension and setup: memory per unit over the last step, and the verdicts.
+fn summary(s: &mut String, r: &ScaleReport, names: &[String]) {
+    let _ = writeln!(s, "### Summary\n");
+    let _ = writeln!(
+        s,
+        "| dimension | setup | steps | RSS growth over the last step | RSS | CPU | grows at most linearly |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for dim in Dimension::ALL {
+        for setup in names {
+            let pts = series(r, dim.title(), setup);
+            let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+                continue;
+            };
+            let rss: Vec<Point> = pts
+                .iter()
+                .map(|p| Point {
+                    x: p.x as f64,
+                    y: p.rss_kib as f64,
+                })
+                .collect();
+            let per_unit = steps(&rss)
+                .last()
+                .copied()
+                .flatten()
+                .map_or("-".into(), |g| {
+                    format!("{:.3} KiB per {}", g.per_unit, per_what(dim))
+                });
+            let v = verdict(dim, setup, &pts);
+            let met = match v.at_most_linear() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {setup} | {}–{} | {per_unit} | {} | {} | {met} |",
+                dim.title(),
+                first.x,
+                last.x,
+                v.rss.describe(),
+                v.cpu.describe()
+            );
+        }
+    }
+    let _ = writeln!(s);
+}
+
 /// Tally over Envoy at every step both measured (memory and CPU).
 fn ratio_lines(s: &mut String, r: &ScaleReport, dim: Dimension) {
     let t = series(r, dim.title(), "tally");
@@ -296,6 +345,10 @@ mod tests {
             point(d, "envoy", 10_000, 430_000, 1.0),
         ]);
         let md = markdown(&r);
+        assert!(
+            md.contains("| idle client connections | tally | 1–10000 | 9.000 KiB per connection | at most linear"),
+            "{md}"
+        );
         // 81 000 KiB over 9 000 connections.
         assert!(
             md.contains("| tally | 10000 | 107.4 | 81000 | 9.000 |"),
