@@ -36,7 +36,8 @@ struct Args {
         value_delimiter = ','
     )]
     scale_dims: Vec<String>,
-    /// Setups of the scale run: tally, and envoy (measured where one config serves every step).
+    /// Setups of the scale run: tally, envoy and floor (the last two measured where one
+    /// config serves every step: idle connections, streams, message size).
     #[arg(long, default_value = "tally,envoy", value_delimiter = ',')]
     scale_setups: Vec<String>,
     /// Scale run: seconds the idle connections are held while their CPU is measured
@@ -274,8 +275,12 @@ fn scale_options(a: &Args, nofile: u64, programs: Programs) -> Result<ScaleOptio
     let mut setups = Vec::new();
     for s in &a.scale_setups {
         match Kind::parse(s) {
-            Some(k @ (Kind::Tally | Kind::Envoy)) => setups.push(k),
-            _ => return Err(format!("--scale-setups: `{s}` is not one of tally, envoy")),
+            Some(k @ (Kind::Tally | Kind::Envoy | Kind::Floor)) => setups.push(k),
+            _ => {
+                return Err(format!(
+                    "--scale-setups: `{s}` is not one of tally, envoy, floor"
+                ));
+            }
         }
     }
     let q = a.quick;
