@@ -29,6 +29,23 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
     }
 }
 
+/// Raises the limit for `idle` connections (each is a descriptor here and one in the
+/// proxy, which inherits this limit) plus [`SPARE_FDS`]; says on stderr when the hard
+/// limit is lower (the idle steps are then capped and the rest reported as failed).
+pub fn raise_for_idle(idle: u64) -> Result<u64, String> {
+    let want = idle + SPARE_FDS;
+    let nofile =
+        raise_nofile(want).map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+    if nofile < want {
+        eprintln!(
+            "tally-bench: the open-file limit is {nofile} (hard limit), below the {want} the \
+             largest idle step needs; idle steps are capped and their missing connections \
+             reported as failed"
+        );
+    }
+    Ok(nofile)
+}
+
 /// How many idle connections fit under a soft limit of `soft` descriptors.
 pub fn idle_connections_within(soft: u64) -> u64 {
     soft.saturating_sub(SPARE_FDS)

@@ -367,22 +367,8 @@ async fn overhead(opts: Options) -> Result<Outcome, String> {
 /// `programs` come from the overhead options, made before this process pinned itself
 /// (after that it sees only its own CPUs).
 async fn scale(args: &Args, programs: Programs) -> Result<Outcome, String> {
-    // Each idle connection is a descriptor here and one in the proxy (which inherits
-    // this limit); ask for enough for the largest step.
-    let want = Dimension::IdleConnections
-        .steps(args.quick)
-        .last()
-        .copied()
-        .unwrap_or(0)
-        + tally_bench::limits::SPARE_FDS;
-    let nofile = tally_bench::limits::raise_nofile(want)
-        .map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
-    if nofile < want {
-        eprintln!(
-            "tally-bench: the open-file limit is {nofile} (hard limit), below the {want} the largest idle step needs; \
-             idle steps are capped and their missing connections reported as failed"
-        );
-    }
+    let largest = Dimension::IdleConnections.steps(args.quick);
+    let nofile = tally_bench::limits::raise_for_idle(largest.last().copied().unwrap_or(0))?;
     let opts = scale_options(args, nofile, programs)?;
     let report = tally_bench::scale::run(&opts, |line| eprintln!("{line}"))
         .await
