@@ -9,7 +9,7 @@ use std::time::Duration;
 use tally_bench::edge::EdgeOptions;
 use tally_bench::edge::web::Mode;
 use tally_bench::run::{ClosedOptions, Options, RampOptions};
-use tally_bench::scale::{Dimension, ScaleOptions};
+use tally_bench::scale::{self, Dimension, ScaleOptions};
 use tally_bench::setup::{Kind, Programs};
 
 #[derive(Parser, Debug)]
@@ -288,8 +288,12 @@ fn scale_options(a: &Args, nofile: u64, programs: Programs) -> Result<ScaleOptio
         quick: q,
         setups,
         dimensions,
-        hold: secs(a.hold_secs.unwrap_or(if q { 1.0 } else { 3.0 })),
-        phase: secs(a.step_secs.unwrap_or(if q { 1.0 } else { 4.0 })),
+        hold: a
+            .hold_secs
+            .map_or(if q { scale::HOLD_QUICK } else { scale::HOLD }, secs),
+        phase: a
+            .step_secs
+            .map_or(if q { scale::STEP_QUICK } else { scale::STEP }, secs),
         connections: a.connections.clamp(1, 64),
         call_timeout: secs(a.call_timeout_secs),
         nofile,

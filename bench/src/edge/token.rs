@@ -36,10 +36,7 @@ struct Claims<'a> {
 
 /// A fresh key pair, a token for `subject` and its JWKS.
 pub fn issue(subject: &str) -> Result<Credentials, BenchError> {
-    let fail = |what: &str, e: String| BenchError::Options {
-        option: "edge credentials".into(),
-        problem: format!("{what}: {e}"),
-    };
+    let fail = |what: &str, e: String| BenchError::Credentials(format!("{what}: {e}"));
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
         .map_err(|e| fail("generating an Ed25519 key", e.to_string()))?;
     let encoding = jsonwebtoken::EncodingKey::from_ed_der(&pair.serialize_der());

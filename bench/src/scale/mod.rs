@@ -20,6 +20,14 @@ mod idle;
 mod peer;
 pub mod report;
 
+/// How long idle connections are held while their CPU is measured.
+pub const HOLD: Duration = Duration::from_secs(3);
+/// ... with `--quick`.
+pub const HOLD_QUICK: Duration = Duration::from_secs(1);
+/// Length of each closed-loop step.
+pub const STEP: Duration = Duration::from_secs(4);
+/// ... with `--quick`.
+pub const STEP_QUICK: Duration = Duration::from_secs(1);
 /// Messages per call in the concurrent-streams steps (as the overhead benchmark's streams).
 pub const STREAM_MESSAGES: u64 = 10;
 /// Callers in the message-size steps.
