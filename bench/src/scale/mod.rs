@@ -34,6 +34,10 @@ pub const STREAM_MESSAGES: u64 = 10;
 pub const SIZE_CONCURRENCY: usize = 4;
 /// Callers in the services and endpoints steps.
 pub const CONFIG_CONCURRENCY: usize = 16;
+/// Warm-up calls per endpoint before a services or endpoints step is measured.
+pub const WARM_CALLS_PER_ENDPOINT: u64 = 5;
+/// Longest warm-up of one step.
+pub const WARM_UP_BOUND: Duration = Duration::from_secs(30);
 /// The outbound sidecar's connection bound in the scale runs: above the largest idle step
 /// plus the load generator's connections (the proxy's default is 10 000).
 pub const SCALE_MAX_CONNECTIONS: usize = 20_000;
@@ -365,17 +369,7 @@ async fn config_walk(
         let pids = running.pids();
         let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
         wait_path(&target).await?;
-        // Unmeasured first pass: connections to every endpoint (mTLS handshakes) are made
-        // here, so the measured pass costs calls, not connection set-up.
-        run_closed(
-            &target,
-            Workload::Unary,
-            CONFIG_CONCURRENCY,
-            opts.phase,
-            opts.call_timeout,
-        )
-        .await;
-        settle().await;
+        warm_up(opts, &target, x).await;
         out.push(
             closed_step(
                 opts,
@@ -395,6 +389,30 @@ async fn config_walk(
         running.stop();
     }
     Ok(out)
+}
+
+/// Unmeasured calls before a services or endpoints step, so that the measured pass costs
+/// calls, not connection set-up: at least one phase, and until [`WARM_CALLS_PER_ENDPOINT`]
+/// calls per endpoint were made (the balancer then has picked, and connected to, every
+/// endpoint with near certainty), for at most [`WARM_UP_BOUND`].
+async fn warm_up(opts: &ScaleOptions, target: &Target, endpoints: u64) {
+    let started = Instant::now();
+    let mut calls = 0;
+    loop {
+        let r = run_closed(
+            target,
+            Workload::Unary,
+            CONFIG_CONCURRENCY,
+            opts.phase,
+            opts.call_timeout,
+        )
+        .await;
+        calls += r.ok;
+        if calls >= WARM_CALLS_PER_ENDPOINT * endpoints || started.elapsed() >= WARM_UP_BOUND {
+            break;
+        }
+    }
+    settle().await;
 }
 
 /// One closed-loop step: the pair's CPU per 1000 calls and its memory afterwards.
