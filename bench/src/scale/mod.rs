@@ -369,7 +369,7 @@ async fn config_walk(
         let pids = running.pids();
         let target = Target::connect(running.entry, &running.authority, opts.connections).await?;
         wait_path(&target).await?;
-        warm_up(opts, &target, x).await;
+        warm_up(opts, &target, shape.endpoints as u64).await;
         out.push(
             closed_step(
                 opts,
