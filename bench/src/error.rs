@@ -48,6 +48,9 @@ pub enum BenchError {
         /// The connect error.
         detail: String,
     },
+    /// The edge benchmark's signing key or token could not be made.
+    #[error("edge credentials: {0}")]
+    Credentials(String),
     /// The command-line options do not make a valid run.
     #[error("option {option}: {problem}")]
     Options {

@@ -4,6 +4,7 @@
 //! shows up as the queueing delay every caller would really have seen, instead of
 //! silently pausing the generator (coordinated omission, as corrected by wrk2).
 
+use crate::edge::web::{Mode, WebConn};
 use crate::error::BenchError;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub enum Workload {
     Unary,
     /// `EventFeedService.Subscribe`, answered with `messages` events then OK.
     Stream { messages: u64 },
+    /// `GetPoll` with an id of `bytes` bytes, echoed back: a message of that size each way.
+    Sized { bytes: usize },
+    /// `GetPoll` as gRPC-Web (needs a target made by `Target::connect_web`).
+    Web { mode: Mode },
 }
 
 impl Workload {
@@ -39,14 +44,23 @@ impl Workload {
         match self {
             Workload::Unary => "unary".into(),
             Workload::Stream { messages } => format!("stream x{messages}"),
+            Workload::Sized { bytes } => format!("unary {bytes} B"),
+            Workload::Web { mode } => format!("grpc-web {}", mode.label()),
         }
     }
+}
+
+/// One connection of a target: gRPC (tonic) or gRPC-Web.
+#[derive(Clone)]
+enum Conn {
+    Grpc(Channel),
+    Web(WebConn),
 }
 
 /// HTTP/2 connections to the entry point of a setup, used round robin.
 #[derive(Clone)]
 pub struct Target {
-    channels: Vec<Channel>,
+    conns: Vec<Conn>,
 }
 
 impl Target {
@@ -57,26 +71,56 @@ impl Target {
         authority: &str,
         connections: usize,
     ) -> Result<Target, BenchError> {
-        let err = |detail: String| BenchError::Connect {
-            target: addr.to_string(),
-            detail,
-        };
-        let origin: Uri = format!("http://{authority}")
-            .parse()
-            .map_err(|e| err(format!("authority `{authority}`: {e}")))?;
-        let mut channels = Vec::with_capacity(connections);
+        let mut conns = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| err(e.to_string()))?
-                .origin(origin.clone())
-                .tcp_nodelay(true)
-                .buffer_size(CHANNEL_BUFFER)
-                .connect_timeout(Duration::from_secs(5));
-            let channel = endpoint.connect().await.map_err(|e| err(e.to_string()))?;
-            channels.push(channel);
+            conns.push(Conn::Grpc(grpc_channel(addr, authority).await?));
         }
-        Ok(Target { channels })
+        Ok(Target { conns })
     }
+
+    /// Opens `connections` gRPC-Web (h2c) connections to an edge at `addr`; every call
+    /// carries `authorization`.
+    pub async fn connect_web(
+        addr: SocketAddr,
+        authority: &str,
+        authorization: &str,
+        connections: usize,
+    ) -> Result<Target, BenchError> {
+        let mut conns = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let conn = WebConn::connect(addr, authority, authorization)
+                .await
+                .map_err(|detail| BenchError::Connect {
+                    target: addr.to_string(),
+                    detail,
+                })?;
+            conns.push(Conn::Web(conn));
+        }
+        Ok(Target { conns })
+    }
+}
+
+/// One gRPC (HTTP/2) connection to `addr` with `:authority` = `authority`, connected now.
+pub async fn grpc_channel(addr: SocketAddr, authority: &str) -> Result<Channel, BenchError> {
+    let err = |detail: String| BenchError::Connect {
+        target: addr.to_string(),
+        detail,
+    };
+    let origin: Uri = format!("http://{authority}")
+        .parse()
+        .map_err(|e| err(format!("authority `{authority}`: {e}")))?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| err(e.to_string()))?
+        .origin(origin)
+        .tcp_nodelay(true)
+        .buffer_size(CHANNEL_BUFFER)
+        .connect_timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| err(e.to_string()))
+}
+
+/// One checked unary call on `channel` (the idle-connection steps make one per connection).
+pub async fn one_unary(channel: Channel, seq: u64) -> Result<(), String> {
+    call(Conn::Grpc(channel), Workload::Unary, seq).await
 }
 
 /// What one phase at one rate produced.
@@ -167,7 +211,7 @@ pub async fn run_phase(
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = Instant::now() + Duration::from_millis(5);
     let handle = tokio::runtime::Handle::current();
-    let channels = target.channels.clone();
+    let channels = target.conns.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u64>();
     let driver_shared = shared.clone();
     // The schedule runs on its own OS thread: a precise sleep there costs no runtime
@@ -245,7 +289,7 @@ pub fn new_hist() -> Histogram<u64> {
 }
 
 async fn one_call(
-    channel: Channel,
+    channel: Conn,
     workload: Workload,
     seq: u64,
     scheduled: Instant,
@@ -275,11 +319,35 @@ async fn one_call(
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// The poll id of call `seq`, padded to `bytes` bytes when given.
+fn poll_id(seq: u64, bytes: Option<usize>) -> String {
+    let mut id = format!("poll-{seq}");
+    if let Some(n) = bytes
+        && n > id.len()
+    {
+        id.push('-');
+        id.extend(std::iter::repeat_n('x', n - id.len()));
+    }
+    id
+}
+
 /// One call, checked: the answer must be the echo of what was sent.
-async fn call(channel: Channel, workload: Workload, seq: u64) -> Result<(), String> {
+async fn call(conn: Conn, workload: Workload, seq: u64) -> Result<(), String> {
+    let channel = match (conn, workload) {
+        (Conn::Web(web), Workload::Web { mode }) => return web_call(&web, seq, mode).await,
+        (Conn::Grpc(channel), _) => channel,
+        (Conn::Web(_), other) => {
+            return Err(format!("{} cannot run on a gRPC-Web target", other.label()));
+        }
+    };
     match workload {
-        Workload::Unary => {
-            let id = format!("poll-{seq}");
+        Workload::Web { .. } => Err("gRPC-Web calls need a target from connect_web".into()),
+        Workload::Unary | Workload::Sized { .. } => {
+            let bytes = match workload {
+                Workload::Sized { bytes } => Some(bytes),
+                _ => None,
+            };
+            let id = poll_id(seq, bytes);
             let rsp = PollServiceClient::new(channel)
                 .get_poll(GetPollRequest {
                     poll_id: id.clone(),
@@ -288,7 +356,12 @@ async fn call(channel: Channel, workload: Workload, seq: u64) -> Result<(), Stri
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             match rsp.into_inner().poll {
                 Some(p) if p.poll_id == id => Ok(()),
-                other => Err(format!("unexpected answer {other:?}")),
+                Some(p) => Err(format!(
+                    "answer for poll id of {} bytes, sent {}",
+                    p.poll_id.len(),
+                    id.len()
+                )),
+                None => Err("answer without a poll".into()),
             }
         }
         Workload::Stream { messages } => {
@@ -321,6 +394,31 @@ async fn call(channel: Channel, workload: Workload, seq: u64) -> Result<(), Stri
     }
 }
 
+/// One gRPC-Web `GetPoll`, checked like the gRPC one.
+async fn web_call(conn: &WebConn, seq: u64, mode: Mode) -> Result<(), String> {
+    use prost::Message as _;
+    let id = poll_id(seq, None);
+    let req = GetPollRequest {
+        poll_id: id.clone(),
+    };
+    let messages = conn.call(WEB_GET_POLL, &req.encode_to_vec(), mode).await?;
+    let [only] = messages.as_slice() else {
+        return Err(format!(
+            "{} messages in the answer, wanted 1",
+            messages.len()
+        ));
+    };
+    let rsp = tally_api::poll::v1::GetPollResponse::decode(only.clone())
+        .map_err(|e| format!("undecodable answer: {e}"))?;
+    match rsp.poll {
+        Some(p) if p.poll_id == id => Ok(()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The path of the gRPC-Web workload's method.
+const WEB_GET_POLL: &str = "/tally.poll.v1.PollService/GetPoll";
+
 /// Closed loop: `concurrency` callers, each sending its next call as soon as the previous
 /// one ended, for `duration` (as h2load does). The throughput is what the system under test
 /// can complete; latency here is per call (from its send), not coordinated-omission corrected.
@@ -345,7 +443,7 @@ pub async fn run_closed(
     let sent = Arc::new(AtomicU64::new(0));
     let mut callers = Vec::with_capacity(concurrency);
     for c in 0..concurrency.max(1) {
-        let channel = target.channels[c % target.channels.len()].clone();
+        let channel = target.conns[c % target.conns.len()].clone();
         let (shared, sent) = (shared.clone(), sent.clone());
         callers.push(tokio::spawn(async move {
             while Instant::now() < end {

@@ -6,7 +6,10 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tally_bench::edge::EdgeOptions;
+use tally_bench::edge::web::Mode;
 use tally_bench::run::{ClosedOptions, Options, RampOptions};
+use tally_bench::scale::{self, Dimension, ScaleOptions};
 use tally_bench::setup::{Kind, Programs};
 
 #[derive(Parser, Debug)]
@@ -18,9 +21,43 @@ struct Args {
     /// Internal: run as the benchmark's echo server process.
     #[arg(long, hide = true)]
     serve_echo: bool,
-    /// A ~2 minute smoke run: one round, short phases, fewer ramp steps.
+    /// A ~2 minute smoke run: one round, short phases, fewer ramp steps (with --scale:
+    /// fewer and smaller steps of 1 s).
     #[arg(long)]
     quick: bool,
+    /// Run the scale benchmark instead: memory and CPU against idle connections,
+    /// concurrent streams, services, endpoints and message size (bench/README.md).
+    #[arg(long, conflicts_with = "edge")]
+    scale: bool,
+    /// Scale dimensions, comma separated: idle, idle-mtls, streams, services, endpoints, size.
+    #[arg(
+        long,
+        default_value = "idle,idle-mtls,streams,services,endpoints,size",
+        value_delimiter = ','
+    )]
+    scale_dims: Vec<String>,
+    /// Setups of the scale run: tally, envoy and floor (the last two measured where one
+    /// config serves every step: idle connections, streams, message size).
+    #[arg(long, default_value = "tally,envoy", value_delimiter = ',')]
+    scale_setups: Vec<String>,
+    /// Scale run: seconds the idle connections are held while their CPU is measured
+    /// (default 3, quick 1).
+    #[arg(long)]
+    hold_secs: Option<f64>,
+    /// Scale run: seconds of each closed-loop step (default 4, quick 1).
+    #[arg(long)]
+    step_secs: Option<f64>,
+    /// Run the browser-edge benchmark instead: the gateway (gRPC-Web, JWT, rate limits)
+    /// against Envoy with grpc_web + cors, in front of the same echo server.
+    #[arg(long)]
+    edge: bool,
+    /// Edge run: gRPC-Web encodings, comma separated: binary, text.
+    #[arg(long, default_value = "binary,text", value_delimiter = ',')]
+    edge_modes: Vec<String>,
+    /// Edge run: Envoy also checks the tokens (jwt_authn) and keeps a non-binding
+    /// local_ratelimit, as the gateway does.
+    #[arg(long)]
+    edge_envoy_auth: bool,
     /// Setups to measure, in order, comma separated: direct, floor, tally, tally-base, envoy.
     #[arg(
         long,
@@ -129,6 +166,13 @@ struct Args {
     json: Option<PathBuf>,
 }
 
+/// Where the reports go by default, by kind of run.
+const DEFAULT_REPORT: &str = "results/latest.md";
+/// See [`DEFAULT_REPORT`].
+const DEFAULT_SCALE_REPORT: &str = "results/scale.md";
+/// See [`DEFAULT_REPORT`].
+const DEFAULT_EDGE_REPORT: &str = "results/edge.md";
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.clamp(0.001, 3600.0))
 }
@@ -149,14 +193,8 @@ fn options(a: &Args) -> Result<Options, String> {
         setups.insert(at, Kind::TallyBase);
     }
     let q = a.quick;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
-        .unwrap_or_default();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cores = cores();
+    let (exe_dir, repo) = exe_dir_and_repo();
     Ok(Options {
         setups,
         rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }),
@@ -183,25 +221,112 @@ fn options(a: &Args) -> Result<Options, String> {
             min_achieved: 0.95,
             step_retries: a.step_retries,
         },
-        programs: Programs {
-            tally_proxy: a
-                .tally_proxy
-                .clone()
-                .unwrap_or_else(|| exe_dir.join("tally-proxy")),
-            tally_proxy_base: a.tally_base.clone(),
-            floor_relay: a
-                .floor_relay
-                .clone()
-                .unwrap_or_else(|| exe_dir.join("tally-floor-relay")),
-            sut_cpus: sut_cpus(a, cores),
-            envoy: a
-                .envoy
-                .clone()
-                .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
-            proxy_threads: a.proxy_threads.max(1),
-            access_logs: a.access_logs,
-            keep_workdirs: a.keep_workdirs,
-        },
+        programs: programs(a, cores, &exe_dir, &repo),
+    })
+}
+
+fn programs(a: &Args, cores: usize, exe_dir: &std::path::Path, repo: &std::path::Path) -> Programs {
+    Programs {
+        tally_proxy: a
+            .tally_proxy
+            .clone()
+            .unwrap_or_else(|| exe_dir.join("tally-proxy")),
+        tally_proxy_base: a.tally_base.clone(),
+        floor_relay: a
+            .floor_relay
+            .clone()
+            .unwrap_or_else(|| exe_dir.join("tally-floor-relay")),
+        sut_cpus: sut_cpus(a, cores),
+        envoy: a
+            .envoy
+            .clone()
+            .unwrap_or_else(|| repo.join(".venv/bin/envoy")),
+        proxy_threads: a.proxy_threads.max(1),
+        access_logs: a.access_logs,
+        keep_workdirs: a.keep_workdirs,
+    }
+}
+
+fn exe_dir_and_repo() -> (PathBuf, PathBuf) {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_default();
+    (
+        exe_dir,
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+fn scale_options(a: &Args, nofile: u64, programs: Programs) -> Result<ScaleOptions, String> {
+    let mut dimensions = Vec::new();
+    for d in &a.scale_dims {
+        dimensions
+            .push(Dimension::parse(d).ok_or_else(|| {
+                format!("--scale-dims: `{d}` is not one of {}", Dimension::NAMES)
+            })?);
+    }
+    let mut setups = Vec::new();
+    for s in &a.scale_setups {
+        match Kind::parse(s) {
+            Some(k @ (Kind::Tally | Kind::Envoy | Kind::Floor)) => setups.push(k),
+            _ => {
+                return Err(format!(
+                    "--scale-setups: `{s}` is not one of tally, envoy, floor"
+                ));
+            }
+        }
+    }
+    let q = a.quick;
+    Ok(ScaleOptions {
+        quick: q,
+        setups,
+        dimensions,
+        hold: a
+            .hold_secs
+            .map_or(if q { scale::HOLD_QUICK } else { scale::HOLD }, secs),
+        phase: a
+            .step_secs
+            .map_or(if q { scale::STEP_QUICK } else { scale::STEP }, secs),
+        connections: a.connections.clamp(1, 64),
+        call_timeout: secs(a.call_timeout_secs),
+        nofile,
+        programs,
+    })
+}
+
+fn edge_options(a: &Args, programs: Programs) -> Result<EdgeOptions, String> {
+    let mut modes = Vec::new();
+    for m in &a.edge_modes {
+        modes.push(match m.trim() {
+            "binary" => Mode::Binary,
+            "text" => Mode::Text,
+            other => {
+                return Err(format!(
+                    "--edge-modes: `{other}` is not one of binary, text"
+                ));
+            }
+        });
+    }
+    let q = a.quick;
+    Ok(EdgeOptions {
+        rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }).clamp(1, 20),
+        warmup: secs(a.warmup_secs.unwrap_or(1.0)),
+        phase: secs(a.phase_secs.unwrap_or(if q { 3.0 } else { 6.0 })),
+        rate: a.unary_rate.max(1.0),
+        closed_concurrency: (!a.no_closed).then_some(a.closed_concurrency.clamp(1, 10_000)),
+        closed: secs(a.closed_secs.unwrap_or(if q { 3.0 } else { 5.0 })),
+        connections: a.connections.clamp(1, 64),
+        call_timeout: secs(a.call_timeout_secs),
+        modes,
+        envoy_auth: a.edge_envoy_auth,
+        programs,
     })
 }
 
@@ -216,6 +341,61 @@ fn sut_cpus(a: &Args, cores: usize) -> Option<String> {
             .clone()
             .unwrap_or_else(|| (cores - 1).to_string()),
     )
+}
+
+/// What a run produced: the Markdown report, the busiest other-process CPU, the JSON of
+/// every measurement, and the report's default path.
+struct Outcome {
+    markdown: String,
+    busy: f64,
+    json: Result<String, String>,
+    default_output: &'static str,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(v).map_err(|e| e.to_string())
+}
+
+async fn overhead(opts: Options) -> Result<Outcome, String> {
+    let report = tally_bench::run::run(&opts, |line| eprintln!("{line}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        markdown: tally_bench::report::markdown(&report),
+        busy: report.busiest_other_cpu(),
+        json: json(&report),
+        default_output: DEFAULT_REPORT,
+    })
+}
+
+/// `programs` come from the overhead options, made before this process pinned itself
+/// (after that it sees only its own CPUs).
+async fn scale(args: &Args, programs: Programs) -> Result<Outcome, String> {
+    let largest = Dimension::IdleConnections.steps(args.quick);
+    let nofile = tally_bench::limits::raise_for_idle(largest.last().copied().unwrap_or(0))?;
+    let opts = scale_options(args, nofile, programs)?;
+    let report = tally_bench::scale::run(&opts, |line| eprintln!("{line}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        markdown: tally_bench::scale::report::markdown(&report),
+        busy: report.busiest_other_cpu(),
+        json: json(&report),
+        default_output: DEFAULT_SCALE_REPORT,
+    })
+}
+
+async fn edge(args: &Args, programs: Programs) -> Result<Outcome, String> {
+    let opts = edge_options(args, programs)?;
+    let report = tally_bench::edge::run(&opts, |line| eprintln!("{line}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        markdown: tally_bench::edge::report::markdown(&report),
+        busy: report.busiest_other_cpu(),
+        json: json(&report),
+        default_output: DEFAULT_EDGE_REPORT,
+    })
 }
 
 fn main() -> ExitCode {
@@ -252,15 +432,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match rt.block_on(tally_bench::run::run(&opts, |line| eprintln!("{line}"))) {
-        Ok(r) => r,
+    let outcome = rt.block_on(async {
+        if args.scale {
+            scale(&args, opts.programs).await
+        } else if args.edge {
+            edge(&args, opts.programs).await
+        } else {
+            overhead(opts).await
+        }
+    });
+    let outcome = match outcome {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("tally-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let busy = report.busiest_other_cpu();
-    let md = tally_bench::report::markdown(&report);
+    let busy = outcome.busy;
     if busy > args.max_other_cpu && !args.allow_busy {
         eprintln!(
             "tally-bench: refusing to report: processes outside the benchmark used up to {busy:.2} cores \
@@ -270,16 +458,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(3);
     }
-    println!("{md}");
+    println!("{}", outcome.markdown);
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.md"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(outcome.default_output));
     let mut status = ExitCode::SUCCESS;
     if let Some(dir) = output.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let text = format!("# tally-bench results\n\n{md}");
+    let text = format!("# tally-bench results\n\n{}", outcome.markdown);
     if let Err(e) = std::fs::write(&output, text) {
         eprintln!("tally-bench: cannot write {}: {e}", output.display());
         status = ExitCode::FAILURE;
@@ -287,7 +475,7 @@ fn main() -> ExitCode {
         eprintln!("tally-bench: report written to {}", output.display());
     }
     if let Some(path) = &args.json {
-        match serde_json::to_string_pretty(&report) {
+        match outcome.json {
             Ok(json) => {
                 if let Err(e) = std::fs::write(path, json) {
                     eprintln!("tally-bench: cannot write {}: {e}", path.display());

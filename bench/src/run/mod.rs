@@ -13,7 +13,8 @@ use crate::setup::{Kind, Programs, Running};
 mod ramp;
 pub use ramp::RampOptions;
 pub(crate) use ramp::Step;
-use ramp::{ramp, settle};
+use ramp::ramp;
+pub(crate) use ramp::settle;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -128,7 +129,7 @@ pub(crate) struct PhaseSummary {
 }
 
 impl PhaseSummary {
-    fn from(r: &PhaseResult, cpu: Option<Duration>) -> PhaseSummary {
+    pub(crate) fn from(r: &PhaseResult, cpu: Option<Duration>) -> PhaseSummary {
         PhaseSummary {
             workload: r.workload.label(),
             target_rate: r.target_rate,
@@ -204,19 +205,7 @@ pub async fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<RunRe
         .tempdir()
         .map_err(|e| BenchError::io("creating the certificate directory", e))?;
     let pki = Pki::create(pki_dir.path())?;
-    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let commit = std::env::var("TALLY_BENCH_COMMIT").unwrap_or_else(|_| {
-        command_output(
-            "git",
-            &[
-                "-C",
-                env!("CARGO_MANIFEST_DIR"),
-                "describe",
-                "--always",
-                "--dirty",
-            ],
-        )
-    });
+    let (date, commit) = date_and_commit();
     let echo = EchoProcess::start(opts.programs.sut_cpus.as_deref())?;
     let mut measurements = Vec::new();
     for round in 1..=opts.rounds {
@@ -370,13 +359,36 @@ async fn measure(
     })
 }
 
+/// When a run starts (UTC) and the commit it runs from (`TALLY_BENCH_COMMIT` overrides).
+pub(crate) fn date_and_commit() -> (String, String) {
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let commit = std::env::var("TALLY_BENCH_COMMIT").unwrap_or_else(|_| {
+        command_output(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        )
+    });
+    (date, commit)
+}
+
 /// Sends single calls until one succeeds end to end (proxies connect lazily).
-async fn wait_path(target: &Target) -> Result<(), BenchError> {
+pub(crate) async fn wait_path(target: &Target) -> Result<(), BenchError> {
+    wait_path_with(target, Workload::Unary).await
+}
+
+/// Sends single `workload` calls until one succeeds end to end.
+pub(crate) async fn wait_path_with(target: &Target, workload: Workload) -> Result<(), BenchError> {
     let mut last = None;
     for _ in 0..100 {
         let r = run_phase(
             target,
-            Workload::Unary,
+            workload,
             1_000.0,
             Duration::from_millis(1),
             Duration::from_secs(5),
@@ -434,7 +446,7 @@ fn settings_line(o: &Options) -> String {
 }
 
 /// The first line a command prints, or `unknown`.
-fn command_output(program: &str, args: &[&str]) -> String {
+pub(crate) fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
         .output()
@@ -445,7 +457,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn machine_line() -> String {
+pub(crate) fn machine_line() -> String {
     // Online CPUs of the machine (this process may be pinned to fewer).
     // SAFETY: sysconf only reads a system constant.
     #[allow(unsafe_code)]

@@ -120,6 +120,6 @@ async fn run_step(
 }
 
 /// A pause between steps so the backlog of an overloaded step is gone.
-pub(super) async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -77,11 +77,12 @@ impl Running {
                 .await?;
         }
         self.entry = SocketAddr::from(([127, 0, 0, 1], egress_port));
+        self.peer_entry = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
         Ok(())
     }
 
     /// The `access_log` block of a connection manager (empty unless access logs are on).
-    fn envoy_access_log(&self, name: &str, programs: &Programs) -> String {
+    pub(super) fn envoy_access_log(&self, name: &str, programs: &Programs) -> String {
         if !programs.access_logs {
             return String::new();
         }
@@ -103,7 +104,7 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 }
 
 /// A port the OS handed out a moment ago (for Envoy, whose config needs fixed ports).
-fn free_port() -> Result<u16, BenchError> {
+pub(super) fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -29,6 +29,7 @@ impl Running {
                 programs,
             )
             .await?;
+        self.peer_entry = Some(inbound);
         self.entry = self
             .start_floor_one(
                 "floor-outbound",

@@ -20,8 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod edge;
 mod envoy;
 mod floor;
+pub mod tally_config;
+
+pub use tally_config::Shape;
 
 /// How long a proxy may take to report ready.
 const READY_PATIENCE: Duration = Duration::from_secs(60);
@@ -134,6 +138,8 @@ impl Programs {
 /// A started setup: where the load generator connects, and the proxy processes.
 pub(crate) struct Running {
     pub(crate) entry: SocketAddr,
+    /// The mTLS listener peers connect to (the inbound side of a pair), when there is one.
+    pub(crate) peer_entry: Option<SocketAddr>,
     /// `:authority` for calls (the target service name; the sidecars route on it).
     pub(crate) authority: String,
     children: Vec<(String, Child)>,
@@ -178,6 +184,44 @@ impl Running {
         pki: &Pki,
         programs: &Programs,
     ) -> Result<Running, BenchError> {
+        Self::start_shaped(kind, upstream, pki, programs, &Shape::default()).await
+    }
+
+    /// Like `start`, with the Tally pair's config grown to `shape` (other setups ignore it).
+    pub(crate) async fn start_shaped(
+        kind: Kind,
+        upstream: SocketAddr,
+        pki: &Pki,
+        programs: &Programs,
+        shape: &Shape,
+    ) -> Result<Running, BenchError> {
+        let mut running = Self::empty(kind, upstream, programs)?;
+        match kind {
+            Kind::Direct => {}
+            Kind::Tally => {
+                let program = programs.tally_proxy.clone();
+                running
+                    .start_tally(&program, upstream, pki, programs, shape)
+                    .await?
+            }
+            Kind::TallyBase => {
+                let program = programs.tally_proxy_base.clone().unwrap_or_default();
+                running
+                    .start_tally(&program, upstream, pki, programs, shape)
+                    .await?
+            }
+            Kind::Floor => running.start_floor(upstream, pki, programs).await?,
+            Kind::Envoy => running.start_envoy(upstream, pki, programs).await?,
+        }
+        Ok(running)
+    }
+
+    /// A setup with no process yet, its work directory made.
+    pub(crate) fn empty(
+        kind: impl fmt::Display,
+        upstream: SocketAddr,
+        programs: &Programs,
+    ) -> Result<Running, BenchError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tally-bench-{kind}-"))
             .tempdir()
@@ -192,31 +236,14 @@ impl Running {
         } else {
             (dir.path().to_path_buf(), Some(dir))
         };
-        let mut running = Running {
+        Ok(Running {
             entry: upstream,
+            peer_entry: None,
             authority: TARGET_SERVICE.into(),
             children: Vec::new(),
             dir,
             _cleanup: cleanup,
-        };
-        match kind {
-            Kind::Direct => {}
-            Kind::Tally => {
-                let program = programs.tally_proxy.clone();
-                running
-                    .start_tally(&program, upstream, pki, programs)
-                    .await?
-            }
-            Kind::TallyBase => {
-                let program = programs.tally_proxy_base.clone().unwrap_or_default();
-                running
-                    .start_tally(&program, upstream, pki, programs)
-                    .await?
-            }
-            Kind::Floor => running.start_floor(upstream, pki, programs).await?,
-            Kind::Envoy => running.start_envoy(upstream, pki, programs).await?,
-        }
-        Ok(running)
+        })
     }
 
     /// `program` under `taskset -c <sut_cpus>` when pinning is on (taskset execs it, so the
@@ -243,11 +270,9 @@ impl Running {
         upstream: SocketAddr,
         pki: &Pki,
         programs: &Programs,
+        shape: &Shape,
     ) -> Result<(), BenchError> {
-        let inbound_cfg = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[inbound]\nlisten = \"127.0.0.1:0\"\nlocal_app = \"{upstream}\"\n",
-            identity_toml(&pki.server)
-        );
+        let inbound_cfg = tally_config::inbound(&identity_toml(&pki.server), upstream, shape);
         let inbound = self
             .start_tally_one("tally-inbound", &inbound_cfg, program, programs)
             .await?;
@@ -255,9 +280,12 @@ impl Running {
             name: "tally-inbound".into(),
             detail: "reported no inbound address".into(),
         })?;
-        let outbound_cfg = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n\n[services.{TARGET_SERVICE}]\nendpoints = [\"{inbound_addr}\"]\n",
-            identity_toml(&pki.client)
+        self.peer_entry = Some(SocketAddr::from(([127, 0, 0, 1], inbound_addr.port())));
+        let outbound_cfg = tally_config::outbound(
+            &identity_toml(&pki.client),
+            inbound_addr.port(),
+            &pki.server.id.to_string(),
+            shape,
         );
         let outbound = self
             .start_tally_one("tally-outbound", &outbound_cfg, program, programs)
@@ -414,7 +442,7 @@ pub(crate) fn pinned(cpus: Option<&str>, program: &Path) -> Command {
 
 /// `RUST_LOG` for tally-proxy: `TALLY_BENCH_PROXY_LOG` when set (to investigate a failing
 /// run together with `--keep-workdirs`), else `info` with access logs and `warn` without.
-fn proxy_log_filter(access_logs: bool) -> String {
+pub(super) fn proxy_log_filter(access_logs: bool) -> String {
     std::env::var("TALLY_BENCH_PROXY_LOG")
         .unwrap_or_else(|_| if access_logs { "info" } else { "warn" }.to_string())
 }
@@ -430,7 +458,7 @@ fn identity_toml(id: &Identity) -> String {
     )
 }
 
-fn path_str(p: &Path) -> String {
+pub(super) fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
