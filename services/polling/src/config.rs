@@ -391,6 +391,17 @@ mod tests {
         assert!(err.to_string().contains("cache.ttl_secs"), "{err}");
         let err = load_text("[cache]\nttl = 5\n", &[]).expect_err("unknown");
         assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
+        // The environment turns it on too (`tally up` passes it to polling).
+        let cfg = load_text(
+            "",
+            &[
+                ("TALLY_POLLING_CACHE__BACKEND", "redis"),
+                ("TALLY_POLLING_CACHE__URL", "redis://127.0.0.1:6379"),
+            ],
+        )
+        .expect("env");
+        assert_eq!(cfg.cache.backend, CacheBackend::Redis);
+        assert_eq!(cfg.cache.url.as_deref(), Some("redis://127.0.0.1:6379"));
         let err = load_text("[cache]\nbackend = \"memcached\"\n", &[]).expect_err("backend");
         assert!(err.to_string().contains("memcached"), "{err}");
     }
