@@ -297,6 +297,9 @@ async fn main() -> Result<(), BoxError> {
     if args.smoke {
         (args.seconds, args.clients, args.polls) = (2, 4, 5);
     }
+    if args.polls == 0 || args.clients == 0 || args.write_percent > 100 {
+        return Err("--polls and --clients must be at least 1, --write-percent at most 100".into());
+    }
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir()?;
     let (_user, user_addr) =

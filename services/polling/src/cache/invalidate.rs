@@ -188,6 +188,129 @@ impl Invalidator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::read_through::Options;
+    use crate::cache::{CacheError, CacheKey, FillTicket, Lookup};
+    use crate::ports::MockPollStore;
+    use parking_lot::Mutex;
+    use tally_api::events::v1::EventEnvelope;
+    use tokio::sync::{mpsc, watch};
+
+    /// A cache that fails its first `failures` invalidations and reports
+    /// the ones that landed and the checkpoint.
+    struct Recording {
+        failures: Mutex<usize>,
+        landed: watch::Sender<Vec<String>>,
+        checkpoint: Mutex<Option<u64>>,
+    }
+
+    #[async_trait]
+    impl PollCache for Recording {
+        async fn lookup(&self, _: &CacheKey) -> Result<Lookup, CacheError> {
+            Ok(Lookup::Miss(FillTicket(String::new())))
+        }
+        async fn fill(&self, _: &CacheKey, _: &FillTicket, _: &[u8]) -> Result<bool, CacheError> {
+            Ok(false)
+        }
+        async fn invalidate(&self, poll_id: &str) -> Result<(), CacheError> {
+            let mut failures = self.failures.lock();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(CacheError::Unavailable("down".into()));
+            }
+            self.landed.send_modify(|l| l.push(poll_id.to_string()));
+            Ok(())
+        }
+        async fn checkpoint(&self) -> Result<Option<u64>, CacheError> {
+            Ok(*self.checkpoint.lock())
+        }
+        async fn record_checkpoint(&self, position: u64) -> Result<(), CacheError> {
+            *self.checkpoint.lock() = Some(position);
+            Ok(())
+        }
+    }
+
+    /// Deliveries the test sends; remembers where the follower subscribed.
+    struct Scripted {
+        head: u64,
+        rx: Mutex<Option<mpsc::Receiver<Result<Delivery, BusError>>>>,
+        after: Mutex<Option<u64>>,
+    }
+
+    #[async_trait]
+    impl EventSource for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        async fn subscribe(&self, sub: Subscription) -> Result<DeliveryStream, BusError> {
+            *self.after.lock() = Some(sub.after);
+            let rx = self
+                .rx
+                .lock()
+                .take()
+                .ok_or(BusError::Unavailable("once".into()))?;
+            Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            })))
+        }
+        async fn head(&self) -> Result<u64, BusError> {
+            Ok(self.head)
+        }
+    }
+
+    fn delivery(position: u64, poll_id: &str) -> Delivery {
+        Delivery {
+            position,
+            envelope: EventEnvelope {
+                aggregate_id: poll_id.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_delivered_event_invalidates_its_poll_retrying_until_it_lands() {
+        let (landed, mut seen) = watch::channel(Vec::new());
+        let cache = Arc::new(Recording {
+            failures: Mutex::new(3),
+            landed,
+            checkpoint: Mutex::new(Some(3)),
+        });
+        let (tx, rx) = mpsc::channel(8);
+        let source = Arc::new(Scripted {
+            head: 9,
+            rx: Mutex::new(Some(rx)),
+            after: Mutex::new(None),
+        });
+        let reads = ReadThrough::with_write_hook(
+            Arc::new(MockPollStore::new()),
+            cache.clone(),
+            Options {
+                ttl: Duration::from_secs(60),
+                max_entry_bytes: 1024,
+                max_in_flight: 8,
+                invalidate_on_write: false,
+            },
+            None,
+        );
+        let task = Invalidator::new(reads, cache.clone(), source.clone()).spawn();
+        tx.send(Ok(delivery(4, "p-a"))).await.expect("send");
+        tx.send(Ok(delivery(5, "p-b"))).await.expect("send");
+        seen.wait_for(|l| l.len() == 2).await.expect("landed");
+        assert_eq!(
+            *seen.borrow(),
+            vec!["p-a".to_string(), "p-b".to_string()],
+            "in order, after 3 failures"
+        );
+        assert_eq!(
+            *source.after.lock(),
+            Some(3),
+            "resumed after the checkpoint"
+        );
+        while *cache.checkpoint.lock() != Some(5) {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -84,24 +84,25 @@ impl<V: Cached> Flights<V> {
         }
     }
 
-    /// Joins the key's flight or starts one; `None` when `max` flights run.
+    /// Joins the key's flight, or makes `fut` the key's flight; hands `fut`
+    /// back when `max` flights already run.
     fn join(
         &self,
         poll_id: &str,
         max: usize,
-        start: impl FnOnce() -> BoxFuture<'static, Outcome<V>>,
-    ) -> Option<(u64, Flight<V>)> {
+        fut: BoxFuture<'static, Outcome<V>>,
+    ) -> Result<(u64, Flight<V>), BoxFuture<'static, Outcome<V>>> {
         let mut map = self.map.lock();
         if let Some((id, flight)) = map.get(poll_id) {
-            return Some((*id, flight.clone()));
+            return Ok((*id, flight.clone()));
         }
         if map.len() >= max {
-            return None;
+            return Err(fut);
         }
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
-        let flight = start().shared();
+        let flight = fut.shared();
         map.insert(poll_id.to_string(), (id, flight.clone()));
-        Some((id, flight))
+        Ok((id, flight))
     }
 
     /// Removes flight `id` of the key if it is still the current one.
@@ -330,28 +331,25 @@ impl ReadThrough {
         if !inner.cache.stores() || self.skips(poll_id) {
             return load.await;
         }
-        let cache = inner.cache.clone();
         let key = CacheKey::new(V::KIND, poll_id);
-        let max_bytes = inner.options.max_entry_bytes;
-        let mut load = Some(load);
-        let joined = flights.join(poll_id, inner.options.max_in_flight, || {
-            let load = load.take().unwrap_or_else(|| {
-                Box::pin(async { Err(PollingError::Contention("flight without a load".into())) })
-            });
-            Box::pin(fill_through(cache, key, max_bytes, load))
-        });
-        let Some((id, flight)) = joined else {
-            return match load {
-                Some(load) => load.await,
-                None => Err(PollingError::Contention("flight without a load".into())),
-            };
-        };
-        let _guard = FlightGuard {
-            flights,
-            poll_id,
-            id,
-        };
-        flight.await.map_err(|e| unshare(&e))
+        let fut = Box::pin(fill_through(
+            inner.cache.clone(),
+            key,
+            inner.options.max_entry_bytes,
+            load,
+        ));
+        match flights.join(poll_id, inner.options.max_in_flight, fut) {
+            Ok((id, flight)) => {
+                let _guard = FlightGuard {
+                    flights,
+                    poll_id,
+                    id,
+                };
+                flight.await.map_err(|e| unshare(&e))
+            }
+            // Too many keys in flight: this read goes alone.
+            Err(fut) => fut.await.map_err(|e| unshare(&e)),
+        }
     }
 
     async fn after_write(&self, poll_id: &str) {

@@ -352,3 +352,37 @@ async fn a_pending_invalidation_skips_the_cache_for_one_ttl() {
     reads.hold(true);
     assert!(reads.skips("p-2"));
 }
+
+#[tokio::test]
+async fn beyond_max_in_flight_a_read_goes_alone() {
+    let store = Arc::new(HeldStore::default());
+    let reads = ReadThrough::with_write_hook(
+        store.clone(),
+        Arc::new(ModelCache::default()),
+        Options {
+            max_in_flight: 1,
+            ..options()
+        },
+        None,
+    );
+    let (entered, release) = store.arm();
+    let held = tokio::spawn({
+        let reads = reads.clone();
+        async move { reads.results(POLL).await }
+    });
+    entered.await.expect("the first key's read is in flight");
+    assert_eq!(reads.inner.results.map.lock().len(), 1);
+    // Another key finds the map full and reads without a flight.
+    let other = tokio::time::timeout(Duration::from_secs(10), reads.results("p-2"))
+        .await
+        .expect("not blocked")
+        .expect("read");
+    assert_eq!(other.1.votes, 0);
+    assert_eq!(reads.inner.results.map.lock().len(), 1, "bounded");
+    release.send(()).expect("release");
+    held.await.expect("join").expect("read");
+    assert!(
+        reads.inner.results.map.lock().is_empty(),
+        "finished flights leave the map"
+    );
+}
