@@ -196,20 +196,28 @@ async fn a_vote_shows_in_cached_results_within_one_event_delivery() {
 async fn no_stale_entry_outlives_a_delivered_invalidation() {
     let f = Fixture::start().await;
     let poll = f.poll().await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     // Readers keep missing and filling while the votes land.
     let mut readers = Vec::new();
     for _ in 0..4 {
         let mut polls = f.stack.polls().await;
-        let (token, id, stop) = (f.owner.clone(), poll.poll_id.clone(), stop.clone());
+        let (token, id) = (f.owner.clone(), poll.poll_id.clone());
+        let (stop, done) = (stop.clone(), done.clone());
         readers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 total(&mut polls, &token, &id).await;
-                n += 1;
+                done.fetch_add(1, Ordering::SeqCst);
             }
-            n
         }));
+    }
+    // The votes start once the readers are busy.
+    let deadline = Instant::now() + SHOW_DEADLINE;
+    while done.load(Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "the readers never got going");
+        tokio::task::yield_now().await;
     }
     let mut voters = Vec::new();
     for (i, voter) in f.voters.iter().enumerate() {
@@ -224,11 +232,11 @@ async fn no_stale_entry_outlives_a_delivered_invalidation() {
     }
     // Wait until every event (PollCreated, the votes) was delivered.
     f.delivered(1 + VOTERS as u64).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut reads = 0;
+    stop.store(true, Ordering::SeqCst);
     for r in readers {
-        reads += r.await.expect("reader");
+        r.await.expect("reader");
     }
+    let reads = done.load(Ordering::SeqCst);
     let cached = cached_total(&f.redis, &poll.poll_id).await;
     assert!(
         cached.is_none_or(|c| c == VOTERS as u64),
