@@ -79,6 +79,7 @@ struct Metrics {
     serving: U64Gauge,
     saga_transitions: Family<Labels, Counter>,
     saga_outcomes: Family<Labels, Counter>,
+    cache: [Family<Labels, Counter>; 4],
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -161,7 +162,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Sagas that ended, by saga and outcome",
         saga_outcomes.clone(),
     );
+    let cache: [Family<Labels, Counter>; 4] = Default::default();
+    for (event, family) in CacheEvent::ALL.iter().zip(&cache) {
+        registry.register(event.metric(), event.help(), family.clone());
+    }
     Metrics {
+        cache,
         registry,
         lag,
         offset,
@@ -276,6 +282,59 @@ pub fn record_saga_transition(saga: &str, phase: &str, outcome: Option<&str>) {
         m.saga_outcomes
             .get_or_create(&pairs(&[("saga", saga), ("outcome", outcome)]))
             .inc();
+    }
+}
+
+/// What happened to one read or invalidation of a service's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A read answered from the cache.
+    Hit,
+    /// A read the cache could not answer (the store was read).
+    Miss,
+    /// Entries dropped because their source changed.
+    Invalidation,
+    /// A cache call failed (the store was read instead).
+    Error,
+}
+
+impl CacheEvent {
+    const ALL: [CacheEvent; 4] = [
+        CacheEvent::Hit,
+        CacheEvent::Miss,
+        CacheEvent::Invalidation,
+        CacheEvent::Error,
+    ];
+
+    fn metric(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "tally_cache_hits",
+            CacheEvent::Miss => "tally_cache_misses",
+            CacheEvent::Invalidation => "tally_cache_invalidations",
+            CacheEvent::Error => "tally_cache_errors",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "Reads answered from the cache, per cache",
+            CacheEvent::Miss => "Reads the cache could not answer, per cache",
+            CacheEvent::Invalidation => "Invalidations applied to the cache, per cache",
+            CacheEvent::Error => "Failed cache calls (the store answered instead), per cache",
+        }
+    }
+}
+
+/// Counts one `event` of cache `cache`.
+pub fn count_cache(cache: &str, event: CacheEvent) {
+    let index = match event {
+        CacheEvent::Hit => 0,
+        CacheEvent::Miss => 1,
+        CacheEvent::Invalidation => 2,
+        CacheEvent::Error => 3,
+    };
+    if let Some(family) = METRICS.cache.get(index) {
+        family.get_or_create(&pairs(&[("cache", cache)])).inc();
     }
 }
 

@@ -32,6 +32,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] crate::server::ServeError),
+    /// A part of the service's own could not start (the message names it).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The store and the caller verifier, both watched by the health hub.

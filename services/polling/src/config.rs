@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tally_chassis::config::{
     AuthSettings, ConfigError, Issue, OutboundSettings, ServerSettings, StorageSettings,
     TelemetrySettings, Validate, interval_issue, range_issue,
@@ -28,6 +29,26 @@ pub const MAX_WRITE_ATTEMPTS_LIMIT: u32 = 1_000;
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 5;
 /// Default `polling.default_max_open_polls` (0 = unlimited).
 pub const DEFAULT_MAX_OPEN_POLLS: u32 = 0;
+/// Default `cache.ttl_secs`: how long an entry lives without an invalidation.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Longest `cache.ttl_secs` accepted (one day).
+pub const MAX_CACHE_TTL_SECS: u64 = 86_400;
+/// Default `cache.key_prefix`.
+pub const DEFAULT_CACHE_KEY_PREFIX: &str = "tally:polling:cache:";
+/// Longest `cache.key_prefix` accepted, in bytes.
+pub const MAX_CACHE_KEY_PREFIX_LEN: usize = 64;
+/// Default `cache.max_entry_bytes`: larger values are served but not cached.
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u32 = 64 * 1024;
+/// Largest `cache.max_entry_bytes` accepted.
+pub const MAX_CACHE_ENTRY_BYTES_LIMIT: u32 = 4 * 1024 * 1024;
+/// Default `cache.call_timeout_ms`: a slower cache call is given up and the store read.
+pub const DEFAULT_CACHE_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest `cache.call_timeout_ms` accepted.
+pub const MAX_CACHE_CALL_TIMEOUT_MS: u64 = 5_000;
+/// Default `cache.max_in_flight`: keys with a store read in flight at once.
+pub const DEFAULT_CACHE_MAX_IN_FLIGHT: u32 = 10_000;
+/// Largest `cache.max_in_flight` accepted.
+pub const MAX_CACHE_MAX_IN_FLIGHT: u32 = 1_000_000;
 
 /// Everything `tally-polling` reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +79,128 @@ pub struct Config {
     /// `transport = "redis"` (+ `url`), which runs the outbox relay to Redis Streams.
     #[serde(default)]
     pub events: tally_chassis::events::EventBusSettings,
+    /// `[cache]`: the read-through cache of GetPoll and GetResults (off by default).
+    #[serde(default)]
+    pub cache: CacheSettings,
+}
+
+/// Where cached reads live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheBackend {
+    /// No cache: every read goes to the store.
+    #[default]
+    None,
+    /// Redis at `cache.url`.
+    Redis,
+}
+
+/// The `[cache]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// `none` (default) or `redis`.
+    pub backend: CacheBackend,
+    /// `redis://host:port[/db]`; required with `backend = "redis"`.
+    pub url: Option<String>,
+    /// Seconds an entry lives when no event invalidates it first.
+    pub ttl_secs: u64,
+    /// Prefix of every key the cache writes.
+    pub key_prefix: String,
+    /// Values larger than this are served but not cached.
+    pub max_entry_bytes: u32,
+    /// Deadline of one cache call; a slower call is given up and the store read.
+    pub call_timeout_ms: u64,
+    /// Keys with a store read in flight at once; beyond it reads are not coalesced.
+    pub max_in_flight: u32,
+    /// Also invalidate right after this process's own writes (the poll's
+    /// events invalidate in any case).
+    pub invalidate_on_write: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            backend: CacheBackend::None,
+            url: None,
+            ttl_secs: DEFAULT_CACHE_TTL.as_secs(),
+            key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_string(),
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
+            call_timeout_ms: DEFAULT_CACHE_CALL_TIMEOUT.as_millis() as u64,
+            max_in_flight: DEFAULT_CACHE_MAX_IN_FLIGHT,
+            invalidate_on_write: true,
+        }
+    }
+}
+
+impl CacheSettings {
+    /// `ttl_secs` as a duration.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
+    /// `call_timeout_ms` as a duration.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    fn issues(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        if self.backend == CacheBackend::Redis {
+            match self.url.as_deref() {
+                None | Some("") => out.push(Issue::new(
+                    "cache.url",
+                    "is missing while cache.backend = \"redis\"",
+                    "set url = \"redis://127.0.0.1:6379\" (or backend = \"none\")",
+                )),
+                Some(url) if !url.starts_with("redis://") && !url.starts_with("rediss://") => out
+                    .push(Issue::new(
+                        "cache.url",
+                        format!("`{url}` is not a redis:// URL"),
+                        "use redis://host:port[/db]",
+                    )),
+                Some(_) => {}
+            }
+        }
+        out.extend(range_issue(
+            "cache.ttl_secs",
+            self.ttl_secs,
+            1u64,
+            MAX_CACHE_TTL_SECS,
+            DEFAULT_CACHE_TTL.as_secs(),
+        ));
+        if self.key_prefix.is_empty() || self.key_prefix.len() > MAX_CACHE_KEY_PREFIX_LEN {
+            out.push(Issue::new(
+                "cache.key_prefix",
+                format!("is {} bytes long", self.key_prefix.len()),
+                format!(
+                    "use 1 to {MAX_CACHE_KEY_PREFIX_LEN} bytes ({DEFAULT_CACHE_KEY_PREFIX:?} is the default)"
+                ),
+            ));
+        }
+        out.extend(range_issue(
+            "cache.max_entry_bytes",
+            self.max_entry_bytes,
+            1u32,
+            MAX_CACHE_ENTRY_BYTES_LIMIT,
+            DEFAULT_CACHE_MAX_ENTRY_BYTES,
+        ));
+        out.extend(range_issue(
+            "cache.call_timeout_ms",
+            self.call_timeout_ms,
+            1u64,
+            MAX_CACHE_CALL_TIMEOUT_MS,
+            DEFAULT_CACHE_CALL_TIMEOUT.as_millis() as u64,
+        ));
+        out.extend(range_issue(
+            "cache.max_in_flight",
+            self.max_in_flight,
+            1u32,
+            MAX_CACHE_MAX_IN_FLIGHT,
+            DEFAULT_CACHE_MAX_IN_FLIGHT,
+        ));
+        out
+    }
 }
 
 /// The service's own knobs.
@@ -127,6 +270,7 @@ impl Validate for Config {
         }
         out.extend(self.events.issues("events"));
         out.extend(self.auth.issues("auth"));
+        out.extend(self.cache.issues());
         let p = &self.polling;
         out.extend(range_issue(
             "polling.max_page_size",
@@ -226,6 +370,40 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("outbound.user"), "{text}");
         assert!(text.contains("fix"), "{text}");
+    }
+
+    #[test]
+    fn the_cache_is_off_by_default_and_checked_when_on() {
+        let cfg: Config = load_from(None, ENV_PREFIX, &[]).expect("defaults");
+        assert_eq!(cfg.cache.backend, CacheBackend::None);
+        assert_eq!(cfg.cache.ttl(), DEFAULT_CACHE_TTL);
+        let cfg = load_text(
+            "[cache]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nttl_secs = 5\nkey_prefix = \"t:\"\n",
+            &[],
+        )
+        .expect("load");
+        assert_eq!(cfg.cache.backend, CacheBackend::Redis);
+        assert_eq!(cfg.cache.ttl(), Duration::from_secs(5));
+        assert_eq!(cfg.cache.key_prefix, "t:");
+        let err = load_text("[cache]\nbackend = \"redis\"\n", &[]).expect_err("no url");
+        assert!(err.to_string().contains("cache.url"), "{err}");
+        let err = load_text("[cache]\nttl_secs = 0\n", &[]).expect_err("ttl");
+        assert!(err.to_string().contains("cache.ttl_secs"), "{err}");
+        let err = load_text("[cache]\nttl = 5\n", &[]).expect_err("unknown");
+        assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
+        // The environment turns it on too (`tally up` passes it to polling).
+        let cfg = load_text(
+            "",
+            &[
+                ("TALLY_POLLING_CACHE__BACKEND", "redis"),
+                ("TALLY_POLLING_CACHE__URL", "redis://127.0.0.1:6379"),
+            ],
+        )
+        .expect("env");
+        assert_eq!(cfg.cache.backend, CacheBackend::Redis);
+        assert_eq!(cfg.cache.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        let err = load_text("[cache]\nbackend = \"memcached\"\n", &[]).expect_err("backend");
+        assert!(err.to_string().contains("memcached"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`events`]: the events published through the outbox.
 //! - [`entitlements`]: plan limits consumed from billing's events.
 //! - [`grpc`]: the `tally.poll.v1.PollService` edge.
+//! - [`cache`]: the read-through cache of GetPoll and GetResults (port, Redis).
 //! - [`config`]: the binary's typed configuration.
 //! - [`run`]: wiring, so the binary and tests start the same thing.
 
@@ -15,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod app;
+mod cache;
 pub mod config;
 mod domain;
 mod entitlements;

@@ -69,8 +69,11 @@ pub async fn run(
         cfg.polling.max_write_attempts,
         cfg.polling.local_write_lock,
     );
+    let crate::cache::Wired { polls, follower } =
+        crate::cache::wire(&cfg.cache, Arc::new(repo), &feed)
+            .map_err(|e| RunError::Setup(format!("cache: {e}")))?;
     let api = PollApi::new(
-        crate::app::Polls::new(Arc::new(repo), Arc::new(entitlements)),
+        crate::app::Polls::new(polls, Arc::new(entitlements)),
         auth,
         cfg.polling.default_page_size,
         cfg.polling.max_page_size,
@@ -82,6 +85,11 @@ pub async fn run(
     // Status, dead letters and replay of the plan-limits consumer (none
     // listed when billing is not configured).
     routes.add(tally_chassis::events::ConsumerAdmin::new(consumers).server());
-    tally_chassis::server::serve(&cfg.server, hub, health_server, routes, shutdown).await?;
+    let served =
+        tally_chassis::server::serve(&cfg.server, hub, health_server, routes, shutdown).await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    served?;
     Ok(())
 }
