@@ -1,8 +1,8 @@
 //! The head file beside a log (`<log>.head`, mode 0600): the sequence number
 //! and hash of the last entry, replaced (a temporary file renamed over it)
-//! after each append. [`crate::verify`] compares it with the end of the log, so
-//! entries cut off the end are found, which the chain alone cannot show. It
-//! holds no secret: whoever can rewrite both the log and its head can still
+//! after each append. [`crate::verify`] reads it before the log and checks
+//! that the log still reaches that entry with that hash, so entries cut off
+//! the end are found, which the chain alone cannot show. It holds no secret: whoever can rewrite both the log and its head can still
 //! hide a cut, so ship logs elsewhere when that matters.
 
 use serde::{Deserialize, Serialize};
@@ -56,28 +56,27 @@ pub(crate) fn read(log: &Path) -> std::io::Result<Option<Head>> {
     }
 }
 
-/// Whether a log whose last two entries are `last` and `before` (seq, hash)
-/// agrees with `head`; the problem when it does not. The head may lag by one
-/// entry: a process that stopped between writing a line and its head.
-pub(crate) fn check(head: &Head, last: (u64, &str), before: (u64, &str)) -> Result<(), String> {
-    let (seq, hash) = if last.0 == head.seq {
-        last
-    } else if last.0 == head.seq + 1 {
-        before
-    } else if last.0 < head.seq {
+/// Whether a log that ends at entry `last` agrees with `head`, read before
+/// the log; `at_head` is the hash of the log's entry numbered `head.seq`. A log
+/// that goes on past the head is fine: entries appended while it was read, or
+/// a process that stopped between writing a line and its head (the chain
+/// vouches for every entry).
+pub(crate) fn check(head: &Head, last: u64, at_head: Option<&str>) -> Result<(), String> {
+    if last < head.seq {
         return Err(format!(
-            "the log ends at entry {} but its head file records entry {} (entries were removed from the end)",
-            last.0, head.seq
+            "the log ends at entry {last} but its head file records entry {} (entries were removed from the end)",
+            head.seq
         ));
+    }
+    let hash = if head.seq == 0 {
+        Some(crate::GENESIS)
     } else {
-        return Err(format!(
-            "the log goes on to entry {} but its head file records entry {} (the head file is stale or was replaced)",
-            last.0, head.seq
-        ));
+        at_head
     };
-    if hash != head.hash {
+    if hash != Some(head.hash.as_str()) {
         return Err(format!(
-            "entry {seq} does not have the hash its head file records (the end of the log was replaced)"
+            "entry {} does not have the hash its head file records (the end of the log was replaced)",
+            head.seq
         ));
     }
     Ok(())

@@ -244,8 +244,14 @@ impl AuditLog {
 /// the entry its head file records; the last entry, if any. A missing file is
 /// an empty log; a log without a head file is checked link by link only.
 pub fn verify(path: &Path) -> Result<Option<Entry>, AuditError> {
+    // The head first: it is written after its line, so the log read next
+    // reaches at least the entry it names, even while entries are appended.
+    let recorded = head::read(path).map_err(|source| AuditError::Io {
+        path: head::path_of(path),
+        source,
+    })?;
     let mut last: Option<Entry> = None;
-    let mut before = (0, GENESIS.to_string());
+    let mut at_head: Option<String> = None;
     let mut lines = 0;
     for_each_line(path, |line_no, line| {
         lines = line_no;
@@ -277,20 +283,15 @@ pub fn verify(path: &Path) -> Result<Option<Entry>, AuditError> {
                 "its hash does not match its content (it was modified)".into(),
             ));
         }
-        if let Some(p) = last.replace(entry) {
-            before = (p.seq, p.hash);
+        if recorded.as_ref().is_some_and(|h| h.seq == entry.seq) {
+            at_head = Some(entry.hash.clone());
         }
+        last = Some(entry);
         Ok(())
     })?;
-    let recorded = head::read(path).map_err(|source| AuditError::Io {
-        path: head::path_of(path),
-        source,
-    })?;
     if let Some(h) = recorded {
-        let end = last
-            .as_ref()
-            .map_or((0, GENESIS), |e| (e.seq, e.hash.as_str()));
-        head::check(&h, end, (before.0, &before.1)).map_err(|problem| AuditError::Broken {
+        let end = last.as_ref().map_or(0, |e| e.seq);
+        head::check(&h, end, at_head.as_deref()).map_err(|problem| AuditError::Broken {
             path: path.to_path_buf(),
             line: lines + 1,
             problem,

@@ -166,3 +166,21 @@ fn a_log_without_a_head_verifies_and_gets_one_with_mode_0600() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 }
+
+#[test]
+fn a_log_read_while_it_grows_past_its_head_verifies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("audit.log");
+    three(&path);
+    let first: Entry = serde_json::from_str(&lines(&path)[0]).expect("entry");
+    // The head as a reader saw it before two more entries arrived.
+    head::write(
+        &path,
+        &head::Head {
+            seq: 1,
+            hash: first.hash,
+        },
+    )
+    .expect("head");
+    assert_eq!(verify(&path).expect("valid").map(|e| e.seq), Some(3));
+}
