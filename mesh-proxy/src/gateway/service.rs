@@ -37,6 +37,9 @@ const HOP_BY_HOP: [&str; 6] = [
     "host",
 ];
 
+/// What the gateway span of a call to a path no route knows is named after.
+const UNROUTED_SPAN: &str = "unrouted";
+
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
@@ -112,8 +115,14 @@ impl Gateway {
     }
 
     async fn serve(&self, mut req: Req, client: IpAddr, request_id: &str) -> Rsp {
-        // Started before any check, so a refused call shows in a trace too.
-        let span = GatewaySpan::start(req.headers(), req.uri().path().trim_start_matches('/'));
+        let route = self.inner.routes.lookup(req.uri().path()).cloned();
+        // Started before any check, so a refused call shows in a trace too. A path no
+        // route knows is the caller's free text, so it does not name the span.
+        let method = match route {
+            Some(_) => req.uri().path().trim_start_matches('/'),
+            None => UNROUTED_SPAN,
+        };
+        let span = GatewaySpan::start(req.headers(), method);
         let span = span.as_ref();
         let Some(protocol) = grpc_web::classify(req.headers()) else {
             let ct = req
@@ -125,7 +134,6 @@ impl Gateway {
             let e = GatewayError::NotGrpc(ct);
             return self.fail(e, None, "unknown", request_id, span);
         };
-        let route = self.inner.routes.lookup(req.uri().path()).cloned();
         let label = route
             .as_ref()
             .map_or_else(|| "unknown".to_string(), |r| r.prefix.clone());
