@@ -124,6 +124,51 @@ async fn a_full_bulkhead_is_a_rejected_decision_in_the_span() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_is_a_rejected_decision_in_the_span() {
+    init();
+    let rx = Receiver::start().await;
+    let up = Upstream::start("a").await;
+    let extra = format!(
+        "[services.echo.breaker]\nconsecutive_failures = 1\nopen_ms = 60000\n{}",
+        rx.telemetry("caller")
+    );
+    let mesh = Mesh::start(&[&up], &extra, "").await;
+    up.fail_all.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = mesh.call(&[], &[b"x"]).await;
+    assert_eq!(r.status(), Some(UNAVAILABLE), "{r:?}");
+    let r = mesh.call(&[], &[b"x"]).await;
+    assert_eq!(r.proxy_error().as_deref(), Some("breaker-open"), "{r:?}");
+    assert_eq!(up.calls(), 1, "the open breaker kept the second call away");
+
+    let deadline = tokio::time::Instant::now() + otlp_receiver::EXPORTED;
+    loop {
+        let decisions: Vec<(String, String)> = rx
+            .spans()
+            .iter()
+            .flat_map(|s| {
+                events(&s.span, "breaker")
+                    .into_iter()
+                    .map(|e| (attr(e, "decision"), attr(e, "state")))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if decisions.len() == 2 {
+            assert!(decisions.contains(&("admitted".into(), "closed".into())));
+            assert!(
+                decisions.contains(&("rejected".into(), "open".into())),
+                "{decisions:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two breaker decisions expected: {decisions:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A gateway (no upstream reachable) exporting to `rx` and auditing to `log`.
 async fn gateway(rx: &Receiver, log: &std::path::Path, rate_limit: &str) -> (Proxy, Pki) {
     let pki = Pki::new();
