@@ -75,20 +75,32 @@ async fn a_hop_continues_the_callers_trace_with_its_own_span() {
 #[tokio::test]
 async fn a_call_without_context_starts_its_own_trace() {
     let leaf = Leaf::default();
-    let mut req = request(None);
-    req.extensions_mut()
-        .insert(crate::gateway::edge::RequestId(HeaderValue::from_static(
-            "id",
-        )));
-    on(Direction::Outbound).handle(req, &leaf).await.unwrap();
-    on(Direction::Outbound)
-        .handle(request(None), &leaf)
-        .await
-        .unwrap();
+    for _ in 0..2 {
+        on(Direction::Outbound)
+            .handle(request(None), &leaf)
+            .await
+            .unwrap();
+    }
     let seen = leaf.0.lock().clone();
     let a = parts(seen[0].as_deref().expect("new trace"));
     let b = parts(seen[1].as_deref().expect("new trace"));
     assert_ne!(a[1], b[1], "each call its own trace");
+}
+
+#[tokio::test]
+async fn a_hop_behind_the_gateway_is_a_child_of_the_gateway_span() {
+    use opentelemetry::trace::Tracer as _;
+    let provider = SdkTracerProvider::builder().build();
+    let tracer = provider.tracer("test");
+    let edge = Context::new().with_span(tracer.start("gateway"));
+    let edge_trace = format!("{:032x}", edge.span().span_context().trace_id());
+    let leaf = Leaf::default();
+    // A header the edge kept (a trusted proxy's) is already the gateway span's parent.
+    let mut req = request(Some(PARENT));
+    req.extensions_mut().insert(GatewaySpan(edge));
+    on(Direction::Outbound).handle(req, &leaf).await.unwrap();
+    let seen = leaf.0.lock()[0].clone().expect("traceparent sent on");
+    assert_eq!(parts(&seen)[1], edge_trace);
 }
 
 #[test]
