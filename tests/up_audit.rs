@@ -1,8 +1,8 @@
 //! The audit trail end to end: under `tally up` every service and proxy
 //! writes a hash-chained audit log; admin changes (and refused attempts)
-//! and signing-key rotations land in them; `tally audit verify` passes,
-//! then names a modified and a removed entry; `tally audit tail` follows
-//! new entries.
+//! signing-key rotations, and dead-letter redrives and replays of a consumer
+//! land in them; `tally audit verify` passes, then names a modified, a
+//! removed and a cut-off entry; `tally audit tail` follows new entries.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -25,6 +25,14 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Audit entries of `log` with this action, as parsed JSON lines.
+fn entries(log: &str, action: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == action)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +76,63 @@ async fn audit_logs_record_operator_actions_and_reveal_tampering() {
         "{user_log}"
     );
 
+    // Operator actions on analytics' consumer: a replay, a redrive of every dead
+    // letter (there are none) and a redrive of an event that is not dead-lettered.
+    let analytics = up.addr("analytics");
+    let listed = tally(&["consumers", "--addr", &analytics]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let consumer = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a consumer")
+        .to_string();
+    assert!(consumer.starts_with("analytics-"), "{}", text(&listed));
+    let replayed = tally(&["replay", "--addr", &analytics, &consumer, "--from", "start"]);
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    let redriven = tally(&[
+        "dlq",
+        "redrive",
+        "--addr",
+        &analytics,
+        "--consumer",
+        &consumer,
+        "--all",
+    ]);
+    assert!(redriven.status.success(), "{}", text(&redriven));
+    let unknown = tally(&[
+        "dlq",
+        "redrive",
+        "--addr",
+        &analytics,
+        "--consumer",
+        &consumer,
+        "no-such-event",
+    ]);
+    assert!(!unknown.status.success(), "{}", text(&unknown));
+    let analytics_log =
+        std::fs::read_to_string(d.join("audit/analytics.log")).expect("analytics audit log");
+    let replays = entries(&analytics_log, "events.replay");
+    assert_eq!(replays.len(), 1, "{analytics_log}");
+    assert_eq!(replays[0]["target"], consumer.as_str());
+    assert_eq!(replays[0]["outcome"], "ok");
+    assert_eq!(replays[0]["detail"], "from offset 0, rebuild false");
+    assert_eq!(
+        replays[0]["actor"], "direct",
+        "called on the service's own port"
+    );
+    let redrives = entries(&analytics_log, "dlq.redrive");
+    assert_eq!(redrives.len(), 2, "{analytics_log}");
+    assert_eq!(redrives[0]["target"], format!("{consumer}/"));
+    assert_eq!(redrives[0]["outcome"], "ok");
+    assert_eq!(redrives[0]["detail"], "redriven 0, still failing 0");
+    assert_eq!(redrives[1]["target"], format!("{consumer}/no-such-event"));
+    assert!(
+        redrives[1]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("failed")),
+        "{analytics_log}"
+    );
+
     // Every log verifies, one per service and proxy.
     let ok = tally(&["audit", "verify", "--data-dir", &data_arg]);
     assert!(ok.status.success(), "{}", text(&ok));
@@ -92,5 +157,22 @@ async fn audit_logs_record_operator_actions_and_reveal_tampering() {
     assert!(out.contains("modified"), "{out}");
     assert!(out.contains("user.log") && out.contains("removed"), "{out}");
     assert!(out.contains("2 of 13"), "{out}");
+
+    // Cut the last entry off analytics' log: the chain alone still holds, the head file does not.
+    let analytics_log = d.join("audit/analytics.log");
+    let kept = std::fs::read_to_string(&analytics_log).expect("analytics log");
+    let mut cut: Vec<&str> = kept.lines().collect();
+    cut.pop();
+    std::fs::write(&analytics_log, cut.join("\n") + "\n").expect("cut the end");
+    let cut_off = tally(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &data_arg,
+        &analytics_log.display().to_string(),
+    ]);
+    let out = text(&cut_off);
+    assert!(!cut_off.status.success(), "{out}");
+    assert!(out.contains("removed from the end"), "{out}");
     up.stop(Duration::from_secs(60)).await;
 }

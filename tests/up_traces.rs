@@ -2,7 +2,9 @@
 //! OTLP by the gateway, the sidecars and the services to the embedded receiver, as one
 //! trace holding the gateway, both sidecars of each hop, polling, the `GetJwks` call polling
 //! makes to verify the token, and analytics' consumer span linked to polling's publish;
-//! `tally traces` lists it and `tally trace <id>` prints it as a tree.
+//! `tally traces` lists it and `tally trace <id>` prints it as a tree. The gateway span
+//! holds the authentication and rate-limit events, each hop its retry, breaker and
+//! bulkhead decisions, and analytics' subscription to polling's feed is its own trace.
 
 use serde_json::Value;
 use std::process::Command;
@@ -25,6 +27,7 @@ const REFETCH_WINDOW: Duration = Duration::from_secs(6);
 const CAST_VOTE: &str = "tally.poll.v1.PollService/CastVote";
 const GET_JWKS: &str = "tally.user.v1.UserService/GetJwks";
 const POLL_VOTED: &str = "consume tally.events.v1.PollVoted";
+const SUBSCRIBE: &str = "tally.events.v1.EventFeedService/Subscribe";
 /// The `service.name` the user service reports.
 const USER: &str = "tally-user";
 
@@ -218,6 +221,47 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
         "{consumer:#}"
     );
     assert_eq!(consumer["parent_span_id"], publish["span_id"]);
+    // The edge checks run inside the gateway span; each hop records its decisions.
+    // Each event is kept as `name key=value ...`; the names are what is asserted.
+    let events = |s: &Value| -> Vec<String> {
+        let name = |e: &str| {
+            let words: Vec<&str> = e.split(' ').take_while(|w| !w.contains('=')).collect();
+            words.join(" ")
+        };
+        s["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str()).map(name).collect())
+            .unwrap_or_default()
+    };
+    let edge = spans(&trace, "tally-gateway", &format!("gateway {CAST_VOTE}"))[0];
+    for e in ["authenticate", "rate limit"] {
+        assert!(events(edge).iter().any(|n| n == e), "no `{e}` in {edge:#}");
+    }
+    let hop = spans(&trace, "tally-gateway", &format!("outbound {CAST_VOTE}"))[0];
+    assert_eq!(hop["parent_span_id"], edge["span_id"]);
+    for e in ["retry attempt", "breaker", "bulkhead"] {
+        assert!(events(hop).iter().any(|n| n == e), "no `{e}` in {hop:#}");
+    }
+    let inbound = spans(&trace, "polling-sidecar", &format!("inbound {CAST_VOTE}"))[0];
+    assert!(
+        events(inbound).iter().any(|n| n == "bulkhead"),
+        "{inbound:#}"
+    );
+
+    // Analytics' subscription to polling's feed is a trace of its own that reaches polling.
+    let (ok, out, err) = tally(data.path(), &["traces", "--json", "--limit", "500"]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).expect("json");
+    let subscribe =
+        list["traces"].as_array().expect("traces").iter().find(|t| {
+            t["root"] == SUBSCRIBE && t["services"].to_string().contains("\"analytics\"")
+        });
+    let subscribe =
+        subscribe.unwrap_or_else(|| panic!("no `{SUBSCRIBE}` trace from analytics: {out}"));
+    assert!(
+        subscribe["services"].to_string().contains("\"polling\""),
+        "the producer joins the subscription's trace: {subscribe}"
+    );
 
     // The tree as a person reads it.
     let (ok, tree, err) = tally(data, &["trace", &id[..12]]);

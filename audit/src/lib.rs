@@ -6,9 +6,10 @@
 //! Each entry carries its sequence number, the previous entry's hash and its
 //! own hash (SHA-256 over the previous hash and the entry's fields), so
 //! [`verify`] finds an entry that was modified, removed or reordered: every
-//! later link breaks. (Cutting entries off the end leaves a valid shorter
-//! chain; ship the log elsewhere to catch that.) Written by hand: the format
-//! is a dozen lines, and a dependency would not make it clearer.
+//! later link breaks. Cutting entries off the end leaves a valid shorter
+//! chain, so a head file beside the log ([`head`]) records the last entry and
+//! [`verify`] checks the log still reaches it. Written by hand: the format is
+//! a dozen lines, and a dependency would not make it clearer.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod head;
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -164,6 +167,15 @@ impl AuditLog {
             Some(e) => (e.seq, e.hash),
             None => (0, GENESIS.to_string()),
         };
+        // A log from before head files, or whose head lags one entry, gets one now.
+        head::write(
+            path,
+            &head::Head {
+                seq,
+                hash: hash.clone(),
+            },
+        )
+        .map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
             head: Mutex::new(Head { file, seq, hash }),
@@ -209,6 +221,15 @@ impl AuditLog {
         }
         head.seq = seq;
         head.hash = entry.hash.clone();
+        let written = head::Head {
+            seq,
+            hash: entry.hash.clone(),
+        };
+        if let Err(e) = head::write(&self.path, &written) {
+            // The entry is in the log; `verify` accepts a head one entry behind, and
+            // the next append writes it again.
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log's head file");
+        }
         Ok(entry)
     }
 
@@ -219,11 +240,21 @@ impl AuditLog {
     }
 }
 
-/// Reads the log at `path` and checks every link; the last entry, if any.
-/// A missing file is an empty log.
+/// Reads the log at `path` and checks every link, and that the log reaches
+/// the entry its head file records; the last entry, if any. A missing file is
+/// an empty log; a log without a head file is checked link by link only.
 pub fn verify(path: &Path) -> Result<Option<Entry>, AuditError> {
+    // The head first: it is written after its line, so the log read next
+    // reaches at least the entry it names, even while entries are appended.
+    let recorded = head::read(path).map_err(|source| AuditError::Io {
+        path: head::path_of(path),
+        source,
+    })?;
     let mut last: Option<Entry> = None;
+    let mut at_head: Option<String> = None;
+    let mut lines = 0;
     for_each_line(path, |line_no, line| {
+        lines = line_no;
         let broken = |problem: String| AuditError::Broken {
             path: path.to_path_buf(),
             line: line_no,
@@ -252,9 +283,20 @@ pub fn verify(path: &Path) -> Result<Option<Entry>, AuditError> {
                 "its hash does not match its content (it was modified)".into(),
             ));
         }
+        if recorded.as_ref().is_some_and(|h| h.seq == entry.seq) {
+            at_head = Some(entry.hash.clone());
+        }
         last = Some(entry);
         Ok(())
     })?;
+    if let Some(h) = recorded {
+        let end = last.as_ref().map_or(0, |e| e.seq);
+        head::check(&h, end, at_head.as_deref()).map_err(|problem| AuditError::Broken {
+            path: path.to_path_buf(),
+            line: lines + 1,
+            problem,
+        })?;
+    }
     Ok(last)
 }
 

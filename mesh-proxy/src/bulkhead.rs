@@ -7,10 +7,14 @@ use crate::body::{self, End};
 use crate::layer::{Layer, Next};
 use crate::metrics::{Metrics, route as route_labels};
 use crate::{Direction, ProxyError, Req, Rsp};
+use opentelemetry::KeyValue;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub struct BulkheadLayer {
+    max_concurrent: usize,
+    /// Calls admitted at most: running plus queued.
+    total: usize,
     admit: Arc<Semaphore>,
     run: Arc<Semaphore>,
     route: String,
@@ -31,6 +35,8 @@ impl BulkheadLayer {
             .saturating_add(max_queue)
             .min(Semaphore::MAX_PERMITS);
         Self {
+            max_concurrent: max_concurrent.min(Semaphore::MAX_PERMITS),
+            total,
             admit: Arc::new(Semaphore::new(total)),
             run: Arc::new(Semaphore::new(max_concurrent.min(Semaphore::MAX_PERMITS))),
             route: route.to_string(),
@@ -40,17 +46,45 @@ impl BulkheadLayer {
     }
 }
 
+impl BulkheadLayer {
+    /// The decision as an event on the hop's span (when recorded), with the calls in flight
+    /// or queued on this route at that moment.
+    fn event(&self, ext: &http::Extensions, decision: &'static str) {
+        crate::trace::event(ext, crate::trace::names::BULKHEAD, || {
+            let busy = self
+                .max_concurrent
+                .saturating_sub(self.run.available_permits());
+            let held = self.total.saturating_sub(self.admit.available_permits());
+            vec![
+                KeyValue::new("decision", decision),
+                KeyValue::new("in_flight", i64::try_from(busy).unwrap_or(i64::MAX)),
+                KeyValue::new(
+                    "queued",
+                    i64::try_from(held.saturating_sub(busy)).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new(
+                    "limit",
+                    i64::try_from(self.max_concurrent).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new("route", self.route.clone()),
+            ]
+        });
+    }
+}
+
 impl<N: Next<Error = ProxyError>> Layer<N> for BulkheadLayer {
     type Error = ProxyError;
 
     async fn handle(&self, req: Req, next: &N) -> Result<Rsp, ProxyError> {
         let Ok(admitted) = self.admit.clone().try_acquire_owned() else {
+            self.event(req.extensions(), "rejected");
             self.metrics
                 .bulkhead_rejections
                 .get_or_create(&route_labels(self.direction.as_str(), &self.route))
                 .inc();
             return Err(ProxyError::BulkheadFull(self.route.clone()));
         };
+        self.event(req.extensions(), "admitted");
         let running = self
             .run
             .clone()

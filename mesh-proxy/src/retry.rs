@@ -18,9 +18,11 @@ use crate::layer::{Layer, Next};
 use crate::metrics::{Metrics, RouteLabels, route as route_labels};
 use crate::observe::CallInfo;
 use crate::replay::Replay;
+use crate::trace;
 use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
 use http_body_util::BodyExt;
+use opentelemetry::KeyValue;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,10 +124,12 @@ impl RetryLayer {
     }
 }
 
-/// One attempt's outcome, reduced to what the retry decision needs.
+/// One attempt's outcome, reduced to what the retry decision needs, with its status when
+/// known at that point (a streamed response's status comes later, in its trailers).
 enum Outcome {
-    Done(Result<Rsp, ProxyError>),
+    Done(Result<Rsp, ProxyError>, Option<Code>),
     Retryable {
+        status: Code,
         last: Result<Rsp, ProxyError>,
         pushback: Option<Option<Duration>>,
         endpoint: Option<String>,
@@ -160,18 +164,21 @@ async fn classify(
                 && (e.never_reached_app() || (idempotent && policy.retryable(e.code())));
             if retry {
                 Outcome::Retryable {
+                    status: e.code(),
                     last: Err(e),
                     pushback: None,
                     endpoint,
                 }
             } else {
-                Outcome::Done(Err(e))
+                let code = e.code();
+                Outcome::Done(Err(e), Some(code))
             }
         }
         Ok(rsp) => {
             let endpoint = rsp.extensions().get::<ServedBy>().map(|s| s.0.clone());
             if !idempotent {
-                return Outcome::Done(Ok(rsp));
+                let code = body::immediate_status(&rsp);
+                return Outcome::Done(Ok(rsp), code);
             }
             let (status, push, rsp) = if let Some(code) = body::immediate_status(&rsp) {
                 let push = pushback(rsp.headers());
@@ -187,11 +194,12 @@ async fn classify(
             };
             match status {
                 Some(code) if policy.retryable(code) => Outcome::Retryable {
+                    status: code,
                     last: Ok(rsp),
                     pushback: push,
                     endpoint,
                 },
-                _ => Outcome::Done(Ok(rsp)),
+                code => Outcome::Done(Ok(rsp), code),
             }
         }
     }
@@ -213,6 +221,50 @@ async fn peek_first(mut b: Body, replay: &Replay) -> (Option<Peeked>, Body) {
     (Some(peeked), b)
 }
 
+/// What the retry layer does after an attempt, as the hop span's event says it.
+#[derive(Clone, Copy)]
+enum Then {
+    Done,
+    Retry(Duration),
+    Transparent,
+    GiveUp(&'static str),
+}
+
+/// The outcome of an attempt in a span event: the proxy error's reason, the status, or
+/// `streaming` when the status will come later in the trailers.
+fn outcome_label(result: &Result<Rsp, ProxyError>, status: Option<Code>) -> &'static str {
+    match (result, status) {
+        (Err(e), _) => e.reason(),
+        (Ok(_), Some(c)) => c.name(),
+        (Ok(_), None) => "streaming",
+    }
+}
+
+/// Adds one `retry attempt` event to the hop span, when it is recorded.
+fn attempt_event(ext: &http::Extensions, attempt: u32, outcome: &'static str, then: Then) {
+    trace::event(ext, trace::names::ATTEMPT, || {
+        let (next, backoff, why) = match then {
+            Then::Done => ("done", Duration::ZERO, ""),
+            Then::Retry(d) => ("retry", d, ""),
+            Then::Transparent => ("retry", Duration::ZERO, "never-processed"),
+            Then::GiveUp(why) => ("give-up", Duration::ZERO, why),
+        };
+        let mut kv = vec![
+            KeyValue::new("attempt", i64::from(attempt)),
+            KeyValue::new("outcome", outcome),
+            KeyValue::new("next", next),
+            KeyValue::new(
+                "backoff_ms",
+                i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX),
+            ),
+        ];
+        if !why.is_empty() {
+            kv.push(KeyValue::new("reason", why));
+        }
+        kv
+    });
+}
+
 impl<N: Next<Error = ProxyError>> Layer<N> for RetryLayer {
     type Error = ProxyError;
 
@@ -227,9 +279,13 @@ impl<N: Next<Error = ProxyError>> Layer<N> for RetryLayer {
         let idempotent = retries_enabled && policy.is_idempotent(parts.uri.path());
         let max_attempts = policy.max_attempts.max(1);
         let mut attempt = 1u32;
+        // Every attempt, transparent ones included, as the span events number them.
+        let mut tries = 0u32;
         let mut transparent_left = TRANSPARENT_RETRIES;
         let mut avoid: Option<String> = None;
+        let ext = &parts.extensions;
         loop {
+            tries += 1;
             let mut req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
             if let Some(d) = deadline {
                 set_remaining(&mut req, d)?;
@@ -249,29 +305,47 @@ impl<N: Next<Error = ProxyError>> Layer<N> for RetryLayer {
                 && replay.is_replayable()
             {
                 tracing::debug!(route = %policy.route, error = %e, "endpoint refused the call unprocessed; sending it again");
+                attempt_event(ext, tries, e.reason(), Then::Transparent);
                 transparent_left -= 1;
                 avoid = Some(endpoint.clone());
                 self.count_retry(info.as_ref());
                 continue;
             }
-            let (last, push, endpoint) =
+            let (last, status, push, endpoint) =
                 match classify(result, policy, retries_enabled, idempotent, &replay).await {
-                    Outcome::Done(r) => return r,
+                    Outcome::Done(r, status) => {
+                        attempt_event(ext, tries, outcome_label(&r, status), Then::Done);
+                        return r;
+                    }
                     Outcome::Retryable {
+                        status,
                         last,
                         pushback,
                         endpoint,
-                    } => (last, pushback, endpoint),
+                    } => (last, status, pushback, endpoint),
                 };
-            if attempt >= max_attempts || !replay.is_replayable() {
+            let outcome = outcome_label(&last, Some(status));
+            let give_up = |why| {
+                attempt_event(ext, tries, outcome, Then::GiveUp(why));
+            };
+            if attempt >= max_attempts {
+                give_up("max-attempts");
+                return last;
+            }
+            if !replay.is_replayable() {
+                give_up("body-too-large");
                 return last;
             }
             let delay = match push {
-                Some(None) => return last,
+                Some(None) => {
+                    give_up("pushback");
+                    return last;
+                }
                 Some(Some(d)) => d,
                 None => policy.backoff(attempt),
             };
             if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                give_up("deadline");
                 return last;
             }
             if !policy.budget.withdraw() {
@@ -280,8 +354,10 @@ impl<N: Next<Error = ProxyError>> Layer<N> for RetryLayer {
                     .get_or_create(&self.labels)
                     .inc();
                 tracing::debug!(route = %policy.route, "retry budget exhausted");
+                give_up("budget");
                 return last;
             }
+            attempt_event(ext, tries, outcome, Then::Retry(delay));
             self.count_retry(info.as_ref());
             drop(last);
             tokio::time::sleep(delay).await;

@@ -21,6 +21,7 @@ use crate::metrics::{FailureLabels, Metrics, endpoint as endpoint_labels, route 
 use crate::transport::ClientTransport;
 use crate::{BoxFuture, ProxyError, Req, Rsp, grpc};
 use ewma::PeakEwma;
+use opentelemetry::KeyValue;
 use outlier::{Availability, Outliers, Recorded};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -238,6 +239,35 @@ impl Drop for FinishGuard {
     }
 }
 
+/// The breaker's decision on this pick as an event on the hop's span, when recorded:
+/// admitted (closed, or the half-open probe) by which endpoint, or rejected and why.
+fn breaker_event(ext: &http::Extensions, picked: &Result<(Arc<Endpoint>, Admission), ProxyError>) {
+    crate::trace::event(ext, crate::trace::names::BREAKER, || match picked {
+        Ok((ep, adm)) => vec![
+            KeyValue::new("decision", "admitted"),
+            KeyValue::new(
+                "state",
+                match adm {
+                    Admission::Normal => "closed",
+                    Admission::Probe => "half-open",
+                },
+            ),
+            KeyValue::new("endpoint", ep.addr.clone()),
+        ],
+        Err(e) => vec![
+            KeyValue::new("decision", "rejected"),
+            KeyValue::new(
+                "state",
+                match e {
+                    ProxyError::BreakerOpen(_) => "open",
+                    _ => "ejected",
+                },
+            ),
+            KeyValue::new("reason", e.reason()),
+        ],
+    });
+}
+
 /// The balancer as a service.
 #[derive(Clone)]
 pub struct Balance {
@@ -263,7 +293,9 @@ impl tower::Service<Req> for Balance {
         let pool = self.pool.clone();
         Box::pin(async move {
             let avoid = req.extensions().get::<AvoidEndpoint>().map(|a| a.0.clone());
-            let (ep, adm) = pool.pick(avoid.as_deref())?;
+            let picked = pool.pick(avoid.as_deref());
+            breaker_event(req.extensions(), &picked);
+            let (ep, adm) = picked?;
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             // If the caller goes away while we wait, the call still has to be accounted for
             // (in-flight count, and a half-open probe slot must not stay taken).

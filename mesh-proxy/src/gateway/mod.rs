@@ -29,6 +29,7 @@ impl Gateway {
     /// Starts the JWKS refresh, so call it inside the runtime.
     pub fn new(cfg: &GatewayConfig, outbound: ListenerService, metrics: Arc<Metrics>) -> Self {
         let auth = auth::EdgeAuth::new(cfg.auth.as_ref(), &outbound);
+        crate::audit::spawn_refusal_flusher();
         Gateway::from_parts(service::Inner {
             outbound,
             routes: routes::RouteTable::new(&cfg.routes),

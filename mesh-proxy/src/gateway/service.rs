@@ -16,9 +16,12 @@ use super::ratelimit::RateLimiter;
 use super::routes::{Route, RouteTable};
 use crate::body::{self, End};
 use crate::error::respond;
+use crate::grpc::Code;
 use crate::metrics::{GatewayLabels, Metrics, ReasonLabels, ScopeLabels};
+use crate::trace::{GatewaySpan, names};
 use crate::{ListenerService, ProxyError, Req, Rsp};
 use http::header;
+use opentelemetry::KeyValue;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -33,6 +36,9 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
     "host",
 ];
+
+/// What the gateway span of a call to a path no route knows is named after.
+const UNROUTED_SPAN: &str = "unrouted";
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -108,7 +114,16 @@ impl Gateway {
         rsp
     }
 
-    async fn serve(&self, req: Req, client: IpAddr, request_id: &str) -> Rsp {
+    async fn serve(&self, mut req: Req, client: IpAddr, request_id: &str) -> Rsp {
+        let route = self.inner.routes.lookup(req.uri().path()).cloned();
+        // Started before any check, so a refused call shows in a trace too. A path no
+        // route knows is the caller's free text, so it does not name the span.
+        let method = match route {
+            Some(_) => req.uri().path().trim_start_matches('/'),
+            None => UNROUTED_SPAN,
+        };
+        let span = GatewaySpan::start(req.headers(), method);
+        let span = span.as_ref();
         let Some(protocol) = grpc_web::classify(req.headers()) else {
             let ct = req
                 .headers()
@@ -116,15 +131,18 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            return self.fail(GatewayError::NotGrpc(ct), None, "unknown", request_id);
+            let e = GatewayError::NotGrpc(ct);
+            return self.fail(e, None, "unknown", request_id, span);
         };
-        let route = self.inner.routes.lookup(req.uri().path()).cloned();
         let label = route
             .as_ref()
             .map_or_else(|| "unknown".to_string(), |r| r.prefix.clone());
-        let req = match self.admit(req, protocol, route, client).await {
+        if let Some(s) = span {
+            req.extensions_mut().insert(s.clone());
+        }
+        let req = match self.admit(req, protocol, route, client, span).await {
             Ok(r) => r,
-            Err(e) => return self.fail(e, Some(protocol), &label, request_id),
+            Err(e) => return self.fail(e, Some(protocol), &label, request_id, span),
         };
         let rsp = match self.inner.outbound.clone().oneshot(req).await {
             Ok(r) => respond::for_browser(r, request_id),
@@ -135,11 +153,16 @@ impl Gateway {
                     Some(protocol),
                     &label,
                     request_id,
+                    span,
                 );
             }
         };
         let metrics = self.inner.metrics.clone();
+        let span = span.cloned();
         let rsp = body::on_end(rsp, move |end: End| {
+            if let Some(s) = span {
+                s.end(end.code(), None);
+            }
             metrics
                 .gateway_requests
                 .get_or_create(&GatewayLabels {
@@ -158,6 +181,7 @@ impl Gateway {
         protocol: Protocol,
         route: Option<Route>,
         client: IpAddr,
+        span: Option<&GatewaySpan>,
     ) -> Result<Req, GatewayError> {
         let inner = &self.inner;
         let Some(route) = route else {
@@ -167,11 +191,17 @@ impl Gateway {
         let principal = match route.access {
             Access::Public => None,
             Access::Authenticated => match self.authenticate(req.headers()).await {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    if let Some(s) = span {
+                        s.event(names::AUTHENTICATE, || vec![KeyValue::new("outcome", "ok")]);
+                    }
+                    Some(p)
+                }
                 Err(e) => {
+                    refused(&e, &req, ip, client, span);
                     // Failed attempts spend the caller's IP bucket, so guessing is limited too.
                     let key = bucket_key(None, ip);
-                    self.limited(inner.limiter.check_client(&key, Instant::now()))?;
+                    self.limited(inner.limiter.check_client(&key, Instant::now()), span)?;
                     return Err(e);
                 }
             },
@@ -183,7 +213,7 @@ impl Gateway {
                 .as_deref(),
             ip,
         );
-        self.limited(inner.limiter.check(&key, Instant::now()))?;
+        self.limited(inner.limiter.check(&key, Instant::now()), span)?;
         let mut req = grpc_web::to_grpc_request(req, protocol, &inner.bounds)
             .await
             .map_err(|e| match e {
@@ -240,7 +270,20 @@ impl Gateway {
             })
     }
 
-    fn limited(&self, r: Result<(), super::ratelimit::Limited>) -> Result<(), GatewayError> {
+    fn limited(
+        &self,
+        r: Result<(), super::ratelimit::Limited>,
+        span: Option<&GatewaySpan>,
+    ) -> Result<(), GatewayError> {
+        if let Some(s) = span {
+            s.event(names::RATE_LIMIT, || match &r {
+                Ok(()) => vec![KeyValue::new("outcome", "admitted")],
+                Err(l) => vec![
+                    KeyValue::new("outcome", "limited"),
+                    KeyValue::new("scope", l.scope.as_str()),
+                ],
+            });
+        }
         r.map_err(|l| {
             self.inner
                 .metrics
@@ -260,11 +303,18 @@ impl Gateway {
         protocol: Option<Protocol>,
         route: &str,
         request_id: &str,
+        span: Option<&GatewaySpan>,
     ) -> Rsp {
         let status = match (e.code(), e.http_status()) {
             (Some(c), _) => c.name().to_string(),
             (None, s) => format!("HTTP_{}", s.map_or(0, |s| s.as_u16())),
         };
+        if let Some(s) = span {
+            let code = e
+                .code()
+                .unwrap_or_else(|| Code::from_http(e.http_status().map_or(0, |s| s.as_u16())));
+            s.end(code, Some(e.reason()));
+        }
         tracing::debug!(error = %e, reason = e.reason(), route, request_id, "gateway refused a call");
         self.inner
             .metrics
@@ -276,6 +326,55 @@ impl Gateway {
             .inc();
         e.to_response(protocol, request_id)
     }
+}
+
+/// Which credential a refused call came with (never the credential itself).
+fn credential_kind(h: &http::HeaderMap) -> &'static str {
+    if h.contains_key(header::AUTHORIZATION) {
+        "bearer"
+    } else if h.contains_key(super::auth::API_KEY_HEADER) {
+        "api-key"
+    } else {
+        "none"
+    }
+}
+
+/// Records an authentication refusal: an event on the gateway span, and an audit entry
+/// (capped per second, see [`crate::audit::record_refusal`]) naming the caller's address,
+/// the route, the outcome and the reason.
+fn refused(e: &GatewayError, req: &Req, ip: IpAddr, peer: IpAddr, span: Option<&GatewaySpan>) {
+    let reason = match e {
+        GatewayError::Auth(a) => a.reason(),
+        other => other.reason(),
+    };
+    if let Some(s) = span {
+        s.event(names::AUTHENTICATE, || {
+            vec![
+                KeyValue::new("outcome", "refused"),
+                KeyValue::new("reason", reason),
+            ]
+        });
+    }
+    let outcome = match e.code() {
+        Some(Code::Unavailable) => "unavailable",
+        _ => "refused",
+    };
+    crate::audit::record_refusal(|| {
+        let mut detail = format!(
+            "reason={reason} credential={}",
+            credential_kind(req.headers())
+        );
+        if peer != ip {
+            detail.push_str(&format!(" peer={peer}"));
+        }
+        crate::audit::Event::new(
+            format!("ip:{ip}"),
+            crate::audit::REFUSED,
+            req.uri().path(),
+            outcome,
+        )
+        .with_detail(detail)
+    });
 }
 
 #[cfg(test)]

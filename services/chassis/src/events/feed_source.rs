@@ -5,10 +5,17 @@
 //! The stream it returns never ends on its own: when the server stream breaks
 //! (producer restart, sidecar restart, network), it reconnects with
 //! exponential backoff and resumes after the last position it handed out.
+//!
+//! Each (re)connection is a traced gRPC client call (`trace::client`): its span
+//! is a new root that ends once the producer has answered, and its context
+//! goes out as `traceparent`, so the producer's sidecars and server join it.
+//! Delivered events are not its children: each consume span hangs under the
+//! producer span named by the event's own `traceparent` (`trace::events`).
 
 use crate::config::OutboundSettings;
 use crate::events::bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
 use crate::outbound::{self, OutboundError};
+use crate::trace::client::ClientTraceService;
 use async_trait::async_trait;
 use std::time::Duration;
 use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
@@ -23,7 +30,7 @@ const BUFFER: usize = 64;
 /// A producer's feed as an [`EventSource`].
 #[derive(Clone)]
 pub struct FeedSource {
-    client: EventFeedServiceClient<Channel>,
+    client: EventFeedServiceClient<ClientTraceService<Channel>>,
     producer: String,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -33,7 +40,7 @@ impl FeedSource {
     /// A source over an existing channel to `producer`.
     pub fn new(channel: Channel, producer: &str) -> Self {
         Self {
-            client: EventFeedServiceClient::new(channel),
+            client: EventFeedServiceClient::new(ClientTraceService::new(channel)),
             producer: producer.to_string(),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -85,6 +92,8 @@ impl EventSource for FeedSource {
                     consumer: sub.consumer.clone(),
                     event_types: sub.event_types.clone(),
                 };
+                // The spawned task runs outside any span: each connection starts its own
+                // trace, never a child of whatever span started the consumer.
                 match client.subscribe(request).await {
                     Ok(response) => {
                         let mut stream = response.into_inner();

@@ -2,7 +2,9 @@
 //! inbound), a child of the caller's W3C `traceparent`/`tracestate`, whose own context goes
 //! on downstream in those headers. The span ends when the response stream ends and carries
 //! the gRPC status, the proxy error reason (`breaker-open`, `queue-full`, ... as an event)
-//! and the retry count. Spans are exported over OTLP/gRPC to `[telemetry] otlp_endpoint`.
+//! and the retry count; the layers inside add their decisions as events (see [`hop`]). The
+//! gateway's span starts before authentication and rate limiting ([`GatewaySpan`]), so a
+//! refused call is traced too. Spans are exported over OTLP/gRPC to `[telemetry] otlp_endpoint`.
 //!
 //! Off (no endpoint) the layer is one branch on an `Option` per call: nothing is allocated.
 //! The gateway drops trace headers from untrusted callers (`gateway::edge`), so a call from
@@ -13,6 +15,7 @@ use crate::config::TelemetryConfig;
 use crate::layer::{Layer, Next};
 use crate::observe::CallInfo;
 use crate::{Direction, Req, Rsp};
+pub use hop::{HopSpan, event, names};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
@@ -27,6 +30,8 @@ use opentelemetry_sdk::trace::{
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+mod hop;
 
 /// Share of new traces recorded when `trace_sample_ratio` is unset.
 pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
@@ -148,31 +153,21 @@ impl TraceLayer {
         }
     }
 
-    /// Starts the hop's span; returns its context and the gateway's, when there is one.
-    fn start(&self, tracer: &SdkTracer, req: &mut Req) -> (Context, Option<Context>) {
+    /// Starts the hop's span, a child of the gateway's span when the gateway started one,
+    /// else of the caller's `traceparent`; sends its context on and, while it is recorded,
+    /// hands it to the inner layers as a [`HopSpan`].
+    fn start(&self, tracer: &SdkTracer, req: &mut Req) -> Context {
         let propagator = TraceContextPropagator::new();
-        let mut parent = propagator.extract(&Headers(req.headers()));
+        let parent = match req.extensions().get::<GatewaySpan>() {
+            Some(g) => g.0.clone(),
+            None => propagator.extract(&Headers(req.headers())),
+        };
         let method = req.uri().path().trim_start_matches('/').to_string();
         let authority = req
             .uri()
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let through_gateway = self.direction == Direction::Outbound
-            && req
-                .extensions()
-                .get::<crate::gateway::edge::RequestId>()
-                .is_some();
-        let mut gateway = None;
-        if through_gateway {
-            let span = tracer
-                .span_builder(format!("gateway {method}"))
-                .with_kind(SpanKind::Server)
-                .with_attributes([KeyValue::new("rpc.method", method.clone())])
-                .start_with_context(tracer, &parent);
-            parent = parent.with_span(span);
-            gateway = Some(parent.clone());
-        }
         let (name, kind) = match self.direction {
             Direction::Outbound => ("outbound", SpanKind::Client),
             Direction::Inbound => ("inbound", SpanKind::Server),
@@ -189,21 +184,52 @@ impl TraceLayer {
             .start_with_context(tracer, &parent);
         let cx = parent.with_span(span);
         propagator.inject_context(&cx, &mut HeadersMut(req.headers_mut()));
-        (cx, gateway)
+        if cx.span().is_recording() {
+            req.extensions_mut().insert(HopSpan(cx.clone()));
+        }
+        cx
     }
 }
 
-/// Ends the hop's span (and the gateway's around it, when there is one).
-fn finish(cx: &Context, end: End, proxy_error: Option<&str>, retries: u32) {
+/// Request extension: the gateway's span, the parent of the outbound hop it leads to.
+#[derive(Clone)]
+pub struct GatewaySpan(Context);
+
+impl GatewaySpan {
+    /// Starts the span of one gateway call (`method` is the gRPC path without its leading
+    /// `/`), a child of the caller's trace context when the edge kept one (a trusted proxy's),
+    /// else the root of a new trace. `None` when tracing is off.
+    pub fn start(headers: &HeaderMap, method: &str) -> Option<Self> {
+        let tracer = TRACER.get()?;
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let span = tracer
+            .span_builder(format!("gateway {method}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("rpc.method", method.to_string())])
+            .start_with_context(tracer, &parent);
+        Some(Self(parent.with_span(span)))
+    }
+
+    /// Adds an event when the span is recorded; `attributes` runs only then.
+    pub fn event(&self, name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        let span = self.0.span();
+        if span.is_recording() {
+            span.add_event(name, attributes());
+        }
+    }
+
+    /// Ends the span with the call's status (`reason` names a refusal the gateway made).
+    pub fn end(&self, code: crate::grpc::Code, reason: Option<&str>) {
+        finish(&self.0, code, reason, 0);
+    }
+}
+
+/// Ends a span with the call's status, its proxy error reason and retry count.
+fn finish(cx: &Context, code: crate::grpc::Code, proxy_error: Option<&str>, retries: u32) {
     let span = cx.span();
-    let code = end.code();
     span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
     if retries > 0 {
         span.set_attribute(KeyValue::new("tally.proxy.retries", i64::from(retries)));
-        span.add_event(
-            "retried",
-            vec![KeyValue::new("retries", i64::from(retries))],
-        );
     }
     if let Some(reason) = proxy_error {
         span.add_event(
@@ -224,7 +250,7 @@ impl<N: Next> Layer<N> for TraceLayer {
         let Some(tracer) = &self.tracer else {
             return next.call(req).await;
         };
-        let (cx, gateway) = self.start(tracer, &mut req);
+        let cx = self.start(tracer, &mut req);
         let info = req.extensions().get::<CallInfo>().cloned();
         let result = next.call(req).await;
         let retries = info.map_or(0, |i| i.retries.load(Ordering::Relaxed));
@@ -236,17 +262,11 @@ impl<N: Next> Layer<N> for TraceLayer {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 Ok(body::on_end(rsp, move |end: End| {
-                    finish(&cx, end, proxy_error.as_deref(), retries);
-                    if let Some(g) = gateway {
-                        finish(&g, end, None, 0);
-                    }
+                    finish(&cx, end.code(), proxy_error.as_deref(), retries);
                 }))
             }
             Err(e) => {
-                finish(&cx, End::Error, Some("reset"), retries);
-                if let Some(g) = gateway {
-                    finish(&g, End::Error, None, 0);
-                }
+                finish(&cx, End::Error.code(), Some("reset"), retries);
                 Err(e)
             }
         }
@@ -254,107 +274,4 @@ impl<N: Next> Layer<N> for TraceLayer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use parking_lot::Mutex;
-    use std::sync::Arc;
-
-    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    /// Records the `traceparent` each call arrived with.
-    #[derive(Clone, Default)]
-    struct Leaf(Arc<Mutex<Vec<Option<String>>>>);
-
-    impl Next for Leaf {
-        type Error = ();
-        async fn call(&self, req: Req) -> Result<Rsp, ()> {
-            let seen = req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            self.0.lock().push(seen);
-            Ok(Rsp::new(body::empty()))
-        }
-    }
-
-    fn on(direction: Direction) -> TraceLayer {
-        let provider = SdkTracerProvider::builder().build();
-        TraceLayer {
-            tracer: Some(provider.tracer("test")),
-            direction,
-        }
-    }
-
-    fn request(traceparent: Option<&'static str>) -> Req {
-        let mut req = Req::new(body::empty());
-        *req.uri_mut() = "http://polling/tally.poll.v1.PollService/CastVote"
-            .parse()
-            .unwrap();
-        if let Some(tp) = traceparent {
-            req.headers_mut()
-                .insert("traceparent", HeaderValue::from_static(tp));
-        }
-        req
-    }
-
-    fn parts(tp: &str) -> Vec<String> {
-        tp.split('-').map(str::to_string).collect()
-    }
-
-    #[tokio::test]
-    async fn off_passes_calls_through_untouched() {
-        let leaf = Leaf::default();
-        let layer = TraceLayer {
-            tracer: None,
-            direction: Direction::Inbound,
-        };
-        layer.handle(request(Some(PARENT)), &leaf).await.unwrap();
-        layer.handle(request(None), &leaf).await.unwrap();
-        assert_eq!(*leaf.0.lock(), [Some(PARENT.to_string()), None]);
-    }
-
-    #[tokio::test]
-    async fn a_hop_continues_the_callers_trace_with_its_own_span() {
-        let leaf = Leaf::default();
-        on(Direction::Inbound)
-            .handle(request(Some(PARENT)), &leaf)
-            .await
-            .unwrap();
-        let seen = leaf.0.lock()[0].clone().expect("traceparent sent on");
-        let (p, s) = (parts(PARENT), parts(&seen));
-        assert_eq!(s[1], p[1], "same trace");
-        assert_ne!(s[2], p[2], "the proxy's own span is the parent downstream");
-        assert_eq!(s[3], "01", "sampled");
-    }
-
-    #[tokio::test]
-    async fn a_call_without_context_starts_its_own_trace() {
-        let leaf = Leaf::default();
-        let mut req = request(None);
-        req.extensions_mut()
-            .insert(crate::gateway::edge::RequestId(HeaderValue::from_static(
-                "id",
-            )));
-        on(Direction::Outbound).handle(req, &leaf).await.unwrap();
-        on(Direction::Outbound)
-            .handle(request(None), &leaf)
-            .await
-            .unwrap();
-        let seen = leaf.0.lock().clone();
-        let a = parts(seen[0].as_deref().expect("new trace"));
-        let b = parts(seen[1].as_deref().expect("new trace"));
-        assert_ne!(a[1], b[1], "each call its own trace");
-    }
-
-    #[test]
-    fn the_service_name_follows_the_proxy_role() {
-        let mut cfg: crate::config::Config = toml::from_str(
-            "[admin]\nlisten = \"127.0.0.1:9901\"\n[outbound]\nlisten = \"127.0.0.1:4140\"\n",
-        )
-        .unwrap();
-        assert_eq!(service_name(&cfg), SERVICE_NAME);
-        cfg.telemetry.service_name = Some("edge".into());
-        assert_eq!(service_name(&cfg), "edge");
-    }
-}
+mod tests;
