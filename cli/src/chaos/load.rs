@@ -22,8 +22,9 @@ pub const SETUP_PAUSE: Duration = Duration::from_millis(110);
 pub const MAX_POLLS: usize = 500;
 /// Most calls in flight at once; a tick finding none free waits for one.
 pub const MAX_IN_FLIGHT: usize = 512;
-/// Attempts to learn the outcome of a vote that failed during the run.
-pub const SETTLE_ATTEMPTS: u32 = 5;
+/// How long after the load a vote that failed during the run may take to settle (and a
+/// results read to succeed): long enough for a restarted service and an opened breaker.
+pub const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 /// Pause between two settle attempts.
 pub const SETTLE_PAUSE: Duration = Duration::from_millis(300);
 /// The options of every load poll.
@@ -256,15 +257,16 @@ async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
 /// Learns the outcome of every vote that failed: sending it again with the same key
 /// returns the first vote if it was taken, or takes it now (at the setup pace).
 pub async fn settle(fx: &Fixture, votes: &mut [Vote]) {
+    let deadline = Instant::now() + SETTLE_WINDOW;
     for v in votes.iter_mut().filter(|v| v.accepted.is_none()) {
-        for attempt in 0..SETTLE_ATTEMPTS {
+        loop {
             match fx.users[v.voter]
                 .cast_vote(&v.poll, &v.option, &v.key)
                 .await
             {
                 Ok(_) => v.accepted = Some(true),
                 Err(e) if definite(e.code()) => v.accepted = Some(false),
-                Err(_) if attempt + 1 < SETTLE_ATTEMPTS => {
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(SETTLE_PAUSE).await;
                     continue;
                 }
@@ -301,14 +303,13 @@ pub fn accepted(votes: &[Vote]) -> Counts {
 /// each read tried again a few times.
 pub async fn results(fx: &Fixture) -> Result<Counts, String> {
     let mut c = Counts::new();
+    let deadline = Instant::now() + SETTLE_WINDOW;
     for (i, (poll, _)) in fx.polls.iter().enumerate() {
         let user = &fx.users[i % fx.users.len()];
-        let mut attempt = 1;
         let r = loop {
             match user.get_results(poll).await {
                 Ok(r) => break r,
-                Err(_) if attempt < SETTLE_ATTEMPTS => {
-                    attempt += 1;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(SETTLE_PAUSE).await;
                 }
                 Err(e) => return Err(format!("results of {poll}: {e}")),

@@ -252,11 +252,12 @@ async fn judge(
             )
         },
     });
-    if s.invariants.votes_counted_once || !watchers.seen.is_empty() {
+    let votes = s.invariants.votes_counted_once && s.load.rate.cast_vote > 0.0;
+    if votes || !watchers.seen.is_empty() {
         load::settle(fx, &mut rec.votes).await;
         let unsettled = rec.votes.iter().filter(|v| v.accepted.is_none()).count();
         let results = load::results(fx).await.map_err(ChaosError::Run)?;
-        if s.invariants.votes_counted_once {
+        if votes {
             verdicts.push(verdict::votes_counted_once(
                 &load::accepted(&rec.votes),
                 &results,

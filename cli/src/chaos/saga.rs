@@ -15,11 +15,12 @@ use tonic::transport::Channel;
 
 /// Most subscribers (one sign-up each) a run creates.
 pub const MAX_SUBSCRIBERS: usize = 200;
+/// Deadline of one read of payment's ledger.
+pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at a saga that has not ended yet.
 pub const SAGA_POLL: Duration = Duration::from_millis(250);
-/// Attempts to learn the subscription of a start whose answer was lost.
-pub const SETTLE_ATTEMPTS: u32 = 10;
-/// Pause between two settle attempts.
+/// Pause between two attempts to learn the subscription of a start whose answer was lost
+/// (for up to [`super::load::SETTLE_WINDOW`] after the load).
 pub const SETTLE_PAUSE: Duration = Duration::from_millis(500);
 
 /// A user who starts one subscription.
@@ -74,10 +75,14 @@ async fn get(s: &Subscriber, id: &str) -> Result<bpb::Subscription, tally_sdk::E
 /// Learns the id of every start whose answer was lost: the same key returns the same
 /// subscription (or starts it now).
 pub async fn settle(subs: &[Subscriber], started: &mut [Started]) {
+    let deadline = tokio::time::Instant::now() + super::load::SETTLE_WINDOW;
     for s in started.iter_mut().filter(|s| s.id.is_none()) {
-        for _ in 0..SETTLE_ATTEMPTS {
+        loop {
             if let Ok(id) = start(&subs[s.subscriber], &s.key).await {
                 s.id = Some(id);
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(SETTLE_PAUSE).await;
@@ -92,7 +97,8 @@ pub struct Ended {
     /// `None` while the saga still runs.
     pub state: Option<bpb::SubscriptionState>,
     pub charge_id: String,
-    pub charges: Vec<(String, ppb::ChargeStatus)>,
+    /// The user's charges, or why the ledger could not be read.
+    pub charges: Result<Vec<(String, ppb::ChargeStatus)>, String>,
 }
 
 /// Waits up to `wait` for every saga to end, then reads each user's charges from payment
@@ -120,21 +126,29 @@ pub async fn observe(
                 _ => tokio::time::sleep(SAGA_POLL).await,
             }
         };
-        let charges = ledger
-            .list_charges(ppb::ListChargesRequest {
+        let running = !state.as_ref().is_some_and(|s| s.saga_completed);
+        let charges = if running {
+            // Not judged while the saga runs; payment may well be the reason it runs.
+            Ok(Vec::new())
+        } else {
+            let mut req = tonic::Request::new(ppb::ListChargesRequest {
                 customer_id: sub.user_id.clone(),
-            })
-            .await
-            .map_err(|e| format!("payment ListCharges: {e}"))?
-            .into_inner()
-            .charges
-            .into_iter()
-            .map(|c| {
-                let status =
-                    ppb::ChargeStatus::try_from(c.status).unwrap_or(ppb::ChargeStatus::Unspecified);
-                (c.charge_id, status)
-            })
-            .collect();
+            });
+            req.set_timeout(LEDGER_TIMEOUT);
+            match ledger.list_charges(req).await {
+                Ok(r) => Ok(r
+                    .into_inner()
+                    .charges
+                    .into_iter()
+                    .map(|c| {
+                        let status = ppb::ChargeStatus::try_from(c.status)
+                            .unwrap_or(ppb::ChargeStatus::Unspecified);
+                        (c.charge_id, status)
+                    })
+                    .collect()),
+                Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+            }
+        };
         out.push(Ended {
             id: id.clone(),
             state: state.as_ref().filter(|s| s.saga_completed).map(|s| {
@@ -155,23 +169,31 @@ pub fn sagas_ended(ended: &[Ended], unknown: usize, wait: Duration) -> Verdict {
     let mut wrong = Vec::new();
     let (mut active, mut failed) = (0, 0);
     for e in ended {
-        let kept: Vec<&String> = e
-            .charges
+        let Some(state) = e.state else {
+            wrong.push(format!("{}: saga still running after {wait:?}", e.id));
+            continue;
+        };
+        let charges = match &e.charges {
+            Ok(c) => c,
+            Err(why) => {
+                wrong.push(format!("{}: ledger not readable ({why})", e.id));
+                continue;
+            }
+        };
+        let kept: Vec<&String> = charges
             .iter()
             .filter(|(_, s)| *s == C::Succeeded)
             .map(|(id, _)| id)
             .collect();
-        let taken = e
-            .charges
+        let taken = charges
             .iter()
             .filter(|(_, s)| matches!(s, C::Succeeded | C::Refunded))
             .count();
         if taken > 1 {
             wrong.push(format!("{}: charged {taken} times", e.id));
         }
-        match e.state {
-            None => wrong.push(format!("{}: saga still running after {wait:?}", e.id)),
-            Some(S::Active) => {
+        match state {
+            S::Active => {
                 active += 1;
                 if kept != [&e.charge_id] {
                     wrong.push(format!(
@@ -180,7 +202,7 @@ pub fn sagas_ended(ended: &[Ended], unknown: usize, wait: Duration) -> Verdict {
                     ));
                 }
             }
-            Some(S::Failed | S::Cancelled) => {
+            S::Failed | S::Cancelled => {
                 failed += 1;
                 if !kept.is_empty() {
                     wrong.push(format!(
@@ -189,7 +211,7 @@ pub fn sagas_ended(ended: &[Ended], unknown: usize, wait: Duration) -> Verdict {
                     ));
                 }
             }
-            Some(other) => wrong.push(format!("{}: ended {other:?}", e.id)),
+            other => wrong.push(format!("{}: ended {other:?}", e.id)),
         }
     }
     if unknown > 0 {
@@ -232,7 +254,7 @@ mod tests {
             id: format!("sub-{charge}"),
             state,
             charge_id: charge.into(),
-            charges: charges.iter().map(|(i, s)| (i.to_string(), *s)).collect(),
+            charges: Ok(charges.iter().map(|(i, s)| (i.to_string(), *s)).collect()),
         }
     }
 
@@ -282,6 +304,10 @@ mod tests {
             let v = sagas_ended(&[e], 0, WAIT);
             assert!(!v.met && v.detail.contains(why), "{why}: {v:?}");
         }
+        let mut unreadable = ended(Some(S::Active), "c1", &[]);
+        unreadable.charges = Err("DeadlineExceeded".into());
+        let v = sagas_ended(&[unreadable], 0, WAIT);
+        assert!(!v.met && v.detail.contains("ledger not readable (DeadlineExceeded)"));
         let v = sagas_ended(&[], 2, WAIT);
         assert!(!v.met && v.detail.contains("2 start(s) with an unknown outcome"));
     }

@@ -147,6 +147,24 @@ fn the_shipped_scenarios_parse() {
         let s = Scenario::parse(file, text).unwrap_or_else(|e| panic!("{e}"));
         assert!(!s.slos.is_empty(), "{file}");
     }
+    for (file, text) in [
+        (
+            "rolling-restart",
+            include_str!("../../../tests/chaos/rolling-restart.toml"),
+        ),
+        (
+            "payment-outage",
+            include_str!("../../../tests/chaos/payment-outage.toml"),
+        ),
+        (
+            "cert-rotation",
+            include_str!("../../../tests/chaos/cert-rotation.toml"),
+        ),
+    ] {
+        let s = Scenario::parse(file, text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.invariants.sagas_ended, "{file}");
+        assert!(s.load.rate.start_subscription > 0.0, "{file}");
+    }
 }
 
 #[test]

@@ -15,8 +15,11 @@ use tonic::transport::Channel;
 
 /// Most polls watched in one run.
 pub const MAX_WATCHED: usize = 4;
-/// Pause before watching again after a stream broke.
-pub const RESUME_PAUSE: Duration = Duration::from_millis(200);
+/// First pause before watching again after a stream broke; it doubles while the watch keeps
+/// failing (up to [`MAX_RESUME_PAUSE`]) and starts over after an update.
+pub const RESUME_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between two watch attempts.
+pub const MAX_RESUME_PAUSE: Duration = Duration::from_secs(1);
 /// How long the watchers may take after the load to show polling's final results.
 pub const CATCH_UP: Duration = Duration::from_secs(15);
 
@@ -68,6 +71,7 @@ pub async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut client = NotificationServiceClient::new(gateway);
+    let mut pause = RESUME_PAUSE;
     loop {
         let resume = seen.borrow().last;
         let req = user.request(npb::WatchPollRequest {
@@ -89,16 +93,20 @@ pub async fn follow(
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 match next {
-                    Ok(Some(r)) => seen.send_modify(|s| s.take(&r)),
+                    Ok(Some(r)) => {
+                        seen.send_modify(|s| s.take(&r));
+                        pause = RESUME_PAUSE;
+                    }
                     _ => break,
                 }
             }
         }
         seen.send_modify(|s| s.resumes += 1);
         tokio::select! {
-            _ = tokio::time::sleep(RESUME_PAUSE) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        pause = (pause * 2).min(MAX_RESUME_PAUSE);
     }
 }
 
