@@ -63,10 +63,13 @@ fn serial_and_lifetime(cert: &Path) -> Result<(String, Duration), String> {
         .into_iter()
         .next()
         .ok_or_else(|| format!("{} holds no certificate", cert.display()))?;
+    // The CA starts every certificate a little in the past; the validity it was issued
+    // with is what remains.
     let lifetime = leaf
         .not_after
         .duration_since(leaf.not_before)
-        .map_err(|_| format!("{} ends before it starts", cert.display()))?;
+        .map_err(|_| format!("{} ends before it starts", cert.display()))?
+        .saturating_sub(tally_certs::ca::CLOCK_SKEW_ALLOWANCE);
     Ok((leaf.serial, lifetime))
 }
 
@@ -110,4 +113,44 @@ pub async fn rotate(t: &Target) -> Result<String, String> {
         t.instance,
         started.elapsed().as_secs_f64()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_certificate_reloads_are_counted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let audit = dir.path().join("audit.log");
+        assert_eq!(reloads(&audit), 0, "no log yet");
+        std::fs::write(
+            &audit,
+            "{\"seq\":1,\"action\":\"authz.allow\"}\n\
+             {\"seq\":2,\"action\":\"cert.reload\",\"outcome\":\"ok\"}\n\
+             {\"seq\":3,\"action\":\"admin.faults\"}\n\
+             {\"seq\":4,\"action\":\"cert.reload\",\"outcome\":\"ok\"}\n",
+        )
+        .expect("write");
+        assert_eq!(reloads(&audit), 2);
+    }
+
+    #[test]
+    fn the_lifetime_and_serial_come_from_the_current_certificate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = CertAuthority::generate("tally.local").expect("ca");
+        let id = SpiffeId::new("tally.local", "tally", "polling").expect("id");
+        let lifetime = Duration::from_secs(3600);
+        let issued = ca.issue(&id, lifetime).expect("issue");
+        let paths = write_workload(dir.path(), &id, &issued).expect("write");
+        let (serial, seen) = serial_and_lifetime(&paths.cert).expect("read");
+        assert_eq!(seen, lifetime);
+        assert!(serial.contains(':'), "{serial}");
+        let again = ca.issue(&id, lifetime).expect("issue");
+        write_workload(dir.path(), &id, &again).expect("write");
+        let (other, _) = serial_and_lifetime(&paths.cert).expect("read");
+        assert_ne!(serial, other, "a new certificate has a new serial");
+        let e = serial_and_lifetime(&dir.path().join("none.pem")).expect_err("missing");
+        assert!(e.contains("cannot read"), "{e}");
+    }
 }
