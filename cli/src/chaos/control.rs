@@ -3,6 +3,7 @@
 //! token, fault changes through `PUT /faults` (each route's settings saved first and put back
 //! afterwards), and signals to instances by the pid files in `<data-dir>/run/`.
 
+use super::rotate;
 use super::scenario::{Fault, Kill, Scenario, Signal};
 use super::schedule::{Action, Control};
 use super::verdict::Verdict;
@@ -22,6 +23,9 @@ pub struct Platform {
     admins: BTreeMap<String, SocketAddr>,
     faults: Vec<Fault>,
     kills: Vec<Kill>,
+    rotations: Vec<rotate::Target>,
+    /// Each service's own gRPC address (`[server] listen_addr`), by service instance.
+    pub services: BTreeMap<String, String>,
     /// Settings of each touched (sidecar, route) before the run.
     originals: BTreeMap<(String, String), FaultConfig>,
 }
@@ -37,6 +41,38 @@ fn proxy_config(data_dir: &Path, name: &str) -> Result<Config, String> {
     })?;
     Config::parse(&path.display().to_string(), &text)
         .map_err(|e| format!("`{name}` is not a proxy: {e}"))
+}
+
+/// Every service instance's own address: the configs in `<data-dir>/config/` with a
+/// `[server] listen_addr` (proxies have none).
+fn service_addresses(data_dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    let dir = data_dir.join("config");
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut out = BTreeMap::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let (Some(name), Some("toml")) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        let Ok(table) = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .parse::<toml::Table>()
+        else {
+            continue;
+        };
+        if let Some(addr) = table
+            .get("server")
+            .and_then(|s| s.get("listen_addr"))
+            .and_then(|a| a.as_str())
+        {
+            out.insert(name.to_string(), addr.to_string());
+        }
+    }
+    Ok(out)
 }
 
 impl Platform {
@@ -67,6 +103,11 @@ impl Platform {
                 ));
             }
         }
+        let mut rotations = Vec::new();
+        for r in &s.rotations {
+            let cfg = proxy_config(data_dir, &r.instance)?;
+            rotations.push(rotate::Target::of(data_dir, &r.instance, &cfg)?);
+        }
         Ok(Self {
             gateway,
             token,
@@ -74,6 +115,8 @@ impl Platform {
             admins,
             faults: s.faults.clone(),
             kills: s.kills.clone(),
+            rotations,
+            services: service_addresses(data_dir)?,
             originals: BTreeMap::new(),
         })
     }
@@ -238,6 +281,7 @@ impl Platform {
                 Ok(format!("cleared {} {}", f.sidecar, f.route))
             }
             Action::Kill(i) => self.kill(&self.kills[i]),
+            Action::RotateCert(i) => rotate::rotate(&self.rotations[i]).await,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the previous ones answered), every outcome and latency recorded; votes are kept with their
 //! idempotency keys so that unknown outcomes can be settled after the faults are cleared.
 
+use super::saga::{self, Started, Subscriber};
 use super::scenario::{Load, Method};
 use super::verdict::{Call, Counts};
 use std::sync::{Arc, Mutex};
@@ -21,8 +22,9 @@ pub const SETUP_PAUSE: Duration = Duration::from_millis(110);
 pub const MAX_POLLS: usize = 500;
 /// Most calls in flight at once; a tick finding none free waits for one.
 pub const MAX_IN_FLIGHT: usize = 512;
-/// Attempts to learn the outcome of a vote that failed during the run.
-pub const SETTLE_ATTEMPTS: u32 = 5;
+/// How long after the load a vote that failed during the run may take to settle (and a
+/// results read to succeed): long enough for a restarted service and an opened breaker.
+pub const SETTLE_WINDOW: Duration = Duration::from_secs(30);
 /// Pause between two settle attempts.
 pub const SETTLE_PAUSE: Duration = Duration::from_millis(300);
 /// The options of every load poll.
@@ -46,6 +48,7 @@ pub struct Vote {
 pub struct Recording {
     pub calls: Vec<Call>,
     pub votes: Vec<Vote>,
+    pub started: Vec<Started>,
 }
 
 /// The users and polls the load uses.
@@ -53,50 +56,94 @@ pub struct Fixture {
     pub users: Vec<Client>,
     /// Poll ids and their option ids.
     pub polls: Vec<(String, Vec<String>)>,
+    /// One user per subscription the load starts.
+    pub subscribers: Vec<Subscriber>,
 }
 
 /// How many users and polls a load needs: enough users for the rate limit, enough polls
 /// that every vote is a first vote of its user in its poll.
-pub fn sizes(load: &Load) -> (usize, usize) {
+pub fn sizes(load: &Load) -> Sizes {
     let users = ((load.rate.total() / PER_USER_RATE).ceil() as usize).clamp(1, MAX_USERS);
     let votes = (load.rate.cast_vote * load.duration.as_secs_f64()).ceil() as usize;
     let polls = votes.div_ceil(users).max(1);
-    (users, polls)
+    let subscribers = saga::subscribers(load.rate.start_subscription, load.duration);
+    Sizes {
+        users,
+        polls,
+        subscribers,
+    }
 }
 
-/// Signs up `users` users (named after `run`) and creates `polls` polls through `gateway`.
+/// How many of each the load needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub users: usize,
+    pub polls: usize,
+    pub subscribers: usize,
+}
+
+/// Signs up a user named `email` and logs in: (client with its token, user id).
+async fn account(anon: &Client, email: &str) -> Result<(Client, String), String> {
+    anon.sign_up(email, PASSWORD, "chaos load")
+        .await
+        .map_err(|e| format!("sign up {email}: {e}"))?;
+    tokio::time::sleep(SETUP_PAUSE).await;
+    let login = anon
+        .login(email, PASSWORD)
+        .await
+        .map_err(|e| format!("login {email}: {e}"))?;
+    tokio::time::sleep(SETUP_PAUSE).await;
+    let id = login.user.map(|u| u.user_id).unwrap_or_default();
+    Ok((
+        anon.with_credentials(Credentials::Bearer(login.access_token)),
+        id,
+    ))
+}
+
+/// Signs up the users and subscribers of `sizes` (named after `run`) and creates the polls,
+/// through the gateway at `gateway`.
 pub async fn setup(
     gateway: &str,
     run: &str,
-    users: usize,
-    polls: usize,
+    sizes: Sizes,
     timeout: Duration,
 ) -> Result<Fixture, String> {
+    let Sizes {
+        users,
+        polls,
+        subscribers,
+    } = sizes;
     if polls > MAX_POLLS {
         return Err(format!(
             "the load needs {polls} polls (CastVote rate x duration / users); at most {MAX_POLLS}"
         ));
     }
-    let anon = Client::connect_lazy(gateway, gateway)
+    if subscribers > saga::MAX_SUBSCRIBERS {
+        return Err(format!(
+            "the load needs {subscribers} subscribers (StartSubscription rate x duration); at most {}",
+            saga::MAX_SUBSCRIBERS
+        ));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(tally_sdk::normalize_addr(gateway))
         .map_err(|e| format!("gateway {gateway}: {e}"))?
-        .with_timeout(timeout);
+        .connect_lazy();
+    let anon = Client::from_channels(channel.clone(), channel.clone()).with_timeout(timeout);
     let mut fx = Fixture {
         users: Vec::new(),
         polls: Vec::new(),
+        subscribers: Vec::new(),
     };
     for i in 0..users {
-        let email = format!("chaos-{run}-{i}@example.com");
-        anon.sign_up(&email, PASSWORD, &format!("chaos {i}"))
-            .await
-            .map_err(|e| format!("sign up {email}: {e}"))?;
-        tokio::time::sleep(SETUP_PAUSE).await;
-        let login = anon
-            .login(&email, PASSWORD)
-            .await
-            .map_err(|e| format!("login {email}: {e}"))?;
-        tokio::time::sleep(SETUP_PAUSE).await;
-        fx.users
-            .push(anon.with_credentials(Credentials::Bearer(login.access_token)));
+        let (client, _) = account(&anon, &format!("chaos-{run}-{i}@example.com")).await?;
+        fx.users.push(client);
+    }
+    for i in 0..subscribers {
+        let (client, user_id) = account(&anon, &format!("chaos-{run}-sub-{i}@example.com")).await?;
+        fx.subscribers.push(Subscriber {
+            client,
+            gateway: channel.clone(),
+            user_id,
+        });
     }
     for p in 0..polls {
         let owner = &fx.users[p % users];
@@ -178,6 +225,22 @@ async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
             };
             (r.map(|_| ()), Some(vote))
         }
+        Method::StartSubscription => {
+            let Some(sub) = fx.subscribers.get(n) else {
+                return; // one subscriber per call of the declared load
+            };
+            let key = uuid::Uuid::new_v4().to_string();
+            let r = saga::start(sub, &key).await;
+            let id = r.as_ref().ok().cloned();
+            if let Ok(mut rec) = rec.lock() {
+                rec.started.push(Started {
+                    subscriber: n,
+                    key,
+                    id,
+                });
+            }
+            (r.map(|_| ()), None)
+        }
     };
     let latency = started.elapsed();
     let error = result.err().map(|e| code_name(e.code()));
@@ -194,15 +257,16 @@ async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
 /// Learns the outcome of every vote that failed: sending it again with the same key
 /// returns the first vote if it was taken, or takes it now (at the setup pace).
 pub async fn settle(fx: &Fixture, votes: &mut [Vote]) {
+    let deadline = Instant::now() + SETTLE_WINDOW;
     for v in votes.iter_mut().filter(|v| v.accepted.is_none()) {
-        for attempt in 0..SETTLE_ATTEMPTS {
+        loop {
             match fx.users[v.voter]
                 .cast_vote(&v.poll, &v.option, &v.key)
                 .await
             {
                 Ok(_) => v.accepted = Some(true),
                 Err(e) if definite(e.code()) => v.accepted = Some(false),
-                Err(_) if attempt + 1 < SETTLE_ATTEMPTS => {
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(SETTLE_PAUSE).await;
                     continue;
                 }
@@ -239,14 +303,13 @@ pub fn accepted(votes: &[Vote]) -> Counts {
 /// each read tried again a few times.
 pub async fn results(fx: &Fixture) -> Result<Counts, String> {
     let mut c = Counts::new();
+    let deadline = Instant::now() + SETTLE_WINDOW;
     for (i, (poll, _)) in fx.polls.iter().enumerate() {
         let user = &fx.users[i % fx.users.len()];
-        let mut attempt = 1;
         let r = loop {
             match user.get_results(poll).await {
                 Ok(r) => break r,
-                Err(_) if attempt < SETTLE_ATTEMPTS => {
-                    attempt += 1;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(SETTLE_PAUSE).await;
                 }
                 Err(e) => return Err(format!("results of {poll}: {e}")),
@@ -274,16 +337,25 @@ mod tests {
                 get_poll,
                 get_results: 0.0,
                 cast_vote,
+                start_subscription: 0.0,
             },
         }
     }
 
     #[test]
     fn enough_users_for_the_rate_limit_and_polls_for_first_votes() {
-        assert_eq!(sizes(&load(10, 5.0, 0.0)), (1, 1));
-        assert_eq!(sizes(&load(10, 15.0, 5.0)), (3, 17));
-        assert_eq!(sizes(&load(3, 1.0, 2.5)), (1, 8));
-        assert_eq!(sizes(&load(10, 5000.0, 0.0)).0, MAX_USERS);
+        let s = |l: Load| {
+            let s = sizes(&l);
+            (s.users, s.polls)
+        };
+        assert_eq!(s(load(10, 5.0, 0.0)), (1, 1));
+        assert_eq!(s(load(10, 15.0, 5.0)), (3, 17));
+        assert_eq!(s(load(3, 1.0, 2.5)), (1, 8));
+        assert_eq!(s(load(10, 5000.0, 0.0)).0, MAX_USERS);
+        let mut l = load(4, 1.0, 0.0);
+        l.rate.start_subscription = 1.5;
+        assert_eq!(sizes(&l).subscribers, 6);
+        assert_eq!(sizes(&l).users, 1);
     }
 
     #[test]

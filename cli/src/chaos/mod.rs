@@ -6,10 +6,14 @@
 //! interrupted (Ctrl-C or SIGTERM).
 
 pub(crate) mod control;
+pub(crate) mod dlq;
 pub(crate) mod load;
+pub(crate) mod rotate;
+pub(crate) mod saga;
 pub(crate) mod scenario;
 pub(crate) mod schedule;
 pub(crate) mod verdict;
+pub(crate) mod watch;
 
 use scenario::{Method, Scenario};
 use std::path::PathBuf;
@@ -76,10 +80,11 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
         ChaosCommand::Check(a) => {
             let s = read(&a.scenario)?;
             println!(
-                "scenario {}: {} fault(s), {} kill(s), {} SLO(s) over {:?}",
+                "scenario {}: {} fault(s), {} kill(s), {} certificate rotation(s), {} SLO(s) over {:?}",
                 s.name,
                 s.faults.len(),
                 s.kills.len(),
+                s.rotations.len(),
                 s.slos.len(),
                 s.load.duration
             );
@@ -99,17 +104,23 @@ async fn run_scenario(a: &RunArgs) -> Result<(), ChaosError> {
     let s = read(&a.scenario)?;
     let mut ctl = control::Platform::open(&a.data_dir, &s).map_err(ChaosError::Run)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let (users, polls) = load::sizes(&s.load);
+    let sizes = load::sizes(&s.load);
     say(&format!(
-        "{}: setting up {users} user(s) and {polls} poll(s) through the gateway {}",
-        s.name, ctl.gateway
+        "{}: run {run_id}: setting up {} user(s), {} poll(s) and {} subscriber(s) through the gateway {}",
+        s.name, sizes.users, sizes.polls, sizes.subscribers, ctl.gateway
     ));
     let fx = Arc::new(
-        load::setup(&ctl.gateway, &run_id, users, polls, s.load.timeout)
+        load::setup(&ctl.gateway, &run_id, sizes, s.load.timeout)
             .await
             .map_err(ChaosError::Run)?,
     );
     ctl.snapshot().await.map_err(ChaosError::Run)?;
+    let dead_before = if s.invariants.dead_letters_explained {
+        Some(dlq::list(&ctl.services).await.map_err(ChaosError::Run)?)
+    } else {
+        None
+    };
+    let mut watchers = Watchers::start(&s, &ctl, &fx).map_err(ChaosError::Run)?;
     // Everything from the first fault on runs under the interrupt guard.
     let outcome = tokio::select! {
         r = experiment(&s, &mut ctl, fx.clone()) => Ok(r),
@@ -130,7 +141,8 @@ async fn run_scenario(a: &RunArgs) -> Result<(), ChaosError> {
         "end: {}",
         restored.clone().unwrap_or_else(|e| format!("FAILED {e}"))
     ));
-    let verdicts = judge(&s, &ctl, &fx, rec).await?;
+    let verdicts = judge(&s, &ctl, &fx, rec, &events, &mut watchers, dead_before).await?;
+    watchers.stop();
     let report = verdict::render(&s.name, &verdicts.0, &events, &verdicts.1);
     print!("{report}");
     let not_met: Vec<String> = verdicts
@@ -175,29 +187,110 @@ async fn experiment(
     (rec, log)
 }
 
+/// The notification watchers of a run (none when the invariant is off or nothing votes).
+struct Watchers {
+    stop: tokio::sync::watch::Sender<bool>,
+    seen: Vec<(String, tokio::sync::watch::Receiver<watch::Seen>)>,
+}
+
+impl Watchers {
+    fn start(s: &Scenario, ctl: &control::Platform, fx: &load::Fixture) -> Result<Self, String> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut seen = Vec::new();
+        if s.invariants.notifications_gapless && s.load.rate.cast_vote > 0.0 {
+            let gateway =
+                tonic::transport::Endpoint::from_shared(tally_sdk::normalize_addr(&ctl.gateway))
+                    .map_err(|e| format!("gateway {}: {e}", ctl.gateway))?
+                    .connect_lazy();
+            for (i, (poll, _)) in fx.polls.iter().take(watch::MAX_WATCHED).enumerate() {
+                let (tx, rx) = tokio::sync::watch::channel(watch::Seen::default());
+                tokio::spawn(watch::follow(
+                    gateway.clone(),
+                    fx.users[i % fx.users.len()].clone(),
+                    poll.clone(),
+                    tx,
+                    stopped.clone(),
+                ));
+                seen.push((poll.clone(), rx));
+            }
+        }
+        Ok(Self { stop, seen })
+    }
+
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 /// SLOs on the calls, then the invariants (after the votes are settled).
 async fn judge(
     s: &Scenario,
     ctl: &control::Platform,
     fx: &load::Fixture,
     mut rec: load::Recording,
+    events: &[String],
+    watchers: &mut Watchers,
+    dead_before: Option<std::collections::BTreeSet<dlq::DeadLetter>>,
 ) -> Result<(Observed, Vec<Verdict>), ChaosError> {
     let observed = Observed {
         calls: std::mem::take(&mut rec.calls),
     };
     let mut verdicts = verdict::slo_verdicts(&s.slos, &observed);
-    if s.invariants.votes_counted_once {
+    let failed: Vec<&String> = events.iter().filter(|e| e.contains("FAILED")).collect();
+    verdicts.push(Verdict {
+        name: "every scheduled fault carried out".into(),
+        met: failed.is_empty(),
+        detail: if failed.is_empty() {
+            format!("{} step(s)", events.len())
+        } else {
+            let lines: Vec<&str> = failed.iter().map(|e| e.trim()).collect();
+            format!(
+                "{} of {} failed: {}",
+                failed.len(),
+                events.len(),
+                lines.join("; ")
+            )
+        },
+    });
+    let votes = s.invariants.votes_counted_once && s.load.rate.cast_vote > 0.0;
+    if votes || !watchers.seen.is_empty() {
         load::settle(fx, &mut rec.votes).await;
         let unsettled = rec.votes.iter().filter(|v| v.accepted.is_none()).count();
         let results = load::results(fx).await.map_err(ChaosError::Run)?;
-        verdicts.push(verdict::votes_counted_once(
-            &load::accepted(&rec.votes),
-            &results,
-            unsettled,
-        ));
+        if votes {
+            verdicts.push(verdict::votes_counted_once(
+                &load::accepted(&rec.votes),
+                &results,
+                unsettled,
+            ));
+        }
+        if !watchers.seen.is_empty() {
+            verdicts.push(watch::gapless(&mut watchers.seen, &results).await);
+        }
+    }
+    if s.invariants.sagas_ended && s.load.rate.start_subscription > 0.0 {
+        saga::settle(&fx.subscribers, &mut rec.started).await;
+        let unknown = rec.started.iter().filter(|s| s.id.is_none()).count();
+        let payment = ctl
+            .services
+            .get("payment")
+            .ok_or_else(|| ChaosError::Run("no `payment` instance to read the ledger".into()))?;
+        let ended = saga::observe(
+            &fx.subscribers,
+            &rec.started,
+            payment,
+            s.invariants.saga_wait,
+        )
+        .await
+        .map_err(ChaosError::Run)?;
+        verdicts.push(saga::sagas_ended(&ended, unknown, s.invariants.saga_wait));
     }
     if s.invariants.faults_cleared {
         verdicts.push(ctl.faults_cleared().await);
+    }
+    if let Some(before) = dead_before {
+        let after = dlq::list(&ctl.services).await.map_err(ChaosError::Run)?;
+        verdicts.push(dlq::explained(&before, &after, &s.poison));
     }
     Ok((observed, verdicts))
 }

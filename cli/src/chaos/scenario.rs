@@ -12,6 +12,9 @@ pub const DEFAULT_ABORT_GRPC_STATUS: u16 = 14;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest load a scenario may ask for.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// How long sagas may take to end after the load unless the scenario says otherwise (a
+/// parked charge waits at most 20 s between attempts).
+pub const DEFAULT_SAGA_WAIT: Duration = Duration::from_secs(90);
 /// Most calls per second one method may ask for.
 pub const MAX_RATE: f64 = 500.0;
 
@@ -21,16 +24,25 @@ pub enum Method {
     GetPoll,
     GetResults,
     CastVote,
+    /// Billing's `StartSubscription` (a saga: seat, charge, activate, limits), each by a
+    /// user of its own.
+    StartSubscription,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::GetPoll, Method::GetResults, Method::CastVote];
+    pub const ALL: [Method; 4] = [
+        Method::GetPoll,
+        Method::GetResults,
+        Method::CastVote,
+        Method::StartSubscription,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::GetPoll => "GetPoll",
             Method::GetResults => "GetResults",
             Method::CastVote => "CastVote",
+            Method::StartSubscription => "StartSubscription",
         }
     }
 }
@@ -45,6 +57,8 @@ pub struct Rates {
     pub get_results: f64,
     #[serde(rename = "CastVote", default)]
     pub cast_vote: f64,
+    #[serde(rename = "StartSubscription", default)]
+    pub start_subscription: f64,
 }
 
 impl Rates {
@@ -53,6 +67,7 @@ impl Rates {
             Method::GetPoll => self.get_poll,
             Method::GetResults => self.get_results,
             Method::CastVote => self.cast_vote,
+            Method::StartSubscription => self.start_subscription,
         }
     }
     pub fn total(&self) -> f64 {
@@ -124,6 +139,31 @@ pub struct Kill {
     pub at: Duration,
 }
 
+/// `[[rotate_cert]]`: a fresh workload certificate for one proxy instance at `at`, issued by
+/// the mesh CA of `tally up` and written over the files the proxy watches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCert {
+    /// A proxy instance (`polling-proxy`, `gateway`).
+    pub instance: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub at: Duration,
+}
+
+/// `[[poison]]`: dead letters the scenario expects (and so explains): those of `service`
+/// (and `consumer` / `event_type` when given), at most `max` of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poison {
+    /// The consuming service (`analytics`, `notification`, `polling`).
+    pub service: String,
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    pub max: u32,
+}
+
 /// `[[slo]]`: objectives for one method's calls (or `all`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +195,20 @@ pub struct Invariants {
     /// Every sidecar touched has its original fault settings back after the run.
     #[serde(default = "yes")]
     pub faults_cleared: bool,
+    /// Every saga the load started ends (ACTIVE, FAILED or CANCELLED) within `saga_wait`
+    /// after the load, and the ledger reconciles (checked when the load starts subscriptions).
+    #[serde(default = "yes")]
+    pub sagas_ended: bool,
+    /// How long after the load the sagas may take to end.
+    #[serde(default = "saga_wait", deserialize_with = "de_duration")]
+    pub saga_wait: Duration,
+    /// No dead letter appeared during the run that a `[[poison]]` does not explain.
+    #[serde(default = "yes")]
+    pub dead_letters_explained: bool,
+    /// Watchers of the load's polls saw every update, in order, resuming after each break
+    /// from their last sequence (checked when the load casts votes).
+    #[serde(default = "yes")]
+    pub notifications_gapless: bool,
 }
 
 impl Default for Invariants {
@@ -162,8 +216,16 @@ impl Default for Invariants {
         Self {
             votes_counted_once: true,
             faults_cleared: true,
+            sagas_ended: true,
+            saga_wait: DEFAULT_SAGA_WAIT,
+            dead_letters_explained: true,
+            notifications_gapless: true,
         }
     }
+}
+
+fn saga_wait() -> Duration {
+    DEFAULT_SAGA_WAIT
 }
 
 fn yes() -> bool {
@@ -180,6 +242,10 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     #[serde(default, rename = "kill")]
     pub kills: Vec<Kill>,
+    #[serde(default, rename = "rotate_cert")]
+    pub rotations: Vec<RotateCert>,
+    #[serde(default, rename = "poison")]
+    pub poison: Vec<Poison>,
     #[serde(default, rename = "slo")]
     pub slos: Vec<Slo>,
     #[serde(default)]
@@ -273,10 +339,24 @@ impl Scenario {
                 ));
             }
         }
+        for (i, r) in self.rotations.iter().enumerate() {
+            if r.at >= d {
+                return Err(format!(
+                    "rotate_cert[{i}] ({}): `at` must be within load.duration ({d:?})",
+                    r.instance
+                ));
+            }
+        }
+        for (i, p) in self.poison.iter().enumerate() {
+            if p.max == 0 {
+                return Err(format!("poison[{i}] ({}): max must be above 0", p.service));
+            }
+        }
         for (i, s) in self.slos.iter().enumerate() {
             if s.method != "all" && s.method().is_none() {
                 return Err(format!(
-                    "slo[{i}]: unknown method `{}`; use one of GetPoll, GetResults, CastVote, all",
+                    "slo[{i}]: unknown method `{}`; use one of GetPoll, GetResults, CastVote, \
+                     StartSubscription, all",
                     s.method
                 ));
             }
@@ -330,163 +410,5 @@ fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-name = "abort storm"
-[load]
-duration = "20s"
-rate = { GetPoll = 10, CastVote = 2.5 }
-
-[[fault]]
-sidecar = "polling-proxy"
-route = "inbound"
-at = "2s"
-until = "15s"
-abort_percent = 20
-
-[[fault]]
-sidecar = "polling-proxy"
-route = "inbound"
-at = "15s"
-delay_percent = 50
-delay_ms = 100
-
-[[kill]]
-instance = "analytics"
-signal = "SIGKILL"
-at = "5s"
-
-[[slo]]
-method = "GetPoll"
-min_success_rate = 0.95
-max_p99 = "500ms"
-
-[[slo]]
-method = "all"
-max_p99 = "2s"
-"#;
-
-    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        Scenario::parse("t.toml", text)
-    }
-
-    #[test]
-    fn a_full_scenario_parses_with_its_defaults() {
-        let s = parse(GOOD).expect("parses");
-        assert_eq!(s.load.duration, Duration::from_secs(20));
-        assert_eq!(s.load.timeout, DEFAULT_CALL_TIMEOUT);
-        assert_eq!(s.load.rate.of(Method::GetPoll), 10.0);
-        assert_eq!(s.load.rate.of(Method::GetResults), 0.0);
-        assert_eq!(s.faults[0].abort_grpc_status, DEFAULT_ABORT_GRPC_STATUS);
-        assert_eq!(s.fault_end(&s.faults[0]), Duration::from_secs(15));
-        assert_eq!(s.fault_end(&s.faults[1]), Duration::from_secs(20));
-        assert_eq!(s.kills[0].signal, Signal::Kill);
-        assert_eq!(s.slos[0].method(), Some(Method::GetPoll));
-        assert_eq!(s.slos[1].method(), None);
-        assert_eq!(s.invariants, Invariants::default());
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_by_name() {
-        for (bad, word) in [
-            (
-                "name = \"x\"\ncolour = 1\n[load]\nduration=\"1s\"\nrate={GetPoll=1}",
-                "colour",
-            ),
-            (
-                "name = \"x\"\n[load]\nduration=\"1s\"\nrate={GetPol=1}",
-                "GetPol",
-            ),
-            (
-                "name = \"x\"\n[load]\nduration=\"1s\"\nrate={GetPoll=1}\n[[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"0s\"\nabort_pct=5",
-                "abort_pct",
-            ),
-            (
-                "name = \"x\"\n[load]\nduration=\"1s\"\nrate={GetPoll=1}\n[invariants]\nno_leaks=true",
-                "no_leaks",
-            ),
-        ] {
-            let e = parse(bad).expect_err(bad).to_string();
-            assert!(e.contains("unknown field") && e.contains(word), "{e}");
-            assert!(e.starts_with("scenario t.toml:"), "{e}");
-        }
-    }
-
-    #[test]
-    fn values_serde_cannot_check_are_refused_with_the_reason() {
-        let base = "name = \"x\"\n[load]\nduration=\"10s\"\nrate={GetPoll=1}\n";
-        for (extra, why) in [
-            (
-                "[[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"11s\"\nabort_percent=5",
-                "within load.duration",
-            ),
-            (
-                "[[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"1s\"\nabort_percent=500",
-                "not between 0 and 100",
-            ),
-            (
-                "[[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"1s\"",
-                "sets no fault",
-            ),
-            (
-                "[[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"1s\"\nabort_percent=5\n\
-                 [[fault]]\nsidecar=\"a\"\nroute=\"inbound\"\nat=\"3s\"\nabort_percent=5",
-                "overlaps",
-            ),
-            (
-                "[[kill]]\ninstance=\"a\"\nsignal=\"SIGHUP\"\nat=\"1s\"",
-                "SIGHUP",
-            ),
-            (
-                "[[slo]]\nmethod=\"Login\"\nmax_p99=\"1s\"",
-                "unknown method `Login`",
-            ),
-            ("[[slo]]\nmethod=\"all\"", "set min_success_rate or max_p99"),
-            ("[[slo]]\nmethod=\"all\"\nmin_success_rate=99", "fraction"),
-        ] {
-            let e = parse(&format!("{base}{extra}"))
-                .expect_err(extra)
-                .to_string();
-            assert!(e.contains(why), "{extra}: {e}");
-        }
-        let e = parse("name=\"x\"\n[load]\nduration=\"10\"\nrate={GetPoll=1}").expect_err("unit");
-        assert!(e.to_string().contains("add a unit"), "{e}");
-        let e = parse("name=\"x\"\n[load]\nduration=\"1s\"\nrate={}").expect_err("no load");
-        assert!(e.to_string().contains("at least one method"), "{e}");
-    }
-
-    #[test]
-    fn the_shipped_scenarios_parse() {
-        for (file, text) in [
-            (
-                "abort-storm-polling",
-                include_str!("../../../tests/chaos/abort-storm-polling.toml"),
-            ),
-            (
-                "delay-storm-polling",
-                include_str!("../../../tests/chaos/delay-storm-polling.toml"),
-            ),
-            (
-                "kill-polling",
-                include_str!("../../../tests/chaos/kill-polling.toml"),
-            ),
-            (
-                "impossible-slo",
-                include_str!("../../../tests/chaos/impossible-slo.toml"),
-            ),
-        ] {
-            let s = Scenario::parse(file, text).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!s.slos.is_empty(), "{file}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-}
+#[path = "scenario_tests.rs"]
+mod tests;

@@ -11,6 +11,7 @@ pub enum Action {
     SetFault(usize),
     ClearFault(usize),
     Kill(usize),
+    RotateCert(usize),
 }
 
 /// The schedule's steps, by offset from the start of the load (clears first at a tie, so a
@@ -24,10 +25,14 @@ pub fn timeline(s: &Scenario) -> Vec<(Duration, Action)> {
     for (i, k) in s.kills.iter().enumerate() {
         steps.push((k.at, Action::Kill(i)));
     }
+    for (i, r) in s.rotations.iter().enumerate() {
+        steps.push((r.at, Action::RotateCert(i)));
+    }
     let rank = |a: &Action| match a {
         Action::ClearFault(_) => 0,
         Action::SetFault(_) => 1,
         Action::Kill(_) => 2,
+        Action::RotateCert(_) => 3,
     };
     steps.sort_by_key(|(at, a)| (*at, rank(a)));
     steps
@@ -86,6 +91,9 @@ delay_ms = 10
 instance = "polling"
 signal = "SIGTERM"
 at = "3s"
+[[rotate_cert]]
+instance = "polling-proxy"
+at = "3s"
 "#,
         )
         .expect("scenario")
@@ -100,6 +108,7 @@ at = "3s"
             [
                 (s(1), Action::SetFault(1)),
                 (s(3), Action::Kill(0)),
+                (s(3), Action::RotateCert(0)),
                 (s(5), Action::ClearFault(1)),
                 (s(5), Action::SetFault(0)),
                 (s(10), Action::ClearFault(0)),
@@ -135,6 +144,6 @@ at = "3s"
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         assert_eq!(log[0], "    1.0s  SetFault(1)");
         assert_eq!(log[1], "    3.0s  FAILED no such instance");
-        assert_eq!(log.len(), 5);
+        assert_eq!(log.len(), 6);
     }
 }

@@ -169,7 +169,7 @@ pub fn render(name: &str, observed: &Observed, events: &[String], verdicts: &[Ve
         }
         let _ = writeln!(
             out,
-            "  {:<10} {:>6} calls  {:>7.2}% ok  p99 {:?}{}",
+            "  {:<17} {:>6} calls  {:>7.2}% ok  p99 {:?}{}",
             m.name(),
             s.total,
             s.success_rate() * 100.0,
