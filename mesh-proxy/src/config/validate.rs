@@ -419,6 +419,26 @@ endpoints = ["127.0.0.1:4143"]
     }
 
     #[test]
+    fn connections_per_endpoint_are_bounded() {
+        for bad in [
+            "http2_max_connections_per_endpoint = 0",
+            "http2_max_connections_per_endpoint = 65",
+            "http2_streams_per_connection = 0",
+        ] {
+            let e = error(&format!("[limits]\n{bad}\n{MINIMAL}"));
+            assert!(
+                e.contains("limits.http2_max_connections_per_endpoint"),
+                "{e}"
+            );
+        }
+        let ok = format!("[limits]\nhttp2_max_connections_per_endpoint = 4\n{MINIMAL}");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert!(c.validate("t.toml").is_ok());
+        assert_eq!(c.limits.http2_max_connections_per_endpoint, 4);
+        assert_eq!(c.limits.http2_streams_per_connection, 100);
+    }
+
+    #[test]
     fn empty_endpoints_rejected() {
         let e = error(&MINIMAL.replace("[\"127.0.0.1:4143\"]", "[]"));
         assert!(e.contains("services.user.endpoints"), "{e}");
