@@ -205,6 +205,10 @@ pub struct LimitsConfig {
     pub tls_handshake_timeout_ms: u64,
     /// Time a mesh connection gets, after its handshake, to send the HTTP/2 preface.
     pub http2_preface_timeout_ms: u64,
+    /// Most HTTP/2 connections the proxy opens to one endpoint.
+    pub http2_max_connections_per_endpoint: usize,
+    /// Streams in flight on every connection to an endpoint at which another is opened.
+    pub http2_streams_per_connection: usize,
 }
 
 impl Default for LimitsConfig {
@@ -221,6 +225,8 @@ impl Default for LimitsConfig {
             connect_timeout_ms: d::CONNECT_TIMEOUT_MS,
             tls_handshake_timeout_ms: d::TLS_HANDSHAKE_TIMEOUT_MS,
             http2_preface_timeout_ms: ms(d::HTTP2_PREFACE_TIMEOUT),
+            http2_max_connections_per_endpoint: d::HTTP2_MAX_CONNECTIONS_PER_ENDPOINT,
+            http2_streams_per_connection: d::HTTP2_STREAMS_PER_CONNECTION,
         }
     }
 }

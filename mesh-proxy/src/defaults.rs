@@ -115,12 +115,38 @@ pub(crate) const MAX_RETRY_BUFFER_BYTES: usize = 64 * 1024;
 pub(crate) const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1_000;
 /// hyper's rapid-reset guard: pending reset streams before the connection gets a GOAWAY.
 pub(crate) const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 200;
+
+// HTTP/2 connections, on both the client side (to endpoints and the local app) and the server
+// side (listeners), unless a constant says otherwise. The reasons are in the README's
+// "HTTP/2 settings" section.
+/// Flow-control window per stream: 1 MiB, so one stream of large messages is not held to
+/// the RFC's 64 KiB per round trip; still bounds what one slow reader can make the peer buffer.
 pub(crate) const HTTP2_INITIAL_STREAM_WINDOW_SIZE: u32 = 1024 * 1024;
+/// Flow-control window per connection: 4 MiB, room for four full streams at once before any
+/// WINDOW_UPDATE, since many callers share one connection between sidecars.
 pub(crate) const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 4 * 1024 * 1024;
+/// Largest frame the proxy accepts: the RFC's 16 KiB. gRPC messages in the mesh are small, and
+/// small frames let streams sharing a connection interleave.
+pub(crate) const HTTP2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// No adaptive (BDP-probing) window: the fixed windows above already exceed the bandwidth-delay
+/// product of a loopback or same-zone hop, and probing adds PINGs to every busy connection.
+pub(crate) const HTTP2_ADAPTIVE_WINDOW: bool = false;
+/// `TCP_NODELAY` on every connection the proxy opens or accepts: a gRPC call is a few small
+/// frames, and Nagle's algorithm would hold the last one back for the peer's delayed ACK.
+pub(crate) const TCP_NODELAY: bool = true;
+/// PING interval that keeps an idle connection known to be alive.
 pub(crate) const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub(crate) const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = ms(HTTP2_KEEPALIVE_INTERVAL);
+/// Time a PING may go unanswered before the connection is closed.
 pub(crate) const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = ms(HTTP2_KEEPALIVE_TIMEOUT);
+/// Client side: most HTTP/2 connections to one endpoint (`limits.http2_max_connections_per_endpoint`).
+/// One, as before, until a measurement shows more pay on this machine: all calls between two
+/// sidecars then share one TLS session and one connection task each side.
+pub(crate) const HTTP2_MAX_CONNECTIONS_PER_ENDPOINT: usize = 1;
+/// Client side: streams in flight on the least busy connection to an endpoint at which another
+/// connection is opened (`limits.http2_streams_per_connection`), when the limit above allows.
+pub(crate) const HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// SPIFFE trust domain of the mesh.
 pub(crate) const TRUST_DOMAIN: &str = "tally.local";

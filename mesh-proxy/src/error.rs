@@ -6,6 +6,7 @@ pub mod respond;
 
 use crate::body::BoxError;
 use crate::grpc::Code;
+use crate::transport::pool::SendError;
 
 /// A failure the proxy produced (not an answer relayed from the app); each maps to one gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,7 @@ impl ProxyError {
 }
 
 /// Classifies an error from the HTTP/2 client talking to an endpoint.
-pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+pub fn from_client_error(endpoint: &str, e: SendError) -> ProxyError {
     if e.is_connect() {
         return ProxyError::Connect {
             endpoint: endpoint.to_string(),
@@ -146,7 +147,7 @@ pub fn from_client_error(endpoint: &str, e: hyper_util::client::legacy::Error) -
 /// made, the app refused the stream (REFUSED_STREAM), its GOAWAY came before our stream, the
 /// connection closed before the request was sent, or the connection ended after a graceful
 /// GOAWAY before any response to it. Such a request may always be retried.
-pub fn local_app_never_saw(e: &hyper_util::client::legacy::Error) -> bool {
+pub fn local_app_never_saw(e: &SendError) -> bool {
     e.is_connect() || (!cancelled_by_us(e) && (refused_stream(e) || drained_before_response(e)))
 }
 
@@ -155,10 +156,8 @@ pub fn local_app_never_saw(e: &hyper_util::client::legacy::Error) -> bool {
 /// A peer that drains finishes every stream it accepted before closing, so this one was never
 /// accepted: Envoy's `reset_before_request`. A connection that ends with no GOAWAY (a crash)
 /// does not qualify: the peer may have processed the request.
-fn drained_before_response(e: &hyper_util::client::legacy::Error) -> bool {
-    !cancelled_by_us(e)
-        && connection_ended(e)
-        && crate::transport::connector::drain_state(e).is_some_and(|d| d.drained())
+fn drained_before_response(e: &SendError) -> bool {
+    !cancelled_by_us(e) && connection_ended(e) && e.drained()
 }
 
 /// True when the error chain says the connection itself ended (EOF, reset, broken pipe).
@@ -185,7 +184,7 @@ fn connection_ended(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Classifies an error from the HTTP/2 client talking to the local app.
-pub fn from_local_app_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+pub fn from_local_app_error(e: SendError) -> ProxyError {
     if cancelled_by_us(&e) {
         return ProxyError::Cancelled;
     }

@@ -131,7 +131,9 @@ fn h2_builder(l: &LimitsConfig) -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(l.http2_initial_stream_window_size)
         .initial_connection_window_size(l.http2_initial_connection_window_size)
         .keep_alive_interval(Duration::from_millis(l.http2_keepalive_interval_ms))
-        .keep_alive_timeout(Duration::from_millis(l.http2_keepalive_timeout_ms));
+        .keep_alive_timeout(Duration::from_millis(l.http2_keepalive_timeout_ms))
+        .max_frame_size(crate::defaults::HTTP2_MAX_FRAME_SIZE)
+        .adaptive_window(crate::defaults::HTTP2_ADAPTIVE_WINDOW);
     b
 }
 
@@ -173,7 +175,7 @@ impl Listener {
                 drop(tcp);
                 continue;
             };
-            let _ = tcp.set_nodelay(true);
+            let _ = tcp.set_nodelay(crate::defaults::TCP_NODELAY);
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

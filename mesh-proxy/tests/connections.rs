@@ -386,3 +386,197 @@ async fn a_call_cut_off_by_a_drained_connection_is_sent_again_but_not_after_a_cr
     assert_eq!(headers_seen.load(Ordering::SeqCst), 1);
     assert_eq!(served.load(Ordering::SeqCst), 0);
 }
+
+/// Writes one HTTP/2 frame.
+async fn write_frame(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: &[u8],
+) {
+    use tokio::io::AsyncWriteExt;
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    w.write_all(&f).await.unwrap();
+}
+
+/// An HPACK literal header field without indexing, with a literal name (RFC 7541 §6.2.2).
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0, name.len() as u8];
+    b.extend_from_slice(name.as_bytes());
+    b.push(value.len() as u8);
+    b.extend_from_slice(value.as_bytes());
+    b
+}
+
+/// What the draining first connection of `app_draining_its_first_connection` saw.
+struct Draining {
+    /// Fires once the proxy has acknowledged the PING sent after the GOAWAY, i.e. has read it.
+    drain_seen: tokio::sync::oneshot::Receiver<()>,
+    /// Answer the call the first connection holds, then close it.
+    finish: tokio::sync::oneshot::Sender<()>,
+    /// Streams opened on the first connection after the first one.
+    late_streams: Arc<AtomicUsize>,
+}
+
+/// An echo app whose first connection takes one call, then starts a graceful shutdown (GOAWAY
+/// with the highest stream id, then a PING) and holds that call until told to answer it, as an
+/// app with a maximum connection age serving a slow call does. Later connections answer at once.
+async fn app_draining_its_first_connection() -> (SocketAddr, Draining, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, drain_seen) = tokio::sync::oneshot::channel();
+    let (finish, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let late_streams = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (late, s) = (late_streams.clone(), served.clone());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<tokio::net::TcpStream>();
+    // The first connection is handled apart; later ones by the accept loop below.
+    tokio::spawn(async move {
+        let Ok(first) = first_rx.await else { return };
+        let (mut r, mut w) = first.into_split();
+        let mut preface = [0u8; 24];
+        r.read_exact(&mut preface).await.unwrap();
+        write_frame(&mut w, 0x4, 0, 0, &[]).await; // SETTINGS
+        write_frame(&mut w, 0x4, 0x1, 0, &[]).await; // SETTINGS ACK
+        // Frames read on the first connection, after its first HEADERS, go to the writer side.
+        let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut h = [0u8; 9];
+            while r.read_exact(&mut h).await.is_ok() {
+                let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                let mut payload = vec![0u8; len];
+                if r.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                if frames_tx.send((h[3], h[4], stream, payload)).is_err() {
+                    break;
+                }
+            }
+        });
+        let held = loop {
+            let (kind, _, stream, _) = frames.recv().await.unwrap();
+            if kind == 0x1 && stream > 0 {
+                break stream;
+            }
+        };
+        // GOAWAY (last stream id 2^31-1, NO_ERROR), then a PING whose ACK proves it was read.
+        write_frame(&mut w, 0x7, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]).await;
+        write_frame(&mut w, 0x6, 0, 0, b"drained!").await;
+        let mut seen_tx = Some(seen_tx);
+        let mut finish_rx = finish_rx;
+        loop {
+            tokio::select! {
+                f = frames.recv() => {
+                    let Some((kind, flags, stream, payload)) = f else { return };
+                    if kind == 0x1 && stream > held {
+                        late.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if kind == 0x6
+                        && flags & 0x1 == 1
+                        && payload == b"drained!"
+                        && let Some(t) = seen_tx.take()
+                    {
+                        let _ = t.send(());
+                    }
+                }
+                _ = &mut finish_rx => break,
+            }
+        }
+        // Answer the held call (`:status 200`, gRPC content type, one message, OK trailers),
+        // then the final GOAWAY naming it as the last stream, and close.
+        let mut head = vec![0x88];
+        head.extend(literal("content-type", "application/grpc"));
+        write_frame(&mut w, 0x1, 0x4, held, &head).await;
+        write_frame(&mut w, 0x0, 0, held, &frame(b"held")).await;
+        write_frame(&mut w, 0x1, 0x5, held, &literal("grpc-status", "0")).await;
+        let mut last = held.to_be_bytes().to_vec();
+        last.extend_from_slice(&[0, 0, 0, 0]);
+        write_frame(&mut w, 0x7, 0, 0, &last).await;
+    });
+    tokio::spawn(async move {
+        let mut first_tx = Some(first_tx);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            if let Some(t) = first_tx.take() {
+                let _ = t.send(tcp);
+                continue;
+            }
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let msg = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let mut t = HeaderMap::new();
+                        t.insert("grpc-status", HeaderValue::from_static("0"));
+                        let frames = vec![
+                            Ok::<_, Infallible>(Frame::data(msg)),
+                            Ok(Frame::trailers(t)),
+                        ];
+                        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/grpc"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let draining = Draining {
+        drain_seen,
+        finish,
+        late_streams,
+    };
+    (addr, draining, served)
+}
+
+#[tokio::test]
+async fn calls_arriving_while_the_app_drains_its_connection_go_to_a_new_one() {
+    init();
+    let (app, draining, served) = app_draining_its_first_connection().await;
+    let mesh = Mesh::start_with_apps(&[app], "", "").await;
+    let client = mesh.client().await;
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.call_frames(SVC, PATH, &[], vec![message(0)]).await }
+    });
+    draining.drain_seen.await.unwrap();
+    // The inbound sidecar has read the GOAWAY: no call may be handed to that connection (its
+    // dispatcher exits on its next wake-up, which is how a call used to get stuck there).
+    let clients = vec![client.clone(), mesh.client().await];
+    let failed = bursts(&clients, 3, 20, Duration::ZERO, |i| vec![message(i)]).await;
+    assert!(
+        failed.is_empty(),
+        "{} of 60 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        60,
+        "all served on a new connection"
+    );
+    assert_eq!(draining.late_streams.load(Ordering::SeqCst), 0);
+    draining.finish.send(()).unwrap();
+    let r = held.await.unwrap();
+    assert_eq!(r.status(), Some(OK), "{r:?}");
+    assert_eq!(
+        r.messages.first().map(|m| m.to_vec()),
+        Some(b"held".to_vec())
+    );
+}

@@ -1,37 +1,42 @@
-//! The HTTP/2-only client the proxy uses to reach an endpoint (pooled connections through the
-//! transport seam), and the one way to send a request over it.
+//! The HTTP/2-only client the proxy uses to reach an endpoint (its connections, opened through
+//! the transport seam, live in `transport::pool`), and the one way to send a request over it.
 
-use crate::body::{self, Body};
+use crate::config::LimitsConfig;
+use crate::defaults::{HTTP2_ADAPTIVE_WINDOW, HTTP2_MAX_FRAME_SIZE};
 use crate::transport::ClientTransport;
 use crate::transport::connector::Connector;
+use crate::transport::pool::{ConnLimits, EndpointConns, H2Settings, SendError};
 use crate::{Req, Rsp};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type HttpClient = Client<Connector, Body>;
+pub type HttpClient = Arc<EndpointConns>;
 
-/// HTTP/2 client settings for connections the proxy opens.
+/// Client settings for connections the proxy opens.
 #[derive(Clone)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-    pub max_header_list_size: u32,
+    pub h2: H2Settings,
+    pub limits: ConnLimits,
 }
 
 impl ClientSettings {
-    pub fn from_limits(l: &crate::config::LimitsConfig) -> Self {
+    pub fn from_limits(l: &LimitsConfig) -> Self {
         Self {
             connect_timeout: Duration::from_millis(l.connect_timeout_ms),
-            stream_window: l.http2_initial_stream_window_size,
-            connection_window: l.http2_initial_connection_window_size,
-            keepalive_interval: Duration::from_millis(l.http2_keepalive_interval_ms),
-            keepalive_timeout: Duration::from_millis(l.http2_keepalive_timeout_ms),
-            max_header_list_size: l.max_header_list_size,
+            h2: H2Settings {
+                stream_window: l.http2_initial_stream_window_size,
+                connection_window: l.http2_initial_connection_window_size,
+                max_frame_size: HTTP2_MAX_FRAME_SIZE,
+                adaptive_window: HTTP2_ADAPTIVE_WINDOW,
+                keepalive_interval: Duration::from_millis(l.http2_keepalive_interval_ms),
+                keepalive_timeout: Duration::from_millis(l.http2_keepalive_timeout_ms),
+                max_header_list_size: l.max_header_list_size,
+            },
+            limits: ConnLimits {
+                max_connections: l.http2_max_connections_per_endpoint,
+                streams_per_connection: l.http2_streams_per_connection,
+            },
         }
     }
 }
@@ -49,24 +54,12 @@ pub fn http2_client(
         transport,
         connect_timeout: s.connect_timeout,
     };
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .http2_initial_stream_window_size(s.stream_window)
-        .http2_initial_connection_window_size(s.connection_window)
-        .http2_keep_alive_interval(s.keepalive_interval)
-        .http2_keep_alive_timeout(s.keepalive_timeout)
-        .http2_max_header_list_size(s.max_header_list_size)
-        .build(connector)
+    EndpointConns::new(connector, &s.h2, s.limits)
 }
 
-/// Sends `req` to `addr` over `client` (rewriting the URI so the pool keys on the endpoint).
-pub async fn send(
-    client: &HttpClient,
-    addr: &str,
-    req: Req,
-) -> Result<Rsp, hyper_util::client::legacy::Error> {
+/// Sends `req` to `addr` over `client` (with an absolute URI naming the endpoint, as HTTP/2
+/// needs for `:scheme` and `:authority`).
+pub async fn send(client: &HttpClient, addr: &str, req: Req) -> Result<Rsp, SendError> {
     let (mut parts, b) = req.into_parts();
     let pq = parts
         .uri
@@ -78,6 +71,5 @@ pub async fn send(
     }
     parts.version = http::Version::HTTP_2;
     parts.headers.remove(http::header::HOST);
-    let rsp = client.request(Req::from_parts(parts, b)).await?;
-    Ok(rsp.map(body::incoming))
+    client.send(Req::from_parts(parts, b)).await
 }

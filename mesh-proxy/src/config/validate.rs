@@ -128,6 +128,9 @@ fn check_identity(id: &IdentityConfig, bad: Bad<'_>) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// Bound on `limits.http2_max_connections_per_endpoint`: every connection costs a TLS session.
+const MAX_CONNECTIONS_PER_ENDPOINT: usize = 64;
+
 fn check_limits(l: &LimitsConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
     if l.max_header_list_size < 1024 {
         return Err(bad(
@@ -150,6 +153,19 @@ fn check_limits(l: &LimitsConfig, bad: Bad<'_>) -> Result<(), ConfigError> {
             "limits.http2_initial_*_window_size".into(),
             "below the HTTP/2 minimum of 65535".into(),
             "use at least 65535",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS_PER_ENDPOINT).contains(&l.http2_max_connections_per_endpoint)
+        || l.http2_streams_per_connection == 0
+    {
+        return Err(bad(
+            "limits.http2_max_connections_per_endpoint / limits.http2_streams_per_connection"
+                .into(),
+            format!(
+                "{} / {}",
+                l.http2_max_connections_per_endpoint, l.http2_streams_per_connection
+            ),
+            "use 1 to 64 connections (default 1) and a positive stream count (default 100)",
         ));
     }
     if l.connect_timeout_ms == 0
@@ -400,6 +416,26 @@ endpoints = ["127.0.0.1:4143"]
         ));
         assert!(e.contains("services.user.retry.retryable_statuses"), "{e}");
         assert!(e.contains("fix:"), "{e}");
+    }
+
+    #[test]
+    fn connections_per_endpoint_are_bounded() {
+        for bad in [
+            "http2_max_connections_per_endpoint = 0",
+            "http2_max_connections_per_endpoint = 65",
+            "http2_streams_per_connection = 0",
+        ] {
+            let e = error(&format!("[limits]\n{bad}\n{MINIMAL}"));
+            assert!(
+                e.contains("limits.http2_max_connections_per_endpoint"),
+                "{e}"
+            );
+        }
+        let ok = format!("[limits]\nhttp2_max_connections_per_endpoint = 4\n{MINIMAL}");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert!(c.validate("t.toml").is_ok());
+        assert_eq!(c.limits.http2_max_connections_per_endpoint, 4);
+        assert_eq!(c.limits.http2_streams_per_connection, 100);
     }
 
     #[test]

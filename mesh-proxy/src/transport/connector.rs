@@ -1,14 +1,13 @@
-//! The HTTP/2 client's connector for one endpoint: TCP connect with a timeout, then the
-//! client transport (TLS with the target's expected identity, or plaintext). Reads pass a
+//! Opens connections to one endpoint for the HTTP/2 client: TCP connect with a timeout, then
+//! the client transport (TLS with the target's expected identity, or plaintext). Reads pass a
 //! frame scanner that notices a graceful GOAWAY (`drain`).
 
 use super::drain::{DrainState, FrameScanner};
 use super::{BoxIo, ClientTransport};
 use crate::body::BoxError;
+use crate::defaults::TCP_NODELAY;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,45 +24,29 @@ pub struct Connector {
     pub connect_timeout: Duration,
 }
 
-impl tower::Service<http::Uri> for Connector {
-    type Response = Conn;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = tokio::time::timeout(
-                this.connect_timeout,
-                tokio::net::TcpStream::connect(&this.addr),
-            )
-            .await
-            .map_err(|_| format!("connect to {} timed out", this.addr))??;
-            let _ = tcp.set_nodelay(true);
-            let io = this.transport.connect(tcp, &this.expected_id).await?;
-            Ok(Conn(TokioIo::new(io), FrameScanner::default()))
-        })
+impl Connector {
+    /// Opens one connection: TCP (with `TCP_NODELAY`), then the client transport.
+    pub async fn connect(&self) -> Result<Conn, BoxError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(&self.addr),
+        )
+        .await
+        .map_err(|_| format!("connect to {} timed out", self.addr))??;
+        tcp.set_nodelay(TCP_NODELAY)?;
+        let io = self.transport.connect(tcp, &self.expected_id).await?;
+        Ok(Conn(TokioIo::new(io), FrameScanner::default()))
     }
 }
 
-/// A connected stream the hyper client can use.
+/// A connected stream the HTTP/2 client can use.
 pub struct Conn(TokioIo<BoxIo>, FrameScanner);
 
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new().extra(self.1.state.clone())
+impl Conn {
+    /// The drain state of this connection, shared with the frame scanner that sets it.
+    pub fn drain_state(&self) -> DrainState {
+        self.1.state.clone()
     }
-}
-
-/// The drain state of the connection a failed request used, if the connector made it.
-pub fn drain_state(e: &hyper_util::client::legacy::Error) -> Option<DrainState> {
-    let mut ext = http::Extensions::new();
-    e.connect_info()?.get_extras(&mut ext);
-    ext.remove::<DrainState>()
 }
 
 impl Read for Conn {

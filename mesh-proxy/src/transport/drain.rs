@@ -1,7 +1,8 @@
 //! Notices a graceful GOAWAY on a client connection. hyper does not tell a failed request
 //! whether its connection had been drained, so the connector's stream scans the HTTP/2 frame
 //! headers it reads (nine bytes per frame, payloads skipped) and records a GOAWAY with
-//! NO_ERROR in a flag the request's error carries back (`Connected::extra`).
+//! NO_ERROR in a flag. The connection pool (`pool`) sends no new request on a connection so
+//! flagged, and a request's `SendError` carries the flag of the connection it failed on.
 //!
 //! Why that flag matters: a peer that sends a graceful GOAWAY promises to finish every stream
 //! it accepted before it closes the connection. A stream that dies with such a connection

@@ -4,6 +4,7 @@
 pub(crate) mod connector;
 pub(crate) mod drain;
 pub(crate) mod plaintext;
+pub(crate) mod pool;
 pub mod tls;
 
 use crate::config::Config;
