@@ -29,6 +29,11 @@
 //!   the broker). A position trimmed away is skipped (logged) once every
 //!   partition holds a later one; until then the source waits for it.
 //!
+//! * **Tested against a real broker process**: tansu 0.6.0 (in-memory
+//!   storage), which `bash scripts/test` builds once into `.tools/tansu`
+//!   (64.5 min measured on a 2-core machine shared with six other builds,
+//!   load average 7 to 14; see the README).
+//!
 //! [`publisher`] writes records (for the relay); [`source`] reads and merges
 //! them; this module holds the settings, the client set-up and the record
 //! mapping.
