@@ -3,7 +3,12 @@
 //! also serves the feed or runs the Redis relay) are SIGKILLed and restarted
 //! at random points. At the end the analytics read model and the notification
 //! counts must equal the votes polling stored: nothing lost, nothing counted
-//! twice. Run once over the embedded feed and once over Redis Streams.
+//! twice. One suite, run over every transport: the embedded feed, Redis
+//! Streams and a real Kafka-protocol broker (`transport_suite!` generates a
+//! test per transport).
+//!
+//! The same suite sends a poison event to the dead-letter queue and redrives
+//! it once after the fix, on every transport.
 //!
 //! The kill schedule comes from a seed printed at the start; set
 //! `CHAOS_SEED=<n>` to replay one.
@@ -17,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use support::*;
 use tally_api::analytics::v1 as pb;
+use tally_api::events::v1 as evpb;
 use tally_api::notification::v1 as npb;
 use tonic::Code;
 
@@ -148,15 +154,24 @@ async fn chaos_round(stack: &mut Stack, rng: &mut StdRng, log: &mut Vec<String>)
     tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
 }
 
-async fn exactly_once_under_chaos(redis: bool) {
+/// The transports the suite runs on.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Embedded,
+    Redis,
+    Kafka,
+}
+
+async fn exactly_once_under_chaos(transport: Transport) {
     let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
-    eprintln!("chaos seed {seed} (redis: {redis}); rerun with CHAOS_SEED={seed}");
+    eprintln!("chaos seed {seed} ({transport:?}); rerun with CHAOS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stack = Stack::start(StackOptions {
-        redis,
+        redis: matches!(transport, Transport::Redis),
+        kafka: matches!(transport, Transport::Kafka),
         analytics: Some(String::new()),
         notification: Some(String::new()),
         ..Default::default()
@@ -274,12 +289,178 @@ async fn exactly_once_under_chaos(redis: bool) {
     assert_eq!(stored, (POLLS * VOTERS) as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_once_counts_under_chaos_over_the_embedded_feed() {
-    exactly_once_under_chaos(false).await;
+/// A poll analytics refuses (an injected fault) sends its `PollCreated` and
+/// votes to the dead-letter queue while the rest is applied; a redrive
+/// before the fix keeps them; after the fix (a restart without the fault) a
+/// redrive applies each exactly once, and neither a second redrive nor a
+/// replay from the start changes the counts.
+async fn poison_to_the_dlq_then_redriven_once(transport: Transport) {
+    let poison = "Poison question?";
+    let mut stack = Stack::start(StackOptions {
+        redis: matches!(transport, Transport::Redis),
+        kafka: matches!(transport, Transport::Kafka),
+        analytics: Some(format!("reject_questions = [\"{poison}\"]\n")),
+        retry_max_attempts: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let (_, owner) = stack.account("dlq-owner@example.com").await;
+    let good = stack
+        .as_user(&owner)
+        .create_poll("Fine question?", ["a", "b"], None)
+        .await
+        .expect("create");
+    let bad = stack
+        .as_user(&owner)
+        .create_poll(poison, ["a", "b"], None)
+        .await
+        .expect("create");
+    for v in 0..3 {
+        let (_, token) = stack.account(&format!("dlq-voter-{v}@example.com")).await;
+        for poll in [&good, &bad] {
+            let option = if poll.poll_id == good.poll_id {
+                "opt-1"
+            } else {
+                "opt-2"
+            };
+            stack
+                .as_user(&token)
+                .cast_vote(&poll.poll_id, option, "")
+                .await
+                .expect("vote");
+        }
+    }
+    let status = wait_caught_up(&stack, stack.analytics()).await;
+    // PollCreated of the poison poll and its three votes are dead-lettered; the rest is applied.
+    assert_eq!(status.dead_letters, 4, "{status:?}");
+    let mut admin = admin_client(stack.analytics());
+    let letters = admin
+        .list_dead_letters(evpb::ListDeadLettersRequest {
+            consumer: status.consumer.clone(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .dead_letters;
+    assert_eq!(letters.len(), 4);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.attempts >= 1 && !l.error.is_empty()),
+        "{letters:?}"
+    );
+    let created: Vec<_> = letters
+        .iter()
+        .filter(|l| l.event_type == "tally.events.v1.PollCreated")
+        .collect();
+    assert_eq!(created.len(), 1, "{letters:?}");
+    assert!(
+        created[0].error.contains("injected fault"),
+        "{:?}",
+        created[0]
+    );
+    let good_counts = polling_counts(&stack, &owner, &good.poll_id).await;
+    assert_eq!(
+        analytics_counts(&stack, &owner, &good.poll_id).await,
+        good_counts
+    );
+    let err = analytics_client(stack.analytics())
+        .get_poll_results(bearer(
+            pb::GetPollResultsRequest {
+                poll_id: bad.poll_id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .expect_err("poison poll not applied");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let redrive = |admin: &ConsumerAdmin| {
+        let req = evpb::RedriveDeadLetterRequest {
+            consumer: status.consumer.clone(),
+            event_id: String::new(),
+        };
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .redrive_dead_letter(req)
+                .await
+                .expect("redrive")
+                .into_inner();
+            (r.redriven, r.still_failing)
+        }
+    };
+    // Redriving before the fix keeps them in the queue.
+    assert_eq!(redrive(&admin).await, (0, 4));
+
+    // The fix: restart without the fault.
+    let analytics = stack.analytics.as_mut().expect("analytics");
+    analytics.kill();
+    let config = stack.dir.path().join("analytics.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(&format!("reject_questions = [\"{poison}\"]\n"), ""),
+    )
+    .expect("write");
+    analytics.start().await;
+
+    let mut admin = admin_client(stack.analytics());
+    assert_eq!(redrive(&admin).await, (4, 0));
+    let bad_counts = polling_counts(&stack, &owner, &bad.poll_id).await;
+    assert_eq!(bad_counts.1, 3);
+    assert_eq!(
+        analytics_counts(&stack, &owner, &bad.poll_id).await,
+        bad_counts
+    );
+
+    // Applied once: a second redrive finds nothing, a replay changes nothing.
+    assert_eq!(redrive(&admin).await, (0, 0));
+    admin
+        .replay(evpb::ReplayRequest {
+            consumer: status.consumer.clone(),
+            from_offset: 0,
+            rebuild: false,
+        })
+        .await
+        .expect("replay");
+    let after = wait_caught_up(&stack, stack.analytics()).await;
+    assert_eq!(after.dead_letters, 0);
+    for (poll_id, want) in [(&good.poll_id, &good_counts), (&bad.poll_id, &bad_counts)] {
+        assert_eq!(
+            &analytics_counts(&stack, &owner, poll_id).await,
+            want,
+            "after replay ({transport:?})"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_once_counts_under_chaos_over_redis_streams() {
-    exactly_once_under_chaos(true).await;
+type ConsumerAdmin =
+    tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceClient<
+        tonic::transport::Channel,
+    >;
+
+/// One test per transport.
+macro_rules! transport_suite {
+    ($($module:ident => $transport:expr;)+) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn exactly_once_counts_under_chaos() {
+                exactly_once_under_chaos($transport).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn poison_event_goes_to_the_dlq_and_is_applied_once_after_the_fix_and_redrive() {
+                poison_to_the_dlq_then_redriven_once($transport).await;
+            }
+        }
+    )+};
+}
+
+transport_suite! {
+    embedded => Transport::Embedded;
+    redis => Transport::Redis;
+    kafka => Transport::Kafka;
 }

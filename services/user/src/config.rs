@@ -349,8 +349,10 @@ mod tests {
             c.events,
             tally_chassis::events::EventBusSettings::Redis(_)
         ));
+        let e = load_toml("[events]\ntransport = \"nats\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("nats"), "{e}");
         let e = load_toml("[events]\ntransport = \"kafka\"\n", &[]).unwrap_err();
-        assert!(e.to_string().contains("kafka"), "{e}");
+        assert!(e.to_string().contains("brokers"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Test helpers shared by every Tally crate's integration tests.
 //!
 //! Tests here run real processes on real sockets: the service binaries built by
-//! `cargo build --workspace --bins`, a real `redis-server`, the real `grpcurl`.
+//! `cargo build --workspace --bins`, a real `redis-server`, the real `grpcurl`, a real Kafka-protocol broker (`tansu`).
 //! Helpers panic with a message that says what to do, since they only run in
 //! tests.
 
@@ -9,6 +9,7 @@
 
 mod health;
 mod http;
+mod kafka;
 mod paths;
 mod ports;
 mod process;
@@ -21,6 +22,7 @@ pub use health::{is_serving, wait_for_health};
 pub use http::{
     HTTP_ANSWER_TIMEOUT, HTTP_CONNECT_WITHIN, HttpReply, admin_request, http_get, http_request,
 };
+pub use kafka::{KafkaBroker, tansu_path};
 pub use paths::{bin_path, grpcurl, repo_root};
 pub use ports::{TALLY_UP_PORTS, TALLY_UP_PORTS_PER_EXTRA_INSTANCE, free_port, free_port_range};
 pub use process::Process;

@@ -2,7 +2,8 @@
 //! `tally-user`, `tally-polling`, `tally-analytics` and `tally-notification`
 //! binaries (built by `cargo build --workspace --bins`) on free ports, each
 //! with its own data directory, restartable on the same port and data, and
-//! optionally a real `redis-server` as the event transport.
+//! optionally a real `redis-server` or a real Kafka-protocol broker (`tansu`)
+//! as the event transport.
 
 #![allow(dead_code)]
 
@@ -15,7 +16,7 @@ use tally_api::events::v1::consumer_admin_service_client::ConsumerAdminServiceCl
 use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
 use tally_api::notification::v1::notification_service_client::NotificationServiceClient;
 use tally_sdk::{Client, Credentials};
-use tally_testkit::{Process, READY_TIMEOUT, RedisServer, bin_path, free_port};
+use tally_testkit::{KafkaBroker, Process, READY_TIMEOUT, RedisServer, bin_path, free_port};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -157,6 +158,8 @@ pub fn lazy_channel(uri: &str, stream_window: Option<u32>) -> Channel {
 pub struct StackOptions {
     /// Use Redis Streams as the event transport (starts a redis-server).
     pub redis: bool,
+    /// Use a Kafka-protocol broker as the event transport (starts tansu).
+    pub kafka: bool,
     /// Run analytics with these extra `[analytics]` lines.
     pub analytics: Option<String>,
     /// Run notification with these extra `[notification]` lines.
@@ -172,6 +175,7 @@ pub struct Stack {
     pub analytics: Option<Service>,
     pub notification: Option<Service>,
     pub redis: Option<RedisServer>,
+    pub kafka: Option<KafkaBroker>,
     pub dir: tempfile::TempDir,
     /// The `[outbound]` and `[events]` sections consumers get.
     consumer_sections: String,
@@ -187,12 +191,20 @@ impl Stack {
             true => Some(RedisServer::start().await),
             false => None,
         };
-        let events = match &redis {
-            Some(r) => format!(
+        let kafka = match opts.kafka {
+            true => Some(KafkaBroker::start().await),
+            false => None,
+        };
+        let events = match (&redis, &kafka) {
+            (Some(r), _) => format!(
                 "[events]\ntransport = \"redis\"\nurl = \"{}\"\nclaim_idle_ms = 2000\nblock_ms = 200\n\n",
                 r.url()
             ),
-            None => String::new(),
+            (None, Some(k)) => format!(
+                "[events]\ntransport = \"kafka\"\nbrokers = [\"{}\"]\npartitions = 3\nfetch_wait_ms = 200\n\n",
+                k.address()
+            ),
+            (None, None) => String::new(),
         };
         let (user_port, polling_port) = (free_port(), free_port());
         let mut user = Service::new(
@@ -256,6 +268,7 @@ impl Stack {
             analytics,
             notification,
             redis,
+            kafka,
             dir,
             consumer_sections,
         };

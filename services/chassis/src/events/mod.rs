@@ -5,15 +5,17 @@
 //! ```text
 //! producer store ──outbox──▶ feed (gRPC server stream)  ──▶ FeedSource ─┐
 //!                └─outbox──▶ relay ──XADD──▶ Redis stream ──▶ RedisSource ─┤
+//!                └─outbox──▶ relay ─produce─▶ Kafka topic ──▶ KafkaSource ─┤
 //!                                                                          ▼
 //!                            consumer runtime ──one WriteBatch──▶ consumer store
 //!                            (processed row + read model + offset; DLQ on failure)
 //! ```
 //!
 //! * [`feed`]: every producer serves its outbox as `tally.events.v1.EventFeedService`.
-//! * [`bus`]: the narrow port a consumer reads from ([`bus::EventSource`]), with two adapters:
+//! * [`bus`]: the narrow port a consumer reads from ([`bus::EventSource`]), with three adapters:
 //!   [`feed_source`] (the embedded default, a client of the producer's feed through the
-//!   mesh) and [`redis_streams`] (Redis Streams with consumer groups, fed by the [`relay`]).
+//!   mesh), [`redis_streams`] (Redis Streams with consumer groups) and [`kafka`] (a
+//!   Kafka-protocol broker), both fed by the [`relay`].
 //! * [`consumer`]: the runtime that applies a [`consumer::Handler`] idempotently, retries,
 //!   dead-letters, redrives and replays; [`dead_letter`] holds the DLQ records.
 //! * [`admin`]: `tally.events.v1.ConsumerAdminService` over a service's consumers.
@@ -21,7 +23,7 @@
 //! # Wiring a service
 //! ```ignore
 //! // Producer (e.g. polling): serve the outbox next to the service, and start
-//! // the relay when the transport is Redis (None for the embedded feed).
+//! // the relay when the transport is Redis or Kafka (None for the embedded feed).
 //! routes.add_service(events::Feed::new(store.clone()).server());
 //! let _relay = events::transport::spawn_relay(&cfg.events, store.clone(), "polling").await?;
 //!
@@ -33,25 +35,19 @@
 //! routes.add_service(events::ConsumerAdmin::new([results.clone()]).server());
 //! ```
 //!
-//! Positions are the producer's outbox offsets on both transports (the relay
-//! uses the offset as the Redis stream entry id), so a consumer's durable
+//! Positions are the producer's outbox offsets on every transport (the relay
+//! uses the offset as the Redis stream entry id, and as a Kafka record
+//! header), so a consumer's durable
 //! offset, lag and replay mean the same thing whichever transport carries it.
 //!
-//! # Adding a Kafka adapter
-//! Implement [`bus::EventSource`] and [`relay::Publisher`]:
-//! * one topic per producer, keyed by `aggregate_id`, so per-aggregate order
-//!   survives partitioning; the relay publishes with an idempotent producer
-//!   (`enable.idempotence`) and records the outbox offset after the broker acks;
-//! * the envelope's outbox offset travels in a record header, because Kafka
-//!   offsets are per partition and are not the producer's offsets;
-//! * `subscribe` joins a consumer group named after the consumer; `ack` commits
-//!   the partition offset after the consumer's own transaction committed;
-//! * `rewind` (replay) seeks each partition to the first record whose header
-//!   offset is greater than the requested one (or to the beginning for 0);
-//! * `head` is the producer's outbox head (from the header of the last record
-//!   of each partition); retention is the topic's `retention.ms`/`retention.bytes`.
-//!
-//! Dead consumers need no XAUTOCLAIM there: the group rebalances their partitions.
+//! # The Kafka transport
+//! [`kafka`] implements [`bus::EventSource`] and [`relay::Publisher`] over the
+//! Kafka protocol: one topic per producer, partitioned by aggregate id, the
+//! outbox offset in a record header, and a source that merges the partitions
+//! back into outbox order; see its module doc for why offsets stay in the
+//! consumer's own store rather than in a broker consumer group. Dead
+//! consumers need no claiming there: a restarted consumer resubscribes from
+//! its durable offset.
 
 pub mod admin;
 pub mod bus;
@@ -60,6 +56,7 @@ pub mod dead_letter;
 pub mod envelope;
 pub mod feed;
 pub mod feed_source;
+pub mod kafka;
 pub mod redis_streams;
 pub mod relay;
 pub mod transport;
@@ -69,6 +66,7 @@ pub use bus::{BusError, Delivery, DeliveryStream, EventSource, Subscription};
 pub use consumer::{Consumer, ConsumerError, ConsumerStatus, Handler, HandlerError, RetryPolicy};
 pub use feed::Feed;
 pub use feed_source::FeedSource;
+pub use kafka::{KafkaPublisher, KafkaSettings, KafkaSource};
 pub use redis_streams::{RedisPublisher, RedisSource, RedisStreamSettings};
 pub use relay::{Publisher, Relay};
 pub use transport::EventBusSettings;

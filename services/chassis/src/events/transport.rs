@@ -1,6 +1,6 @@
 //! Choosing the event transport by config: the embedded feed (default, nothing
-//! else to run) or Redis Streams. Producers and consumers call the two
-//! functions here and never name an adapter.
+//! else to run), Redis Streams or a Kafka-protocol broker. Producers and
+//! consumers call the two functions here and never name an adapter.
 //!
 //! ```toml
 //! [events]                  # or omitted: embedded
@@ -8,10 +8,18 @@
 //! url = "redis://127.0.0.1:6379"
 //! max_len = 100000          # optional, see redis_streams for the rest
 //! ```
+//!
+//! ```toml
+//! [events]
+//! transport = "kafka"
+//! brokers = ["127.0.0.1:9092"]
+//! partitions = 6            # optional, see kafka for the rest
+//! ```
 
 use crate::config::{Issue, OutboundSettings};
 use crate::events::bus::{BusError, EventSource};
 use crate::events::feed_source::FeedSource;
+use crate::events::kafka::{KafkaPublisher, KafkaSettings, KafkaSource};
 use crate::events::redis_streams::{RedisPublisher, RedisSource, RedisStreamSettings};
 use crate::events::relay::Relay;
 use crate::storage::Store;
@@ -27,6 +35,8 @@ pub enum EventBusSettings {
     Embedded,
     /// A relay copies the outbox to Redis Streams; consumers use consumer groups.
     Redis(RedisStreamSettings),
+    /// A relay copies the outbox to a Kafka-protocol topic per producer.
+    Kafka(KafkaSettings),
 }
 
 impl EventBusSettings {
@@ -48,6 +58,7 @@ impl EventBusSettings {
         match self {
             EventBusSettings::Embedded => Vec::new(),
             EventBusSettings::Redis(redis) => redis.issues(prefix),
+            EventBusSettings::Kafka(kafka) => kafka.issues(prefix),
         }
     }
 }
@@ -66,11 +77,14 @@ pub async fn source(
         EventBusSettings::Redis(redis) => {
             Ok(Arc::new(RedisSource::connect(redis, producer).await?))
         }
+        EventBusSettings::Kafka(kafka) => {
+            Ok(Arc::new(KafkaSource::connect(kafka, producer).await?))
+        }
     }
 }
 
 /// For a producer: starts the outbox relay when the transport needs one
-/// (Redis), or returns `None` (embedded: the feed serves the outbox itself).
+/// (Redis, Kafka), or returns `None` (embedded: the feed serves the outbox itself).
 pub async fn spawn_relay(
     settings: &EventBusSettings,
     store: Arc<dyn Store>,
@@ -80,6 +94,10 @@ pub async fn spawn_relay(
         EventBusSettings::Embedded => Ok(None),
         EventBusSettings::Redis(redis) => {
             let publisher = Arc::new(RedisPublisher::connect(redis, producer).await?);
+            Ok(Some(Relay::new(store, publisher, producer).spawn()))
+        }
+        EventBusSettings::Kafka(kafka) => {
+            let publisher = Arc::new(KafkaPublisher::connect(kafka, producer).await?);
             Ok(Some(Relay::new(store, publisher, producer).spawn()))
         }
     }
@@ -112,7 +130,27 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(toml::from_str::<Config>("[events]\ntransport = \"kafka\"").is_err());
+        assert!(
+            toml::from_str::<Config>("[events]\ntransport = \"kafka\"").is_err(),
+            "kafka needs brokers"
+        );
+        assert!(toml::from_str::<Config>("[events]\ntransport = \"nats\"").is_err());
+        let c: Config = toml::from_str(
+            "[events]\ntransport = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\npartitions = 3",
+        )
+        .expect("kafka");
+        match &c.events {
+            EventBusSettings::Kafka(k) => assert_eq!((k.brokers.len(), k.partitions), (1, 3)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(c.events.issues("events").is_empty());
+        assert!(
+            toml::from_str::<Config>(
+                "[events]\ntransport = \"kafka\"\nbrokers = [\"b:1\"]\npartition = 3"
+            )
+            .is_err(),
+            "unknown kafka keys are rejected"
+        );
         assert!(
             toml::from_str::<Config>(
                 "[events]\ntransport = \"redis\"\nurl = \"redis://x\"\nmaxlen = 5"
