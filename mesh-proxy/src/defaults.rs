@@ -209,3 +209,12 @@ pub(crate) const GATEWAY_MAX_CLIENTS: usize = 100_000;
 /// Time allowed to read an HTTP/1.1 request head.
 pub(crate) const GATEWAY_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const GATEWAY_HEADER_READ_TIMEOUT_MS: u64 = ms(GATEWAY_HEADER_READ_TIMEOUT);
+
+// --- Load balancer: endpoint selection at scale ---
+
+/// Random draws the balancer makes for each of its two P2C candidates before it falls back to
+/// scanning every endpoint. A pick then costs O(1) instead of O(endpoints): with a share `u` of
+/// endpoints unusable (ejected, breaker-open), a draw fails with probability `u^8`, i.e. 0.4 %
+/// of picks with half of them unusable, so the scan stays rare while 16 draws at most cost
+/// less than the scan of even a small service.
+pub(crate) const P2C_SAMPLE_TRIES: usize = 8;

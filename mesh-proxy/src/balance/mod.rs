@@ -16,6 +16,7 @@ use crate::body::{self, End};
 use crate::breaker::{Admission, Breaker};
 use crate::classify::{Classifier, Signal, Verdict};
 use crate::config::ServiceConfig;
+use crate::defaults as d;
 use crate::error::from_client_error;
 use crate::metrics::{FailureLabels, Metrics, endpoint as endpoint_labels, route as route_labels};
 use crate::transport::ClientTransport;
@@ -110,18 +111,52 @@ impl Pool {
         })
     }
 
-    /// P2C over the endpoints neither ejected nor breaker-open; then claim the winner's breaker.
+    /// P2C over the endpoints neither ejected nor breaker-open (and not `avoid` when another
+    /// will do); then claim the winner's breaker. The pair is sampled from the whole list, so
+    /// the usual pick looks at a few endpoints, not all of them; only when sampling finds too
+    /// few usable ones (most ejected or breaker-open, or only the avoided one left) does it scan
+    /// them all, which also tells "no endpoints" from "breaker open".
     fn pick(&self, avoid: Option<&str>) -> Result<(Arc<Endpoint>, Admission), ProxyError> {
         let now = Instant::now();
+        let usable = |k: usize| {
+            let e = &self.endpoints[k];
+            avoid != Some(e.addr.as_str()) && self.available(e, now) && e.breaker.available()
+        };
+        let sampled = p2c::sample_two(
+            &mut rand::rng(),
+            self.endpoints.len(),
+            d::P2C_SAMPLE_TRIES,
+            usable,
+        );
+        match sampled {
+            Some((i, j)) => self.claim(&self.endpoints[i], &self.endpoints[j]),
+            None => self.pick_by_scan(avoid, now),
+        }
+    }
+
+    /// Whether endpoint `e` is not ejected at `now` (logging its return from an ejection).
+    fn available(&self, e: &Endpoint, now: Instant) -> bool {
+        match self.outliers.availability(e.index, now) {
+            Availability::Ejected => false,
+            Availability::Returned => {
+                tracing::info!(route = %self.route, endpoint = %e.addr, "outlier returned to the load balancer");
+                true
+            }
+            Availability::Available => true,
+        }
+    }
+
+    /// The pick over the full candidate list: O(endpoints), for when sampling gave up.
+    fn pick_by_scan(
+        &self,
+        avoid: Option<&str>,
+        now: Instant,
+    ) -> Result<(Arc<Endpoint>, Admission), ProxyError> {
         let mut healthy = 0;
         let mut candidates: Vec<&Arc<Endpoint>> = Vec::with_capacity(self.endpoints.len());
         for e in &self.endpoints {
-            match self.outliers.availability(e.index, now) {
-                Availability::Ejected => continue,
-                Availability::Returned => {
-                    tracing::info!(route = %self.route, endpoint = %e.addr, "outlier returned to the load balancer");
-                }
-                Availability::Available => {}
+            if !self.available(e, now) {
+                continue;
             }
             healthy += 1;
             if e.breaker.available() {
@@ -139,8 +174,26 @@ impl Pool {
                 ProxyError::BreakerOpen(self.route.clone())
             });
         };
-        let (best, other) = p2c::cheaper(i, j, |k| candidates[k].cost());
-        for ep in [candidates[best], candidates[other]] {
+        self.claim(candidates[i], candidates[j])
+    }
+
+    /// The cheaper of `a` and `b` by load estimate, or the other if its breaker refuses.
+    fn claim(
+        &self,
+        a: &Arc<Endpoint>,
+        b: &Arc<Endpoint>,
+    ) -> Result<(Arc<Endpoint>, Admission), ProxyError> {
+        if Arc::ptr_eq(a, b) {
+            // One candidate (a service with one usable endpoint): nothing to compare.
+            return a
+                .breaker
+                .try_acquire()
+                .map(|adm| (a.clone(), adm))
+                .ok_or_else(|| ProxyError::BreakerOpen(self.route.clone()));
+        }
+        let pair = [a, b];
+        let (best, other) = p2c::cheaper(0, 1, |k| pair[k].cost());
+        for ep in [pair[best], pair[other]] {
             if let Some(adm) = ep.breaker.try_acquire() {
                 return Ok((ep.clone(), adm));
             }

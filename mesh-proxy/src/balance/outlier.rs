@@ -74,13 +74,21 @@ impl Outliers {
                 Availability::Returned
             }
             None => {
-                // Envoy-style decay: each healthy interval after a return forgives one ejection.
+                // Envoy-style decay: each healthy interval after a return forgives one ejection,
+                // counted from the clock rather than from how often the endpoint is looked at
+                // (the balancer samples a few endpoints per call, not all of them).
                 if let Some(r) = o.returned_at
                     && o.times_ejected > 0
-                    && now.duration_since(r) >= self.interval
                 {
-                    o.times_ejected -= 1;
-                    o.returned_at = Some(now);
+                    let interval_ns = self.interval.as_nanos().max(1);
+                    let passed = now.duration_since(r).as_nanos() / interval_ns;
+                    let forgiven = u32::try_from(passed)
+                        .unwrap_or(u32::MAX)
+                        .min(o.times_ejected);
+                    if forgiven > 0 {
+                        o.times_ejected -= forgiven;
+                        o.returned_at = Some(r + self.interval.saturating_mul(forgiven));
+                    }
                 }
                 Availability::Available
             }
@@ -180,6 +188,28 @@ mod tests {
             tokio::time::advance(Duration::from_secs(10)).await;
             assert_eq!(o.availability(0, Instant::now()), Availability::Available);
         }
+        assert_eq!(fail(&o, 0, 3), Recorded::Ejected(Duration::from_secs(30)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_intervals_forgive_even_when_the_endpoint_is_looked_at_rarely() {
+        let o = Outliers::new(&cfg(100), 2);
+        assert_eq!(fail(&o, 0, 3), Recorded::Ejected(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(o.availability(0, Instant::now()), Availability::Returned);
+        assert_eq!(fail(&o, 0, 3), Recorded::Ejected(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(o.availability(0, Instant::now()), Availability::Returned);
+        // One look after 1.5 intervals forgives one ejection, the next look half an interval
+        // later the second: the clock counts, not the number of looks.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(o.availability(0, Instant::now()), Availability::Available);
+        assert_eq!(fail(&o, 0, 3), Recorded::Ejected(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(o.availability(0, Instant::now()), Availability::Returned);
+        // Twenty seconds without a look forgive both ejections at once.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(o.availability(0, Instant::now()), Availability::Available);
         assert_eq!(fail(&o, 0, 3), Recorded::Ejected(Duration::from_secs(30)));
     }
 

@@ -167,6 +167,75 @@ async fn p2c_prefers_the_cheaper_endpoint() {
     );
 }
 
+/// Opens the breakers of every endpoint of `p` but those at `keep` (three connect failures each).
+fn open_breakers_except(p: &Pool, keep: &[usize]) {
+    for (k, ep) in p.endpoints.iter().enumerate() {
+        if keep.contains(&k) {
+            continue;
+        }
+        for _ in 0..3 {
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            p.finish(ep, Admission::Normal, Signal::ConnectFailure);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_endpoint_takes_every_call_even_when_asked_to_avoid_it() {
+    let p = pool(1);
+    for _ in 0..1000 {
+        assert_eq!(
+            call(&p, None, Signal::Grpc(Code::Ok)).unwrap(),
+            "127.0.0.1:1"
+        );
+    }
+    for _ in 0..10 {
+        let addr = call(&p, Some("127.0.0.1:1"), Signal::Grpc(Code::Ok)).unwrap();
+        assert_eq!(addr, "127.0.0.1:1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_pool_spreads_calls_and_never_picks_the_avoided_endpoint() {
+    let p = pool(1000);
+    let avoid = "127.0.0.1:7";
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        seen.insert(call(&p, None, Signal::Grpc(Code::Ok)).unwrap());
+    }
+    for _ in 0..3000 {
+        let addr = call(&p, Some(avoid), Signal::Grpc(Code::Ok)).unwrap();
+        assert_ne!(addr, avoid);
+        seen.insert(addr);
+    }
+    // 4000 picks of two among 999: nearly every endpoint is drawn at least once.
+    assert!(seen.len() > 950, "{} endpoints picked", seen.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_pool_with_few_usable_endpoints_still_finds_them() {
+    let p = pool(1000);
+    open_breakers_except(&p, &[10, 500]);
+    let (a, b) = ("127.0.0.1:11", "127.0.0.1:501");
+    for _ in 0..200 {
+        let addr = call(&p, None, Signal::Grpc(Code::Ok)).unwrap();
+        assert!(addr == a || addr == b, "{addr}");
+    }
+    // Only one left that is not avoided: it is found; avoiding the last one leaves it in.
+    for _ in 0..50 {
+        assert_eq!(call(&p, Some(a), Signal::Grpc(Code::Ok)).unwrap(), b);
+    }
+    open_breakers_except(&p, &[10]);
+    for _ in 0..50 {
+        assert_eq!(call(&p, Some(a), Signal::Grpc(Code::Ok)).unwrap(), a);
+    }
+    open_breakers_except(&p, &[]);
+    assert!(matches!(
+        call(&p, None, Signal::Grpc(Code::Ok)),
+        Err(ProxyError::BreakerOpen(_))
+    ));
+}
+
 #[test]
 fn duplicates_are_found() {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
