@@ -186,6 +186,8 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
     let (ok, out) = chaos(data.path(), &short_abort_storm(work.path())).await;
     println!("{out}");
     assert!(ok, "every verdict met:\n{out}\n{}", up.output());
+    // The fault draws' seed is printed, so the run can be replayed with `--seed`.
+    assert!(out.contains("(fault seed "), "{out}");
     all_met(
         &out,
         &[
