@@ -9,9 +9,9 @@
 //! - the impossible SLO fails by name; the saga invariant fails by name when payment is
 //!   frozen (SIGSTOP) for the whole run, so the check can fail for its reason;
 //! - a run interrupted with Ctrl-C during its fault puts the fault settings back;
-//! - last (it leaves breakers and streams disturbed), the rolling restart of every service:
-//!   no vote lost or doubled, every saga ended, no dead letter; the failed calls stay within
-//!   the bound measured for single-instance services (see rolling-restart.toml).
+//! - last (it restarts every service), the rolling restart of every service: not one failed
+//!   call, no vote lost or doubled, every saga ended, no dead letter, the notification
+//!   watchers resumed without gaps.
 //!
 //! Load calls carry fresh idempotency keys and each run its own users, so the runs do not
 //! disturb each other's verdicts.
@@ -27,9 +27,6 @@ const READY: Duration = Duration::from_secs(240);
 const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
 /// How long one chaos run may take at most (setup, load, settling, verdicts).
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
-/// Lowest success rate of the short rolling restart (48-65 % in three runs: polling's restart
-/// fails its calls for 10-16 s of the 30 s; see rolling-restart.toml).
-const ROLLING_MIN_SUCCESS: f64 = 0.25;
 
 /// This checkout's root (the root package's directory), where the scenarios are.
 fn repo_root() -> PathBuf {
@@ -186,6 +183,8 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
     let (ok, out) = chaos(data.path(), &short_abort_storm(work.path())).await;
     println!("{out}");
     assert!(ok, "every verdict met:\n{out}\n{}", up.output());
+    // The fault draws' seed is printed, so the run can be replayed with `--seed`.
+    assert!(out.contains("(fault seed "), "{out}");
     all_met(
         &out,
         &[
@@ -345,8 +344,9 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
         "{after}"
     );
 
-    // 7. Last: a rolling restart of every service under load. The invariants hold; the
-    // failed calls stay within the measured bound (zero is the goal, not reached yet).
+    // 7. Last: a rolling restart of every service under load: zero failed calls (feeds end
+    // at drain, the inbound sidecar holds calls while its app restarts, breaker probes are
+    // judged by their response head), and the invariants hold.
     let rolling = shorten(work.path(), "rolling-restart.toml", |s| {
         s["load"]["duration"] = "30s".into();
         for (k, at) in entries(s, "kill")
@@ -355,11 +355,7 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
         {
             table(k).insert("at".into(), at.into());
         }
-        table(&mut entries(s, "slo")[0])
-            .insert("min_success_rate".into(), ROLLING_MIN_SUCCESS.into());
-        // A restarted notification leaves the gateway's breaker for it half-open with a
-        // watch stream as its probe, which refuses every other watch (see the README).
-        table(&mut s["invariants"]).insert("notifications_gapless".into(), false.into());
+        // The scenario's own SLO stands: every call succeeds (100 %).
     });
     let (ok, out) = chaos(data.path(), &rolling).await;
     println!("{out}");
@@ -367,8 +363,10 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
     all_met(
         &out,
         &[
+            "slo all success rate >= 100.00%",
             "every scheduled fault carried out: 7 step(s)",
             "invariant votes counted exactly once",
+            "invariant notification streams resumed without gaps",
             "invariant every saga completed or compensated",
             "invariant no dead letters unexplained",
         ],

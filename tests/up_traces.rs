@@ -249,7 +249,7 @@ async fn a_vote_through_the_gateway_is_one_trace_from_edge_to_consumer() {
     );
 
     // Analytics' subscription to polling's feed is a trace of its own that reaches polling.
-    let (ok, out, err) = tally(data.path(), &["traces", "--json", "--limit", "500"]);
+    let (ok, out, err) = tally(data, &["traces", "--json", "--limit", "500"]);
     assert!(ok, "{err}");
     let list: Value = serde_json::from_str(&out).expect("json");
     let subscribe =

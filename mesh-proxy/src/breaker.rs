@@ -3,6 +3,11 @@
 //! success. Own implementation rather than tower-resilience's breaker because gRPC outcomes
 //! arrive in trailers at the end of the stream, after the response future has resolved, and the
 //! balancer must be able to ask "may this endpoint take a call?" before choosing it.
+//!
+//! A half-open probe is judged by its response head ([`Breaker::on_response_head`]): a call
+//! whose headers arrive without a status (the endpoint accepted it and is answering) closes the
+//! breaker at once. Waiting for the end of the stream instead would let a long server stream as
+//! the probe keep every other call refused for as long as the stream stays open.
 
 use crate::config::BreakerConfig;
 use parking_lot::Mutex;
@@ -112,6 +117,29 @@ impl Breaker {
         }
     }
 
+    /// Judges a half-open probe by its response head: HTTP 200 with no `grpc-status` in the
+    /// headers (not a trailers-only answer) means the endpoint took the call, so the breaker
+    /// closes now. Returns the admission under which the call's end is to be recorded:
+    /// `Normal` once the probe is settled (its end then counts like any closed-state call).
+    pub fn on_response_head(
+        &self,
+        admission: Admission,
+        status: http::StatusCode,
+        has_grpc_status: bool,
+    ) -> Admission {
+        if admission != Admission::Probe || status != http::StatusCode::OK || has_grpc_status {
+            return admission;
+        }
+        let mut g = self.inner.lock();
+        if g.state == State::HalfOpen {
+            g.probing = false;
+            g.consecutive = 0;
+            g.window.clear();
+            self.set_state(&mut g, State::Closed);
+        }
+        Admission::Normal
+    }
+
     fn open(&self, g: &mut Inner) {
         g.open_until = Instant::now() + Duration::from_millis(self.cfg.open_ms);
         g.probing = false;
@@ -190,6 +218,54 @@ mod tests {
         let a = b.try_acquire().unwrap();
         b.record(a, Some(false));
         assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_probe_is_judged_by_its_head_not_its_end() {
+        let b = breaker(1);
+        b.record(Admission::Normal, Some(true));
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let probe = b.try_acquire().unwrap();
+        assert_eq!(probe, Admission::Probe);
+        // Headers of a long server stream arrive: the endpoint is serving.
+        let after = b.on_response_head(probe, http::StatusCode::OK, false);
+        assert_eq!(after, Admission::Normal);
+        assert_eq!(b.state(), State::Closed);
+        // While the stream stays open (an hour), every other call is admitted.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for _ in 0..10 {
+            assert_eq!(b.try_acquire(), Some(Admission::Normal));
+        }
+        // The stream's end later counts as an ordinary call.
+        b.record(after, None);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answered_trailers_only_or_not_ok_still_waits_for_its_end() {
+        let b = breaker(1);
+        b.record(Admission::Normal, Some(true));
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let probe = b.try_acquire().unwrap();
+        for (status, has_grpc_status) in [
+            (http::StatusCode::OK, true),
+            (http::StatusCode::SERVICE_UNAVAILABLE, false),
+        ] {
+            assert_eq!(
+                b.on_response_head(probe, status, has_grpc_status),
+                Admission::Probe
+            );
+            assert_eq!(b.state(), State::HalfOpen);
+            assert!(b.try_acquire().is_none(), "still one probe");
+        }
+        b.record(probe, Some(true));
+        assert_eq!(b.state(), State::Open);
+        // A normal call's head changes nothing.
+        assert_eq!(
+            b.on_response_head(Admission::Normal, http::StatusCode::OK, false),
+            Admission::Normal
+        );
+        assert_eq!(b.state(), State::Open);
     }
 
     #[tokio::test(start_paused = true)]

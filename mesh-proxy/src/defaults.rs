@@ -62,6 +62,11 @@ pub(crate) const TRANSPARENT_RETRIES: u32 = 2;
 pub(crate) const LOCAL_APP_ATTEMPTS: u32 = 3;
 /// Pause before reconnecting to the local app after a failed connect (times the attempt).
 pub(crate) const LOCAL_APP_RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long the inbound hop holds a call while the local app refuses connections (a restart),
+/// reconnecting until it listens again; the caller's deadline ends the hold sooner.
+pub(crate) const LOCAL_APP_HOLD: Duration = Duration::from_secs(15);
+/// Longest pause between reconnects while holding a call for the local app.
+pub(crate) const LOCAL_APP_HOLD_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 // Per-endpoint circuit breaker.
 pub(crate) const BREAKER_CONSECUTIVE_FAILURES: u32 = 5;

@@ -2,6 +2,8 @@
 //! percentage of calls, from config, from the admin API at runtime, and from Envoy's
 //! `x-envoy-fault-*` headers when the route allows them. Own layer rather than
 //! tower-resilience's chaos because the settings change at runtime and per request.
+//! A route's draws come from a seeded RNG when its settings carry a `seed` (set again on every
+//! `PUT /faults`), so a chaos run can be replayed; otherwise from the thread RNG.
 
 use crate::config::FaultConfig;
 use crate::grpc::Code;
@@ -9,8 +11,10 @@ use crate::layer::{Layer, Next};
 use crate::metrics::{FaultLabels, Metrics};
 use crate::{Direction, ProxyError, Req, Rsp};
 use http::HeaderMap;
+use parking_lot::Mutex;
 use parking_lot::RwLock;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,17 +35,62 @@ pub const H_DELAY_PCT: &str = "x-envoy-fault-delay-request-percentage";
 
 /// Current fault settings per route, shared with the admin API.
 #[derive(Clone, Default)]
-pub(crate) struct FaultStore(Arc<RwLock<BTreeMap<String, FaultConfig>>>);
+pub(crate) struct FaultStore(Arc<RwLock<BTreeMap<String, Route>>>);
+
+/// One route's settings and, when seeded, the RNG its draws come from.
+#[derive(Clone)]
+struct Route {
+    cfg: FaultConfig,
+    draws: Draws,
+}
+
+/// Where a route's fault draws come from: a seeded RNG shared by its calls, or the thread RNG.
+#[derive(Clone, Default)]
+pub(crate) struct Draws(Option<Arc<Mutex<StdRng>>>);
+
+impl Draws {
+    fn seeded(seed: Option<u64>) -> Self {
+        Self(seed.map(|s| Arc::new(Mutex::new(StdRng::seed_from_u64(s)))))
+    }
+
+    /// True for `percent` % of draws.
+    fn roll(&self, percent: f64) -> bool {
+        if percent <= 0.0 {
+            return false;
+        }
+        let draw = match &self.0 {
+            Some(rng) => rng.lock().random_range(0.0..100.0),
+            None => rand::rng().random_range(0.0..100.0),
+        };
+        draw < percent
+    }
+}
 
 impl FaultStore {
     pub(crate) fn get(&self, route: &str) -> Option<FaultConfig> {
-        self.0.read().get(route).cloned()
+        self.0.read().get(route).map(|r| r.cfg.clone())
     }
+    /// Sets a route's settings; a `seed` restarts its draws from that seed.
     pub(crate) fn set(&self, route: &str, f: FaultConfig) {
-        self.0.write().insert(route.to_string(), f);
+        let draws = Draws::seeded(f.seed);
+        self.0
+            .write()
+            .insert(route.to_string(), Route { cfg: f, draws });
     }
     pub(crate) fn snapshot(&self) -> BTreeMap<String, FaultConfig> {
-        self.0.read().clone()
+        self.0
+            .read()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.cfg.clone()))
+            .collect()
+    }
+    /// A route's settings and its draws.
+    fn route(&self, route: &str) -> (FaultConfig, Draws) {
+        self.0
+            .read()
+            .get(route)
+            .map(|r| (r.cfg.clone(), r.draws.clone()))
+            .unwrap_or_default()
     }
 }
 
@@ -114,10 +163,6 @@ pub(crate) fn capped_delay(d: Duration, cfg: &FaultConfig) -> Duration {
     d.min(Duration::from_millis(cfg.max_delay_ms))
 }
 
-fn roll(percent: f64) -> bool {
-    percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent
-}
-
 pub(crate) struct FaultLayer {
     store: FaultStore,
     route: String,
@@ -156,7 +201,8 @@ impl<N: Next<Error = ProxyError>> Layer<N> for FaultLayer {
     type Error = ProxyError;
 
     async fn handle(&self, mut req: Req, next: &N) -> Result<Rsp, ProxyError> {
-        let cfg = self.store.get(&self.route).unwrap_or_default();
+        let (cfg, draws) = self.store.route(&self.route);
+        let roll = |percent| draws.roll(percent);
         let hf = if cfg.allow_header_faults {
             let hf = header_faults(req.headers(), cfg.header_max_percent);
             for h in [
@@ -218,6 +264,41 @@ mod tests {
             );
         }
         m
+    }
+
+    /// 200 draws at 50 % from `route` of `store`.
+    fn draws(store: &FaultStore, route: &str) -> Vec<bool> {
+        let (cfg, draws) = store.route(route);
+        assert_eq!(cfg.abort_percent, 50.0);
+        (0..200).map(|_| draws.roll(cfg.abort_percent)).collect()
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_fault_draws() {
+        let seeded = FaultConfig {
+            abort_percent: 50.0,
+            seed: Some(42),
+            ..FaultConfig::default()
+        };
+        let (a, b) = (FaultStore::default(), FaultStore::default());
+        a.set("polling", seeded.clone());
+        b.set("polling", seeded.clone());
+        let first = draws(&a, "polling");
+        assert_eq!(first, draws(&b, "polling"), "same seed, same draws");
+        assert!(first.contains(&true) && first.contains(&false), "{first:?}");
+        // Setting the seed again (a replayed run) starts the draws over.
+        a.set("polling", seeded.clone());
+        assert_eq!(draws(&a, "polling"), first);
+        b.set(
+            "polling",
+            FaultConfig {
+                seed: Some(43),
+                ..seeded
+            },
+        );
+        assert_ne!(draws(&b, "polling"), first, "another seed, other draws");
+        // The seed shows in the settings (GET /faults), so a run can be repeated.
+        assert_eq!(a.snapshot()["polling"].seed, Some(42));
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //! verified identity in `x-tally-peer-spiffe-id` (any value the caller sent is replaced).
 //! A call the app provably never received (its connection was being replaced, it refused the
 //! stream, a failed connect) is sent again, so the mesh does not fail calls because of its own
-//! connection to the app. The body streams through a replay body for that.
+//! connection to the app. The body streams through a replay body for that. While the app
+//! refuses connections (it is restarting), the call is held and reconnected for up to
+//! `LOCAL_APP_HOLD`, so a restart costs the caller latency, not an error.
 
 use crate::balance::{ClientSettings, HttpClient, http2_client, send};
-use crate::defaults::{LOCAL_APP_ATTEMPTS, LOCAL_APP_RECONNECT_BACKOFF, PEER_ID_HEADER};
+use crate::defaults::{
+    LOCAL_APP_ATTEMPTS, LOCAL_APP_HOLD, LOCAL_APP_HOLD_BACKOFF_MAX, LOCAL_APP_RECONNECT_BACKOFF,
+    PEER_ID_HEADER,
+};
 use crate::error::{from_local_app_error, local_app_never_saw};
 use crate::layer::Next;
 use crate::observe::CallInfo;
@@ -48,13 +53,17 @@ impl Next for Forward {
         let (parts, body) = req.into_parts();
         let replay = Replay::new(body, self.replay_limit);
         let mut attempt = 1;
+        let started = tokio::time::Instant::now();
         loop {
             let req = Req::from_parts(parts.clone(), replay.body().boxed_unsync());
             let e = match send(&self.client, &self.addr, req).await {
                 Ok(rsp) => return Ok(rsp),
                 Err(e) => e,
             };
-            if attempt >= LOCAL_APP_ATTEMPTS || !local_app_never_saw(&e) || !replay.is_replayable()
+            let holding = e.is_connect() && started.elapsed() < LOCAL_APP_HOLD;
+            if (attempt >= LOCAL_APP_ATTEMPTS && !holding)
+                || !local_app_never_saw(&e)
+                || !replay.is_replayable()
             {
                 return Err(from_local_app_error(e));
             }
@@ -63,7 +72,8 @@ impl Next for Forward {
                 i.add_retry();
             }
             if e.is_connect() {
-                tokio::time::sleep(LOCAL_APP_RECONNECT_BACKOFF * attempt).await;
+                let pause = LOCAL_APP_RECONNECT_BACKOFF.saturating_mul(attempt);
+                tokio::time::sleep(pause.min(LOCAL_APP_HOLD_BACKOFF_MAX)).await;
             }
             attempt += 1;
         }

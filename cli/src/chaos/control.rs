@@ -28,6 +28,8 @@ pub struct Platform {
     pub services: BTreeMap<String, String>,
     /// Settings of each touched (sidecar, route) before the run.
     originals: BTreeMap<(String, String), FaultConfig>,
+    /// Seed of the fault draws, sent with every fault so the run can be replayed.
+    seed: u64,
 }
 
 fn proxy_config(data_dir: &Path, name: &str) -> Result<Config, String> {
@@ -77,7 +79,7 @@ fn service_addresses(data_dir: &Path) -> Result<BTreeMap<String, String>, String
 
 impl Platform {
     /// Finds everything `s` needs under `data_dir`, or says what is missing.
-    pub fn open(data_dir: &Path, s: &Scenario) -> Result<Self, String> {
+    pub fn open(data_dir: &Path, s: &Scenario, seed: u64) -> Result<Self, String> {
         let gw = proxy_config(data_dir, "gateway")?;
         let gateway = gw
             .gateway
@@ -118,6 +120,7 @@ impl Platform {
             rotations,
             services: service_addresses(data_dir)?,
             originals: BTreeMap::new(),
+            seed,
         })
     }
 
@@ -212,6 +215,7 @@ impl Platform {
             delay_percent: f.delay_percent,
             delay_ms: f.delay_ms,
             reset_percent: f.reset_percent,
+            seed: Some(self.seed),
             ..base
         };
         self.put(&f.sidecar, &f.route, &faults).await?;

@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// The data directory of the running `tally up`.
     #[arg(long, default_value = ".tally")]
     pub data_dir: PathBuf,
+    /// Seed of the proxies' fault draws (printed by every run; pass it again to replay one).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// What `tally chaos check` parses.
@@ -102,11 +105,12 @@ fn read(path: &std::path::Path) -> Result<Scenario, ChaosError> {
 
 async fn run_scenario(a: &RunArgs) -> Result<(), ChaosError> {
     let s = read(&a.scenario)?;
-    let mut ctl = control::Platform::open(&a.data_dir, &s).map_err(ChaosError::Run)?;
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let mut ctl = control::Platform::open(&a.data_dir, &s, seed).map_err(ChaosError::Run)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let sizes = load::sizes(&s.load);
     say(&format!(
-        "{}: run {run_id}: setting up {} user(s), {} poll(s) and {} subscriber(s) through the gateway {}",
+        "{}: run {run_id} (fault seed {seed}): setting up {} user(s), {} poll(s) and {} subscriber(s) through the gateway {}",
         s.name, sizes.users, sizes.polls, sizes.subscribers, ctl.gateway
     ));
     let fx = Arc::new(

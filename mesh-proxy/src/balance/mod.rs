@@ -371,9 +371,13 @@ impl tower::Service<Req> for Balance {
                 Ok(mut rsp) => {
                     ep.ewma.observe(start.elapsed());
                     rsp.extensions_mut().insert(ServedBy(ep.addr.clone()));
-                    let http = (grpc::status_of(rsp.headers()).is_none()
-                        && rsp.status() != http::StatusCode::OK)
+                    let has_grpc_status = grpc::status_of(rsp.headers()).is_some();
+                    let http = (!has_grpc_status && rsp.status() != http::StatusCode::OK)
                         .then(|| rsp.status().as_u16());
+                    // A half-open probe is settled by its head, not a long stream's end.
+                    let adm = ep
+                        .breaker
+                        .on_response_head(adm, rsp.status(), has_grpc_status);
                     let (pool2, ep2) = (pool.clone(), ep.clone());
                     Ok(body::on_end(rsp, move |end| {
                         pool2.finish(&ep2, adm, end_signal(http, end))

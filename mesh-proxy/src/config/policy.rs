@@ -156,6 +156,9 @@ pub struct FaultConfig {
     pub header_max_percent: f64,
     /// Cap on any injected delay (config, admin API or header); longer delays are clamped.
     pub max_delay_ms: u64,
+    /// Seed of this route's fault draws, so a chaos run can be replayed; unseeded when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Default for FaultConfig {
@@ -169,6 +172,7 @@ impl Default for FaultConfig {
             allow_header_faults: false,
             header_max_percent: d::HEADER_FAULT_MAX_PERCENT,
             max_delay_ms: ms(d::FAULT_MAX_DELAY),
+            seed: None,
         }
     }
 }

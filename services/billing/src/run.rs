@@ -120,7 +120,7 @@ pub async fn run(
         orchestrator,
         auth,
     )));
-    routes.add(feed.server());
+    routes.add_feed(&feed);
     server::serve(&cfg.server, hub, health_server, routes, shutdown).await?;
     Ok(())
 }

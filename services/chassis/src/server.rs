@@ -1,7 +1,9 @@
 //! The gRPC server every service runs: its own routes plus `grpc.health.v1`,
 //! server reflection (v1 and v1alpha, for grpcurl and `buf curl`), request ids,
 //! and graceful shutdown that stops accepting, drains in-flight calls, and
-//! reports NOT_SERVING while it does.
+//! reports NOT_SERVING while it does. Event-feed streams never end by
+//! themselves, so draining closes them at once (consumers resubscribe from
+//! their offsets) and waits only for the unary calls in flight.
 
 use crate::config::ServerSettings;
 use crate::health::HealthHub;
@@ -19,6 +21,8 @@ use tonic::transport::Server;
 pub struct Routes {
     inner: RoutesBuilder,
     names: Vec<&'static str>,
+    /// Feeds whose streams end when the server starts draining.
+    feeds: Vec<crate::events::Feed>,
 }
 
 impl Routes {
@@ -44,6 +48,12 @@ impl Routes {
         self.names.push(S::NAME);
         self.inner.add_service(service);
         self
+    }
+
+    /// Adds an event feed, whose streams end as soon as the server drains.
+    pub fn add_feed(&mut self, feed: &crate::events::Feed) -> &mut Self {
+        self.feeds.push(feed.clone());
+        self.add(feed.server())
     }
 
     /// Fully-qualified names of the services added so far.
@@ -102,6 +112,7 @@ where
     let Routes {
         inner: mut routes,
         names,
+        feeds,
     } = routes;
     // Every service this port serves answers `grpc.health.v1.Health/Check`.
     for name in &names {
@@ -153,6 +164,9 @@ where
     // Stop taking new calls, report NOT_SERVING, and let in-flight calls finish.
     health.drain().await;
     let _ = stop_tx.send(());
+    for feed in &feeds {
+        feed.close_streams();
+    }
     match tokio::time::timeout(drain, &mut server).await {
         Ok(res) => finished(res)?,
         Err(_) => {

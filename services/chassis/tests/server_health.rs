@@ -124,3 +124,54 @@ async fn wait_for_channel(addr: std::net::SocketAddr) -> tonic::transport::Chann
     }
     panic!("server at {addr} never accepted: {last}");
 }
+
+/// Long enough that a drain waiting on an open feed stream cannot pass.
+const LONG_DRAIN_SECS: u64 = 120;
+/// How long a drain with no unary call in flight may take.
+const QUICK_DRAIN: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn draining_ends_feed_streams_at_once() {
+    use tally_api::events::v1::SubscribeRequest;
+    use tally_api::events::v1::event_feed_service_client::EventFeedServiceClient;
+
+    let (_dir, store) = temp_store().await;
+    let feed = Feed::new(store.clone());
+    let (hub, health_server) = HealthHub::new(&[FEED]);
+    let mut routes = Routes::new();
+    routes.add_feed(&feed);
+
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", tally_testkit::free_port())
+        .parse()
+        .expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut settings = ServerSettings::on(addr);
+    settings.drain_timeout_secs = LONG_DRAIN_SECS;
+    let server = tokio::spawn(async move {
+        serve(&settings, hub, health_server, routes, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let mut client = EventFeedServiceClient::new(wait_for_channel(addr).await);
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            consumer: "drain_test".into(),
+            from_offset: 0,
+            event_types: vec![],
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+
+    let _ = stop_tx.send(());
+    let served = tokio::time::timeout(QUICK_DRAIN, server)
+        .await
+        .expect("the drain waited for the open feed stream");
+    served.expect("server task").expect("server result");
+    // The consumer saw its stream end (and would resubscribe from its offset).
+    let end = tokio::time::timeout(QUICK_DRAIN, stream.message())
+        .await
+        .expect("the feed stream stayed open");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+}

@@ -81,7 +81,7 @@ pub async fn run(
     let mut routes = tally_chassis::server::Routes::new();
     routes.add(PollServiceServer::new(api));
     // Consumers (notification, analytics) follow the outbox through this feed.
-    routes.add(feed.server());
+    routes.add_feed(&feed);
     // Status, dead letters and replay of the plan-limits consumer (none
     // listed when billing is not configured).
     routes.add(tally_chassis::events::ConsumerAdmin::new(consumers).server());

@@ -115,7 +115,7 @@ pub async fn run(
     let proxies = config.user.login_throttle.trusted_proxies.clone();
     routes.add(UserGrpc::new(app, proxies).into_server());
     routes.add(crate::admin::UserAdminGrpc::new(keys, admin_token).into_server());
-    routes.add(feed.server());
+    routes.add_feed(&feed);
     let served =
         tally_chassis::server::serve(&config.server, hub, health_server, routes, shutdown).await;
     refresher.abort();

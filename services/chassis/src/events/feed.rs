@@ -15,8 +15,14 @@
 //! slow client slows only its own reader task (the gRPC stream's flow control
 //! pushes back), never grows memory.
 //!
+//! A feed stream never ends by itself, so a server draining for shutdown
+//! would wait out its whole drain timeout for them. [`Feed::close_streams`]
+//! (called by the chassis server when it starts draining, for feeds mounted
+//! with `Routes::add_feed`) ends every stream at once; consumers resubscribe
+//! from their durable offset, so nothing is lost.
+//!
 //! Mount it next to the service with one line:
-//! `routes.add_service(Feed::new(store.clone()).server());`
+//! `routes.add_feed(&Feed::new(store.clone()));`
 
 use crate::events::envelope;
 use crate::storage::{OutboxEntry, Store, StoreError};
@@ -46,6 +52,8 @@ struct Inner {
     poller: OnceLock<()>,
     idle_poll: Duration,
     buffer: usize,
+    /// True once the feed is shutting down: every stream ends.
+    closing: watch::Sender<bool>,
 }
 
 /// Wakes a feed's poller right after a commit (optional; see module docs).
@@ -71,6 +79,7 @@ impl Feed {
     /// most `buffer` entries per subscriber.
     pub fn with_options(store: Arc<dyn Store>, idle_poll: Duration, buffer: usize) -> Self {
         let (head, _) = watch::channel(0);
+        let (closing, _) = watch::channel(false);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -79,6 +88,7 @@ impl Feed {
                 poller: OnceLock::new(),
                 idle_poll: idle_poll.max(Duration::from_millis(1)),
                 buffer: buffer.max(1),
+                closing,
             }),
         }
     }
@@ -93,6 +103,12 @@ impl Feed {
         FeedNotifier {
             poke: self.inner.poke.clone(),
         }
+    }
+
+    /// Ends every subscriber's stream now and refuses new subscriptions with
+    /// UNAVAILABLE (a draining server must not wait for endless streams).
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// The newest outbox offset, read from the store now.
@@ -203,6 +219,46 @@ fn to_response(entry: OutboxEntry) -> SubscribeResponse {
     }
 }
 
+/// Sends `store`'s outbox after `cursor` to `tx`, then follows new commits,
+/// until the subscriber goes away or the store fails.
+async fn follow(
+    store: Arc<dyn Store>,
+    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    mut head: watch::Receiver<u64>,
+    types: HashSet<String>,
+    mut cursor: u64,
+) {
+    loop {
+        let entries = match store.read_outbox(cursor, READ_CHUNK).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = tx.send(Err(crate::status::store(e))).await;
+                return;
+            }
+        };
+        if entries.is_empty() {
+            tokio::select! {
+                _ = tx.closed() => return,
+                changed = head.wait_for(|h| *h > cursor) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+        for entry in entries {
+            cursor = entry.offset;
+            if !types.is_empty() && !types.contains(&entry.event.event_type) {
+                continue;
+            }
+            if tx.send(Ok(to_response(entry))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl EventFeedService for Feed {
     type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
@@ -216,38 +272,20 @@ impl EventFeedService for Feed {
         let types: HashSet<String> = req.event_types.into_iter().collect();
         let (tx, rx) = mpsc::channel(self.inner.buffer);
         let store = self.inner.store.clone();
-        let mut head = self.inner.head.subscribe();
+        let head = self.inner.head.subscribe();
         tracing::info!(consumer = %req.consumer, from = req.from_offset, "event feed subscriber joined");
+        let mut closing = self.inner.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return Err(Status::unavailable(
+                "the event feed is shutting down; subscribe again from the same offset",
+            ));
+        }
         tokio::spawn(async move {
-            let mut cursor = req.from_offset;
-            loop {
-                let entries = match store.read_outbox(cursor, READ_CHUNK).await {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        let _ = tx.send(Err(crate::status::store(e))).await;
-                        return;
-                    }
-                };
-                if entries.is_empty() {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        changed = head.wait_for(|h| *h > cursor) => {
-                            if changed.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    continue;
+            tokio::select! {
+                _ = closing.wait_for(|closed| *closed) => {
+                    tracing::info!(consumer = %req.consumer, "event feed closed the stream for shutdown");
                 }
-                for entry in entries {
-                    cursor = entry.offset;
-                    if !types.is_empty() && !types.contains(&entry.event.event_type) {
-                        continue;
-                    }
-                    if tx.send(Ok(to_response(entry))).await.is_err() {
-                        return;
-                    }
-                }
+                _ = follow(store, tx, head, types, req.from_offset) => {}
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -24,7 +24,7 @@
 //! ```ignore
 //! // Producer (e.g. polling): serve the outbox next to the service, and start
 //! // the relay when the transport is Redis or Kafka (None for the embedded feed).
-//! routes.add_service(events::Feed::new(store.clone()).server());
+//! routes.add_feed(&events::Feed::new(store.clone()));
 //! let _relay = events::transport::spawn_relay(&cfg.events, store.clone(), "polling").await?;
 //!
 //! // Consumer (e.g. analytics): one Consumer per handler, the admin service, health.
