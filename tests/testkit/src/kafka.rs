@@ -49,7 +49,7 @@ pub fn tansu_path() -> PathBuf {
     }
     panic!(
         "tansu not found at {} or on PATH; run `bash scripts/test` once (it installs it), or \
-         `cargo install tansu --locked --no-default-features --features dynostore --root .tools/tansu`",
+         `cargo install tansu --locked --debug --no-default-features --features dynostore --root .tools/tansu`",
         installed.display()
     );
 }

@@ -31,8 +31,8 @@
 //!
 //! * **Tested against a real broker process**: tansu 0.6.0 (in-memory
 //!   storage), which `bash scripts/test` builds once into `.tools/tansu`
-//!   (64.5 min measured on a 2-core machine shared with six other builds,
-//!   load average 7 to 14; see the README).
+//!   (a dev build, about 10 min on a busy 2-core machine against 64.5 min for
+//!   the release profile; see the README).
 //!
 //! [`publisher`] writes records (for the relay); [`source`] reads and merges
 //! them; this module holds the settings, the client set-up and the record
