@@ -321,33 +321,7 @@ async fn app_ending_its_first_connection(
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let msg = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        let mut t = HeaderMap::new();
-                        t.insert("grpc-status", HeaderValue::from_static("0"));
-                        let frames = vec![
-                            Ok::<_, Infallible>(Frame::data(msg)),
-                            Ok(Frame::trailers(t)),
-                        ];
-                        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
-                        r.headers_mut()
-                            .insert("content-type", HeaderValue::from_static("application/grpc"));
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+            tokio::spawn(serve_counting_echo(tcp, s.clone()));
         }
     });
     (addr, served, headers_seen)
@@ -509,33 +483,7 @@ async fn app_draining_its_first_connection() -> (SocketAddr, Draining, Arc<Atomi
                 let _ = t.send(tcp);
                 continue;
             }
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let msg = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        let mut t = HeaderMap::new();
-                        t.insert("grpc-status", HeaderValue::from_static("0"));
-                        let frames = vec![
-                            Ok::<_, Infallible>(Frame::data(msg)),
-                            Ok(Frame::trailers(t)),
-                        ];
-                        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
-                        r.headers_mut()
-                            .insert("content-type", HeaderValue::from_static("application/grpc"));
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+            tokio::spawn(serve_counting_echo(tcp, s.clone()));
         }
     });
     let draining = Draining {
@@ -579,4 +527,32 @@ async fn calls_arriving_while_the_app_drains_its_connection_go_to_a_new_one() {
         r.messages.first().map(|m| m.to_vec()),
         Some(b"held".to_vec())
     );
+}
+
+/// Serves one HTTP/2 connection as a gRPC echo, counting each request in `served`.
+async fn serve_counting_echo(tcp: tokio::net::TcpStream, served: Arc<AtomicUsize>) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        served.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let msg = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(msg)),
+                Ok(Frame::trailers(t)),
+            ];
+            let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tcp), svc)
+        .await;
 }
