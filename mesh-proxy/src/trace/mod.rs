@@ -16,12 +16,13 @@ use crate::layer::{Layer, Next};
 use crate::observe::CallInfo;
 use crate::{Direction, Req, Rsp};
 pub use hop::{HopSpan, event, names};
-use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -114,30 +115,6 @@ pub fn service_name(cfg: &crate::config::Config) -> String {
     }
 }
 
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeadersMut<'a>(&'a mut HeaderMap);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(n, v);
-        }
-    }
-}
-
 /// The trace layer of one side of the proxy.
 pub struct TraceLayer {
     tracer: Option<SdkTracer>,
@@ -160,7 +137,7 @@ impl TraceLayer {
         let propagator = TraceContextPropagator::new();
         let parent = match req.extensions().get::<GatewaySpan>() {
             Some(g) => g.0.clone(),
-            None => propagator.extract(&Headers(req.headers())),
+            None => propagator.extract(&HeaderExtractor(req.headers())),
         };
         let method = req.uri().path().trim_start_matches('/').to_string();
         let authority = req
@@ -183,7 +160,7 @@ impl TraceLayer {
             ])
             .start_with_context(tracer, &parent);
         let cx = parent.with_span(span);
-        propagator.inject_context(&cx, &mut HeadersMut(req.headers_mut()));
+        propagator.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
         if cx.span().is_recording() {
             req.extensions_mut().insert(HopSpan(cx.clone()));
         }
@@ -201,7 +178,7 @@ impl GatewaySpan {
     /// else the root of a new trace. `None` when tracing is off.
     pub fn start(headers: &HeaderMap, method: &str) -> Option<Self> {
         let tracer = TRACER.get()?;
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let span = tracer
             .span_builder(format!("gateway {method}"))
             .with_kind(SpanKind::Server)

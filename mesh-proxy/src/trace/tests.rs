@@ -1,5 +1,6 @@
 //! Unit tests of the trace layer: propagation, new traces, the hop span extension.
 use super::*;
+use http::HeaderValue;
 use parking_lot::Mutex;
 use std::sync::Arc;
 

@@ -1,10 +1,10 @@
-//! W3C trace context in and out of HTTP/2 headers and event envelopes.
-//! Small carriers over `http::HeaderMap` instead of `opentelemetry-http`,
-//! which would add a dependency for two trait impls.
+//! W3C trace context in and out of HTTP/2 headers (through
+//! `opentelemetry-http`'s carriers) and event envelopes.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -12,38 +12,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The W3C header that carries trace id, parent span id and flags.
 pub const TRACEPARENT: &str = "traceparent";
 
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeadersMut<'a>(&'a mut HeaderMap);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 /// The caller's trace context from `traceparent`/`tracestate` (empty when absent or malformed).
 pub fn extract(headers: &HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&Headers(headers))
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
 /// Writes `cx` as `traceparent`/`tracestate` (nothing when `cx` has no valid span).
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
 }
 
 /// The `traceparent` of `span`, or an empty string when it is not recorded.
@@ -68,6 +44,7 @@ pub fn from_traceparent(traceparent: &str) -> Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use opentelemetry::trace::TraceContextExt as _;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
