@@ -4,12 +4,11 @@
 //! trace; the gateway's authentication refusals are audited, capped per second.
 
 mod gateway_fixture;
-mod otlp_receiver;
 mod support;
 
 use gateway_fixture::{ECHO, Mode, web_call};
-use otlp_receiver::{Receiver, attr, events};
 use support::*;
+use tally_testkit::otlp::{self as otlp_receiver, Receiver, attr, events};
 
 const HOP: &str = "outbound test.Echo/Call";
 const ATTEMPT: &str = "retry attempt";

@@ -5,13 +5,6 @@
 //! root of its own, not a child of whatever the consumer was doing.
 
 use futures::StreamExt as _;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,6 +16,7 @@ use tally_api::events::v1::{
 use tally_chassis::events::FeedSource;
 use tally_chassis::events::bus::{EventSource as _, Subscription};
 use tally_chassis::trace::TraceSettings;
+use tally_testkit::otlp::Receiver;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -30,28 +24,6 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const SUBSCRIBE: &str = "tally.events.v1.EventFeedService/Subscribe";
-
-/// An OTLP receiver keeping every span exported to it.
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<Span>>>);
-
-#[tonic::async_trait]
-impl TraceService for Spans {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                kept.extend(ss.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// A producer's feed that records each subscriber's `traceparent`, sends one
 /// event and then keeps the stream open.
@@ -119,10 +91,9 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_subscription_is_a_client_span_propagated_to_the_producer() {
-    let spans = Spans::default();
-    let otlp = serve(TraceServiceServer::new(spans.clone())).await;
+    let otlp = Receiver::start().await;
     let settings = TraceSettings {
-        otlp_endpoint: Some(format!("http://{otlp}")),
+        otlp_endpoint: Some(otlp.endpoint.clone()),
         trace_sample_ratio: None,
     };
     let provider = tally_chassis::trace::provider("consumer", &settings)
@@ -165,24 +136,7 @@ async fn a_feed_subscription_is_a_client_span_propagated_to_the_producer() {
     assert_eq!(parts[3], "01", "sampled: {tp}");
 
     // Exported while the stream is still open: the span ended with the answer.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let span = loop {
-        let found = spans
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|s| s.name == SUBSCRIBE)
-            .cloned();
-        if let Some(s) = found {
-            break s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `{SUBSCRIBE}` span exported"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = otlp.wait("consumer", SUBSCRIBE).await;
     assert_eq!(span.kind, SpanKind::Client as i32);
     assert_eq!(
         hex(&span.trace_id),

@@ -10,6 +10,7 @@
 mod health;
 mod http;
 mod kafka;
+pub mod otlp;
 mod paths;
 mod ports;
 mod process;

@@ -1,7 +1,6 @@
-//! A real OTLP/gRPC trace receiver for the proxy's tests: a tonic `TraceService` on a
-//! loopback listener the test keeps bound, holding every span the proxies export, with
-//! helpers to wait for a span and read its events.
-#![allow(dead_code)]
+//! A real OTLP/gRPC trace receiver for tests: a tonic `TraceService` on a
+//! loopback listener the test keeps bound, holding every span exported to it
+//! (by proxies or services), with helpers to wait for a span and read its events.
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -13,7 +12,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 pub use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::Event;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,7 +23,9 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A span with the `service.name` of the process that exported it.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The exporter's `service.name` resource attribute.
     pub service: String,
+    /// The span as exported.
     pub span: Span,
 }
 
@@ -37,7 +38,7 @@ impl TraceService for Store {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.0.lock().unwrap();
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for rs in request.into_inner().resource_spans {
             let service = rs
                 .resource
@@ -59,7 +60,9 @@ impl TraceService for Store {
     }
 }
 
+/// A running receiver; stops when dropped.
 pub struct Receiver {
+    /// `http://127.0.0.1:<port>`, for an exporter's OTLP endpoint.
     pub endpoint: String,
     store: Store,
     task: tokio::task::JoinHandle<()>,
@@ -72,9 +75,12 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    /// Binds a loopback port and serves OTLP trace exports on it.
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the OTLP receiver");
+        let addr = listener.local_addr().expect("receiver address");
         let store = Store::default();
         let svc = TraceServiceServer::new(store.clone());
         let task = tokio::spawn(async move {
@@ -100,7 +106,11 @@ impl Receiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
-        self.store.0.lock().unwrap().clone()
+        self.store
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The first span `service` exported with this name, waiting for its export.
