@@ -291,7 +291,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     }
     plan::refuse_split_state(&plan, &platform)?;
     if args.redis {
-        redis::add(&mut plan)?;
+        redis::add(&mut plan, args.base_port)?;
     }
     ports::check_free(&plan)?;
 

@@ -105,17 +105,16 @@ fn cache(table: &mut toml::Table, url: &str) {
     set(table, "cache", &[("backend", "redis"), ("url", url)]);
 }
 
-/// Adds the `redis` instance to `plan` (stage 0, every other instance one stage later)
-/// and points user and polling instances at it.
-pub fn add(plan: &mut Plan) -> Result<(), UpError> {
+/// Adds the `redis` instance to `plan` (stage 0, every other instance one stage later,
+/// its port after every other, `base_port` in a plan without any) and points user and
+/// polling instances at it.
+pub fn add(plan: &mut Plan, base_port: u16) -> Result<(), UpError> {
     let port = plan
         .ports()
         .iter()
         .map(|(p, _)| *p)
         .max()
-        .map_or(Some(super::platform::DEFAULT_BASE_PORT), |p| {
-            p.checked_add(1)
-        })
+        .map_or(Some(base_port), |p| p.checked_add(1))
         .ok_or_else(|| {
             UpError::Usage(
                 "--base-port leaves no port for redis below 65536; pick a lower one".into(),
@@ -205,7 +204,7 @@ mod tests {
     fn redis_takes_the_next_port_starts_first_and_serves_sessions_and_cache() {
         let before = plan();
         let mut p = before.clone();
-        add(&mut p).expect("redis");
+        add(&mut p, 50051).expect("redis");
         let redis = &p.instances[0];
         assert_eq!(redis.name, NAME);
         let port = 50051 + tally_testkit::TALLY_UP_PORTS;
@@ -274,7 +273,7 @@ mod tests {
         if let Some(i) = p.instances.first_mut() {
             i.ports.insert("grpc", u16::MAX);
         }
-        let err = add(&mut p).expect_err("no port");
+        let err = add(&mut p, 50051).expect_err("no port");
         assert!(err.to_string().contains("--base-port"), "{err}");
     }
 }
