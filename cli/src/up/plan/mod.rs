@@ -21,7 +21,7 @@ pub use slots::METRICS_PORT;
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
-use files::{header, render, sidecar_header};
+use files::{config_args, header, render, sidecar_header};
 use replicas::replica_counts;
 use slots::loopback;
 use stages::stages;
@@ -126,11 +126,6 @@ pub struct Options {
     pub base_port: u16,
     pub replicas: Vec<ReplicaArg>,
     pub log_format: String,
-}
-
-/// `--config <path>`: how Tally's binaries are told their config file.
-fn config_args(path: &std::path::Path) -> Vec<OsString> {
-    vec!["--config".into(), path.as_os_str().to_owned()]
 }
 
 /// Builds the plan.
