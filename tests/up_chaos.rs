@@ -13,18 +13,24 @@
 //!   call, no vote lost or doubled, every saga ended, no dead letter, the notification
 //!   watchers resumed without gaps.
 //!
+//! The Redis restart scenario needs `tally up --redis`: the platform above refuses it by
+//! name, and a second test runs it against a `tally up --redis` of its own (after the first
+//! test's platform is gone: the two never run at once).
+//!
 //! Load calls carry fresh idempotency keys and each run its own users, so the runs do not
 //! disturb each other's verdicts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tally_testkit::{Process, bin_path, free_port_range};
+use tally_testkit::{Process, TallyUp, bin_path, free_port_range};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(240);
 /// Every port `tally up` takes from `--base-port`.
 const PORTS: u16 = tally_testkit::TALLY_UP_PORTS;
+/// One `tally up` at a time: the tests of this file take turns.
+static ONE_PLATFORM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long one chaos run may take at most (setup, load, settling, verdicts).
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -145,6 +151,7 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
     ] {
         bin_path(b);
     }
+    let _turn = ONE_PLATFORM.lock().await;
     let data = tempfile::tempdir().expect("tmp");
     let work = tempfile::tempdir().expect("tmp");
 
@@ -178,6 +185,19 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
         .expect("admin")
         .to_string();
     let before = faults(&gw_admin).await;
+
+    // A scenario that needs Redis is refused by a platform without it, before any load.
+    let (ok, out) = chaos(
+        data.path(),
+        &repo_root().join("tests/chaos/redis-restart.toml"),
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("requires the `redis` instance") && out.contains("tally up --redis"),
+        "{out}"
+    );
+    assert!(!out.contains("setting up"), "nothing ran: {out}");
 
     // 1. The short abort storm meets every verdict.
     let (ok, out) = chaos(data.path(), &short_abort_storm(work.path())).await;
@@ -382,5 +402,95 @@ async fn shipped_scenarios_in_short_form_against_one_tally_up() {
         assert!(out.contains(&format!("SIGTERM {service} (pid ")), "{out}");
     }
 
+    up.stop(Duration::from_secs(30)).await;
+}
+
+/// The shipped Redis restart, short: 12 s of logins, refreshes with the setup's sessions,
+/// results reads and votes, and a SIGKILL of `tally up --redis`'s redis-server at 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_against_tally_up_with_redis() {
+    let _turn = ONE_PLATFORM.lock().await;
+    let work = tempfile::tempdir().expect("tmp");
+    let mut up = TallyUp::builder()
+        .args(["--redis"])
+        .ports(tally_testkit::TALLY_UP_PORTS + tally_testkit::TALLY_UP_REDIS_PORTS)
+        .start()
+        .await;
+    assert!(
+        up.ready_output().contains("redis is ready"),
+        "{}",
+        up.output()
+    );
+    let url = format!(
+        "redis://127.0.0.1:{}",
+        up.base_port() + tally_testkit::TALLY_UP_PORTS
+    );
+    assert_eq!(
+        up.config("user")["user"]["redis_url"].as_str(),
+        Some(url.as_str())
+    );
+    assert_eq!(
+        up.config("polling")["cache"]["url"].as_str(),
+        Some(url.as_str())
+    );
+    let scenario = shorten(work.path(), "redis-restart.toml", |s| {
+        s["load"]["duration"] = "12s".into();
+        table(&mut entries(s, "kill")[0]).insert("at".into(), "4s".into());
+        // Fewer calls: one failure weighs more. Login and RefreshAccessToken may fail while
+        // Redis is down (measured: at most one Login of the full run's 30); reads and
+        // votes do not touch it.
+        for slo in entries(s, "slo") {
+            let slo = table(slo);
+            let short = match slo.get("method").and_then(|m| m.as_str()) {
+                Some("Login" | "RefreshAccessToken") => 0.5,
+                _ => 0.9,
+            };
+            if let Some(rate) = slo.get_mut("min_success_rate") {
+                *rate = short.into();
+            }
+        }
+    });
+    let pid_before = up.instance_pid("redis");
+    let (ok, out) = chaos(up.data(), &scenario).await;
+    println!("{out}");
+    assert!(ok, "{out}\n{}", up.output());
+    all_met(
+        &out,
+        &[
+            "slo Login success rate >= 50.00%",
+            "slo RefreshAccessToken success rate >= 50.00%",
+            "slo GetResults success rate >= 90.00%",
+            "slo CastVote success rate >= 90.00%",
+            "every scheduled fault carried out: 2 step(s)",
+            "invariant votes counted exactly once",
+            "sessions from before the faults still valid",
+            "invariant faults cleared",
+        ],
+    );
+    assert!(
+        out.contains(&format!("SIGKILL redis (pid {pid_before})")),
+        "{out}"
+    );
+    // tally up restarted it: a new process on the same port and data.
+    up.wait_for_stdout("redis is ready again", Duration::from_secs(30))
+        .await;
+    assert!(
+        up.output().contains("redis exited (signal: 9"),
+        "{}",
+        up.output()
+    );
+    assert_ne!(up.instance_pid("redis"), pid_before);
+    // Its append-only file is the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = up.data().join("data/redis");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let aof = dir.join("appendonlydir");
+        for f in std::fs::read_dir(&aof).expect("aof dir").flatten() {
+            assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+        }
+    }
     up.stop(Duration::from_secs(30)).await;
 }

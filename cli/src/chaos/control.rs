@@ -80,6 +80,18 @@ fn service_addresses(data_dir: &Path) -> Result<BTreeMap<String, String>, String
 impl Platform {
     /// Finds everything `s` needs under `data_dir`, or says what is missing.
     pub fn open(data_dir: &Path, s: &Scenario, seed: u64) -> Result<Self, String> {
+        for r in &s.requires {
+            // `tally up` keeps a pid file for each instance it supervises, and removes it
+            // when it stops supervising it.
+            if !data_dir.join("run").join(format!("{r}.pid")).exists() {
+                return Err(format!(
+                    "scenario `{}` requires the `{r}` instance, but the `tally up` with data \
+                     directory {} runs none: start it with `tally up --{r}`",
+                    s.name,
+                    data_dir.display()
+                ));
+            }
+        }
         let gw = proxy_config(data_dir, "gateway")?;
         let gateway = gw
             .gateway

@@ -54,6 +54,10 @@ pub struct Recording {
 /// The users and polls the load uses.
 pub struct Fixture {
     pub users: Vec<Client>,
+    /// Each load user's email and the session its setup login wrote (same order as `users`).
+    pub sessions: Vec<(String, String)>,
+    /// A client without credentials, for `Login` and `RefreshAccessToken`.
+    pub anon: Client,
     /// Poll ids and their option ids.
     pub polls: Vec<(String, Vec<String>)>,
     /// One user per subscription the load starts.
@@ -82,8 +86,8 @@ pub struct Sizes {
     pub subscribers: usize,
 }
 
-/// Signs up a user named `email` and logs in: (client with its token, user id).
-async fn account(anon: &Client, email: &str) -> Result<(Client, String), String> {
+/// Signs up a user named `email` and logs in: (client with its token, user id, session).
+async fn account(anon: &Client, email: &str) -> Result<(Client, String, String), String> {
     anon.sign_up(email, PASSWORD, "chaos load")
         .await
         .map_err(|e| format!("sign up {email}: {e}"))?;
@@ -97,6 +101,7 @@ async fn account(anon: &Client, email: &str) -> Result<(Client, String), String>
     Ok((
         anon.with_credentials(Credentials::Bearer(login.access_token)),
         id,
+        login.session_token,
     ))
 }
 
@@ -130,15 +135,20 @@ pub async fn setup(
     let anon = Client::from_channels(channel.clone(), channel.clone()).with_timeout(timeout);
     let mut fx = Fixture {
         users: Vec::new(),
+        sessions: Vec::new(),
+        anon: anon.clone(),
         polls: Vec::new(),
         subscribers: Vec::new(),
     };
     for i in 0..users {
-        let (client, _) = account(&anon, &format!("chaos-{run}-{i}@example.com")).await?;
+        let email = format!("chaos-{run}-{i}@example.com");
+        let (client, _, session) = account(&anon, &email).await?;
         fx.users.push(client);
+        fx.sessions.push((email, session));
     }
     for i in 0..subscribers {
-        let (client, user_id) = account(&anon, &format!("chaos-{run}-sub-{i}@example.com")).await?;
+        let (client, user_id, _) =
+            account(&anon, &format!("chaos-{run}-sub-{i}@example.com")).await?;
         fx.subscribers.push(Subscriber {
             client,
             gateway: channel.clone(),
@@ -224,6 +234,17 @@ async fn call(method: Method, n: usize, fx: &Fixture, rec: &Mutex<Recording>) {
                 accepted: r.is_ok().then_some(true),
             };
             (r.map(|_| ()), Some(vote))
+        }
+        Method::Login => {
+            let (email, _) = &fx.sessions[n % fx.sessions.len()];
+            (fx.anon.login(email, PASSWORD).await.map(|_| ()), None)
+        }
+        Method::RefreshAccessToken => {
+            let (_, session) = &fx.sessions[n % fx.sessions.len()];
+            (
+                fx.anon.refresh_access_token(session).await.map(|_| ()),
+                None,
+            )
         }
         Method::StartSubscription => {
             let Some(sub) = fx.subscribers.get(n) else {
@@ -337,7 +358,7 @@ mod tests {
                 get_poll,
                 get_results: 0.0,
                 cast_vote,
-                start_subscription: 0.0,
+                ..Rates::default()
             },
         }
     }

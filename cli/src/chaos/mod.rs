@@ -12,6 +12,7 @@ pub(crate) mod rotate;
 pub(crate) mod saga;
 pub(crate) mod scenario;
 pub(crate) mod schedule;
+pub(crate) mod sessions;
 pub(crate) mod verdict;
 pub(crate) mod watch;
 
@@ -288,6 +289,10 @@ async fn judge(
         .await
         .map_err(ChaosError::Run)?;
         verdicts.push(saga::sagas_ended(&ended, unknown, s.invariants.saga_wait));
+    }
+    let rate = &s.load.rate;
+    if s.invariants.sessions_survive && (rate.login > 0.0 || rate.refresh_access_token > 0.0) {
+        verdicts.push(sessions::survived(&sessions::check(fx).await));
     }
     if s.invariants.faults_cleared {
         verdicts.push(ctl.faults_cleared().await);

@@ -15,6 +15,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// How long sagas may take to end after the load unless the scenario says otherwise (a
 /// parked charge waits at most 20 s between attempts).
 pub const DEFAULT_SAGA_WAIT: Duration = Duration::from_secs(90);
+/// Instances only some `tally up` runs have, which a scenario may require (`redis`:
+/// `tally up --redis`).
+pub const OPTIONAL_INSTANCES: [&str; 1] = ["redis"];
 /// Most calls per second one method may ask for.
 pub const MAX_RATE: f64 = 500.0;
 
@@ -27,14 +30,20 @@ pub enum Method {
     /// Billing's `StartSubscription` (a saga: seat, charge, activate, limits), each by a
     /// user of its own.
     StartSubscription,
+    /// The user service's `Login` of a load user (writes a session).
+    Login,
+    /// The user service's `RefreshAccessToken` with a session from the setup (reads it).
+    RefreshAccessToken,
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 6] = [
         Method::GetPoll,
         Method::GetResults,
         Method::CastVote,
         Method::StartSubscription,
+        Method::Login,
+        Method::RefreshAccessToken,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +52,8 @@ impl Method {
             Method::GetResults => "GetResults",
             Method::CastVote => "CastVote",
             Method::StartSubscription => "StartSubscription",
+            Method::Login => "Login",
+            Method::RefreshAccessToken => "RefreshAccessToken",
         }
     }
 }
@@ -59,6 +70,10 @@ pub struct Rates {
     pub cast_vote: f64,
     #[serde(rename = "StartSubscription", default)]
     pub start_subscription: f64,
+    #[serde(rename = "Login", default)]
+    pub login: f64,
+    #[serde(rename = "RefreshAccessToken", default)]
+    pub refresh_access_token: f64,
 }
 
 impl Rates {
@@ -68,6 +83,8 @@ impl Rates {
             Method::GetResults => self.get_results,
             Method::CastVote => self.cast_vote,
             Method::StartSubscription => self.start_subscription,
+            Method::Login => self.login,
+            Method::RefreshAccessToken => self.refresh_access_token,
         }
     }
     pub fn total(&self) -> f64 {
@@ -209,6 +226,10 @@ pub struct Invariants {
     /// from their last sequence (checked when the load casts votes).
     #[serde(default = "yes")]
     pub notifications_gapless: bool,
+    /// Every session the setup's logins wrote still refreshes an access token after the run
+    /// (checked when the load logs in or refreshes).
+    #[serde(default = "yes")]
+    pub sessions_survive: bool,
 }
 
 impl Default for Invariants {
@@ -220,6 +241,7 @@ impl Default for Invariants {
             saga_wait: DEFAULT_SAGA_WAIT,
             dead_letters_explained: true,
             notifications_gapless: true,
+            sessions_survive: true,
         }
     }
 }
@@ -237,6 +259,10 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
+    /// Optional instances the scenario needs in the running `tally up` (only `redis`, from
+    /// `tally up --redis`): the run is refused without them.
+    #[serde(default)]
+    pub requires: Vec<String>,
     pub load: Load,
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
@@ -293,6 +319,14 @@ impl Scenario {
                 return Err(format!(
                     "load.rate.{}: {r} is not between 0 and {MAX_RATE}",
                     m.name()
+                ));
+            }
+        }
+        for r in &self.requires {
+            if !OPTIONAL_INSTANCES.contains(&r.as_str()) {
+                return Err(format!(
+                    "requires: unknown instance `{r}`; a scenario may require {}",
+                    OPTIONAL_INSTANCES.join(", ")
                 ));
             }
         }
@@ -356,7 +390,7 @@ impl Scenario {
             if s.method != "all" && s.method().is_none() {
                 return Err(format!(
                     "slo[{i}]: unknown method `{}`; use one of GetPoll, GetResults, CastVote, \
-                     StartSubscription, all",
+                     StartSubscription, Login, RefreshAccessToken, all",
                     s.method
                 ));
             }

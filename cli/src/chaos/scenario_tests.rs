@@ -107,8 +107,8 @@ fn values_serde_cannot_check_are_refused_with_the_reason() {
             "SIGHUP",
         ),
         (
-            "[[slo]]\nmethod=\"Login\"\nmax_p99=\"1s\"",
-            "unknown method `Login`",
+            "[[slo]]\nmethod=\"SignUp\"\nmax_p99=\"1s\"",
+            "unknown method `SignUp`",
         ),
         ("[[slo]]\nmethod=\"all\"", "set min_success_rate or max_p99"),
         ("[[slo]]\nmethod=\"all\"\nmin_success_rate=99", "fraction"),
@@ -165,6 +165,27 @@ fn the_shipped_scenarios_parse() {
         assert!(s.invariants.sagas_ended, "{file}");
         assert!(s.load.rate.start_subscription > 0.0, "{file}");
     }
+}
+
+#[test]
+fn the_redis_restart_requires_redis_and_drives_the_session_calls() {
+    let s = Scenario::parse(
+        "redis-restart",
+        include_str!("../../../tests/chaos/redis-restart.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.requires, ["redis"]);
+    assert!(s.load.rate.of(Method::Login) > 0.0);
+    assert!(s.load.rate.of(Method::RefreshAccessToken) > 0.0);
+    assert!(s.invariants.sessions_survive);
+    assert_eq!(s.kills[0].instance, "redis");
+    assert!(s.slos.iter().any(|o| o.method() == Some(Method::Login)));
+    let err = parse(&format!("requires = [\"kafka\"]\n{GOOD}")).expect_err("unknown");
+    assert!(
+        err.message.contains("unknown instance `kafka`") && err.message.contains("redis"),
+        "{err}"
+    );
+    assert!(parse(GOOD).expect("parses").requires.is_empty());
 }
 
 #[test]

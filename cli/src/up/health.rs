@@ -1,6 +1,6 @@
 //! Asks an instance whether it is ready: services over `grpc.health.v1`, the
 //! same check load balancers and operators use; sidecars over their admin
-//! HTTP `/ready`.
+//! HTTP `/ready`; redis-server (`tally up --redis`) with a `PING`.
 
 use super::plan::{Probe, ProbeKind};
 use std::net::SocketAddr;
@@ -41,7 +41,23 @@ pub async fn check(probe: &Probe) -> bool {
     match probe.kind {
         ProbeKind::Grpc => is_serving(probe.addr, &probe.service).await,
         ProbeKind::HttpReady => http_ok(probe.addr, &probe.service).await,
+        ProbeKind::RedisPing => redis_pong(probe.addr).await,
     }
+}
+
+/// True when the Redis server at `addr` answers an inline `PING` with `+PONG`.
+pub async fn redis_pong(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head == b"+PONG")
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
 }
 
 /// True when `GET path` on `addr` (HTTP/1.1) answers 200.
@@ -58,4 +74,18 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_server_answers_ping_and_a_stopped_one_does_not() {
+        let mut redis = tally_testkit::RedisServer::start().await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        assert!(redis_pong(addr).await);
+        redis.stop();
+        assert!(!redis_pong(addr).await);
+    }
 }

@@ -21,6 +21,7 @@ pub(crate) mod plan;
 pub(crate) mod platform;
 mod ports;
 mod private_fs;
+mod redis;
 pub mod scrape;
 mod supervisor;
 mod table;
@@ -71,6 +72,10 @@ pub struct UpArgs {
     /// Which service, if any, gets a canary version beside its stable one.
     #[command(flatten)]
     pub canary: canary::CanaryArgs,
+    /// Also run a redis-server (from PATH, persisting to an append-only
+    /// file) for the user service's sessions and polling's read cache.
+    #[arg(long)]
+    pub redis: bool,
     /// Send traces to this OTLP/gRPC collector instead of the embedded receiver
     /// (`tally traces` then has nothing to show).
     #[arg(long, value_name = "URL")]
@@ -223,32 +228,6 @@ async fn wait_ready(handle: &supervisor::Handle, timeout: Duration) -> Result<()
     }
 }
 
-/// Start order within the plan: by stage, and within a stage sidecars
-/// (wave 0) before the services they front (wave 1).
-fn wave(inst: &Instance) -> (usize, u8) {
-    (inst.stage, u8::from(inst.sidecar_of.is_none()))
-}
-
-/// Stops every instance, the last started first, and waits for them: a
-/// service drains before its sidecar stops, so its last calls still go out.
-async fn stop_all(mut handles: Vec<supervisor::Handle>) {
-    handles.sort_by_key(|h| std::cmp::Reverse(wave(&h.instance)));
-    while let Some(w) = handles.first().map(|h| wave(&h.instance)) {
-        let split = handles
-            .iter()
-            .position(|h| wave(&h.instance) != w)
-            .unwrap_or(handles.len());
-        let rest = handles.split_off(split);
-        for h in &handles {
-            h.request_stop();
-        }
-        for h in handles {
-            h.join().await;
-        }
-        handles = rest;
-    }
-}
-
 fn write_files(plan: &plan::Plan) -> Result<(), UpError> {
     // Keys, tokens and every store live below the data directory: only the
     // owner may enter it, and what `tally up` owns inside it is 0700 / 0600,
@@ -311,6 +290,9 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         ));
     }
     plan::refuse_split_state(&plan, &platform)?;
+    if args.redis {
+        redis::add(&mut plan, args.base_port)?;
+    }
     ports::check_free(&plan)?;
 
     let bin_dir = binaries::dir(args.bin_dir.as_deref())?;
@@ -320,7 +302,10 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let binaries: Vec<PathBuf> = plan
         .instances
         .iter()
-        .map(|i| binaries::locate(&bin_dir, &i.binary))
+        .map(|i| match i.binary.as_str() {
+            redis::BINARY => redis::locate(),
+            bin => binaries::locate(&bin_dir, bin),
+        })
         .collect::<Result<_, _>>()?;
     // A build can take minutes: check again right before binding.
     ports::check_free(&plan)?;
@@ -386,11 +371,13 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let mut by_name: Vec<(Instance, PathBuf)> =
         plan.instances.iter().cloned().zip(binaries).collect();
     let stages = plan.stages().len();
-    let mut waves: Vec<(usize, u8)> = plan.instances.iter().map(wave).collect();
+    let mut waves: Vec<(usize, u8)> = plan.instances.iter().map(supervisor::wave).collect();
     waves.sort();
     waves.dedup();
     for w in waves {
-        let (now, later): (Vec<_>, Vec<_>) = by_name.into_iter().partition(|(i, _)| wave(i) == w);
+        let (now, later): (Vec<_>, Vec<_>) = by_name
+            .into_iter()
+            .partition(|(i, _)| supervisor::wave(i) == w);
         by_name = later;
         if now.is_empty() {
             continue;
@@ -430,14 +417,14 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
             res = ready => {
                 if let Err(e) = res {
                     say("start failed; stopping what was started");
-                    stop_all(handles).await;
+                    supervisor::stop_all(handles).await;
                     stop_renewals();
                     return Err(e);
                 }
             }
             sig = &mut stop => {
                 say(&format!("{sig} received during start; stopping"));
-                stop_all(handles).await;
+                supervisor::stop_all(handles).await;
                 stop_renewals();
                 return Ok(());
             }
@@ -488,7 +475,7 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         "{sig} received; stopping {} instances",
         handles.len()
     ));
-    stop_all(handles).await;
+    supervisor::stop_all(handles).await;
     stop_renewals();
     say("stopped");
     Ok(())

@@ -24,6 +24,10 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// How long a restarted instance may take to report SERVING.
 const RESTART_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// File mode mask of every child: files it creates are the owner's alone.
+#[cfg(target_os = "linux")]
+const CHILD_UMASK: libc::mode_t = 0o077;
+
 /// Environment variables of the `tally` CLI that children must not inherit:
 /// `TALLY_USER_ADDR` would read as key `addr` under the user service's
 /// `TALLY_USER_` override prefix and fail its config validation.
@@ -115,14 +119,18 @@ fn spawn(instance: &Instance, binary: &PathBuf) -> std::io::Result<Child> {
         .open(&instance.log_path)?;
     writeln!(
         log,
-        "--- tally up: starting {} --config {} (unix time {}) ---",
+        "--- tally up: starting {} {} (unix time {}) ---",
         binary.display(),
-        instance.config_path.display(),
+        instance
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
         now_unix()
     )?;
     let mut cmd = Command::new(binary);
-    cmd.arg("--config")
-        .arg(&instance.config_path)
+    cmd.args(&instance.args)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -140,13 +148,15 @@ fn spawn(instance: &Instance, binary: &PathBuf) -> std::io::Result<Child> {
     }
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: prctl is async-signal-safe and touches only the child
-        // between fork and exec. If `tally up` itself is killed, the child
-        // gets SIGTERM instead of running on as an orphan.
+        // SAFETY: prctl and umask are async-signal-safe and touch only the
+        // child between fork and exec. If `tally up` itself is killed, the
+        // child gets SIGTERM instead of running on as an orphan; what it
+        // creates (redis-server's AOF with sessions) is private to the owner.
         #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                libc::umask(CHILD_UMASK);
                 Ok(())
             });
         }
@@ -287,4 +297,30 @@ async fn supervise(
         restarts += 1;
     }
     let _ = std::fs::remove_file(&instance.pid_path);
+}
+
+/// Start order within a plan: by stage, and within a stage sidecars
+/// (wave 0) before the services they front (wave 1).
+pub fn wave(inst: &Instance) -> (usize, u8) {
+    (inst.stage, u8::from(inst.sidecar_of.is_none()))
+}
+
+/// Stops every instance, the last started first, and waits for them: a
+/// service drains before its sidecar stops, so its last calls still go out.
+pub async fn stop_all(mut handles: Vec<Handle>) {
+    handles.sort_by_key(|h| std::cmp::Reverse(wave(&h.instance)));
+    while let Some(w) = handles.first().map(|h| wave(&h.instance)) {
+        let split = handles
+            .iter()
+            .position(|h| wave(&h.instance) != w)
+            .unwrap_or(handles.len());
+        let rest = handles.split_off(split);
+        for h in &handles {
+            h.request_stop();
+        }
+        for h in handles {
+            h.join().await;
+        }
+        handles = rest;
+    }
 }

@@ -25,7 +25,10 @@ pub use http::{
 };
 pub use kafka::{KafkaBroker, tansu_path};
 pub use paths::{bin_path, grpcurl, repo_root};
-pub use ports::{TALLY_UP_PORTS, TALLY_UP_PORTS_PER_EXTRA_INSTANCE, free_port, free_port_range};
+pub use ports::{
+    TALLY_UP_PORTS, TALLY_UP_PORTS_PER_EXTRA_INSTANCE, TALLY_UP_REDIS_PORTS, free_port,
+    free_port_range,
+};
 pub use process::Process;
 pub use redis::RedisServer;
 pub use service::{CALL_TIMEOUT, ServiceProcess};

@@ -20,6 +20,10 @@ pub fn free_port() -> u16 {
 /// check this figure against the plan `tally up` builds.
 pub const TALLY_UP_PORTS: u16 = 6 + 6 * 3 + 2 + 6;
 
+/// Ports `tally up --redis` takes beyond [`TALLY_UP_PORTS`]: redis-server's, after
+/// every other port.
+pub const TALLY_UP_REDIS_PORTS: u16 = 1;
+
 /// Ports each extra service instance (a replica or a canary) adds to
 /// [`TALLY_UP_PORTS`]: its gRPC and metrics ports and its sidecar's three.
 pub const TALLY_UP_PORTS_PER_EXTRA_INSTANCE: u16 = 5;

@@ -12,6 +12,11 @@ pub(super) fn render(name: &str, table: Result<toml::Table, String>) -> Result<S
         .map_err(|e| UpError::Platform(format!("config for {name} does not serialise: {e}")))
 }
 
+/// `--config <path>`: how Tally's binaries are told their config file.
+pub(super) fn config_args(path: &Path) -> Vec<std::ffi::OsString> {
+    vec!["--config".into(), path.as_os_str().to_owned()]
+}
+
 /// The first lines of a service's config file.
 pub(super) fn header(name: &str, binary: &str, env_prefix: &str) -> String {
     format!(

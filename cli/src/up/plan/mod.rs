@@ -21,11 +21,12 @@ pub use slots::METRICS_PORT;
 
 use super::UpError;
 use super::platform::{ConfigContext, Platform};
-use files::{header, render, sidecar_header};
+use files::{config_args, header, render, sidecar_header};
 use replicas::replica_counts;
 use slots::loopback;
 use stages::stages;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -44,7 +45,7 @@ impl Probe {
     pub fn ready_word(&self) -> &'static str {
         match self.kind {
             ProbeKind::Grpc => "SERVING",
-            ProbeKind::HttpReady => "ready",
+            ProbeKind::HttpReady | ProbeKind::RedisPing => "ready",
         }
     }
 }
@@ -56,6 +57,8 @@ pub enum ProbeKind {
     Grpc,
     /// An HTTP GET of the path answers 200 (the sidecar's admin `/ready`).
     HttpReady,
+    /// A Redis `PING` answers `+PONG` (`tally up --redis`).
+    RedisPing,
 }
 
 /// One process `tally up` runs.
@@ -79,6 +82,8 @@ pub struct Instance {
     pub stage: usize,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
+    /// The process's arguments (`--config <config_path>` for Tally's binaries).
+    pub args: Vec<OsString>,
     /// For a sidecar: the name of the service instance it runs beside.
     /// Within a stage sidecars start (and become ready) before services,
     /// and stop after them.
@@ -200,6 +205,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                     kind: ProbeKind::HttpReady,
                 }),
             },
+            args: config_args(&dir("config").join(format!("{}.toml", slot.name))),
             config_path: dir("config").join(format!("{}.toml", slot.name)),
             config: header(&slot.name, spec.binary, spec.env_prefix)
                 + &render(&slot.name, (spec.config)(&ctx))?,
@@ -238,6 +244,7 @@ pub fn build(platform: &Platform, opts: &Options) -> Result<Plan, UpError> {
                     service: "/ready".into(),
                     kind: ProbeKind::HttpReady,
                 }),
+                args: config_args(&dir("config").join(format!("{name}.toml"))),
                 config_path: dir("config").join(format!("{name}.toml")),
                 config: sidecar_header(name, sc.binary, sc.env_prefix)
                     + &render(name, (sc.config)(&ctx))?,
