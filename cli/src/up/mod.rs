@@ -461,9 +461,18 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         if stages == 1 { "" } else { "s" },
         plan.data_dir.display()
     ));
+    let unscraped = handles
+        .iter()
+        .filter(|h| scrape::url(&h.instance).is_none())
+        .count();
     say(&format!(
-        "metrics: every instance serves Prometheus metrics (METRICS column); scrape config \
-         for all of them: {}",
+        "metrics: {} serve{} Prometheus metrics (METRICS column); scrape config for them: {}",
+        if unscraped == 0 {
+            "every instance"
+        } else {
+            "the instances with a METRICS url"
+        },
+        if unscraped == 0 { "s" } else { "" },
         plan.data_dir.join(scrape::FILE).display()
     ));
     if let Some(first) = handles.first().and_then(|h| h.instance.addr) {
