@@ -8,7 +8,7 @@ mod support;
 
 use gateway_fixture::{ECHO, Mode, web_call};
 use support::*;
-use tally_testkit::otlp::{self as otlp_receiver, Receiver, attr, events};
+use tally_testkit::otlp::{Receiver, attr, events};
 
 const HOP: &str = "outbound test.Echo/Call";
 const ATTEMPT: &str = "retry attempt";
@@ -99,28 +99,23 @@ async fn a_full_bulkhead_is_a_rejected_decision_in_the_span() {
     assert_eq!(r.status(), Some(RESOURCE_EXHAUSTED), "{r:?}");
     assert_eq!(slow.await.expect("slow call").status(), Some(OK));
 
-    let deadline = tokio::time::Instant::now() + otlp_receiver::EXPORTED;
-    loop {
-        let rejected = rx.spans().into_iter().find(|s| {
-            s.span.name == HOP
-                && events(&s.span, "bulkhead")
-                    .iter()
-                    .any(|e| attr(e, "decision") == "rejected")
-        });
-        if let Some(s) = rejected {
-            let e = events(&s.span, "bulkhead");
-            assert_eq!(attr(e[0], "in_flight"), "1", "{:?}", s.span);
-            // Refused before any endpoint was picked: no breaker decision.
-            assert!(events(&s.span, "breaker").is_empty());
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no span with a rejected bulkhead decision: {:?}",
-            rx.spans()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let s = rx
+        .wait_for("span with a rejected bulkhead decision", |spans| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.span.name == HOP
+                        && events(&s.span, "bulkhead")
+                            .iter()
+                            .any(|e| attr(e, "decision") == "rejected")
+                })
+                .cloned()
+        })
+        .await;
+    let e = events(&s.span, "bulkhead");
+    assert_eq!(attr(e[0], "in_flight"), "1", "{:?}", s.span);
+    // Refused before any endpoint was picked: no breaker decision.
+    assert!(events(&s.span, "breaker").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,32 +135,25 @@ async fn an_open_breaker_is_a_rejected_decision_in_the_span() {
     assert_eq!(r.proxy_error().as_deref(), Some("breaker-open"), "{r:?}");
     assert_eq!(up.calls(), 1, "the open breaker kept the second call away");
 
-    let deadline = tokio::time::Instant::now() + otlp_receiver::EXPORTED;
-    loop {
-        let decisions: Vec<(String, String)> = rx
-            .spans()
-            .iter()
-            .flat_map(|s| {
-                events(&s.span, "breaker")
-                    .into_iter()
-                    .map(|e| (attr(e, "decision"), attr(e, "state")))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if decisions.len() == 2 {
-            assert!(decisions.contains(&("admitted".into(), "closed".into())));
-            assert!(
-                decisions.contains(&("rejected".into(), "open".into())),
-                "{decisions:?}"
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "two breaker decisions expected: {decisions:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let decisions = rx
+        .wait_for("two breaker decisions", |spans| {
+            let decisions: Vec<(String, String)> = spans
+                .iter()
+                .flat_map(|s| {
+                    events(&s.span, "breaker")
+                        .into_iter()
+                        .map(|e| (attr(e, "decision"), attr(e, "state")))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (decisions.len() == 2).then_some(decisions)
+        })
+        .await;
+    assert!(decisions.contains(&("admitted".into(), "closed".into())));
+    assert!(
+        decisions.contains(&("rejected".into(), "open".into())),
+        "{decisions:?}"
+    );
 }
 
 /// A gateway (no upstream reachable) exporting to `rx` and auditing to `log`.
@@ -363,47 +351,41 @@ async fn a_rate_limited_gateway_call_shows_in_its_trace() {
     assert_eq!(second.status(), Some(8), "RESOURCE_EXHAUSTED: {second:?}");
 
     let name = format!("gateway {}", login.trim_start_matches('/'));
-    let deadline = tokio::time::Instant::now() + otlp_receiver::EXPORTED;
-    loop {
-        let spans: Vec<_> = rx
-            .spans()
-            .into_iter()
-            .filter(|s| s.span.name == name)
-            .collect();
-        let outcomes: Vec<String> = spans
-            .iter()
-            .flat_map(|s| {
-                events(&s.span, "rate limit")
-                    .into_iter()
-                    .map(|e| attr(e, "outcome"))
-            })
-            .collect();
-        if spans.len() == 2 {
-            assert!(outcomes.contains(&"admitted".to_string()), "{outcomes:?}");
-            assert!(outcomes.contains(&"limited".to_string()), "{outcomes:?}");
-            // The admitted call's outbound hop is a child of its gateway span.
-            let admitted = spans
+    let spans = rx
+        .wait_for("two gateway spans", |spans| {
+            let named: Vec<_> = spans
                 .iter()
-                .find(|s| {
-                    events(&s.span, "rate limit")
-                        .iter()
-                        .any(|e| attr(e, "outcome") == "admitted")
-                })
-                .expect("admitted");
-            let hop = rx
-                .wait(
-                    "tally-gateway",
-                    &format!("outbound {}", login.trim_start_matches('/')),
-                )
-                .await;
-            assert_eq!(hop.parent_span_id, admitted.span.span_id);
-            assert_eq!(hop.trace_id, admitted.span.trace_id);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "two gateway spans expected: {spans:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+                .filter(|s| s.span.name == name)
+                .cloned()
+                .collect();
+            (named.len() == 2).then_some(named)
+        })
+        .await;
+    let outcomes: Vec<String> = spans
+        .iter()
+        .flat_map(|s| {
+            events(&s.span, "rate limit")
+                .into_iter()
+                .map(|e| attr(e, "outcome"))
+        })
+        .collect();
+    assert!(outcomes.contains(&"admitted".to_string()), "{outcomes:?}");
+    assert!(outcomes.contains(&"limited".to_string()), "{outcomes:?}");
+    // The admitted call's outbound hop is a child of its gateway span.
+    let admitted = spans
+        .iter()
+        .find(|s| {
+            events(&s.span, "rate limit")
+                .iter()
+                .any(|e| attr(e, "outcome") == "admitted")
+        })
+        .expect("admitted");
+    let hop = rx
+        .wait(
+            "tally-gateway",
+            &format!("outbound {}", login.trim_start_matches('/')),
+        )
+        .await;
+    assert_eq!(hop.parent_span_id, admitted.span.span_id);
+    assert_eq!(hop.trace_id, admitted.span.trace_id);
 }

@@ -115,19 +115,28 @@ impl Receiver {
 
     /// The first span `service` exported with this name, waiting for its export.
     pub async fn wait(&self, service: &str, name: &str) -> Span {
+        self.wait_for(&format!("span `{name}` from {service}"), |spans| {
+            spans
+                .iter()
+                .find(|r| r.service == service && r.span.name == name)
+                .map(|r| r.span.clone())
+        })
+        .await
+    }
+
+    /// Waits until `found` gets something from the spans received so far,
+    /// failing with `what` after [`EXPORTED`].
+    pub async fn wait_for<T>(&self, what: &str, found: impl Fn(&[Received]) -> Option<T>) -> T {
         let deadline = Instant::now() + EXPORTED;
         loop {
-            if let Some(r) = self
-                .spans()
-                .into_iter()
-                .find(|r| r.service == service && r.span.name == name)
-            {
-                return r.span;
+            let spans = self.spans();
+            if let Some(t) = found(&spans) {
+                return t;
             }
             assert!(
                 Instant::now() < deadline,
-                "no span `{name}` from {service} within {EXPORTED:?}; got: {:?}",
-                self.spans()
+                "no {what} within {EXPORTED:?}; got: {:?}",
+                spans
                     .iter()
                     .map(|r| (r.service.clone(), r.span.name.clone()))
                     .collect::<Vec<_>>()
