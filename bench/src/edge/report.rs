@@ -4,6 +4,7 @@
 //! as ratios, and the browser-edge targets met or not.
 
 use super::{EdgeMeasurement, EdgeReport};
+use crate::report::{Verdict, num, write_targets};
 use std::fmt::Write as _;
 
 /// Target: the gateway's throughput ≥ this times Envoy's grpc_web.
@@ -105,36 +106,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn num(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.digits$}"))
-}
-
-/// One browser-edge target: the gateway over Envoy against a bound.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EdgeVerdict {
-    /// What is compared.
-    pub name: String,
-    /// Gateway / Envoy.
-    pub ratio: Option<f64>,
-    /// `>= x` or `<= x`.
-    pub bound: String,
-    /// Met, not met, or not judged (a number missing).
-    pub met: Option<bool>,
-}
-
 /// The targets for every encoding measured.
-pub fn verdicts(r: &EdgeReport) -> Vec<EdgeVerdict> {
+pub(crate) fn verdicts(r: &EdgeReport) -> Vec<Verdict> {
     let mut out = Vec::new();
     for mode in modes(r) {
         let g = summarize(r, "gateway", &mode);
         let e = summarize(r, "envoy", &mode);
         let mut add = |name: String, ratio: Option<f64>, bound: f64, at_least: bool| {
-            out.push(EdgeVerdict {
-                name,
-                ratio,
-                bound: format!("{} {bound:.2}", if at_least { ">=" } else { "<=" }),
-                met: ratio.map(|x| if at_least { x >= bound } else { x <= bound }),
-            });
+            out.push(Verdict::judge(name, ratio, bound, at_least));
         };
         add(
             format!("gateway throughput / Envoy grpc_web ({mode})"),
@@ -241,22 +220,7 @@ CPU and memory are the edge process's. Medians over {} round(s).\n",
         );
     }
     let _ = writeln!(s, "\n### Browser-edge targets\n");
-    let _ = writeln!(s, "| target | ratio | bound | met |");
-    let _ = writeln!(s, "|---|---|---|---|");
-    for v in verdicts(r) {
-        let met = match v.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "n/a",
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {met} |",
-            v.name,
-            num(v.ratio, 2),
-            v.bound
-        );
-    }
+    write_targets(&mut s, &verdicts(r));
     let _ = writeln!(s, "\n### Every measurement\n");
     let _ = writeln!(
         s,

@@ -171,7 +171,8 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.3}"))
 }
 
-fn num(v: Option<f64>, digits: usize) -> String {
+/// `v` with `digits` decimals, `-` when absent.
+pub(crate) fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
@@ -217,6 +218,38 @@ pub(crate) struct Verdict {
     pub(crate) met: Option<bool>,
 }
 
+impl Verdict {
+    /// `ratio` judged against `bound`: at least it when `at_least`, else at most it.
+    pub(crate) fn judge(name: String, ratio: Option<f64>, bound: f64, at_least: bool) -> Verdict {
+        Verdict {
+            name,
+            ratio,
+            target: format!("{} {bound:.2}", if at_least { ">=" } else { "<=" }),
+            met: ratio.map(|x| if at_least { x >= bound } else { x <= bound }),
+        }
+    }
+}
+
+/// The rows of a targets table: ratio, bound and met for each verdict.
+pub(crate) fn write_targets(s: &mut String, verdicts: &[Verdict]) {
+    let _ = writeln!(s, "| target | ratio | bound | met |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for v in verdicts {
+        let met = match v.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {met} |",
+            v.name,
+            num(v.ratio, 2),
+            v.target
+        );
+    }
+}
+
 /// The targets of the performance issue, each met or not (n/a when a setup is missing).
 pub(crate) fn verdicts(r: &RunReport) -> Vec<Verdict> {
     let t = summarize(r, "tally");
@@ -224,12 +257,7 @@ pub(crate) fn verdicts(r: &RunReport) -> Vec<Verdict> {
     let f = summarize(r, "floor");
     let mut out = Vec::new();
     let mut add = |name: &str, ratio: Option<f64>, bound: f64, at_least: bool| {
-        out.push(Verdict {
-            name: name.to_string(),
-            ratio,
-            target: format!("{} {bound:.2}", if at_least { ">=" } else { "<=" }),
-            met: ratio.map(|x| if at_least { x >= bound } else { x <= bound }),
-        });
+        out.push(Verdict::judge(name.to_string(), ratio, bound, at_least));
     };
     let thr = |s: &SetupSummary| s.closed_unary.or(s.ramp_max);
     add(
@@ -393,22 +421,7 @@ Medians over {} round(s).\n",
             s,
             "\n### Targets (Tally over the reference setup, from the medians)\n"
         );
-        let _ = writeln!(s, "| target | ratio | bound | met |");
-        let _ = writeln!(s, "|---|---|---|---|");
-        for v in verdicts(r) {
-            let met = match v.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "n/a",
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {met} |",
-                v.name,
-                num(v.ratio, 2),
-                v.target
-            );
-        }
+        write_targets(&mut s, &verdicts(r));
     }
     rounds_table(&mut s, r);
     s
