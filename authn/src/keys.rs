@@ -11,6 +11,7 @@ use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tally_api::user::v1::Jwk;
@@ -43,6 +44,8 @@ pub struct KeyCache {
     unknown_ttl: Duration,
     state: Mutex<State>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// Bumped each time a fetched key set is installed (`generation`).
+    generation: AtomicU64,
 }
 
 impl KeyCache {
@@ -54,6 +57,7 @@ impl KeyCache {
             unknown_ttl,
             state: Mutex::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -111,6 +115,12 @@ impl KeyCache {
         self.fetch_locked().await
     }
 
+    /// Changes whenever a fetched key set is installed: what was verified under another
+    /// generation may have used a key that is gone.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Number of keys cached.
     pub fn len(&self) -> usize {
         self.state.lock().keys.len()
@@ -142,6 +152,7 @@ impl KeyCache {
                     );
                 }
                 state.keys = usable;
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 state.last_error = None;
                 let State { keys, unknown, .. } = &mut *state;
                 unknown.retain(|kid, _| !keys.contains_key(kid));

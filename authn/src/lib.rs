@@ -22,6 +22,7 @@ mod error;
 mod keys;
 mod source;
 mod token;
+mod verified;
 
 #[cfg(test)]
 mod testing;
@@ -38,6 +39,7 @@ pub use source::{
 };
 pub use tally_api::user::v1::Jwk;
 pub use token::{MAX_TOKEN_BYTES, TokenVerifier, VerifiedToken, VerifierOptions, bearer_token};
+pub use verified::VERIFIED_TOKEN_CACHE_CAPACITY;
 
 use std::time::Duration;
 

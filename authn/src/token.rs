@@ -2,6 +2,7 @@
 //! and `nbf` with a small leeway, and a non-empty `sub`.
 
 use crate::keys::KeyCache;
+use crate::verified::{self, VERIFIED_TOKEN_CACHE_CAPACITY, VerifiedTokens};
 use crate::{AUDIENCE, AuthnError, ISSUER, JWKS_MIN_REFETCH, JwksSource, LEEWAY, UNKNOWN_KID_TTL};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -25,6 +26,9 @@ pub struct VerifierOptions {
     pub min_refetch: Duration,
     /// How long a kid a fetch did not know is refused without asking again.
     pub unknown_kid_ttl: Duration,
+    /// Most verified tokens remembered so a repeated token skips the signature check
+    /// (`verified`); 0 turns the cache off.
+    pub verified_cache_capacity: usize,
 }
 
 impl Default for VerifierOptions {
@@ -35,6 +39,7 @@ impl Default for VerifierOptions {
             leeway: LEEWAY,
             min_refetch: JWKS_MIN_REFETCH,
             unknown_kid_ttl: UNKNOWN_KID_TTL,
+            verified_cache_capacity: VERIFIED_TOKEN_CACHE_CAPACITY,
         }
     }
 }
@@ -51,6 +56,9 @@ pub struct VerifiedToken {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required by the validation (which reports it missing); seconds, possibly fractional.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 /// Verifies access tokens; cheap to clone, clones share the key cache.
@@ -58,6 +66,7 @@ struct Claims {
 pub struct TokenVerifier {
     keys: Arc<KeyCache>,
     validation: Arc<Validation>,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl TokenVerifier {
@@ -77,6 +86,10 @@ impl TokenVerifier {
                 opts.unknown_kid_ttl,
             )),
             validation: Arc::new(validation),
+            verified: Arc::new(VerifiedTokens::new(
+                opts.verified_cache_capacity,
+                opts.leeway.as_secs(),
+            )),
         }
     }
 
@@ -91,6 +104,13 @@ impl TokenVerifier {
             return Err(AuthnError::Malformed(format!(
                 "longer than {MAX_TOKEN_BYTES} bytes"
             )));
+        }
+        let digest = verified::digest(token);
+        let now = unix_now();
+        // Read before the key lookup: a refresh in between makes the entry stale, not live.
+        let generation = self.keys.generation();
+        if let Some(known) = self.verified.get(&digest, now, generation) {
+            return Ok(known);
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthnError::Malformed(e.to_string()))?;
@@ -107,11 +127,24 @@ impl TokenVerifier {
         if data.claims.sub.is_empty() {
             return Err(AuthnError::MissingClaim("sub".into()));
         }
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             subject: data.claims.sub,
             kid,
-        })
+        };
+        if let Some(exp) = data.claims.exp {
+            self.verified
+                .put(digest, verified.clone(), exp, now, generation);
+        }
+        Ok(verified)
     }
+}
+
+/// The wall clock in Unix seconds, as `exp` counts.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn classify(kind: &ErrorKind) -> AuthnError {
@@ -252,6 +285,42 @@ mod tests {
             );
         }
         assert_eq!(jwks.fetches(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_token_skips_the_check_until_its_key_leaves_the_key_set() {
+        let key = TestKey::new("k1");
+        let jwks = FakeJwks::with(&[&key]);
+        let opts = VerifierOptions {
+            min_refetch: Duration::ZERO,
+            ..VerifierOptions::default()
+        };
+        let v = TokenVerifier::new(jwks.clone(), &opts);
+        let token = key.sign(&claims("u-1"));
+        // The first check fetched the keys, so its entry is already stale; the second keeps it.
+        v.verify(&token).await.expect("valid");
+        v.verify(&token).await.expect("valid");
+        assert_eq!(v.verified.len(), 1, "kept");
+        v.verify(&token).await.expect("from the cache");
+        // The key is withdrawn: the next key set refuses the kept token.
+        jwks.set(&[]);
+        v.keys().refresh().await.expect("refresh");
+        assert_eq!(
+            v.verify(&token).await,
+            Err(AuthnError::UnknownKey("k1".into()))
+        );
+        // Refusals are not kept; a new verifier with the cache off never keeps anything.
+        assert_eq!(v.verified.len(), 0);
+        let off = TokenVerifier::new(
+            FakeJwks::with(&[&key]),
+            &VerifierOptions {
+                verified_cache_capacity: 0,
+                ..VerifierOptions::default()
+            },
+        );
+        off.verify(&token).await.expect("valid");
+        off.verify(&token).await.expect("valid");
+        assert_eq!(off.verified.len(), 0);
     }
 
     #[tokio::test]
